@@ -1,0 +1,4 @@
+//! Connections to the two stores both binaries use.
+
+pub mod pg;
+pub mod redis;

@@ -1,0 +1,85 @@
+//! The Redis connection: one multiplexed, self-reconnecting connection to a single node, or a cluster connection
+//! when `REDIS_URL` names several nodes. Both are cheap to clone and safe to share across tasks.
+
+use crate::config::RedisSettings;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use secrecy::ExposeSecret;
+use std::time::Duration;
+
+/// How long one command may take before it fails; keeps a blackholed Redis from stalling callers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A Redis connection of either topology.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// A single node.
+    Single(ConnectionManager),
+    /// Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// Connects. A single node connects lazily (the first command connects, and later ones reconnect after
+    /// failures); a cluster must answer now so its slot map can be read.
+    pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<Self> {
+        match settings.nodes.as_slice() {
+            [one] => {
+                let client = redis::Client::open(one.expose_secret())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                Ok(Self::Single(ConnectionManager::new_lazy_with_config(
+                    client, config,
+                )?))
+            }
+            nodes => {
+                let client = redis::cluster::ClusterClientBuilder::new(
+                    nodes.iter().map(|n| n.expose_secret()),
+                )
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .build()?;
+                Ok(Self::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A round trip, for health checks.
+    pub async fn ping(&mut self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async::<()>(self).await
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The process-wide state every handler shares.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use anyhow::Context;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tollgate_common::clock::{SharedClock, SystemClock};
+use tollgate_common::jwt::ClerkVerifier;
+use tollgate_common::store::{pg, redis::RedisConn};
+
+/// Shared state; cheap to clone through [`AppState`].
+pub struct App {
+    /// Settings, validated at start.
+    pub config: Config,
+    /// PostgreSQL.
+    pub pg: PgPool,
+    /// Redis.
+    pub redis: RedisConn,
+    /// Clerk session-token verification.
+    pub clerk: ClerkVerifier,
+    /// Metrics, registered in `registry`.
+    pub metrics: Metrics,
+    /// What `/metrics` exports.
+    pub registry: prometheus::Registry,
+    /// "Now", injectable for tests.
+    pub clock: SharedClock,
+}
+
+/// The axum state type.
+pub type AppState = Arc<App>;
+
+/// The migrations, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+impl App {
+    /// Connects to the stores, applies pending migrations and builds the state.
+    ///
+    /// Migrations run under PostgreSQL advisory lock taken by sqlx's migrator, so replicas starting together
+    /// apply each migration once and the others wait.
+    pub async fn start(config: Config) -> anyhow::Result<AppState> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`App::start`] with an injected clock.
+    pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
+        let pg = pg::pool(
+            &config.common.database_url,
+            config.common.database_max_connections,
+        )
+        .context("DATABASE_URL")?;
+        MIGRATOR.run(&pg).await.context("applying migrations")?;
+        let redis = RedisConn::connect(&config.common.redis)
+            .await
+            .context("REDIS_URL")?;
+        let clerk =
+            ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry).context("registering metrics")?;
+        Ok(Arc::new(Self {
+            config,
+            pg,
+            redis,
+            clerk,
+            metrics,
+            registry,
+            clock,
+        }))
+    }
+}

@@ -1,0 +1,236 @@
+//! Who is calling, and whether they may call this route.
+//!
+//! Every handler takes a [`Caller<P>`]: the route declares its policy `P` in its signature, and the extractor
+//! authenticates the request before the body is read. Credentials, in order:
+//!
+//! * `Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>` — the operator (compared in constant time);
+//! * `Authorization: Bearer tg_…` or `X-Api-Key: tg_…` — an org API key, resolved by hash;
+//! * `Authorization: Bearer <JWT>` — a Clerk session token.
+//!
+//! A missing or failing credential is 401; a valid one that the policy does not admit, or that acts on another
+//! org, is 403.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, header, request::Parts};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::marker::PhantomData;
+use subtle::ConstantTimeEq;
+use tollgate_common::domain::OrgId;
+use tollgate_common::jwt::{ClerkSession, JwtError};
+use tollgate_common::keys::{self, ResolvedKey};
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The platform operator.
+    Operator,
+    /// A Clerk user, possibly with an active organization.
+    User(ClerkSession),
+    /// An org API key.
+    ApiKey(ResolvedKey),
+}
+
+impl Principal {
+    /// The org this request acts on: `requested` if the caller may act on it, else the caller's own org.
+    /// The operator must name one.
+    pub fn org_scope(&self, requested: Option<&OrgId>) -> Result<OrgId, ApiError> {
+        let own = match self {
+            Self::Operator => {
+                return requested.cloned().ok_or_else(|| {
+                    ApiError::invalid("orgId", "required when calling as the operator")
+                });
+            }
+            Self::User(session) => session.org.as_ref().ok_or_else(|| {
+                ApiError::Forbidden("the session has no active organization".to_owned())
+            })?,
+            Self::ApiKey(key) => &key.org,
+        };
+        match requested {
+            Some(r) if r != own => Err(ApiError::Forbidden(
+                "orgId: the caller may not act on this organization".to_owned(),
+            )),
+            _ => Ok(own.clone()),
+        }
+    }
+
+    /// A short label for logs and metrics (never an identifier).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::User(_) => "user",
+            Self::ApiKey(_) => "api_key",
+        }
+    }
+}
+
+/// Which principals a route admits.
+pub trait Policy: Send + Sync + 'static {
+    /// Clerk users.
+    const USER: bool;
+    /// Org API keys.
+    const API_KEY: bool;
+    /// The operator.
+    const OPERATOR: bool;
+}
+
+/// Users and the operator (org management, keys, billing).
+pub struct UserOrOperator;
+impl Policy for UserOrOperator {
+    const USER: bool = true;
+    const API_KEY: bool = false;
+    const OPERATOR: bool = true;
+}
+
+/// Users, API keys and the operator (metering).
+pub struct AnyPrincipal;
+impl Policy for AnyPrincipal {
+    const USER: bool = true;
+    const API_KEY: bool = true;
+    const OPERATOR: bool = true;
+}
+
+/// Users and API keys only (the caller's own view).
+pub struct OrgMember;
+impl Policy for OrgMember {
+    const USER: bool = true;
+    const API_KEY: bool = true;
+    const OPERATOR: bool = false;
+}
+
+/// The operator only (`/api/admin/*`, `/api/jobs/*`).
+pub struct OperatorOnly;
+impl Policy for OperatorOnly {
+    const USER: bool = false;
+    const API_KEY: bool = false;
+    const OPERATOR: bool = true;
+}
+
+/// The authenticated caller of a route with policy `P`.
+pub struct Caller<P: Policy> {
+    /// Who is calling.
+    pub principal: Principal,
+    _policy: PhantomData<P>,
+}
+
+impl<P: Policy> FromRequestParts<AppState> for Caller<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let principal = authenticate(&parts.headers, app).await.inspect_err(|e| {
+            app.metrics
+                .auth_failures
+                .with_label_values(&[failure_label(e)])
+                .inc();
+        })?;
+        let admitted = match principal {
+            Principal::Operator => P::OPERATOR,
+            Principal::User(_) => P::USER,
+            Principal::ApiKey(_) => P::API_KEY,
+        };
+        if !admitted {
+            return Err(ApiError::Forbidden(format!(
+                "this endpoint is not open to {} credentials",
+                principal.kind().replace('_', " ")
+            )));
+        }
+        Ok(Self {
+            principal,
+            _policy: PhantomData,
+        })
+    }
+}
+
+fn failure_label(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::Unauthenticated(_) => "unauthenticated",
+        _ => "unavailable",
+    }
+}
+
+enum Credential<'a> {
+    Bearer(&'a str),
+    ApiKey(&'a str),
+}
+
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::Unauthenticated("Authorization: not a valid header value"))?;
+        let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthenticated(
+            "Authorization: expected `Bearer <token>`",
+        ))?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(ApiError::Unauthenticated(
+                "Authorization: expected `Bearer <token>`",
+            ));
+        }
+        return Ok(Credential::Bearer(token));
+    }
+    if let Some(value) = headers.get("x-api-key") {
+        let key = value
+            .to_str()
+            .map_err(|_| ApiError::Unauthenticated("X-Api-Key: not a valid header value"))?;
+        return Ok(Credential::ApiKey(key.trim()));
+    }
+    Err(ApiError::Unauthenticated(
+        "credentials are required: Authorization: Bearer <token> or X-Api-Key",
+    ))
+}
+
+async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Principal, ApiError> {
+    match credential(headers)? {
+        Credential::Bearer(token) if is_operator(token, app) => Ok(Principal::Operator),
+        Credential::Bearer(token) if token.starts_with(keys::KEY_PREFIX) => {
+            api_key(token, app).await
+        }
+        Credential::ApiKey(token) => api_key(token, app).await,
+        Credential::Bearer(token) => {
+            app.clerk
+                .verify(token)
+                .await
+                .map(Principal::User)
+                .map_err(|e| match e {
+                    JwtError::KeysUnavailable => ApiError::Unavailable(
+                        "session tokens cannot be verified right now; retry later".to_owned(),
+                    ),
+                    JwtError::Expired => ApiError::Unauthenticated("the session token has expired"),
+                    JwtError::NotYetValid => {
+                        ApiError::Unauthenticated("the session token is not valid yet")
+                    }
+                    JwtError::WrongIssuer => {
+                        ApiError::Unauthenticated("the session token's issuer is not accepted")
+                    }
+                    _ => ApiError::Unauthenticated("the session token is invalid"),
+                })
+        }
+    }
+}
+
+/// Hashing both sides first gives equal-length inputs, so the comparison time says nothing about the token.
+fn is_operator(token: &str, app: &AppState) -> bool {
+    let presented = Sha256::digest(token.as_bytes());
+    let expected = Sha256::digest(app.config.admin_token.expose_secret().as_bytes());
+    presented.ct_eq(&expected).into()
+}
+
+async fn api_key(token: &str, app: &AppState) -> Result<Principal, ApiError> {
+    let resolved = keys::resolve(&app.pg, token)
+        .await?
+        .ok_or(ApiError::Unauthenticated(
+            "the API key is invalid or revoked",
+        ))?;
+    let pg = app.pg.clone();
+    let key_id = resolved.key_id;
+    // Bookkeeping only: the request does not wait for it, and a failure is not the caller's problem.
+    tokio::spawn(async move {
+        if let Err(e) = keys::touch(&pg, key_id).await {
+            tracing::debug!(error = %e, "could not record key use");
+        }
+    });
+    Ok(Principal::ApiKey(resolved))
+}

@@ -1,0 +1,112 @@
+//! The control plane's settings: the shared ones plus its own, read once at start.
+
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use tollgate_common::config::{CommonSettings, ConfigErrors, Env, Reader};
+use url::Url;
+
+pub const ENV_CP_LISTEN: &str = "TOLLGATE_CP_LISTEN";
+pub const ENV_ADMIN_TOKEN: &str = "TOLLGATE_ADMIN_TOKEN";
+pub const ENV_BODY_LIMIT: &str = "TOLLGATE_CP_BODY_LIMIT";
+pub const ENV_STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
+pub const ENV_STRIPE_API_BASE: &str = "STRIPE_API_BASE";
+pub const ENV_STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
+pub const ENV_STIGG_API_KEY: &str = "STIGG_API_KEY";
+pub const ENV_STIGG_API_URL: &str = "STIGG_API_URL";
+
+pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
+pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
+
+/// Stripe access. Optional until the billing endpoints land; validated whenever given.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub secret_key: SecretString,
+    pub api_base: Url,
+    pub webhook_secret: Option<SecretString>,
+}
+
+/// Stigg access, for the mirror.
+#[derive(Debug, Clone)]
+pub struct StiggSettings {
+    pub api_key: SecretString,
+    pub api_url: Url,
+}
+
+/// Everything the control plane is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonSettings,
+    pub listen: SocketAddr,
+    pub admin_token: SecretString,
+    pub body_limit: usize,
+    pub stripe: Option<StripeSettings>,
+    pub stigg: Option<StiggSettings>,
+}
+
+impl Config {
+    /// Reads and validates every key; the error names each bad one.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(env);
+        let common = CommonSettings::read(&mut r);
+        let listen = r.listen(ENV_CP_LISTEN, DEFAULT_CP_LISTEN);
+        let admin_token = r.secret(ENV_ADMIN_TOKEN);
+        let body_limit = r.parse_or(ENV_BODY_LIMIT, DEFAULT_BODY_LIMIT, "a size in bytes");
+        if !(1024..=16 * 1024 * 1024).contains(&body_limit) {
+            r.error(ENV_BODY_LIMIT, "must be between 1024 and 16777216 bytes");
+        }
+        let stripe = read_stripe(&mut r);
+        let stigg = read_stigg(&mut r);
+        r.finish()?;
+        match (common, admin_token) {
+            (Some(common), Some(admin_token)) => Ok(Self {
+                common,
+                listen,
+                admin_token,
+                body_limit,
+                stripe,
+                stigg,
+            }),
+            // `finish` reported every missing part already; this arm is unreachable in practice.
+            _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),
+        }
+    }
+}
+
+fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
+    use secrecy::ExposeSecret;
+    let secret_key = r.optional_secret(ENV_STRIPE_SECRET_KEY);
+    let api_base = r.url(ENV_STRIPE_API_BASE, Some(DEFAULT_STRIPE_API_BASE));
+    let webhook_secret = r.optional_secret(ENV_STRIPE_WEBHOOK_SECRET);
+    if let Some(k) = &secret_key
+        && !(k.expose_secret().starts_with("sk_") || k.expose_secret().starts_with("rk_"))
+    {
+        r.error(
+            ENV_STRIPE_SECRET_KEY,
+            "expected a secret key (sk_…) or restricted key (rk_…)",
+        );
+    }
+    if let Some(w) = &webhook_secret
+        && !w.expose_secret().starts_with("whsec_")
+    {
+        r.error(
+            ENV_STRIPE_WEBHOOK_SECRET,
+            "expected a webhook signing secret (whsec_…)",
+        );
+    }
+    Some(StripeSettings {
+        secret_key: secret_key?,
+        api_base: api_base?,
+        webhook_secret,
+    })
+}
+
+fn read_stigg(r: &mut Reader<'_>) -> Option<StiggSettings> {
+    let api_key = r.optional_secret(ENV_STIGG_API_KEY);
+    let api_url = r.url(ENV_STIGG_API_URL, Some(DEFAULT_STIGG_API_URL));
+    Some(StiggSettings {
+        api_key: api_key?,
+        api_url: api_url?,
+    })
+}

@@ -1,0 +1,181 @@
+//! The control plane's one error type, mapped once to RFC 9457 problem+json.
+//!
+//! Handlers and services return [`ApiError`]; nothing else writes an error response. 5xx causes are logged here,
+//! once, with their internal detail; the client sees only a generic detail.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tollgate_common::problem::{CONTENT_TYPE, Problem};
+
+/// Every way a control-plane request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No credential, or one that does not verify.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A valid credential that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body is not JSON at all.
+    #[error("{detail}")]
+    MalformedBody { detail: String },
+    /// A field is missing, of the wrong type, unknown, or out of range.
+    #[error("{field}: {detail}")]
+    InvalidField { field: String, detail: String },
+    /// The body is larger than the configured limit.
+    #[error("body: larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// A body that is not JSON by its content type.
+    #[error("Content-Type: expected application/json")]
+    UnsupportedMediaType,
+    /// The thing named by `field` does not exist (or is not the caller's).
+    #[error("{field}: {detail}")]
+    NotFound { field: &'static str, detail: String },
+    /// No such route.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request conflicts with stored state.
+    #[error("{field}: {detail}")]
+    Conflict { field: &'static str, detail: String },
+    /// A dependency is down; retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// PostgreSQL failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Redis failed.
+    #[error("redis error")]
+    Redis(#[from] redis::RedisError),
+    /// Anything else: a bug or an unexpected failure.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// Bad input naming `field`.
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::MalformedBody { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unavailable(_) | Self::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let status = self.status().as_u16();
+        let p = |kind, title, detail: String| Problem::new(status, kind, title, detail);
+        match self {
+            Self::Unauthenticated(d) => p(
+                "/problems/unauthenticated",
+                "Unauthenticated",
+                (*d).to_owned(),
+            ),
+            Self::Forbidden(d) => p("/problems/forbidden", "Forbidden", d.clone()),
+            Self::MalformedBody { detail } => {
+                p("/problems/malformed-body", "Malformed body", detail.clone())
+                    .with("field", "body")
+            }
+            Self::InvalidField { field, .. } => {
+                p("/problems/invalid-field", "Invalid field", self.to_string())
+                    .with("field", field.as_str())
+            }
+            Self::PayloadTooLarge { .. } => p(
+                "/problems/payload-too-large",
+                "Payload too large",
+                self.to_string(),
+            )
+            .with("field", "body"),
+            Self::UnsupportedMediaType => p(
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+                self.to_string(),
+            )
+            .with("field", "Content-Type"),
+            Self::NotFound { field, .. } => {
+                p("/problems/not-found", "Not found", self.to_string()).with("field", *field)
+            }
+            Self::NoRoute => p("/problems/not-found", "Not found", self.to_string()),
+            Self::MethodNotAllowed => p(
+                "/problems/method-not-allowed",
+                "Method not allowed",
+                self.to_string(),
+            ),
+            Self::Conflict { field, .. } => {
+                p("/problems/conflict", "Conflict", self.to_string()).with("field", *field)
+            }
+            Self::Unavailable(d) => p("/problems/unavailable", "Service unavailable", d.clone()),
+            Self::Redis(_) => p(
+                "/problems/unavailable",
+                "Service unavailable",
+                "redis is unavailable; retry later".to_owned(),
+            ),
+            Self::Database(e) if is_unavailable(e) => p(
+                "/problems/unavailable",
+                "Service unavailable",
+                "the database is unavailable; retry later".to_owned(),
+            ),
+            Self::Database(_) | Self::Internal(_) => p(
+                "/problems/internal",
+                "Internal error",
+                "an internal error occurred; it has been logged".to_owned(),
+            ),
+        }
+    }
+}
+
+/// Failures where PostgreSQL could not be reached, as opposed to a query that failed.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Database(e) => tracing::error!(error = %e, "database failure"),
+            Self::Redis(e) => tracing::error!(error = %e, "redis failure"),
+            Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal failure"),
+            _ if status.is_server_error() => tracing::warn!(error = %self, "request failed"),
+            _ => tracing::debug!(http.status = status.as_u16(), error = %self, "request refused"),
+        }
+        let mut response = (status, self.problem().to_json()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The result type of handlers and services.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,62 @@
+//! The control plane's Prometheus metrics, declared in one place and registered into an injected registry.
+//!
+//! No label ever carries an org id, key or user: cardinality stays bounded and nothing identifying leaks.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Every metric the control plane exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `tollgate_cp_http_requests_total{route,method,status}`.
+    pub http_requests: IntCounterVec,
+    /// `tollgate_cp_http_request_duration_seconds{route,method}`.
+    pub http_duration: HistogramVec,
+    /// `tollgate_cp_auth_failures_total{reason}`.
+    pub auth_failures: IntCounterVec,
+    /// `tollgate_cp_dependency_errors_total{dependency}` (`postgres`, `redis`).
+    pub dependency_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_http_requests_total",
+                    "HTTP requests by route template, method and status.",
+                ),
+                &["route", "method", "status"],
+            )?,
+            http_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_cp_http_request_duration_seconds",
+                    "HTTP request latency by route template and method.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["route", "method"],
+            )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_auth_failures_total",
+                    "Requests refused before authorization, by reason.",
+                ),
+                &["reason"],
+            )?,
+            dependency_errors: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_dependency_errors_total",
+                    "Failed calls to PostgreSQL or Redis.",
+                ),
+                &["dependency"],
+            )?,
+        };
+        registry.register(Box::new(m.http_requests.clone()))?;
+        registry.register(Box::new(m.http_duration.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.dependency_errors.clone()))?;
+        Ok(m)
+    }
+}

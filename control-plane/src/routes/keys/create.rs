@@ -1,0 +1,79 @@
+//! `POST /api/keys.create`.
+
+use crate::app::AppState;
+use crate::auth::{Caller, UserOrOperator};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::routes::ProblemDoc;
+use crate::services::{keys, orgs};
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tollgate_common::domain::OrgId;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A key to issue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// The org; defaults to the caller's own.
+    #[schema(value_type = Option<String>, example = "org_2aBcDeF")]
+    pub org_id: Option<OrgId>,
+    /// A label for the key, 1–100 characters.
+    #[schema(example = "production backend")]
+    pub name: String,
+}
+
+/// The issued key. `key` is shown this once; only its hash is kept.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateKeyResponse {
+    pub key_id: Uuid,
+    #[schema(example = "tg_4fJk2…")]
+    pub key: String,
+    #[schema(example = "tg_4fJk2aB9")]
+    pub prefix: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Issues an API key for the org.
+#[utoipa::path(
+    post, path = "/api/keys.create", tag = "keys",
+    request_body = CreateKeyRequest,
+    responses(
+        (status = 200, description = "The key, shown once", body = CreateKeyResponse),
+        (status = 400, description = "Malformed JSON", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad credentials", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Another org, or an API key", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing or invalid", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("clerk" = []), ("operator" = []))
+)]
+pub async fn create_key(
+    caller: Caller<UserOrOperator>,
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<CreateKeyRequest>,
+) -> ApiResult<Json<CreateKeyResponse>> {
+    let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            "must be 1 to 100 characters, without control characters",
+        ));
+    }
+    let org_id = orgs::internal_id(&app.pg, &org).await?;
+    let issued = keys::create(&app.pg, org_id, name).await?;
+    Ok(Json(CreateKeyResponse {
+        key_id: issued.key_id,
+        key: issued.key.expose_secret().to_owned(),
+        prefix: issued.prefix,
+        name: name.to_owned(),
+        created_at: issued.created_at,
+    }))
+}

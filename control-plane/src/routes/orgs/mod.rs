@@ -1,0 +1,3 @@
+//! Tenants.
+
+pub mod create;

@@ -1,0 +1,5 @@
+//! Service functions: the SQL and Redis work behind the handlers. Handlers extract and authorize; services act.
+
+pub mod diag;
+pub mod keys;
+pub mod orgs;

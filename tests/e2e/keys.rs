@@ -1,0 +1,159 @@
+//! API keys: issue, list, revoke, and revocation reaching the shared resolution code and the announce channel.
+
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tollgate_common::keys;
+use tollgate_e2e::app::{Auth, TestApp};
+
+#[tokio::test]
+async fn a_key_is_shown_once_and_stored_only_as_a_hash() {
+    let app = TestApp::start().await;
+    app.create_org("org_alpha").await;
+    let token = app.user_token("user_alpha", "org_alpha");
+    let r = app
+        .post(
+            "/api/keys.create",
+            Auth::Bearer(&token),
+            &json!({"name": "backend"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let key = r.json["key"].as_str().unwrap().to_owned();
+    let prefix = r.json["prefix"].as_str().unwrap();
+    assert!(keys::looks_like_key(&key));
+    assert!(key.starts_with(prefix));
+
+    let stored: (Vec<u8>, String) = sqlx::query_as("SELECT key_hash, prefix FROM api_keys")
+        .fetch_one(&app.state.pg)
+        .await
+        .unwrap();
+    assert_eq!(stored.0, Sha256::digest(key.as_bytes()).to_vec());
+    assert_eq!(stored.1, prefix);
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM api_keys t")
+        .fetch_one(&app.state.pg)
+        .await
+        .unwrap();
+    assert!(!dump.contains(&key[3..]), "the key itself is not stored");
+
+    let list = app.get("/api/keys.list", Auth::Bearer(&token)).await;
+    assert_eq!(list.status, 200);
+    assert!(!list.text.contains(&key), "the list never shows the key");
+    let items = list.json.as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["keyId"], r.json["keyId"]);
+    assert_eq!(items[0]["name"], "backend");
+    assert_eq!(items[0]["prefix"], prefix);
+    assert!(items[0]["createdAt"].is_string());
+    assert!(items[0]["lastUsedAt"].is_null());
+
+    let resolved = keys::resolve(&app.state.pg, &key)
+        .await
+        .unwrap()
+        .expect("a fresh key resolves");
+    assert_eq!(resolved.org.as_str(), "org_alpha");
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_the_shared_resolution_and_announced() {
+    let app = TestApp::start().await;
+    app.create_org("org_alpha").await;
+    let (key_id, key) = app.create_key("org_alpha").await;
+    assert!(keys::resolve(&app.state.pg, &key).await.unwrap().is_some());
+
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(keys::revocations_channel(app.namespace()))
+        .await
+        .unwrap();
+
+    let token = app.user_token("user_alpha", "org_alpha");
+    let r = app
+        .post(
+            "/api/keys.revoke",
+            Auth::Bearer(&token),
+            &json!({"keyId": key_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json, json!({"revoked": true}));
+
+    assert_eq!(keys::resolve(&app.state.pg, &key).await.unwrap(), None);
+    let message = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+        .await
+        .expect("the revocation is announced")
+        .unwrap();
+    let payload: String = message.get_payload().unwrap();
+    assert_eq!(payload, hex::encode(keys::hash(&key)));
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let epoch: i64 = redis::cmd("GET")
+        .arg(keys::revocations_epoch_key(app.namespace()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(epoch, 1);
+
+    let again = app
+        .post(
+            "/api/keys.revoke",
+            Auth::Bearer(&token),
+            &json!({"keyId": key_id}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "revoking twice is fine: {}", again.text);
+    let list = app.get("/api/keys.list", Auth::Bearer(&token)).await;
+    assert_eq!(list.json, json!([]));
+}
+
+#[tokio::test]
+async fn another_orgs_key_cannot_be_revoked_or_seen() {
+    let app = TestApp::start().await;
+    app.create_org("org_alpha").await;
+    app.create_org("org_beta").await;
+    let (beta_key_id, beta_key) = app.create_key("org_beta").await;
+    let alpha = app.user_token("user_alpha", "org_alpha");
+
+    let r = app
+        .post(
+            "/api/keys.revoke",
+            Auth::Bearer(&alpha),
+            &json!({"keyId": beta_key_id}),
+        )
+        .await;
+    assert_eq!(r.problem(404)["field"], "keyId");
+    assert!(
+        keys::resolve(&app.state.pg, &beta_key)
+            .await
+            .unwrap()
+            .is_some(),
+        "the key still works"
+    );
+
+    let r = app.get("/api/keys.list", Auth::Bearer(&alpha)).await;
+    assert_eq!(r.json, json!([]));
+    let r = app
+        .get("/api/keys.list?orgId=org_beta", Auth::Bearer(&alpha))
+        .await;
+    r.problem(403);
+}
+
+#[tokio::test]
+async fn the_operator_must_name_the_org() {
+    let app = TestApp::start().await;
+    let r = app.get("/api/keys.list", Auth::Operator).await;
+    assert_eq!(r.problem(422)["field"], "orgId");
+    let r = app
+        .post("/api/keys.create", Auth::Operator, &json!({"name": "k"}))
+        .await;
+    assert_eq!(r.problem(422)["field"], "orgId");
+    let r = app
+        .post(
+            "/api/keys.create",
+            Auth::Operator,
+            &json!({"orgId": "org_missing", "name": "k"}),
+        )
+        .await;
+    assert_eq!(r.problem(404)["field"], "orgId");
+}

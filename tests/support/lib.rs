@@ -1,0 +1,32 @@
+//! Support for Tollgate's end-to-end tests: every test gets its own PostgreSQL database and Redis namespace, a
+//! control plane served on port 0, and a locally served JWKS with test-only keys to mint Clerk session tokens.
+//!
+//! # Layout
+//!
+//! * [`app`] — [`app::TestApp`], a running control plane plus an HTTP client.
+//! * [`clerk`] — [`clerk::Jwks`], the JWKS server, and token minting (including the malicious shapes).
+//! * [`db`] — per-test databases.
+//! * [`redis_server`] — a private `redis-server` process a test may stop and start.
+//! * [`wait`] — waiting on a condition instead of sleeping.
+
+pub mod app;
+pub mod clerk;
+pub mod db;
+pub mod redis_server;
+pub mod wait;
+
+/// The workspace root.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A free loopback port (bound and released; fine for test processes started right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
