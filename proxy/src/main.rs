@@ -1,61 +1,163 @@
-//! `tollgate-proxy` (stub): validates its settings and serves `/healthz` on the metrics listener. The metering
-//! proxy itself lands with the proxy issue.
+//! `tollgate-proxy`: the metering reverse proxy.
+//!
+//! # Layout
+//!
+//! * [`config`] — settings, read once and validated at start.
+//! * [`service`] — the `ProxyHttp` implementation: identify, price, check-and-consume, proxy or refuse.
+//! * [`auth`] — credentials and the API key cache.
+//! * [`orgs`] — cached billing state per org, refreshed in the background.
+//! * [`meter`] — counter slots and the dirty set that write-back drains.
+//! * [`background`] — write-back, billing refresh, revocation listening.
+//! * [`admin`] — `/metrics`, `/healthz`, `/readyz` on the metrics listener.
+//! * [`respond`] — problem+json and 429 responses.
+//! * [`metrics`] — the Prometheus metrics.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Context;
-use axum::Router;
-use axum::routing::get;
+mod admin;
+mod auth;
+mod background;
+mod config;
+mod core;
+mod meter;
+mod metrics;
+mod orgs;
+mod respond;
+mod service;
+
+use crate::config::Config;
+use crate::core::{Core, RedisHealth};
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
-use tollgate_common::config::{CommonSettings, ProcessEnv, Reader};
+use std::sync::{Arc, Mutex};
+use tollgate_common::clock::SystemClock;
+use tollgate_common::config::ProcessEnv;
+use tollgate_common::jwt::ClerkVerifier;
+use tollgate_common::store::pg;
 use tollgate_common::telemetry;
 
-const ENV_METRICS_LISTEN: &str = "TOLLGATE_METRICS_LISTEN";
-const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9100";
-
 fn main() -> ExitCode {
-    let mut reader = Reader::new(&ProcessEnv);
-    let common = CommonSettings::read(&mut reader);
-    let routes = common.as_ref().and_then(|c| c.read_routes(&mut reader));
-    let metrics_listen = reader.listen(ENV_METRICS_LISTEN, DEFAULT_METRICS_LISTEN);
-    if let Err(e) = reader.finish() {
-        eprintln!("tollgate-proxy: {e}");
-        return ExitCode::from(2);
-    }
-    let (Some(common), Some(_routes)) = (common, routes) else {
-        return ExitCode::from(2);
+    let config = match Config::from_env(&ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tollgate-proxy: {e}");
+            return ExitCode::from(2);
+        }
     };
     let _telemetry = telemetry::init(
         "tollgate-proxy",
-        common.log_format,
-        common.sentry_dsn.as_ref(),
+        config.common.log_format,
+        config.common.sentry_dsn.as_ref(),
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    match start(config) {
+        Ok(never) => match never {},
         Err(e) => {
-            eprintln!("tollgate-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve_health(metrics_listen)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "proxy failed to start");
             eprintln!("tollgate-proxy: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve_health(listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {ENV_METRICS_LISTEN} {listen}"))?;
-    tracing::info!(listen = %listen, "proxy stub serving /healthz");
-    let app = Router::new().route("/healthz", get(|| async { "ok" }));
-    axum::serve(listener, app).await?;
-    Ok(())
+fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
+    use anyhow::Context;
+    // The pool's maintenance tasks need a runtime that lives as long as the process; Pingora's own runtimes
+    // only exist inside `run_forever`.
+    let support = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tollgate-support")
+        .enable_all()
+        .build()
+        .context("starting the support runtime")?;
+    let pg = {
+        let _entered = support.enter();
+        pg::pool(
+            &config.common.database_url,
+            config.common.database_max_connections,
+        )
+        .context("DATABASE_URL")?
+    };
+    let metrics_listener = std::net::TcpListener::bind(config.metrics_listen)
+        .with_context(|| format!("binding TOLLGATE_METRICS_LISTEN {}", config.metrics_listen))?;
+    let upstream_addr = config
+        .upstream
+        .addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .with_context(|| format!("TOLLGATE_UPSTREAM: cannot resolve {}", config.upstream.addr))?;
+    let peer = HttpPeer::new(
+        upstream_addr,
+        config.upstream.tls,
+        config.upstream.sni.clone(),
+    );
+
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::register(&registry, &config.common.plans)
+        .context("registering metrics")?;
+    // Plans and routes live as long as the process; 'static references keep them out of per-request clones.
+    let catalog = &**Box::leak(Box::new(Arc::clone(&config.common.plans)));
+    let routes = &**Box::leak(Box::new(Arc::clone(&config.routes)));
+    let core = Arc::new(Core {
+        catalog,
+        routes,
+        clerk: ClerkVerifier::new(config.common.clerk.clone())
+            .context("building the JWKS client")?,
+        keys: auth::KeyCache::default(),
+        orgs: orgs::OrgCache::default(),
+        meter: meter::Meter::new(&config.common.redis.namespace),
+        metrics,
+        registry,
+        redis_health: RedisHealth::default(),
+        clock: Arc::new(SystemClock),
+        pg,
+        config,
+    });
+
+    let mut conf = ServerConf::default();
+    conf.threads = core.config.threads;
+    conf.grace_period_seconds = Some(core.config.shutdown_grace.as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(2);
+    let mut server = Server::new_with_opt_and_conf(Option::<Opt>::None, conf);
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        service::MeteringProxy::new(Arc::clone(&core), peer),
+    );
+    proxy.add_tcp(&core.config.listen.to_string());
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "write-back",
+        background::WriteBack {
+            core: Arc::clone(&core),
+        },
+    ));
+    server.add_service(background_service(
+        "refresher",
+        background::Refresher {
+            core: Arc::clone(&core),
+        },
+    ));
+    server.add_service(background_service(
+        "revocations",
+        background::Revocations {
+            core: Arc::clone(&core),
+        },
+    ));
+    server.add_service(background_service(
+        "admin",
+        admin::Admin {
+            core: Arc::clone(&core),
+            listener: Mutex::new(Some(metrics_listener)),
+        },
+    ));
+    tracing::info!(listen = %core.config.listen, upstream = %core.config.upstream.addr, "proxy starting");
+    // Keep the support runtime alive for the life of the process.
+    std::mem::forget(support);
+    server.run_forever()
 }

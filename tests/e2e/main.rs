@@ -7,3 +7,4 @@ mod diag;
 mod keys;
 mod ops;
 mod orgs;
+mod support_selftest;

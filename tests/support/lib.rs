@@ -12,7 +12,11 @@
 pub mod app;
 pub mod clerk;
 pub mod db;
+pub mod forwarder;
+pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
+pub mod upstream;
 pub mod wait;
 
 /// The workspace root.

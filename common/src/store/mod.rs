@@ -1,4 +1,5 @@
 //! Connections to the two stores both binaries use.
 
+pub mod counters;
 pub mod pg;
 pub mod redis;

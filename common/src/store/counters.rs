@@ -1,0 +1,326 @@
+//! Usage counters: the live value in Redis, the durable copy in PostgreSQL.
+//!
+//! One counter per org, metric and billing period, stored as a Redis hash `{u: used, e: epoch}` under
+//! `<ns>:{o<org>}:c:<metric>:<periodKey>`. The `{o<org>}` hash tag puts every counter of one org in one Redis
+//! Cluster slot.
+//!
+//! # Protocols
+//!
+//! * **Check and consume** is one Lua script, so it is atomic and costs one round trip: it admits iff
+//!   `used + cost <= limit` and only then increments. A denied request consumes nothing.
+//! * **A missing counter** (Redis restarted, key evicted, first use) is rebuilt from PostgreSQL before it is used:
+//!   the script answers "missing", the caller reads the durable copy and calls again with it as the seed, and the
+//!   script seeds only if the key is still absent. A Redis restart therefore never hands out a fresh quota; it can
+//!   lose at most the increments made since the last write-back.
+//! * **Write-back** reads absolute values from Redis and upserts them, guarded by `epoch`: a newer epoch always
+//!   wins, and within an epoch only a larger value is written. Flushes are idempotent and may run on any number of
+//!   replicas at once, in any order.
+//! * **Reset** bumps the epoch in PostgreSQL first, then in Redis. A flush that read the counter before the reset
+//!   carries the old epoch and is ignored, so a late flush can never undo a reset.
+
+use crate::domain::{Metric, Period, PeriodKey};
+use crate::store::redis::RedisConn;
+use chrono::{DateTime, Utc};
+use redis::Script;
+use sqlx::PgPool;
+use std::sync::LazyLock;
+
+/// Lua numbers are doubles: limits above 2^53 would lose precision, and no real quota gets near it.
+pub const MAX_LIMIT: u64 = 1 << 53;
+/// Counters stay in Redis this long after their period ends (history reads), then expire; PostgreSQL keeps them.
+const RETAIN_AFTER_PERIOD_SECS: i64 = 40 * 24 * 3600;
+
+static CONSUME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local used = redis.call('HGET', KEYS[1], 'u')
+if not used then
+  if ARGV[3] == '' then return {-1, 0} end
+  redis.call('HSET', KEYS[1], 'u', ARGV[3], 'e', ARGV[4])
+  redis.call('EXPIREAT', KEYS[1], ARGV[5])
+  used = ARGV[3]
+end
+used = tonumber(used)
+local cost = tonumber(ARGV[1])
+if used + cost > tonumber(ARGV[2]) then return {0, used} end
+if cost == 0 then return {1, used} end
+return {1, redis.call('HINCRBY', KEYS[1], 'u', cost)}
+",
+    )
+});
+
+static RESET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if e and tonumber(e) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'u', 0, 'e', ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return 1
+",
+    )
+});
+
+/// The Redis key of a counter.
+pub fn redis_key(namespace: &str, org_id: i64, metric: &Metric, period: PeriodKey) -> String {
+    format!("{namespace}:{{o{org_id}}}:c:{metric}:{period}")
+}
+
+/// One counter: an org's usage of a metric in a period.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    /// Internal org id.
+    pub org_id: i64,
+    /// The metric.
+    pub metric: Metric,
+    /// The billing period.
+    pub period: Period,
+}
+
+impl CounterKey {
+    /// Its Redis key.
+    pub fn redis_key(&self, namespace: &str) -> String {
+        redis_key(namespace, self.org_id, &self.metric, self.period.key())
+    }
+
+    fn expire_at(&self) -> i64 {
+        self.period.end.timestamp() + RETAIN_AFTER_PERIOD_SECS
+    }
+}
+
+/// What a check-and-consume decided, with the counter's value afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    /// Admitted; `used` includes this request's cost.
+    Allowed { used: u64 },
+    /// Refused; nothing was consumed.
+    Denied { used: u64 },
+}
+
+/// A failure of either store.
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    /// Redis failed or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// PostgreSQL failed or is unreachable.
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    /// Redis answered something the script never returns.
+    #[error("unexpected reply from the quota script")]
+    Protocol,
+}
+
+/// The durable copy of a counter, as stored in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Durable {
+    /// Units used.
+    pub used: u64,
+    /// Reset generation.
+    pub epoch: u64,
+}
+
+/// Reads the durable copy (zero when never written).
+pub async fn load(pg: &PgPool, key: &CounterKey) -> Result<Durable, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT used, epoch FROM usage_counters WHERE org_id = $1 AND metric = $2 AND period_key = $3",
+    )
+    .bind(key.org_id)
+    .bind(key.metric.as_str())
+    .bind(key.period.key().to_string())
+    .fetch_optional(pg)
+    .await?;
+    Ok(row.map_or_else(Durable::default, |(used, epoch)| Durable {
+        used: u64::try_from(used).unwrap_or(0),
+        epoch: u64::try_from(epoch).unwrap_or(0),
+    }))
+}
+
+/// Checks and consumes `cost` against `limit` atomically. One Redis round trip when the counter is live; a
+/// missing counter is first rebuilt from PostgreSQL.
+pub async fn consume(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    redis_key: &str,
+    key: &CounterKey,
+    cost: u64,
+    limit: u64,
+) -> Result<Consumed, CounterError> {
+    let limit = limit.min(MAX_LIMIT);
+    let reply: Vec<i64> = CONSUME
+        .key(redis_key)
+        .arg(cost)
+        .arg(limit)
+        .arg("")
+        .arg(0)
+        .arg(0)
+        .invoke_async(conn)
+        .await?;
+    let reply = match reply.as_slice() {
+        [-1, _] => {
+            let durable = load(pg, key).await?;
+            CONSUME
+                .key(redis_key)
+                .arg(cost)
+                .arg(limit)
+                .arg(durable.used)
+                .arg(durable.epoch)
+                .arg(key.expire_at())
+                .invoke_async(conn)
+                .await?
+        }
+        _ => reply,
+    };
+    match reply.as_slice() {
+        [1, used] => Ok(Consumed::Allowed {
+            used: u64::try_from(*used).unwrap_or(0),
+        }),
+        [0, used] => Ok(Consumed::Denied {
+            used: u64::try_from(*used).unwrap_or(0),
+        }),
+        _ => Err(CounterError::Protocol),
+    }
+}
+
+/// The live value of a counter without consuming: Redis when present, else the durable copy.
+pub async fn current(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    namespace: &str,
+    key: &CounterKey,
+) -> Result<u64, CounterError> {
+    let used: Option<u64> = redis::cmd("HGET")
+        .arg(key.redis_key(namespace))
+        .arg("u")
+        .query_async(conn)
+        .await?;
+    match used {
+        Some(used) => Ok(used),
+        None => Ok(load(pg, key).await?.used),
+    }
+}
+
+/// Writes the live values of `keys` to PostgreSQL in one Redis pipeline and one statement. Counters missing from
+/// Redis are skipped (PostgreSQL already holds their last state). Returns how many rows were written.
+pub async fn flush(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    namespace: &str,
+    keys: &[CounterKey],
+) -> Result<u64, CounterError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("HMGET")
+            .arg(key.redis_key(namespace))
+            .arg("u")
+            .arg("e");
+    }
+    let values: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(conn).await?;
+    let mut rows = Rows::default();
+    for (key, (used, epoch)) in keys.iter().zip(values) {
+        if let Some(used) = used {
+            rows.push(key, used, epoch.unwrap_or(0));
+        }
+    }
+    if rows.org_id.is_empty() {
+        return Ok(0);
+    }
+    let written = sqlx::query(
+        "INSERT INTO usage_counters AS c (org_id, metric, period_key, period_start, period_end, used, epoch)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                              $6::bigint[], $7::bigint[])
+         ON CONFLICT (org_id, metric, period_key) DO UPDATE
+            SET used = EXCLUDED.used, epoch = EXCLUDED.epoch, updated_at = now()
+          WHERE c.epoch < EXCLUDED.epoch OR (c.epoch = EXCLUDED.epoch AND c.used < EXCLUDED.used)",
+    )
+    .bind(&rows.org_id)
+    .bind(&rows.metric)
+    .bind(&rows.period_key)
+    .bind(&rows.start)
+    .bind(&rows.end)
+    .bind(&rows.used)
+    .bind(&rows.epoch)
+    .execute(pg)
+    .await?
+    .rows_affected();
+    Ok(written)
+}
+
+#[derive(Default)]
+struct Rows {
+    org_id: Vec<i64>,
+    metric: Vec<String>,
+    period_key: Vec<String>,
+    start: Vec<DateTime<Utc>>,
+    end: Vec<DateTime<Utc>>,
+    used: Vec<i64>,
+    epoch: Vec<i64>,
+}
+
+impl Rows {
+    fn push(&mut self, key: &CounterKey, used: i64, epoch: i64) {
+        self.org_id.push(key.org_id);
+        self.metric.push(key.metric.as_str().to_owned());
+        self.period_key.push(key.period.key().to_string());
+        self.start.push(key.period.start);
+        self.end.push(key.period.end);
+        self.used.push(used.max(0));
+        self.epoch.push(epoch.max(0));
+    }
+}
+
+/// Resets one counter to zero under a new epoch: PostgreSQL first, then Redis (see the module docs). Idempotent
+/// per call only in effect: each call opens a new epoch.
+pub async fn reset(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    namespace: &str,
+    key: &CounterKey,
+) -> Result<u64, CounterError> {
+    let epoch: i64 = sqlx::query_scalar(
+        "INSERT INTO usage_counters AS c (org_id, metric, period_key, period_start, period_end, used, epoch)
+         VALUES ($1, $2, $3, $4, $5, 0, 1)
+         ON CONFLICT (org_id, metric, period_key) DO UPDATE
+            SET used = 0, epoch = c.epoch + 1, updated_at = now()
+         RETURNING epoch",
+    )
+    .bind(key.org_id)
+    .bind(key.metric.as_str())
+    .bind(key.period.key().to_string())
+    .bind(key.period.start)
+    .bind(key.period.end)
+    .fetch_one(pg)
+    .await?;
+    let _: i64 = RESET
+        .key(key.redis_key(namespace))
+        .arg(epoch)
+        .arg(key.expire_at())
+        .invoke_async(conn)
+        .await?;
+    Ok(u64::try_from(epoch).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_cluster_slot_per_org() {
+        let metric = Metric::parse("api_call").unwrap();
+        let period = PeriodKey::parse("2026-11").unwrap();
+        assert_eq!(
+            redis_key("tg", 42, &metric, period),
+            "tg:{o42}:c:api_call:2026-11"
+        );
+        let tokens = Metric::parse("tokens").unwrap();
+        let a = redis_key("tg", 42, &metric, period);
+        let b = redis_key("tg", 42, &tokens, PeriodKey::parse("2027-01").unwrap());
+        assert_eq!(
+            redis::cluster_routing::get_slot(a.as_bytes()),
+            redis::cluster_routing::get_slot(b.as_bytes())
+        );
+    }
+}

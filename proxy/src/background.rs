@@ -1,0 +1,204 @@
+//! Background services: write-back, billing refresh and revocation listening. Each runs in its own Pingora
+//! runtime and stops on the server's shutdown watch.
+
+use crate::core::Core;
+use crate::meter::Batch;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::MissedTickBehavior;
+use tollgate_common::keys;
+use tollgate_common::store::counters;
+use tollgate_common::store::redis::RedisConn;
+
+// === WriteBack ===
+
+/// Writes changed counters from Redis to PostgreSQL every `TOLLGATE_WRITEBACK_INTERVAL_MS`.
+///
+/// On shutdown it flushes at once and keeps flushing each interval while in-flight requests drain, until the
+/// runtime stops; every flush writes absolute values, so a flush cut short is simply repeated by the next one.
+pub struct WriteBack {
+    pub core: Arc<Core>,
+}
+
+#[async_trait]
+impl BackgroundService for WriteBack {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticker = tokio::time::interval(self.core.config.writeback_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut conn = None;
+        let mut failing = false;
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed(), if !stopping => {
+                    stopping = true;
+                    tracing::info!("shutting down: flushing usage to PostgreSQL");
+                }
+            }
+            flush(&self.core, &mut conn, &mut failing).await;
+        }
+    }
+}
+
+/// One write-back pass.
+pub async fn flush(core: &Core, conn: &mut Option<RedisConn>, failing: &mut bool) {
+    let now = core.clock.now();
+    core.metrics.writeback_lag.set(core.meter.lag_seconds(now));
+    let batch = core.meter.take_dirty(now - chrono::Duration::minutes(5));
+    if batch.is_empty() {
+        return;
+    }
+    match write(core, conn, &batch).await {
+        Ok(rows) => {
+            core.metrics
+                .writeback_batch
+                .observe(batch.slots.len() as f64);
+            core.metrics.writeback_rows.inc_by(rows);
+            core.metrics
+                .writeback_lag
+                .set(core.meter.lag_seconds(core.clock.now()));
+            if std::mem::take(failing) {
+                tracing::info!("write-back caught up");
+            }
+        }
+        Err(e) => {
+            core.metrics.writeback_failures.inc();
+            if !std::mem::replace(failing, true) {
+                tracing::warn!(error = %e, counters = batch.slots.len(), "write-back failed; retrying every interval");
+            }
+            core.meter.requeue(batch);
+        }
+    }
+}
+
+async fn write(
+    core: &Core,
+    conn: &mut Option<RedisConn>,
+    batch: &Batch,
+) -> Result<u64, counters::CounterError> {
+    let conn = match conn {
+        Some(c) => c,
+        None => conn.insert(RedisConn::connect(&core.config.common.redis).await?),
+    };
+    counters::flush(
+        conn,
+        &core.pg,
+        &core.config.common.redis.namespace,
+        &batch.keys(),
+    )
+    .await
+}
+
+// === Refresher ===
+
+/// Reloads cached orgs' billing state and watches the revocation epoch, every `TOLLGATE_REFRESH_INTERVAL_MS`.
+pub struct Refresher {
+    pub core: Arc<Core>,
+}
+
+#[async_trait]
+impl BackgroundService for Refresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let core = &self.core;
+        let mut ticker = tokio::time::interval(core.config.refresh_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let epoch_key = keys::revocations_epoch_key(&core.config.common.redis.namespace);
+        let mut conn: Option<RedisConn> = None;
+        let mut last_epoch: Option<Option<i64>> = None;
+        let mut pg_failing = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match core.orgs.refresh(&core.pg).await {
+                Ok(_) => {
+                    if std::mem::take(&mut pg_failing) {
+                        tracing::info!("billing refresh recovered");
+                    }
+                }
+                Err(e) => {
+                    core.metrics.postgres_errors.inc();
+                    if !std::mem::replace(&mut pg_failing, true) {
+                        tracing::warn!(error = %e, "billing refresh failed; serving cached state");
+                    }
+                }
+            }
+            core.metrics
+                .cached_orgs
+                .set(i64::try_from(core.orgs.len()).unwrap_or(i64::MAX));
+            // The epoch catches revocations announced while this replica was not subscribed.
+            if conn.is_none() {
+                conn = RedisConn::connect(&core.config.common.redis).await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                let epoch: Result<Option<i64>, _> =
+                    redis::cmd("GET").arg(&epoch_key).query_async(c).await;
+                if let Ok(epoch) = epoch {
+                    if last_epoch.is_some_and(|last| last != epoch) {
+                        core.keys.revoke_all();
+                    }
+                    last_epoch = Some(epoch);
+                }
+            }
+        }
+    }
+}
+
+// === Revocations ===
+
+/// Subscribes to key revocations and evicts revoked keys at once.
+pub struct Revocations {
+    pub core: Arc<Core>,
+}
+
+#[async_trait]
+impl BackgroundService for Revocations {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let core = &self.core;
+        let channel = keys::revocations_channel(&core.config.common.redis.namespace);
+        // In a cluster, PUBLISH reaches every node: listening on the first one is enough.
+        let Some(url) = core.config.common.redis.nodes.first() else {
+            return;
+        };
+        let mut connected_before = false;
+        loop {
+            let listen = async {
+                let client = redis::Client::open(url.expose_secret())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                if connected_before {
+                    // Announcements made while disconnected are lost: forget every cached key.
+                    core.keys.revoke_all();
+                }
+                connected_before = true;
+                tracing::debug!("listening for key revocations");
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(hash) = message.get_payload::<String>() {
+                        core.keys.revoke(&hash);
+                    }
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            tokio::select! {
+                result = listen => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "revocation listener disconnected");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
