@@ -147,12 +147,15 @@ pub async fn announce_revocation<C: redis::aio::ConnectionLike + Send>(
     namespace: &str,
     hash: &KeyHash,
 ) -> redis::RedisResult<()> {
-    redis::pipe()
-        .atomic()
-        .incr(revocations_epoch_key(namespace), 1)
-        .ignore()
-        .publish(revocations_channel(namespace), hex::encode(hash))
-        .ignore()
+    // Two plain commands rather than MULTI: in a cluster the epoch key and the channel live on different nodes.
+    // Order matters: a replica that misses the message still sees the epoch move.
+    redis::cmd("INCR")
+        .arg(revocations_epoch_key(namespace))
+        .query_async::<()>(conn)
+        .await?;
+    redis::cmd("PUBLISH")
+        .arg(revocations_channel(namespace))
+        .arg(hex::encode(hash))
         .query_async::<()>(conn)
         .await
 }

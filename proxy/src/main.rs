@@ -118,10 +118,12 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         config,
     });
 
-    let mut conf = ServerConf::default();
-    conf.threads = core.config.threads;
-    conf.grace_period_seconds = Some(core.config.shutdown_grace.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(2);
+    let conf = ServerConf {
+        threads: core.config.threads,
+        grace_period_seconds: Some(core.config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(Option::<Opt>::None, conf);
     server.bootstrap();
 

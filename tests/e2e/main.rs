@@ -3,8 +3,12 @@
 
 mod auth;
 mod bad_input;
+mod counters;
 mod diag;
 mod keys;
 mod ops;
 mod orgs;
+mod proxy_exactness;
+mod proxy_failures;
+mod proxy_http;
 mod support_selftest;

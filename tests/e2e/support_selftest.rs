@@ -1,5 +1,5 @@
 //! The test support itself: the TCP forwarder, the Redis Cluster and the upstream do what the tests built on them
-//! assume. (`ProxyProcess` is exercised by the proxy's own tests.)
+//! assume. (`ProxyProcess` needs a working proxy binary, so it is only compiled here.)
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};

@@ -7,12 +7,18 @@
 //! * [`clerk`] — [`clerk::Jwks`], the JWKS server, and token minting (including the malicious shapes).
 //! * [`db`] — per-test databases.
 //! * [`redis_server`] — a private `redis-server` process a test may stop and start.
+//! * [`redis_cluster`] — a private 3-master Redis Cluster on loopback.
+//! * [`forwarder`] — a TCP hop a test can cut and restore (PostgreSQL outages).
+//! * [`upstream`] — the customer API behind the proxy, recording what reaches it.
+//! * [`proxy`] — the `tollgate-proxy` binary as a child process.
+//! * [`metering`] — a control plane, an upstream and proxies wired to one database and Redis.
 //! * [`wait`] — waiting on a condition instead of sleeping.
 
 pub mod app;
 pub mod clerk;
 pub mod db;
 pub mod forwarder;
+pub mod metering;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_server;

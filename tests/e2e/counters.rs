@@ -1,0 +1,154 @@
+//! The counter store against real Redis and PostgreSQL: seeding, and resets that no flush can undo.
+
+use futures_util::future::join_all;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tollgate_common::clock::{Clock, SystemClock};
+use tollgate_common::domain::{Metric, Period};
+use tollgate_common::store::counters::{self, Consumed, CounterKey};
+use tollgate_e2e::app::TestApp;
+
+async fn setup() -> (TestApp, CounterKey) {
+    let app = TestApp::start().await;
+    app.create_org("org_counter").await;
+    let org_id: i64 = sqlx::query_scalar("SELECT id FROM orgs WHERE clerk_org_id = 'org_counter'")
+        .fetch_one(&app.state.pg)
+        .await
+        .unwrap();
+    let key = CounterKey {
+        org_id,
+        metric: Metric::parse("api_call").unwrap(),
+        period: Period::calendar_month(SystemClock.now()),
+    };
+    (app, key)
+}
+
+async fn durable(app: &TestApp, key: &CounterKey) -> (u64, u64) {
+    let d = counters::load(&app.state.pg, key).await.unwrap();
+    (d.used, d.epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_is_never_undone_by_a_stale_or_concurrent_flush() {
+    let (app, key) = setup().await;
+    let ns = app.namespace().to_owned();
+    let redis_key = key.redis_key(&ns);
+    let mut conn = app.state.redis.clone();
+    for _ in 0..100 {
+        let c = counters::consume(&mut conn, &app.state.pg, &redis_key, &key, 1, 1000)
+            .await
+            .unwrap();
+        assert!(matches!(c, Consumed::Allowed { .. }));
+    }
+    counters::flush(&mut conn, &app.state.pg, &ns, std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(durable(&app, &key).await, (100, 0));
+
+    // Flushers racing the reset, as proxy replicas would.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flushers = (0..4).map(|_| {
+        let (mut conn, pg, ns, key, stop) = (
+            app.state.redis.clone(),
+            app.state.pg.clone(),
+            ns.clone(),
+            key.clone(),
+            Arc::clone(&stop),
+        );
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                counters::flush(&mut conn, &pg, &ns, std::slice::from_ref(&key))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    });
+    let flushers = tokio::spawn(join_all(flushers));
+    // A snapshot taken before the reset and written after it: the stale flush.
+    let stale = counters::snapshot(&mut conn, &ns, std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(stale[0].used, 100);
+    let epoch = counters::reset(&mut conn, &app.state.pg, &ns, &key)
+        .await
+        .unwrap();
+    assert_eq!(epoch, 1);
+    counters::write(&app.state.pg, &stale).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let rounds: Vec<_> = flushers.await.unwrap();
+    assert!(
+        rounds.iter().all(|r| *r.as_ref().unwrap() > 0),
+        "every flusher ran"
+    );
+
+    assert_eq!(durable(&app, &key).await, (0, 1), "the reset stands");
+    assert_eq!(
+        counters::current(&mut conn, &app.state.pg, &ns, &key)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Usage after the reset counts in the new epoch and flushes normally.
+    for _ in 0..5 {
+        counters::consume(&mut conn, &app.state.pg, &redis_key, &key, 1, 1000)
+            .await
+            .unwrap();
+    }
+    counters::write(&app.state.pg, &stale).await.unwrap();
+    counters::flush(&mut conn, &app.state.pg, &ns, std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(durable(&app, &key).await, (5, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_counter_is_rebuilt_from_postgres_once_under_concurrency() {
+    let (app, key) = setup().await;
+    let ns = app.namespace().to_owned();
+    let redis_key = key.redis_key(&ns);
+    let mut conn = app.state.redis.clone();
+    for _ in 0..40 {
+        counters::consume(&mut conn, &app.state.pg, &redis_key, &key, 1, 100)
+            .await
+            .unwrap();
+    }
+    counters::flush(&mut conn, &app.state.pg, &ns, std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(&redis_key)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    // 100 concurrent consumers all find the counter missing; it is seeded once from 40 and admits exactly 60.
+    let calls = (0..100).map(|_| {
+        let (mut conn, pg, redis_key, key) = (
+            app.state.redis.clone(),
+            app.state.pg.clone(),
+            redis_key.clone(),
+            key.clone(),
+        );
+        async move {
+            counters::consume(&mut conn, &pg, &redis_key, &key, 1, 100)
+                .await
+                .unwrap()
+        }
+    });
+    let results = join_all(calls).await;
+    let allowed = results
+        .iter()
+        .filter(|c| matches!(c, Consumed::Allowed { .. }))
+        .count();
+    assert_eq!(allowed, 60);
+    assert_eq!(
+        counters::current(&mut conn, &app.state.pg, &ns, &key)
+            .await
+            .unwrap(),
+        100
+    );
+}

@@ -1,0 +1,114 @@
+//! Exactness under concurrency: two proxies, 64 clients, never one admission past the limit.
+
+use futures_util::future::join_all;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tollgate_e2e::metering::{Metering, Options};
+use tollgate_e2e::proxy::ProxyProcess;
+use tollgate_e2e::redis_cluster::RedisCluster;
+
+/// Sends `attempts` requests to `path` from `clients` concurrent clients spread over `proxies`; returns the
+/// statuses seen.
+async fn hammer(
+    proxies: &[&ProxyProcess],
+    key: &str,
+    path: &str,
+    clients: usize,
+    attempts: usize,
+) -> Vec<u16> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("{}{path}", p.url()))
+        .collect();
+    let tasks = (0..clients).map(|_| {
+        let (http, next, urls, key) = (
+            http.clone(),
+            Arc::clone(&next),
+            urls.clone(),
+            key.to_owned(),
+        );
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= attempts {
+                    return statuses;
+                }
+                let r = http
+                    .get(&urls[i % urls.len()])
+                    .header("x-api-key", &key)
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+            }
+        })
+    });
+    join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect()
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+async fn exactly_the_limit_reaches_the_upstream(m: &Metering) {
+    let a = m.proxy(&[]).await;
+    let b = m.proxy(&[]).await;
+    let key = m.org_with_key("org_exact").await;
+
+    let statuses = hammer(&[&a, &b], &key, "/v1/items", 64, 800).await;
+    assert_eq!(count(&statuses, 200), 500, "exactly the limit is admitted");
+    assert_eq!(count(&statuses, 429), 300, "every other request is refused");
+    assert_eq!(
+        m.upstream.count_path_prefix("/v1/items"),
+        500,
+        "only admitted requests reach the upstream"
+    );
+    m.await_durable("org_exact", "api_call", 500, Duration::from_secs(10))
+        .await;
+
+    // Cost-weighted: /v1/embeddings costs 10; a second org has the same 500.
+    let key = m.org_with_key("org_weighted").await;
+    let statuses = hammer(&[&a, &b], &key, "/v1/embeddings", 64, 120).await;
+    assert_eq!(count(&statuses, 200), 50, "500 / 10");
+    assert_eq!(count(&statuses, 429), 70);
+    m.await_durable("org_weighted", "api_call", 500, Duration::from_secs(10))
+        .await;
+    // And the `tokens` metric (cost 7, limit 100) is a counter of its own.
+    let statuses = hammer(&[&a, &b], &key, "/v1/tokens", 16, 40).await;
+    assert_eq!(count(&statuses, 200), 14, "floor(100 / 7)");
+    m.await_durable("org_weighted", "tokens", 98, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_and_64_clients_admit_exactly_the_limit() {
+    let m = Metering::start(Options {
+        limit: 500,
+        ..Options::default()
+    })
+    .await;
+    exactly_the_limit_reaches_the_upstream(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactness_holds_on_a_three_master_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let m = Metering::start(Options {
+        limit: 500,
+        redis_url: Some(cluster.urls()),
+        ..Options::default()
+    })
+    .await;
+    exactly_the_limit_reaches_the_upstream(&m).await;
+}

@@ -1,0 +1,183 @@
+//! The proxy when its stores fail: Redis restarts and outages, PostgreSQL cuts, shutdown.
+
+use std::time::Duration;
+use tollgate_e2e::forwarder::TcpForwarder;
+use tollgate_e2e::metering::{Metering, Options};
+use tollgate_e2e::proxy::ProxyProcess;
+use tollgate_e2e::redis_server::RedisServer;
+
+async fn get(proxy: &ProxyProcess, path: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}{path}", proxy.url()))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn remaining(r: &reqwest::Response) -> u64 {
+    r.headers()["ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_resumes_counters_from_postgres_never_from_zero() {
+    let mut redis = RedisServer::start().await;
+    let m = Metering::start(Options {
+        limit: 100,
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let mut proxy = m.proxy(&[]).await;
+    let key = m.org_with_key("org_restart").await;
+    for _ in 0..30 {
+        assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    }
+    m.await_durable("org_restart", "api_call", 30, Duration::from_secs(10))
+        .await;
+
+    redis.stop();
+    // Fail-open (the default): requests still pass while Redis is gone, and the process stays up.
+    for _ in 0..5 {
+        assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    }
+    assert!(proxy.is_running());
+    redis.restart().await;
+
+    let r = tollgate_e2e::wait::until(Duration::from_secs(10), "metering to resume", || async {
+        let r = get(&proxy, "/v1/x", &key).await;
+        r.headers().contains_key("ratelimit-remaining").then_some(r)
+    })
+    .await;
+    assert_eq!(
+        remaining(&r),
+        100 - 31,
+        "the counter was rebuilt from PostgreSQL's 30, then this request"
+    );
+    for _ in 0..9 {
+        assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    }
+    m.await_durable("org_restart", "api_call", 40, Duration::from_secs(10))
+        .await;
+    assert!(proxy.is_running());
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("redis unreachable").count(),
+        1,
+        "one log line per outage, not per request:\n{log}"
+    );
+    let metrics = proxy.metrics().await;
+    let failed_open: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_proxy_quota_decisions_total{decision=\"failed_open\",metric=\"api_call\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        failed_open >= 5,
+        "the outage's requests were counted as failed open: {failed_open}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_metered_requests_while_redis_is_down_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let m = Metering::start(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let mut proxy = m
+        .proxy(&[("TOLLGATE_REDIS_FAILURE_POLICY", "fail_closed")])
+        .await;
+    let key = m.org_with_key("org_closed").await;
+    assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+
+    redis.stop();
+    let r = get(&proxy, "/v1/x", &key).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        get(&proxy, "/health", &key).await.status(),
+        200,
+        "unmetered routes need no Redis"
+    );
+    assert!(proxy.is_running());
+
+    redis.restart().await;
+    tollgate_e2e::wait::until(Duration::from_secs(10), "metering to resume", || async {
+        (get(&proxy, "/v1/x", &key).await.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_keeps_enforcing_and_loses_nothing() {
+    let m = Metering::start(Options {
+        limit: 40,
+        ..Options::default()
+    })
+    .await;
+    let pg_addr = "127.0.0.1:5432".parse().unwrap();
+    let forwarder = TcpForwarder::start(pg_addr).await;
+    let url = m
+        .app
+        .db
+        .url
+        .replace("127.0.0.1:5432", &forwarder.addr().to_string());
+    let proxy = m.proxy(&[("DATABASE_URL", url.as_str())]).await;
+    let key = m.org_with_key("org_pgcut").await;
+    for _ in 0..20 {
+        assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    }
+    m.await_durable("org_pgcut", "api_call", 20, Duration::from_secs(10))
+        .await;
+
+    forwarder.cut();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(&proxy, "/v1/x", &key).await.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "enforcement goes on from Redis"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10);
+    assert_eq!(
+        m.durable_used("org_pgcut", "api_call").await,
+        20,
+        "nothing could be written meanwhile"
+    );
+
+    forwarder.restore();
+    m.await_durable("org_pgcut", "api_call", 40, Duration::from_secs(15))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_flushes_pending_usage() {
+    let m = Metering::start(Options::default()).await;
+    let mut proxy = m
+        .proxy(&[("TOLLGATE_WRITEBACK_INTERVAL_MS", "60000")])
+        .await;
+    let key = m.org_with_key("org_shutdown").await;
+    for _ in 0..25 {
+        assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    }
+    assert_eq!(
+        m.durable_used("org_shutdown", "api_call").await,
+        0,
+        "nothing flushed yet"
+    );
+    proxy.signal_term();
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the proxy exits");
+    assert!(status.success(), "{status:?}\n{}", proxy.log());
+    assert_eq!(m.durable_used("org_shutdown", "api_call").await, 25);
+}

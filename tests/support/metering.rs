@@ -1,0 +1,194 @@
+//! A metering set-up: a control plane, an upstream, and any number of `tollgate-proxy` processes sharing one
+//! database, one Redis and one plans file whose `trial` plan (the `unsubscribed` one) has a chosen limit.
+
+use crate::app::TestApp;
+use crate::proxy::{ProxyProcess, proxy_binary};
+use crate::upstream::Upstream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Metric `tokens` is limited to this in every test plan.
+pub const TOKENS_LIMIT: u64 = 100;
+
+/// Options for [`Metering::start`].
+pub struct Options {
+    /// The `api_call` limit of an org without a subscription.
+    pub limit: u64,
+    /// Redis for the control plane and the proxies (default: the shared local one).
+    pub redis_url: Option<String>,
+    /// Settings added to every proxy.
+    pub proxy_env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            limit: 1000,
+            redis_url: None,
+            proxy_env: Vec::new(),
+        }
+    }
+}
+
+/// The running set-up.
+pub struct Metering {
+    pub app: TestApp,
+    pub upstream: Upstream,
+    pub redis_url: String,
+    pub dir: PathBuf,
+    base_env: Vec<(String, String)>,
+}
+
+impl Metering {
+    /// Writes the config files and starts the control plane and the upstream (no proxy yet).
+    pub async fn start(options: Options) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tg-metering-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let limit = options.limit;
+        std::fs::write(
+            dir.join("plans.toml"),
+            format!(
+                r#"trial_days = 14
+unsubscribed = "trial"
+
+[plans.trial]
+included = {{ api_call = {limit}, tokens = {TOKENS_LIMIT} }}
+
+[plans.starter]
+price = "plan_starter_m"
+included = {{ api_call = 100000 }}
+
+[plans.growth]
+price = "plan_growth_m"
+included = {{ api_call = 1000000 }}
+
+[plans.pro]
+price = "plan_pro_m"
+included = {{ api_call = 10000000, tokens = 50000000 }}
+"#
+            ),
+        )
+        .expect("write plans");
+        std::fs::write(
+            dir.join("routes.toml"),
+            r#"default = { metric = "api_call", cost = 1 }
+
+[[routes]]
+prefix = "/v1/embeddings"
+metric = "api_call"
+cost = 10
+
+[[routes]]
+prefix = "/v1/tokens"
+metric = "tokens"
+cost = 7
+
+[[routes]]
+prefix = "/health"
+metered = false
+"#,
+        )
+        .expect("write routes");
+        let redis_url = options
+            .redis_url
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        let plans = dir.join("plans.toml").display().to_string();
+        let app = TestApp::builder()
+            .redis_url(&redis_url)
+            .env("TOLLGATE_PLANS", &plans)
+            .start()
+            .await;
+        let upstream = Upstream::start().await;
+        let mut base_env: Vec<(String, String)> = [
+            ("DATABASE_URL", app.db.url.clone()),
+            ("REDIS_URL", redis_url.clone()),
+            ("TOLLGATE_REDIS_NAMESPACE", app.namespace().to_owned()),
+            ("TOLLGATE_PLANS", plans),
+            (
+                "TOLLGATE_ROUTES",
+                dir.join("routes.toml").display().to_string(),
+            ),
+            ("TOLLGATE_UPSTREAM", upstream.url()),
+            ("CLERK_JWKS_URL", app.jwks.url.clone()),
+            ("CLERK_ISSUER", crate::clerk::ISSUER.to_owned()),
+            ("TOLLGATE_WRITEBACK_INTERVAL_MS", "100".to_owned()),
+            ("TOLLGATE_REFRESH_INTERVAL_MS", "200".to_owned()),
+            ("TOLLGATE_PROXY_THREADS", "1".to_owned()),
+            ("TOLLGATE_SHUTDOWN_GRACE_SECS", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        base_env.extend(options.proxy_env);
+        Self {
+            app,
+            upstream,
+            redis_url,
+            dir,
+            base_env,
+        }
+    }
+
+    /// Starts a proxy with the shared settings plus `extra` (which wins) and waits until it accepts requests.
+    pub async fn proxy(&self, extra: &[(&str, &str)]) -> ProxyProcess {
+        let mut env = self.base_env.clone();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let proxy = ProxyProcess::start(&proxy_binary(), &env).await;
+        let addr = proxy.url().trim_start_matches("http://").to_owned();
+        crate::wait::until(Duration::from_secs(30), "the proxy listener", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
+        })
+        .await;
+        proxy
+    }
+
+    /// An org with an API key; returns the key.
+    pub async fn org_with_key(&self, org: &str) -> String {
+        self.app.create_org(org).await;
+        self.app.create_key(org).await.1
+    }
+
+    /// The durable `used` of an org's counters of `metric`, summed over periods (0 when none was written).
+    pub async fn durable_used(&self, org: &str, metric: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COALESCE(sum(c.used), 0)::bigint FROM usage_counters c JOIN orgs o ON o.id = c.org_id
+              WHERE o.clerk_org_id = $1 AND c.metric = $2",
+        )
+        .bind(org)
+        .bind(metric)
+        .fetch_one(&self.app.state.pg)
+        .await
+        .expect("read usage_counters")
+    }
+
+    /// Waits until the durable `used` equals `expected` (write-back is asynchronous), panicking after `timeout`.
+    pub async fn await_durable(&self, org: &str, metric: &str, expected: i64, timeout: Duration) {
+        let mut last = 0;
+        let outcome = tokio::time::timeout(timeout, async {
+            loop {
+                last = self.durable_used(org, metric).await;
+                if last == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            outcome.is_ok(),
+            "durable {metric} of {org} stayed at {last}, expected {expected}"
+        );
+    }
+}
+
+impl Drop for Metering {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
