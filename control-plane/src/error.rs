@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The org has no plan that allows this (no subscription and no `unsubscribed` plan).
+    #[error("{0}")]
+    PaymentRequired(String),
     /// The request conflicts with stored state.
     #[error("{field}: {detail}")]
     Conflict { field: &'static str, detail: String },
@@ -74,6 +77,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
@@ -119,6 +123,11 @@ impl ApiError {
                 "/problems/method-not-allowed",
                 "Method not allowed",
                 self.to_string(),
+            ),
+            Self::PaymentRequired(d) => p(
+                "/problems/subscription-required",
+                "Subscription required",
+                d.clone(),
             ),
             Self::Conflict { field, .. } => {
                 p("/problems/conflict", "Conflict", self.to_string()).with("field", *field)

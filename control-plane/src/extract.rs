@@ -50,6 +50,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             detail: "body: a JSON object is required".to_owned(),
         });
     }
+    // Syntax first: a body that is not JSON is a 400 whatever fields it happens to start with.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::MalformedBody {
+            detail: format!("body: not valid JSON ({})", strip_position(&e.to_string())),
+        });
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| field_error(&e))?;
     de.end().map_err(|_| ApiError::MalformedBody {

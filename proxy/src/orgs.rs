@@ -7,54 +7,9 @@ use moka::sync::Cache;
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tollgate_common::domain::{Metric, OrgId, Period, Plan, PlanCatalog, PlanCode};
+use tollgate_common::domain::{Billing, Metric, OrgId, Period, PlanCatalog, Terms};
+use tollgate_common::store::billing;
 use tollgate_common::store::counters::CounterKey;
-
-/// What decides an org's limits and period.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Billing {
-    /// No live subscription: the catalogue's `unsubscribed` plan over the calendar month.
-    Unsubscribed,
-    /// A live Stripe subscription.
-    Subscribed {
-        /// Stripe status.
-        status: String,
-        /// Plan code (PLANS_CONFIG).
-        plan: PlanCode,
-        /// Start of the stored current period; later periods follow monthly from it until Stripe says otherwise.
-        anchor: DateTime<Utc>,
-    },
-}
-
-impl Billing {
-    /// The plan and period in force at `now`, or `None` when the org may not use metered routes.
-    pub fn effective<'c>(
-        &self,
-        catalog: &'c PlanCatalog,
-        now: DateTime<Utc>,
-    ) -> Option<(&'c Plan, Period)> {
-        match self {
-            Self::Unsubscribed => Some((catalog.unsubscribed()?, Period::calendar_month(now))),
-            Self::Subscribed {
-                status,
-                plan,
-                anchor,
-            } => {
-                let period = Period::containing(*anchor, now);
-                let plan = match status.as_str() {
-                    "trialing" => Some(catalog.trial()),
-                    "active" | "past_due" => catalog.plan(plan),
-                    _ => None,
-                };
-                match plan {
-                    Some(plan) => Some((plan, period)),
-                    // Incomplete, unpaid or paused: no paid limits, as if unsubscribed.
-                    None => Some((catalog.unsubscribed()?, Period::calendar_month(now))),
-                }
-            }
-        }
-    }
-}
 
 /// One cached org.
 pub struct OrgEntry {
@@ -67,16 +22,12 @@ pub struct OrgEntry {
 }
 
 impl OrgEntry {
-    /// The plan and period in force at `now` (see [`Billing::effective`]), without cloning the state.
-    pub fn effective<'c>(
-        &self,
-        catalog: &'c PlanCatalog,
-        now: DateTime<Utc>,
-    ) -> Option<(&'c Plan, Period)> {
+    /// The plan and period in force at `now` (see [`Billing::terms`]), without cloning the state.
+    pub fn terms<'c>(&self, catalog: &'c PlanCatalog, now: DateTime<Utc>) -> Option<Terms<'c>> {
         self.billing
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .effective(catalog, now)
+            .terms(catalog, now)
     }
 
     /// The slot of `metric` in `period`, created (and registered with `meter`) on first use.
@@ -114,29 +65,6 @@ impl OrgEntry {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct SubscriptionRow {
-    org_id: i64,
-    status: String,
-    plan_code: String,
-    current_period_start: DateTime<Utc>,
-}
-
-const LIVE_SUBSCRIPTIONS: &str =
-    "SELECT org_id, status, plan_code, current_period_start FROM subscriptions
-     WHERE org_id = ANY($1) AND status NOT IN ('canceled', 'incomplete_expired')";
-
-fn billing_of(row: SubscriptionRow) -> Billing {
-    match PlanCode::parse(&row.plan_code) {
-        Ok(plan) => Billing::Subscribed {
-            status: row.status,
-            plan,
-            anchor: row.current_period_start,
-        },
-        Err(_) => Billing::Unsubscribed,
-    }
-}
-
 /// The cache of orgs by internal id, plus Clerk id → internal id for session tokens.
 pub struct OrgCache {
     by_id: Cache<i64, Arc<OrgEntry>>,
@@ -166,14 +94,10 @@ impl OrgCache {
         if let Some(entry) = self.by_id.get(&id) {
             return Ok(entry);
         }
-        let row: Option<SubscriptionRow> = sqlx::query_as(LIVE_SUBSCRIPTIONS)
-            .bind(vec![id])
-            .fetch_optional(pg)
-            .await?;
         let entry = Arc::new(OrgEntry {
             id,
             org: org.clone(),
-            billing: RwLock::new(row.map_or(Billing::Unsubscribed, billing_of)),
+            billing: RwLock::new(billing::load(pg, id).await?),
             slots: RwLock::new(Vec::new()),
         });
         // Two first requests may race: keep whichever entry landed first so slots are not split.
@@ -201,16 +125,7 @@ impl OrgCache {
         if ids.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<SubscriptionRow> = sqlx::query_as(LIVE_SUBSCRIPTIONS)
-            .bind(&ids)
-            .fetch_all(pg)
-            .await?;
-        let mut fresh: std::collections::HashMap<i64, Billing> =
-            ids.iter().map(|id| (*id, Billing::Unsubscribed)).collect();
-        for row in rows {
-            fresh.insert(row.org_id, billing_of(row));
-        }
-        for (id, billing) in fresh {
+        for (id, billing) in billing::load_many(pg, &ids).await? {
             if let Some(entry) = self.by_id.get(&id) {
                 let mut current = entry
                     .billing

@@ -17,7 +17,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
-use tollgate_common::domain::{DenyEnvelope, RouteClass, remaining};
+use tollgate_common::domain::{DenyEnvelope, RouteClass, Terms, remaining};
 use tollgate_common::jwt::JwtError;
 use tollgate_common::store::counters::{self, Consumed, CounterError};
 use tollgate_common::store::redis::RedisConn;
@@ -189,7 +189,7 @@ impl ProxyHttp for MeteringProxy {
             }
         };
         let now = core.clock.now();
-        let Some((plan, period)) = entry.effective(core.catalog, now) else {
+        let Some(Terms { plan, period }) = entry.terms(core.catalog, now) else {
             respond::problem(
                 session,
                 402,

@@ -12,3 +12,4 @@ mod proxy_exactness;
 mod proxy_failures;
 mod proxy_http;
 mod support_selftest;
+mod usage;

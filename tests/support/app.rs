@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+use tollgate_common::clock::OffsetClock;
 use tollgate_control_plane::{App, AppState, Config};
 
 /// The operator token every test app is configured with.
@@ -70,6 +71,7 @@ pub struct TestAppBuilder {
     env: HashMap<String, String>,
     db: Option<Arc<TestDb>>,
     jwks: Option<Jwks>,
+    clock: Option<OffsetClock>,
 }
 
 impl TestAppBuilder {
@@ -87,6 +89,12 @@ impl TestAppBuilder {
     /// Shares a database with another app (replicas).
     pub fn database(mut self, db: Arc<TestDb>) -> Self {
         self.db = Some(db);
+        self
+    }
+
+    /// Runs the app on a clock the test can move forward.
+    pub fn clock(mut self, clock: OffsetClock) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -129,18 +137,19 @@ impl TestAppBuilder {
     }
 
     /// Starts the app.
-    pub async fn start(self) -> TestApp {
+    pub async fn start(mut self) -> TestApp {
+        let clock = self.clock.take();
         let (mut config, db, jwks) = self.config().await;
         // Tests rotate keys and must not wait ten seconds for the refresh floor; the floor has its own test.
         config.common.clerk.min_refresh_interval = std::time::Duration::from_millis(0);
-        TestApp::start_with(config, db, jwks).await
+        TestApp::start_with(config, db, jwks, clock).await
     }
 
     /// Starts the app keeping the production refresh floor.
     pub async fn start_with_config(self, edit: impl FnOnce(&mut Config)) -> TestApp {
         let (mut config, db, jwks) = self.config().await;
         edit(&mut config);
-        TestApp::start_with(config, db, jwks).await
+        TestApp::start_with(config, db, jwks, None).await
     }
 }
 
@@ -161,6 +170,7 @@ impl TestApp {
             env: HashMap::new(),
             db: None,
             jwks: None,
+            clock: None,
         }
     }
 
@@ -169,12 +179,21 @@ impl TestApp {
         Self::builder().start().await
     }
 
-    async fn start_with(config: Config, db: Arc<TestDb>, jwks: Jwks) -> Self {
+    async fn start_with(
+        config: Config,
+        db: Arc<TestDb>,
+        jwks: Jwks,
+        clock: Option<OffsetClock>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind control plane");
         let addr = listener.local_addr().expect("control plane address");
-        let state = App::start(config).await.expect("control plane starts");
+        let state = match clock {
+            Some(clock) => App::start_with_clock(config, Arc::new(clock)).await,
+            None => App::start(config).await,
+        }
+        .expect("control plane starts");
         let (tx, rx) = oneshot::channel::<()>();
         let serving = Arc::clone(&state);
         tokio::spawn(async move {

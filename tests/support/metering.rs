@@ -18,6 +18,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Settings added to every proxy.
     pub proxy_env: Vec<(String, String)>,
+    /// A clock for the control plane (the proxies run on real time).
+    pub clock: Option<tollgate_common::clock::OffsetClock>,
 }
 
 impl Default for Options {
@@ -26,6 +28,7 @@ impl Default for Options {
             limit: 1000,
             redis_url: None,
             proxy_env: Vec::new(),
+            clock: None,
         }
     }
 }
@@ -94,11 +97,13 @@ metered = false
             .redis_url
             .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
         let plans = dir.join("plans.toml").display().to_string();
-        let app = TestApp::builder()
+        let mut builder = TestApp::builder()
             .redis_url(&redis_url)
-            .env("TOLLGATE_PLANS", &plans)
-            .start()
-            .await;
+            .env("TOLLGATE_PLANS", &plans);
+        if let Some(clock) = options.clock {
+            builder = builder.clock(clock);
+        }
+        let app = builder.start().await;
         let upstream = Upstream::start().await;
         let mut base_env: Vec<(String, String)> = [
             ("DATABASE_URL", app.db.url.clone()),

@@ -15,10 +15,12 @@
 //!   request path.
 //! * [`quota`]: [`decide`] and [`remaining`], the check-and-consume arithmetic.
 //! * [`envelope`]: the standard 429 body, [`DenyEnvelope`].
+//! * [`billing`]: which plan and period apply to an org, from its subscription state ([`Billing`]).
 //!
 //! Every failure is a [`DomainError`] whose message starts with the field or configuration key at
 //! fault, so an edge can put it in a problem+json `detail` or a start-up error line unchanged.
 
+pub mod billing;
 pub mod envelope;
 pub mod ids;
 pub mod period;
@@ -26,6 +28,7 @@ pub mod plan;
 pub mod quota;
 pub mod routes;
 
+pub use billing::{Billing, SubscriptionStatus, Terms};
 pub use envelope::DenyEnvelope;
 pub use ids::{Metric, OrgId, PlanCode};
 pub use period::{Period, PeriodKey};

@@ -22,7 +22,7 @@ use crate::domain::{Metric, Period, PeriodKey};
 use crate::store::redis::RedisConn;
 use chrono::{DateTime, Utc};
 use redis::Script;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use std::sync::LazyLock;
 
 /// Lua numbers are doubles: limits above 2^53 would lose precision, and no real quota gets near it.
@@ -52,14 +52,35 @@ return {1, redis.call('HINCRBY', KEYS[1], 'u', cost)}
 static RESET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local e = redis.call('HGET', KEYS[1], 'e')
-if e and tonumber(e) >= tonumber(ARGV[1]) then return 0 end
+local prev = redis.call('HMGET', KEYS[1], 'u', 'e')
+if prev[2] and tonumber(prev[2]) >= tonumber(ARGV[1]) then return -2 end
 redis.call('HSET', KEYS[1], 'u', 0, 'e', ARGV[1])
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
-return 1
+if prev[1] then return tonumber(prev[1]) end
+return -1
 ",
     )
 });
+
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local used = redis.call('HGET', KEYS[1], 'u')
+if not used then
+  if ARGV[2] == '' then return {-1, 0, 0, 0} end
+  redis.call('HSET', KEYS[1], 'u', ARGV[2], 'e', ARGV[3])
+  redis.call('EXPIREAT', KEYS[1], ARGV[4])
+end
+local fresh = redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5])
+if fresh then redis.call('HINCRBY', KEYS[1], 'u', ARGV[1]) end
+local now = redis.call('HMGET', KEYS[1], 'u', 'e')
+return {1, tonumber(now[1]), tonumber(now[2] or 0), fresh and 1 or 0}
+",
+    )
+});
+
+/// How long Redis remembers a recorded `request_id` (PostgreSQL's unique index remembers it for good).
+const RECORD_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// The Redis key of a counter.
 pub fn redis_key(namespace: &str, org_id: i64, metric: &Metric, period: PeriodKey) -> String {
@@ -121,7 +142,7 @@ pub struct Durable {
 }
 
 /// Reads the durable copy (zero when never written).
-pub async fn load(pg: &PgPool, key: &CounterKey) -> Result<Durable, sqlx::Error> {
+pub async fn load<'e>(pg: impl PgExecutor<'e>, key: &CounterKey) -> Result<Durable, sqlx::Error> {
     let row: Option<(i64, i64)> = sqlx::query_as(
         "SELECT used, epoch FROM usage_counters WHERE org_id = $1 AND metric = $2 AND period_key = $3",
     )
@@ -244,7 +265,10 @@ pub async fn snapshot(
 
 /// Writes snapshots to PostgreSQL in one statement: a newer epoch always wins, and within an epoch only a larger
 /// value is written, so stale or repeated snapshots change nothing. Returns how many rows changed.
-pub async fn write(pg: &PgPool, snapshots: &[Snapshot]) -> Result<u64, sqlx::Error> {
+pub async fn write<'e>(
+    pg: impl PgExecutor<'e>,
+    snapshots: &[Snapshot],
+) -> Result<u64, sqlx::Error> {
     if snapshots.is_empty() {
         return Ok(0);
     }
@@ -307,35 +331,175 @@ impl Rows {
     }
 }
 
-/// Resets one counter to zero under a new epoch: PostgreSQL first, then Redis (see the module docs). Idempotent
-/// per call only in effect: each call opens a new epoch.
+/// Resets one counter to zero under a new epoch: PostgreSQL first, then Redis (see the module docs).
 pub async fn reset(
     conn: &mut RedisConn,
     pg: &PgPool,
     namespace: &str,
     key: &CounterKey,
 ) -> Result<u64, CounterError> {
-    let epoch: i64 = sqlx::query_scalar(
-        "INSERT INTO usage_counters AS c (org_id, metric, period_key, period_start, period_end, used, epoch)
-         VALUES ($1, $2, $3, $4, $5, 0, 1)
-         ON CONFLICT (org_id, metric, period_key) DO UPDATE
-            SET used = 0, epoch = c.epoch + 1, updated_at = now()
-         RETURNING epoch",
+    reset_many(conn, pg, namespace, std::slice::from_ref(key)).await?;
+    Ok(load(pg, key).await?.epoch)
+}
+
+/// The outcome of [`record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The counter after the call.
+    pub used: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Whether this call added the value (`false`: the request id was already recorded).
+    pub fresh: bool,
+}
+
+/// Adds `value` unconditionally (accounting, not admission), at most once per `request_id`: the script records the
+/// id beside the counter (same hash slot) and adds only if it was new, so a retried call never counts twice.
+pub async fn record<'e>(
+    conn: &mut RedisConn,
+    pg: impl PgExecutor<'e>,
+    namespace: &str,
+    key: &CounterKey,
+    request_id: &str,
+    value: u64,
+) -> Result<Recorded, CounterError> {
+    use sha2::Digest;
+    let counter = key.redis_key(namespace);
+    let marker = format!(
+        "{namespace}:{{o{}}}:r:{}",
+        key.org_id,
+        hex::encode(sha2::Sha256::digest(request_id.as_bytes()))
+    );
+    let call = |seed: Option<Durable>| {
+        let mut invocation = RECORD.key(&counter);
+        invocation.key(&marker).arg(value);
+        match seed {
+            Some(d) => invocation.arg(d.used).arg(d.epoch).arg(key.expire_at()),
+            None => invocation.arg("").arg(0).arg(0),
+        };
+        invocation.arg(RECORD_MARKER_TTL_SECS);
+        invocation
+    };
+    let mut reply: Vec<i64> = call(None).invoke_async(conn).await?;
+    if reply.first() == Some(&-1) {
+        let durable = load(pg, key).await?;
+        reply = call(Some(durable)).invoke_async(conn).await?;
+    }
+    match reply.as_slice() {
+        [1, used, epoch, fresh] => Ok(Recorded {
+            used: u64::try_from(*used).unwrap_or(0),
+            epoch: u64::try_from(*epoch).unwrap_or(0),
+            fresh: *fresh == 1,
+        }),
+        _ => Err(CounterError::Protocol),
+    }
+}
+
+/// Makes sure the counter exists (in PostgreSQL, and live in Redis, rebuilt from PostgreSQL if missing) without
+/// changing it; returns its value.
+pub async fn ensure(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    namespace: &str,
+    key: &CounterKey,
+) -> Result<u64, CounterError> {
+    sqlx::query(
+        "INSERT INTO usage_counters (org_id, metric, period_key, period_start, period_end)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, metric, period_key) DO NOTHING",
     )
     .bind(key.org_id)
     .bind(key.metric.as_str())
     .bind(key.period.key().to_string())
     .bind(key.period.start)
     .bind(key.period.end)
-    .fetch_one(pg)
+    .execute(pg)
     .await?;
-    let _: i64 = RESET
-        .key(key.redis_key(namespace))
-        .arg(epoch)
-        .arg(key.expire_at())
-        .invoke_async(conn)
-        .await?;
-    Ok(u64::try_from(epoch).unwrap_or(0))
+    match consume(conn, pg, &key.redis_key(namespace), key, 0, MAX_LIMIT).await? {
+        Consumed::Allowed { used } | Consumed::Denied { used } => Ok(used),
+    }
+}
+
+/// Resets many counters (see the module docs): one PostgreSQL transaction, then one Redis pipeline. Returns how
+/// many of them had any usage before. Repeating the call leaves them at zero (and returns 0).
+pub async fn reset_many(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    namespace: &str,
+    keys: &[CounterKey],
+) -> Result<u64, CounterError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let mut rows = Rows::default();
+    for key in keys {
+        rows.push(&Snapshot {
+            key: key.clone(),
+            used: 0,
+            epoch: 1,
+        });
+    }
+    let mut tx = pg.begin().await?;
+    let before: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT c.org_id, c.metric, c.used FROM usage_counters c
+           JOIN UNNEST($1::bigint[], $2::text[], $3::text[]) AS k(org_id, metric, period_key)
+             ON (c.org_id, c.metric, c.period_key) = (k.org_id, k.metric, k.period_key)
+          FOR UPDATE OF c",
+    )
+    .bind(&rows.org_id)
+    .bind(&rows.metric)
+    .bind(&rows.period_key)
+    .fetch_all(&mut *tx)
+    .await?;
+    let epochs: Vec<(i64, String, i64)> = sqlx::query_as(
+        "INSERT INTO usage_counters AS c (org_id, metric, period_key, period_start, period_end, used, epoch)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                              $6::bigint[], $7::bigint[])
+         ON CONFLICT (org_id, metric, period_key) DO UPDATE
+            SET used = 0, epoch = c.epoch + 1, updated_at = now()
+         RETURNING c.org_id, c.metric, c.epoch",
+    )
+    .bind(&rows.org_id)
+    .bind(&rows.metric)
+    .bind(&rows.period_key)
+    .bind(&rows.start)
+    .bind(&rows.end)
+    .bind(&rows.used)
+    .bind(&rows.epoch)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let epoch_of: std::collections::HashMap<(i64, &str), i64> = epochs
+        .iter()
+        .map(|(o, m, e)| ((*o, m.as_str()), *e))
+        .collect();
+    let mut had_usage: std::collections::HashSet<(i64, &str)> = before
+        .iter()
+        .filter(|(_, _, used)| *used > 0)
+        .map(|(o, m, _)| (*o, m.as_str()))
+        .collect();
+    // Pipelined EVALSHA cannot fall back to EVAL on NOSCRIPT: make sure the script is loaded first.
+    RESET.prepare_invoke().load_async(conn).await?;
+    let mut pipe = redis::pipe();
+    for key in keys {
+        let epoch = epoch_of
+            .get(&(key.org_id, key.metric.as_str()))
+            .copied()
+            .unwrap_or(1);
+        pipe.invoke_script(
+            RESET
+                .key(key.redis_key(namespace))
+                .arg(epoch)
+                .arg(key.expire_at()),
+        );
+    }
+    let previous: Vec<i64> = pipe.query_async(conn).await?;
+    for (key, prev) in keys.iter().zip(previous) {
+        if prev > 0 {
+            had_usage.insert((key.org_id, key.metric.as_str()));
+        }
+    }
+    Ok(had_usage.len() as u64)
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! Every HTTP route. One file per endpoint under `routes/<domain>/<action>.rs`; the `utoipa` annotations on the
 //! handlers are the OpenAPI document, so the two cannot drift.
 
+pub mod admin;
 pub mod diag;
 pub mod keys;
+pub mod me;
 pub mod ops;
 pub mod orgs;
+pub mod quota;
+pub mod usage;
 
 use crate::app::AppState;
 use serde::Serialize;
@@ -84,5 +88,12 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::list::list_keys))
         .routes(routes!(keys::revoke::revoke_key))
         .routes(routes!(diag::smoke::smoke))
+        .routes(routes!(usage::seed::seed_usage))
+        .routes(routes!(usage::record::record_usage))
+        .routes(routes!(usage::history::usage_history))
+        .routes(routes!(me::entitlements::read_entitlements))
+        .routes(routes!(quota::check::check_quota))
+        .routes(routes!(quota::deny_envelope::deny_envelope_example))
+        .routes(routes!(admin::quotas_reset::reset_quotas))
         .split_for_parts()
 }

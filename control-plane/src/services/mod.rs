@@ -3,3 +3,4 @@
 pub mod diag;
 pub mod keys;
 pub mod orgs;
+pub mod usage;

@@ -1,0 +1,58 @@
+//! Loading orgs' billing state from the `subscriptions` table.
+
+use crate::domain::{Billing, PlanCode, SubscriptionStatus};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::collections::HashMap;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    org_id: i64,
+    status: String,
+    plan_code: String,
+    current_period_start: DateTime<Utc>,
+}
+
+/// The billing state of each of `org_ids` (orgs without a live subscription are [`Billing::Unsubscribed`]).
+pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Billing>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT org_id, status, plan_code, current_period_start FROM subscriptions
+          WHERE org_id = ANY($1) AND status NOT IN ('canceled', 'incomplete_expired')",
+    )
+    .bind(org_ids)
+    .fetch_all(pg)
+    .await?;
+    let mut out: HashMap<i64, Billing> = org_ids
+        .iter()
+        .map(|id| (*id, Billing::Unsubscribed))
+        .collect();
+    for row in rows {
+        let (Ok(status), Ok(plan)) = (
+            SubscriptionStatus::parse(&row.status),
+            PlanCode::parse(&row.plan_code),
+        ) else {
+            tracing::warn!(
+                org.internal_id = row.org_id,
+                "subscription row with an unknown status or plan code"
+            );
+            continue;
+        };
+        out.insert(
+            row.org_id,
+            Billing::Subscribed {
+                status,
+                plan,
+                anchor: row.current_period_start,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The billing state of one org.
+pub async fn load(pg: &PgPool, org_id: i64) -> Result<Billing, sqlx::Error> {
+    Ok(load_many(pg, &[org_id])
+        .await?
+        .remove(&org_id)
+        .unwrap_or(Billing::Unsubscribed))
+}

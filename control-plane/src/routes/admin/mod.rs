@@ -1,0 +1,3 @@
+//! Operator-only endpoints.
+
+pub mod quotas_reset;

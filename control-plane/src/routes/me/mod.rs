@@ -1,0 +1,3 @@
+//! The caller's own view.
+
+pub mod entitlements;

@@ -1,0 +1,5 @@
+//! Usage: seeding, recording, history.
+
+pub mod history;
+pub mod record;
+pub mod seed;

@@ -1,0 +1,417 @@
+//! Metering from the control plane: entitlements, checks, recorded usage, seeding, history and resets, on the
+//! same Redis counters the proxy meters (`tollgate_common::store::counters`).
+
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use crate::services::orgs;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use tollgate_common::domain::{
+    Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, Terms, decide, remaining,
+};
+use tollgate_common::store::billing;
+use tollgate_common::store::counters::{self, CounterError, CounterKey};
+use utoipa::ToSchema;
+
+/// The largest `value` one `usage/record` call may add.
+pub const MAX_RECORD_VALUE: u64 = 1_000_000_000;
+/// How far in the future `occurredAt` may be (clock skew between callers and us).
+pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+/// Most periods `usage/history` returns.
+pub const MAX_HISTORY_PERIODS: u32 = 24;
+
+impl From<CounterError> for ApiError {
+    fn from(e: CounterError) -> Self {
+        match e {
+            CounterError::Redis(e) => Self::Redis(e),
+            CounterError::Postgres(e) => Self::Database(e),
+            CounterError::Protocol => {
+                Self::Internal(anyhow::anyhow!("unexpected reply from a quota script"))
+            }
+        }
+    }
+}
+
+/// An org with its billing state, loaded once per request.
+pub struct Account {
+    pub org: OrgId,
+    pub id: i64,
+    pub billing: Billing,
+}
+
+/// Loads the org named by the caller's scope.
+pub async fn account(app: &App, org: OrgId) -> ApiResult<Account> {
+    let id = orgs::internal_id(&app.pg, &org).await?;
+    let billing = billing::load(&app.pg, id).await?;
+    Ok(Account { org, id, billing })
+}
+
+impl Account {
+    /// The plan and period at `at`, or 402 when the org may not use metered endpoints.
+    pub fn terms<'c>(&self, app: &'c App, at: DateTime<Utc>) -> ApiResult<Terms<'c>> {
+        self.billing
+            .terms(&app.config.common.plans, at)
+            .ok_or_else(|| {
+                ApiError::PaymentRequired(
+                    "this organization has no subscription; start one to use metered endpoints"
+                        .to_owned(),
+                )
+            })
+    }
+
+    fn key(&self, metric: &Metric, period: Period) -> CounterKey {
+        CounterKey {
+            org_id: self.id,
+            metric: metric.clone(),
+            period,
+        }
+    }
+}
+
+/// Parses a metric and checks PLANS_CONFIG names it.
+pub fn metric(app: &App, raw: &str) -> ApiResult<Metric> {
+    app.config.common.plans.metric(raw).map_err(|e| {
+        ApiError::invalid(
+            "metric",
+            e.to_string().trim_start_matches("metric: ").to_owned(),
+        )
+    })
+}
+
+fn redis(app: &App) -> tollgate_common::store::redis::RedisConn {
+    app.redis.clone()
+}
+
+fn ns(app: &App) -> &str {
+    &app.config.common.redis.namespace
+}
+
+// === entitlements ===
+
+/// 3.1: what the org may use and has used this period.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Entitlements {
+    #[schema(example = "starter")]
+    pub plan_code: String,
+    #[schema(example = "api_call")]
+    pub metric: String,
+    pub included: u64,
+    pub used: u64,
+    pub remaining: u64,
+    #[schema(value_type = String, example = "2026-11")]
+    pub period_key: PeriodKey,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+/// The live entitlements of `account` for `metric`.
+pub async fn entitlements(
+    app: &App,
+    account: &Account,
+    metric: &Metric,
+) -> ApiResult<Entitlements> {
+    let now = app.clock.now();
+    let Terms { plan, period } = account.terms(app, now)?;
+    let key = account.key(metric, period);
+    let used = counters::current(&mut redis(app), &app.pg, ns(app), &key).await?;
+    let included = plan.limit(metric);
+    Ok(Entitlements {
+        plan_code: plan.code.as_str().to_owned(),
+        metric: metric.as_str().to_owned(),
+        included,
+        used,
+        remaining: remaining(used, included),
+        period_key: period.key(),
+        period_start: period.start,
+        period_end: period.end,
+    })
+}
+
+// === check ===
+
+/// 4.1: whether one more unit would be admitted now, consuming nothing.
+pub async fn check(
+    app: &App,
+    account: &Account,
+    metric: &Metric,
+) -> ApiResult<Result<u64, DenyEnvelope>> {
+    let now = app.clock.now();
+    let Terms { plan, period } = account.terms(app, now)?;
+    let used = counters::current(
+        &mut redis(app),
+        &app.pg,
+        ns(app),
+        &account.key(metric, period),
+    )
+    .await?;
+    let limit = plan.limit(metric);
+    Ok(if decide(used, limit, 1).is_allowed() {
+        Ok(remaining(used, limit))
+    } else {
+        Err(DenyEnvelope::new(metric.clone(), limit, used, &period, now))
+    })
+}
+
+/// The envelope 4.3 shows: the proxy's own builder, for a used-up metric (`api_call` where PLANS_CONFIG names
+/// it) of the `unsubscribed` (else `trial`) plan this calendar month.
+pub fn example_envelope(app: &App) -> ApiResult<DenyEnvelope> {
+    let now = app.clock.now();
+    let catalog = &app.config.common.plans;
+    let plan: &Plan = catalog.unsubscribed().unwrap_or_else(|| catalog.trial());
+    let metric = match catalog.metric(Metric::API_CALL) {
+        Ok(m) => m,
+        Err(_) => match catalog.metrics().next() {
+            Some(m) => m.clone(),
+            None => Metric::parse(Metric::API_CALL).map_err(|e| ApiError::Internal(e.into()))?,
+        },
+    };
+    let limit = plan.limit(&metric);
+    Ok(DenyEnvelope::new(
+        metric,
+        limit,
+        limit,
+        &Period::calendar_month(now),
+        now,
+    ))
+}
+
+// === seed ===
+
+/// 1.5's reply.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Seeded {
+    pub used: u64,
+    pub remaining: u64,
+    #[schema(value_type = String, example = "2026-11")]
+    pub period_key: PeriodKey,
+}
+
+/// 1.5: creates the current period's counters (every metric the plan includes) if missing; never resets one.
+pub async fn seed(
+    app: &App,
+    account: &Account,
+    claimed: Option<PeriodKey>,
+    metric: &Metric,
+) -> ApiResult<Seeded> {
+    let now = app.clock.now();
+    let Terms { plan, period } = account.terms(app, now)?;
+    if let Some(claimed) = claimed
+        && claimed != period.key()
+    {
+        return Err(ApiError::Conflict {
+            field: "periodKey",
+            detail: format!("the current period is {}, not {claimed}", period.key()),
+        });
+    }
+    let mut conn = redis(app);
+    let mut used_of_metric = 0;
+    for m in plan.included.keys().chain(std::iter::once(metric)) {
+        let used = counters::ensure(&mut conn, &app.pg, ns(app), &account.key(m, period)).await?;
+        if m == metric {
+            used_of_metric = used;
+        }
+    }
+    Ok(Seeded {
+        used: used_of_metric,
+        remaining: remaining(used_of_metric, plan.limit(metric)),
+        period_key: period.key(),
+    })
+}
+
+// === record ===
+
+/// A validated usage record.
+pub struct NewRecord {
+    pub metric: Metric,
+    pub value: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub request_id: String,
+}
+
+/// 4.2's reply; stored verbatim so a repeat gets identical bytes.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedUsage {
+    #[schema(value_type = String, example = "2026-11")]
+    pub period_key: PeriodKey,
+    pub used: u64,
+    pub remaining: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExistingEvent {
+    metric: String,
+    value: i64,
+    response: String,
+}
+
+/// 4.2: adds `value` to the period containing `occurredAt`, exactly once per `request_id`.
+///
+/// The event row is inserted first, in a transaction held open until the reply is stored: a concurrent call with
+/// the same id blocks on the unique index, then finds the row and returns its stored reply. The Redis increment
+/// is itself idempotent per id, so a transaction that fails after it and is retried does not count twice.
+#[tracing::instrument(skip_all, fields(org.id = %account.org, usage.metric = %record.metric))]
+pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResult<String> {
+    let now = app.clock.now();
+    if record.occurred_at > now + MAX_FUTURE_SKEW {
+        return Err(ApiError::invalid(
+            "occurredAt",
+            "is more than 5 minutes in the future",
+        ));
+    }
+    let Terms { plan, .. } = account.terms(app, now)?;
+    let period = account.billing.period_at(record.occurred_at);
+    let value = i64::try_from(record.value).map_err(|_| ApiError::invalid("value", "too large"))?;
+
+    let mut tx = app.pg.begin().await?;
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO usage_events (org_id, request_id, metric, value, period_key, occurred_at, response)
+         VALUES ($1, $2, $3, $4, $5, $6, '') ON CONFLICT (org_id, request_id) DO NOTHING RETURNING id",
+    )
+    .bind(account.id)
+    .bind(&record.request_id)
+    .bind(record.metric.as_str())
+    .bind(value)
+    .bind(period.key().to_string())
+    .bind(record.occurred_at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(event_id) = inserted else {
+        tx.rollback().await?;
+        return replay(app, account, record).await;
+    };
+    let key = account.key(&record.metric, period);
+    // Everything below runs on the transaction's connection: taking a second one from the pool while holding the
+    // first would deadlock the pool under a burst of records.
+    let recorded = counters::record(
+        &mut redis(app),
+        &mut *tx,
+        ns(app),
+        &key,
+        &record.request_id,
+        record.value,
+    )
+    .await?;
+    // The control plane runs no write-back: it writes the durable copy itself, under the same epoch rules.
+    counters::write(
+        &mut *tx,
+        &[counters::Snapshot {
+            key,
+            used: recorded.used,
+            epoch: recorded.epoch,
+        }],
+    )
+    .await?;
+    let body = serde_json::to_string(&RecordedUsage {
+        period_key: period.key(),
+        used: recorded.used,
+        remaining: remaining(recorded.used, plan.limit(&record.metric)),
+    })
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    sqlx::query("UPDATE usage_events SET response = $2 WHERE id = $1")
+        .bind(event_id)
+        .bind(&body)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(usage.value = record.value, usage.period = %period.key(), "usage recorded");
+    Ok(body)
+}
+
+async fn replay(app: &App, account: &Account, record: &NewRecord) -> ApiResult<String> {
+    let existing: ExistingEvent = sqlx::query_as(
+        "SELECT metric, value, response FROM usage_events WHERE org_id = $1 AND request_id = $2",
+    )
+    .bind(account.id)
+    .bind(&record.request_id)
+    .fetch_one(&app.pg)
+    .await?;
+    if existing.metric != record.metric.as_str()
+        || u64::try_from(existing.value).ok() != Some(record.value)
+    {
+        return Err(ApiError::Conflict {
+            field: "request_id",
+            detail: "was already used for a different metric or value".to_owned(),
+        });
+    }
+    Ok(existing.response)
+}
+
+// === history ===
+
+/// One past or current period.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodUsage {
+    #[schema(value_type = String, example = "2026-10")]
+    pub period_key: PeriodKey,
+    pub used: u64,
+    /// What the org's current plan includes (plans of past periods are not kept).
+    pub included: u64,
+}
+
+/// The org's usage of `metric` over the last `periods` periods, newest first. The current period is live; past
+/// ones are read from PostgreSQL (or Redis when a closed period's counter is still there).
+pub async fn history(
+    app: &App,
+    account: &Account,
+    metric: &Metric,
+    periods: u32,
+) -> ApiResult<Vec<PeriodUsage>> {
+    let now = app.clock.now();
+    let Terms { plan, period } = account.terms(app, now)?;
+    let included = plan.limit(metric);
+    let mut conn = redis(app);
+    let mut out = Vec::new();
+    let mut p = period;
+    for _ in 0..periods {
+        let used = counters::current(&mut conn, &app.pg, ns(app), &account.key(metric, p)).await?;
+        out.push(PeriodUsage {
+            period_key: p.key(),
+            used,
+            included,
+        });
+        p = account.billing.previous(&p);
+    }
+    Ok(out)
+}
+
+// === reset ===
+
+/// 7.1: sets the counters of `period_key` back to 0, for one org or for every org. Returns how many counters had
+/// usage.
+#[tracing::instrument(skip(app), fields(usage.period = %period_key))]
+pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiResult<u64> {
+    let ids: Vec<i64> = match &org {
+        Some(org) => vec![orgs::internal_id(&app.pg, org).await?],
+        None => {
+            sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
+                .fetch_all(&app.pg)
+                .await?
+        }
+    };
+    let metrics: Vec<Metric> = app.config.common.plans.metrics().cloned().collect();
+    let mut updated = 0;
+    for chunk in ids.chunks(500) {
+        let billing = billing::load_many(&app.pg, chunk).await?;
+        let keys: Vec<CounterKey> = chunk
+            .iter()
+            .flat_map(|id| {
+                let period = billing
+                    .get(id)
+                    .unwrap_or(&Billing::Unsubscribed)
+                    .period_with_key(period_key);
+                metrics.iter().map(move |m| CounterKey {
+                    org_id: *id,
+                    metric: m.clone(),
+                    period,
+                })
+            })
+            .collect();
+        updated += counters::reset_many(&mut redis(app), &app.pg, ns(app), &keys).await?;
+    }
+    tracing::info!(usage.reset = updated, "counters reset");
+    Ok(updated)
+}
