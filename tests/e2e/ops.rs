@@ -70,10 +70,31 @@ async fn the_openapi_document_covers_every_route_with_its_security() {
         ("/api/keys.list", "get"),
         ("/api/keys.revoke", "post"),
         ("/api/diag/smoke", "get"),
+        ("/api/usage/seed", "post"),
+        ("/api/usage/record", "post"),
+        ("/api/usage/history", "get"),
+        ("/api/me/entitlements.read", "get"),
+        ("/api/quota/check", "post"),
+        ("/api/quota/deny-envelope.example", "post"),
+        ("/api/admin/quotas.reset", "post"),
     ] {
         let op = &paths[path][method];
         assert!(op.is_object(), "{path} {method} missing");
-        assert!(op["responses"]["200"].is_object(), "{path}: no 200");
+        let responses = op["responses"].as_object().unwrap();
+        assert!(
+            responses
+                .keys()
+                .any(|status| status.starts_with('2') || status == "429"),
+            "{path}: no success response"
+        );
+        for (status, response) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert!(
+                    response["content"]["application/problem+json"].is_object(),
+                    "{path} {status}: problem responses are documented as problem+json"
+                );
+            }
+        }
     }
     for scheme in ["clerk", "apiKey", "operator"] {
         assert!(

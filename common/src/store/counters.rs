@@ -30,21 +30,27 @@ pub const MAX_LIMIT: u64 = 1 << 53;
 /// Counters stay in Redis this long after their period ends (history reads), then expire; PostgreSQL keeps them.
 const RETAIN_AFTER_PERIOD_SECS: i64 = 40 * 24 * 3600;
 
+/// Check and consume. The allow path is one `HINCRBY` (Redis CPU is what metering costs on a small box); a denial
+/// takes the increment back inside the same script, so no one ever observes it. A counter is "live" once it has an
+/// epoch field: an increment that finds none created the key, is undone, and the caller is told to seed it.
 static CONSUME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local used = redis.call('HGET', KEYS[1], 'u')
-if not used then
-  if ARGV[3] == '' then return {-1, 0} end
+local cost = tonumber(ARGV[1])
+local used = redis.call('HINCRBY', KEYS[1], 'u', cost)
+if used == cost and redis.call('HEXISTS', KEYS[1], 'e') == 0 then
+  if ARGV[3] == nil then
+    redis.call('DEL', KEYS[1])
+    return {-1, 0}
+  end
   redis.call('HSET', KEYS[1], 'u', ARGV[3], 'e', ARGV[4])
   redis.call('EXPIREAT', KEYS[1], ARGV[5])
-  used = ARGV[3]
+  used = redis.call('HINCRBY', KEYS[1], 'u', cost)
 end
-used = tonumber(used)
-local cost = tonumber(ARGV[1])
-if used + cost > tonumber(ARGV[2]) then return {0, used} end
-if cost == 0 then return {1, used} end
-return {1, redis.call('HINCRBY', KEYS[1], 'u', cost)}
+if cost > 0 and used > tonumber(ARGV[2]) then
+  return {0, redis.call('HINCRBY', KEYS[1], 'u', -cost)}
+end
+return {1, used}
 ",
     )
 });
@@ -172,9 +178,6 @@ pub async fn consume(
         .key(redis_key)
         .arg(cost)
         .arg(limit)
-        .arg("")
-        .arg(0)
-        .arg(0)
         .invoke_async(conn)
         .await?;
     let reply = match reply.as_slice() {
