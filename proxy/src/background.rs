@@ -17,10 +17,15 @@ use tollgate_common::store::redis::RedisConn;
 
 // === WriteBack ===
 
-/// Writes changed counters from Redis to PostgreSQL every `TOLLGATE_WRITEBACK_INTERVAL_MS`.
+/// A lease unused this long is handed back, so other replicas and readers of the counter see the units again.
+const IDLE_LEASE_MS: i64 = 1000;
+
+/// Settles leases every `TOLLGATE_SETTLE_INTERVAL_MS` (consumption moves into Redis, idle leases go back) and
+/// writes changed counters from Redis to PostgreSQL every `TOLLGATE_WRITEBACK_INTERVAL_MS`.
 ///
-/// On shutdown it flushes at once and keeps flushing each interval while in-flight requests drain, until the
-/// runtime stops; every flush writes absolute values, so a flush cut short is simply repeated by the next one.
+/// On shutdown it settles and returns every lease and flushes at once, then keeps doing so each interval while
+/// in-flight requests drain, until the runtime stops; every flush writes absolute values, so a flush cut short is
+/// simply repeated by the next one.
 pub struct WriteBack {
     pub core: Arc<Core>,
 }
@@ -28,26 +33,97 @@ pub struct WriteBack {
 #[async_trait]
 impl BackgroundService for WriteBack {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticker = tokio::time::interval(self.core.config.writeback_interval);
+        let core = &self.core;
+        let mut ticker = tokio::time::interval(core.config.settle_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut conn = None;
-        let mut failing = false;
+        let mut episodes = Episodes::default();
         let mut stopping = false;
+        let mut last_flush = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed(), if !stopping => {
                     stopping = true;
-                    tracing::info!("shutting down: flushing usage to PostgreSQL");
+                    tracing::info!("shutting down: returning leases and flushing usage to PostgreSQL");
                 }
             }
-            flush(&self.core, &mut conn, &mut failing).await;
+            settle(core, &mut conn, &mut episodes, stopping).await;
+            if stopping || last_flush.elapsed() >= core.config.writeback_interval {
+                last_flush = tokio::time::Instant::now();
+                flush(core, &mut conn, &mut episodes).await;
+            }
         }
     }
 }
 
+/// Failure episodes, so each is logged when it starts and when it ends rather than every interval.
+#[derive(Default)]
+pub struct Episodes {
+    settling: bool,
+    writing: bool,
+}
+
+/// One settle pass over every slot with consumption to settle or a lease to return.
+pub async fn settle(
+    core: &Core,
+    conn: &mut Option<RedisConn>,
+    episodes: &mut Episodes,
+    release_all: bool,
+) {
+    let now_ms = core.clock.now().timestamp_millis();
+    let work: Vec<_> = core
+        .meter
+        .slots()
+        .into_iter()
+        .filter_map(|slot| {
+            slot.begin_settle(now_ms, IDLE_LEASE_MS, release_all)
+                .map(|ret| (slot, ret))
+        })
+        .collect();
+    if work.is_empty() {
+        return;
+    }
+    let entries: Vec<_> = work
+        .iter()
+        .map(|(slot, ret)| (slot.redis_key.as_str(), &slot.key, *ret))
+        .collect();
+    let result = match connection(core, conn).await {
+        Ok(c) => counters::settle(c, &core.pg, &entries).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(replies) => {
+            for ((slot, _), (applied, epoch)) in work.iter().zip(replies) {
+                slot.finish_settle(applied, epoch);
+            }
+            if std::mem::take(&mut episodes.settling) {
+                tracing::info!("lease settling recovered");
+            }
+        }
+        Err(e) => {
+            for (slot, ret) in &work {
+                slot.abort_settle(*ret);
+            }
+            if !std::mem::replace(&mut episodes.settling, true) {
+                tracing::warn!(error = %e, "settling leases failed; retrying every interval");
+            }
+        }
+    }
+}
+
+async fn connection<'c>(
+    core: &Core,
+    conn: &'c mut Option<RedisConn>,
+) -> Result<&'c mut RedisConn, counters::CounterError> {
+    Ok(match conn {
+        Some(c) => c,
+        None => conn.insert(RedisConn::connect(&core.config.common.redis).await?),
+    })
+}
+
 /// One write-back pass.
-pub async fn flush(core: &Core, conn: &mut Option<RedisConn>, failing: &mut bool) {
+pub async fn flush(core: &Core, conn: &mut Option<RedisConn>, episodes: &mut Episodes) {
     let now = core.clock.now();
     core.metrics.writeback_lag.set(core.meter.lag_seconds(now));
     let batch = core.meter.take_dirty(now - chrono::Duration::minutes(5));
@@ -63,13 +139,13 @@ pub async fn flush(core: &Core, conn: &mut Option<RedisConn>, failing: &mut bool
             core.metrics
                 .writeback_lag
                 .set(core.meter.lag_seconds(core.clock.now()));
-            if std::mem::take(failing) {
+            if std::mem::take(&mut episodes.writing) {
                 tracing::info!("write-back caught up");
             }
         }
         Err(e) => {
             core.metrics.writeback_failures.inc();
-            if !std::mem::replace(failing, true) {
+            if !std::mem::replace(&mut episodes.writing, true) {
                 tracing::warn!(error = %e, counters = batch.slots.len(), "write-back failed; retrying every interval");
             }
             core.meter.requeue(batch);
@@ -82,10 +158,7 @@ async fn write(
     conn: &mut Option<RedisConn>,
     batch: &Batch,
 ) -> Result<u64, counters::CounterError> {
-    let conn = match conn {
-        Some(c) => c,
-        None => conn.insert(RedisConn::connect(&core.config.common.redis).await?),
-    };
+    let conn = connection(core, conn).await?;
     counters::flush(
         conn,
         &core.pg,
@@ -151,9 +224,19 @@ impl BackgroundService for Refresher {
     }
 }
 
+/// A reset was announced (`<periodKey>` or `<periodKey> <org id>`): drop the leases it voided.
+fn forfeit(core: &Core, payload: &str) {
+    let mut parts = payload.split_whitespace();
+    let Some(period) = parts.next() else { return };
+    let org = parts.next().and_then(|id| id.parse::<i64>().ok());
+    let n = core.meter.forfeit(period, org);
+    core.metrics.lease_forfeits.inc_by(n as u64);
+    core.metrics.reset_announcements.inc();
+}
+
 // === Revocations ===
 
-/// Subscribes to key revocations and evicts revoked keys at once.
+/// Subscribes to key revocations and counter resets; evicts revoked keys and voided leases at once.
 pub struct Revocations {
     pub core: Arc<Core>,
 }
@@ -163,6 +246,7 @@ impl BackgroundService for Revocations {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let core = &self.core;
         let channel = keys::revocations_channel(&core.config.common.redis.namespace);
+        let resets = counters::resets_channel(&core.config.common.redis.namespace);
         // In a cluster, PUBLISH reaches every node: listening on the first one is enough.
         let Some(url) = core.config.common.redis.nodes.first() else {
             return;
@@ -172,7 +256,7 @@ impl BackgroundService for Revocations {
             let listen = async {
                 let client = redis::Client::open(url.expose_secret())?;
                 let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
+                pubsub.subscribe(&[&channel, &resets]).await?;
                 if connected_before {
                     // Announcements made while disconnected are lost: forget every cached key.
                     core.keys.revoke_all();
@@ -181,8 +265,13 @@ impl BackgroundService for Revocations {
                 tracing::debug!("listening for key revocations");
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
-                    if let Ok(hash) = message.get_payload::<String>() {
-                        core.keys.revoke(&hash);
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    if message.get_channel_name() == resets {
+                        forfeit(core, &payload);
+                    } else {
+                        core.keys.revoke(&payload);
                     }
                 }
                 Ok::<(), redis::RedisError>(())

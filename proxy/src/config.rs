@@ -12,6 +12,7 @@ pub const ENV_METRICS_LISTEN: &str = "TOLLGATE_METRICS_LISTEN";
 pub const ENV_THREADS: &str = "TOLLGATE_PROXY_THREADS";
 pub const ENV_WRITEBACK_INTERVAL_MS: &str = "TOLLGATE_WRITEBACK_INTERVAL_MS";
 pub const ENV_REFRESH_INTERVAL_MS: &str = "TOLLGATE_REFRESH_INTERVAL_MS";
+pub const ENV_SETTLE_INTERVAL_MS: &str = "TOLLGATE_SETTLE_INTERVAL_MS";
 pub const ENV_REDIS_FAILURE_POLICY: &str = "TOLLGATE_REDIS_FAILURE_POLICY";
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = "TOLLGATE_SHUTDOWN_GRACE_SECS";
 
@@ -19,6 +20,7 @@ pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9100";
 pub const DEFAULT_WRITEBACK_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_SETTLE_INTERVAL_MS: u64 = 20;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 3;
 
 /// What to do with a metered request while Redis cannot be reached.
@@ -73,6 +75,7 @@ pub struct Config {
     pub threads: usize,
     pub writeback_interval: Duration,
     pub refresh_interval: Duration,
+    pub settle_interval: Duration,
     pub failure_policy: FailurePolicy,
     pub shutdown_grace: Duration,
 }
@@ -121,6 +124,14 @@ impl Config {
         if !(10..=60_000).contains(&refresh_ms) {
             r.error(ENV_REFRESH_INTERVAL_MS, "must be between 10 and 60000");
         }
+        let settle_ms = r.parse_or(
+            ENV_SETTLE_INTERVAL_MS,
+            DEFAULT_SETTLE_INTERVAL_MS,
+            "milliseconds",
+        );
+        if !(1..=1_000).contains(&settle_ms) {
+            r.error(ENV_SETTLE_INTERVAL_MS, "must be between 1 and 1000");
+        }
         let failure_policy = r.parse_or(
             ENV_REDIS_FAILURE_POLICY,
             FailurePolicy::FailOpen,
@@ -142,6 +153,7 @@ impl Config {
                 threads,
                 writeback_interval: Duration::from_millis(writeback_ms),
                 refresh_interval: Duration::from_millis(refresh_ms),
+                settle_interval: Duration::from_millis(settle_ms),
                 failure_policy,
                 shutdown_grace: Duration::from_secs(grace),
             }),

@@ -1,14 +1,61 @@
-//! Counter slots: the proxy's handle on each counter it has touched, and the dirty set write-back drains.
+//! Counter slots: the proxy's handle on each counter it has touched, its lease on that counter, and the dirty set
+//! write-back drains.
 //!
 //! A slot is created once per org, metric and period and then reused, so the hot path neither formats a Redis key
-//! nor takes a global lock: marking a slot dirty is two atomic stores. Write-back swaps the flag off *before*
-//! reading Redis, and a request marks the flag *after* its increment, so an increment is either seen by the read
-//! or leaves the flag set for the next flush.
+//! nor takes a global lock.
+//!
+//! # Leases
+//!
+//! Most requests are admitted from the slot's lease: units reserved in Redis by an earlier round trip, taken here
+//! with a short, uncontended lock and no I/O. When the lease cannot cover a request, the request makes the round
+//! trip itself ([`Slot::begin_lease`] → `counters::lease` → [`Slot::finish_lease`]), handing over what was consumed
+//! and the unusable remainder, and asking for a block sized at 1/16 of what is still unreserved (capped at
+//! [`MAX_BLOCK`]): far from the limit one round trip serves many requests; near it, blocks shrink to the request's
+//! cost, so the last units go out one request at a time and nothing is ever over-admitted. The settle loop
+//! (`background::WriteBack`) moves consumption into Redis every few milliseconds and returns leases that sat idle.
+//!
+//! # Dirty flags
+//!
+//! Marking a slot dirty is two atomic stores. Write-back swaps the flag off *before* reading Redis, and a request
+//! marks the flag *after* its admission, so a change is either seen by the read or leaves the flag set for the next
+//! flush.
 
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use tollgate_common::store::counters::CounterKey;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tollgate_common::store::counters::{CounterKey, LeaseReturn, Leased};
+
+/// The largest block a replica leases at once.
+pub const MAX_BLOCK: u64 = 100;
+/// A block is this fraction of what is still unreserved, so several replicas near the limit leave units for each other.
+const BLOCK_DIVISOR: u64 = 16;
+
+/// A replica's lease on one counter.
+#[derive(Debug)]
+struct Lease {
+    /// Leased units not used yet.
+    available: u64,
+    /// Units used from the lease since the last settle.
+    consumed: u64,
+    /// The counter epoch the lease belongs to; -1 before the first round trip.
+    epoch: i64,
+    /// `limit - used - leased` as of the last round trip: what other requests could still be granted.
+    unreserved: u64,
+    /// Last admission (ms since the epoch).
+    last_used_ms: i64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            available: 0,
+            consumed: 0,
+            epoch: -1,
+            unreserved: 0,
+            last_used_ms: 0,
+        }
+    }
+}
 
 /// One counter the proxy meters.
 pub struct Slot {
@@ -19,6 +66,7 @@ pub struct Slot {
     dirty: AtomicBool,
     /// When the oldest unflushed change was made (ms since the epoch); 0 when clean.
     dirty_since_ms: AtomicI64,
+    lease: Mutex<Lease>,
 }
 
 impl Slot {
@@ -28,7 +76,112 @@ impl Slot {
             key,
             dirty: AtomicBool::new(false),
             dirty_since_ms: AtomicI64::new(0),
+            lease: Mutex::new(Lease::default()),
         }
+    }
+
+    fn lease(&self) -> MutexGuard<'_, Lease> {
+        self.lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admits `cost` from the local lease when it covers it; returns the estimated remaining quota.
+    pub fn take_local(&self, cost: u64, now_ms: i64) -> Option<u64> {
+        let mut lease = self.lease();
+        if lease.epoch < 0 || lease.available < cost {
+            return None;
+        }
+        lease.available -= cost;
+        lease.consumed += cost;
+        lease.last_used_ms = now_ms;
+        Some(lease.unreserved + lease.available)
+    }
+
+    /// Starts a round trip: hands over consumption and the remainder, and sizes the block to ask for.
+    pub fn begin_lease(&self, cost: u64) -> (LeaseReturn, u64) {
+        let mut lease = self.lease();
+        let ret = LeaseReturn {
+            epoch: lease.epoch,
+            consumed: std::mem::take(&mut lease.consumed),
+            released: std::mem::take(&mut lease.available),
+        };
+        let want = (lease.unreserved / BLOCK_DIVISOR).clamp(cost, MAX_BLOCK.max(cost));
+        (ret, want)
+    }
+
+    /// Applies a round trip's reply; returns the estimated remaining quota when the request was admitted.
+    pub fn finish_lease(&self, reply: &Leased, cost: u64, limit: u64, now_ms: i64) -> Option<u64> {
+        let mut lease = self.lease();
+        if lease.epoch != reply.epoch {
+            // A reset happened: whatever this replica still held belongs to the old epoch.
+            lease.available = 0;
+            lease.epoch = reply.epoch;
+        }
+        lease.unreserved = limit.saturating_sub(reply.used + reply.leased);
+        if !reply.admitted {
+            return None;
+        }
+        lease.available += reply.granted.saturating_sub(cost);
+        lease.consumed += cost;
+        lease.last_used_ms = now_ms;
+        Some(lease.unreserved + lease.available)
+    }
+
+    /// Puts back what [`Slot::begin_lease`] took when the round trip failed.
+    pub fn abort_lease(&self, ret: LeaseReturn) {
+        let mut lease = self.lease();
+        if lease.epoch == ret.epoch {
+            lease.consumed += ret.consumed;
+            lease.available += ret.released;
+        }
+    }
+
+    /// For the settle loop: the consumption to settle and, when the lease sat idle (or `release_all`), its
+    /// remainder. `None` when there is nothing to do.
+    pub fn begin_settle(
+        &self,
+        now_ms: i64,
+        idle_ms: i64,
+        release_all: bool,
+    ) -> Option<LeaseReturn> {
+        let mut lease = self.lease();
+        if lease.epoch < 0 {
+            return None;
+        }
+        let release = release_all || now_ms - lease.last_used_ms >= idle_ms;
+        let ret = LeaseReturn {
+            epoch: lease.epoch,
+            consumed: std::mem::take(&mut lease.consumed),
+            released: if release {
+                std::mem::take(&mut lease.available)
+            } else {
+                0
+            },
+        };
+        (ret.consumed > 0 || ret.released > 0).then_some(ret)
+    }
+
+    /// Applies a settle reply: an epoch that moved voids what this replica still holds.
+    pub fn finish_settle(&self, applied: bool, epoch: i64) {
+        if !applied {
+            let mut lease = self.lease();
+            lease.available = 0;
+            lease.epoch = epoch;
+        }
+    }
+
+    /// Puts back what [`Slot::begin_settle`] took when the settle failed.
+    pub fn abort_settle(&self, ret: LeaseReturn) {
+        self.abort_lease(ret);
+    }
+
+    /// Drops the lease after a reset of this counter was announced; the next round trip learns the new epoch.
+    pub fn forfeit(&self) {
+        let mut lease = self.lease();
+        lease.available = 0;
+        lease.consumed = 0;
+        lease.epoch = -1;
     }
 
     /// Records that Redis holds a change PostgreSQL does not have yet.
@@ -98,6 +251,26 @@ impl Meter {
             }
         });
         batch
+    }
+
+    /// Every slot (for the settle loop).
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.lock().clone()
+    }
+
+    /// Forfeits the leases of the counters of `period` (of one org, or all), after a reset was announced.
+    pub fn forfeit(&self, period: &str, org_id: Option<i64>) -> usize {
+        let slots = self.lock();
+        let mut n = 0;
+        for slot in slots.iter() {
+            if slot.key.period.key().to_string() == period
+                && org_id.is_none_or(|id| id == slot.key.org_id)
+            {
+                slot.forfeit();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Puts a failed batch back so the next flush retries it, keeping the original age.

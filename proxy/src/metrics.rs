@@ -74,6 +74,10 @@ pub struct Metrics {
     pub writeback_rows: IntCounter,
     /// `tollgate_proxy_cached_orgs`.
     pub cached_orgs: IntGauge,
+    /// `tollgate_proxy_lease_forfeits_total`: leases dropped because their counter was reset.
+    pub lease_forfeits: IntCounter,
+    /// `tollgate_proxy_reset_announcements_total`: counter resets this replica heard of.
+    pub reset_announcements: IntCounter,
 }
 
 impl Metrics {
@@ -166,6 +170,14 @@ impl Metrics {
                 "tollgate_proxy_cached_orgs",
                 "Orgs whose billing state is cached.",
             )?,
+            lease_forfeits: IntCounter::new(
+                "tollgate_proxy_lease_forfeits_total",
+                "Leases dropped because their counter was reset.",
+            )?,
+            reset_announcements: IntCounter::new(
+                "tollgate_proxy_reset_announcements_total",
+                "Counter resets announced by the control plane and heard by this replica.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(duration_vec))?;
@@ -179,6 +191,8 @@ impl Metrics {
         registry.register(Box::new(m.writeback_failures.clone()))?;
         registry.register(Box::new(m.writeback_rows.clone()))?;
         registry.register(Box::new(m.cached_orgs.clone()))?;
+        registry.register(Box::new(m.lease_forfeits.clone()))?;
+        registry.register(Box::new(m.reset_announcements.clone()))?;
         Ok(m)
     }
 

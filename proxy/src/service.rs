@@ -1,7 +1,8 @@
 //! The request path: one `ProxyHttp` implementation.
 //!
-//! `request_filter` identifies the org, prices the route and checks and consumes quota in one Redis round trip;
-//! on a denial it writes the 429 envelope and ends the exchange. Admitted requests go upstream unchanged except
+//! `request_filter` identifies the org, prices the route and admits the request from the replica's lease on the
+//! counter (no I/O), or else makes one Redis round trip that settles the lease and asks for a new block (see
+//! [`crate::meter`]); on a denial it writes the 429 envelope and ends the exchange. Admitted requests go upstream unchanged except
 //! for the consumer's credential, which is removed, and `X-Tollgate-Org`, which is set. `response_filter` adds the
 //! `RateLimit-*` headers; `logging` records metrics and nothing else.
 
@@ -11,15 +12,16 @@ use crate::core::Core;
 use crate::metrics::{Decision, DecisionCounters};
 use crate::respond;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
-use tollgate_common::domain::{DenyEnvelope, RouteClass, Terms, remaining};
+use tollgate_common::domain::{DenyEnvelope, Period, RouteClass, Terms};
 use tollgate_common::jwt::JwtError;
-use tollgate_common::store::counters::{self, Consumed, CounterError};
+use tollgate_common::store::counters::{self, CounterError};
 use tollgate_common::store::redis::RedisConn;
 
 /// The header that tells the upstream which org made the call (client-supplied values are replaced).
@@ -96,6 +98,30 @@ impl MeteringProxy {
                 ))
             }
         }
+    }
+
+    /// Records an admission: the decision metric and what the `RateLimit-*` headers will say.
+    fn admitted(
+        &self,
+        ctx: &mut Ctx,
+        decisions: Option<&DecisionCounters>,
+        limit: u64,
+        left: u64,
+        period: &Period,
+        now: DateTime<Utc>,
+    ) {
+        if let Some(d) = decisions {
+            d.inc(if left.saturating_mul(10) < limit {
+                Decision::Near
+            } else {
+                Decision::Within
+            });
+        }
+        ctx.rate = Some(RateInfo {
+            limit,
+            remaining: left.min(limit),
+            reset: period.seconds_until_end(now),
+        });
     }
 
     /// Redis could not answer: admit unmetered or refuse, as configured.
@@ -204,59 +230,72 @@ impl ProxyHttp for MeteringProxy {
         let slot = entry.slot(&core.meter, metric, &period);
 
         let now_ms = now.timestamp_millis();
+        // The common case: the replica's lease covers the request. No I/O.
+        if let Some(left) = slot.take_local(cost, now_ms) {
+            slot.mark_dirty(now);
+            self.admitted(ctx, decisions, limit, left, &period, now);
+            return Ok(false);
+        }
         if core.redis_health.skip(now_ms) {
             return self.without_quota(session, decisions).await;
         }
+        let (ret, want) = slot.begin_lease(cost);
         let started = Instant::now();
         let outcome = match self.redis().await {
             Ok(mut conn) => {
-                counters::consume(&mut conn, &core.pg, &slot.redis_key, &slot.key, cost, limit)
-                    .await
+                counters::lease(
+                    &mut conn,
+                    &core.pg,
+                    &slot.redis_key,
+                    &slot.key,
+                    ret,
+                    cost,
+                    want,
+                    limit,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
         core.metrics
             .redis_latency
             .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(Consumed::Allowed { used }) => {
-                core.redis_health.succeeded();
-                slot.mark_dirty(now);
-                let left = remaining(used, limit);
-                if let Some(d) = decisions {
-                    d.inc(if left.saturating_mul(10) < limit {
-                        Decision::Near
-                    } else {
-                        Decision::Within
-                    });
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(e) => {
+                slot.abort_lease(ret);
+                if let CounterError::Postgres(e) = &e {
+                    // The counter was missing from Redis and its durable copy cannot be read: usage is unknown.
+                    core.metrics.postgres_errors.inc();
+                    tracing::warn!(error = %e, "cannot rebuild a counter: PostgreSQL unavailable");
+                } else {
+                    core.metrics.redis_errors.inc();
+                    core.redis_health
+                        .failed(now_ms, core.config.failure_policy.label(), &e);
                 }
-                ctx.rate = Some(RateInfo {
-                    limit,
-                    remaining: left,
-                    reset: period.seconds_until_end(now),
-                });
+                return self.without_quota(session, decisions).await;
+            }
+        };
+        core.redis_health.succeeded();
+        slot.mark_dirty(now);
+        match slot.finish_lease(&reply, cost, limit, now_ms) {
+            Some(left) => {
+                self.admitted(ctx, decisions, limit, left, &period, now);
                 Ok(false)
             }
-            Ok(Consumed::Denied { used }) => {
-                core.redis_health.succeeded();
+            None => {
                 if let Some(d) = decisions {
                     d.inc(Decision::Over);
                 }
-                let envelope = DenyEnvelope::new(metric.clone(), limit, used, &period, now);
+                let envelope = DenyEnvelope::new(
+                    metric.clone(),
+                    limit,
+                    reply.used + reply.leased,
+                    &period,
+                    now,
+                );
                 respond::quota_exceeded(session, &envelope).await?;
                 Ok(true)
-            }
-            Err(CounterError::Postgres(e)) => {
-                // The counter was missing from Redis and its durable copy cannot be read: usage is unknown.
-                core.metrics.postgres_errors.inc();
-                tracing::warn!(error = %e, "cannot rebuild a counter: PostgreSQL unavailable");
-                self.without_quota(session, decisions).await
-            }
-            Err(e) => {
-                core.metrics.redis_errors.inc();
-                core.redis_health
-                    .failed(now_ms, core.config.failure_policy.label(), &e);
-                self.without_quota(session, decisions).await
             }
         }
     }

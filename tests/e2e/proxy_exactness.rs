@@ -92,6 +92,31 @@ async fn exactly_the_limit_reaches_the_upstream(m: &Metering) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_from_the_limit_most_requests_are_admitted_from_a_lease() {
+    let m = Metering::start(Options {
+        limit: 1_000_000,
+        ..Options::default()
+    })
+    .await;
+    let proxy = m.proxy(&[]).await;
+    let key = m.org_with_key("org_lease").await;
+    let statuses = hammer(&[&proxy], &key, "/v1/items", 8, 2000).await;
+    assert_eq!(count(&statuses, 200), 2000);
+    let metrics = proxy.metrics().await;
+    let round_trips: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_proxy_redis_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        round_trips <= 2000 / 20,
+        "{round_trips} Redis round trips for 2000 requests"
+    );
+    m.await_durable("org_lease", "api_call", 2000, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_and_64_clients_admit_exactly_the_limit() {
     let m = Metering::start(Options {
         limit: 500,

@@ -99,13 +99,21 @@ async fn two_hundred_racing_records_add_up_exactly_and_with_proxied_calls() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let e = entitlements(&m.app, &key).await;
+    // Proxied calls are settled into the counter within the settle interval (20 ms).
+    let e = tollgate_e2e::wait::until(
+        Duration::from_secs(5),
+        "proxied usage to settle",
+        || async {
+            let e = entitlements(&m.app, &key).await;
+            (e["used"] == expected + 5).then_some(e)
+        },
+    )
+    .await;
     assert_eq!(
-        e["used"],
-        expected + 5,
+        e["remaining"],
+        100_000 - expected - 5,
         "recorded and proxied usage share one counter: {e}"
     );
-    assert_eq!(e["remaining"], 100_000 - expected - 5);
     m.await_durable(
         "org_sum",
         "api_call",
@@ -445,6 +453,19 @@ async fn an_admin_reset_raced_by_write_back_stays_reset() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json, json!({"updated": 1, "periodKey": period}));
+    // The proxy hears of the reset and drops its lease on the counter.
+    tollgate_e2e::wait::until(
+        Duration::from_secs(5),
+        "the proxy to hear of the reset",
+        || async {
+            proxy
+                .metrics()
+                .await
+                .contains("tollgate_proxy_reset_announcements_total 1")
+                .then_some(())
+        },
+    )
+    .await;
     // Write-back keeps running every 10 ms. A write by another org proves rounds ran after the reset.
     http.get(format!("{}/v1/x", proxy.url()))
         .header("x-api-key", &other)
@@ -471,6 +492,10 @@ async fn an_admin_reset_raced_by_write_back_stays_reset() {
         "999",
         "the proxy meters from zero"
     );
+    tollgate_e2e::wait::until(Duration::from_secs(5), "the new call to settle", || async {
+        (entitlements(&m.app, &key).await["used"] == 1).then_some(())
+    })
+    .await;
 
     let again = m
         .app

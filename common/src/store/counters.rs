@@ -1,13 +1,18 @@
 //! Usage counters: the live value in Redis, the durable copy in PostgreSQL.
 //!
-//! One counter per org, metric and billing period, stored as a Redis hash `{u: used, e: epoch}` under
+//! One counter per org, metric and billing period, stored as a Redis hash `{u: used, l: leased, e: epoch}` under
 //! `<ns>:{o<org>}:c:<metric>:<periodKey>`. The `{o<org>}` hash tag puts every counter of one org in one Redis
 //! Cluster slot.
 //!
 //! # Protocols
 //!
-//! * **Check and consume** is one Lua script, so it is atomic and costs one round trip: it admits iff
-//!   `used + cost <= limit` and only then increments. A denied request consumes nothing.
+//! * **Check and consume** is one Lua script, so it is atomic: it admits iff `used + leased + cost <= limit` and
+//!   only then increments. A denied request consumes nothing. The control plane uses it as is.
+//! * **Leasing** is how the proxy meets its throughput goal: a replica reserves a block of units (`l`, leased) in
+//!   one round trip and then admits requests from it with a local decrement; it settles what it consumed (`l` to
+//!   `u`) and returns what it did not use every few milliseconds and when idle or stopping. Grants are checked
+//!   against `used + leased`, so nothing is ever over-admitted; blocks shrink to the request's cost near the limit,
+//!   so the last units are handed out one request at a time.
 //! * **A missing counter** (Redis restarted, key evicted, first use) is rebuilt from PostgreSQL before it is used:
 //!   the script answers "missing", the caller reads the durable copy and calls again with it as the seed, and the
 //!   script seeds only if the key is still absent. A Redis restart therefore never hands out a fresh quota; it can
@@ -30,27 +35,86 @@ pub const MAX_LIMIT: u64 = 1 << 53;
 /// Counters stay in Redis this long after their period ends (history reads), then expire; PostgreSQL keeps them.
 const RETAIN_AFTER_PERIOD_SECS: i64 = 40 * 24 * 3600;
 
-/// Check and consume. The allow path is one `HINCRBY` (Redis CPU is what metering costs on a small box); a denial
-/// takes the increment back inside the same script, so no one ever observes it. A counter is "live" once it has an
-/// epoch field: an increment that finds none created the key, is undone, and the caller is told to seed it.
+/// Exact check and consume, one step: admits iff `u + l + cost <= limit` (`l`: units leased to proxies and not
+/// yet consumed or returned), and only then adds `cost` to `u`. A counter is live once it has an epoch field; a
+/// missing one answers `-1` and the caller calls again with the durable copy as the seed.
 static CONSUME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local cost = tonumber(ARGV[1])
-local used = redis.call('HINCRBY', KEYS[1], 'u', cost)
-if used == cost and redis.call('HEXISTS', KEYS[1], 'e') == 0 then
-  if ARGV[3] == nil then
-    redis.call('DEL', KEYS[1])
-    return {-1, 0}
-  end
-  redis.call('HSET', KEYS[1], 'u', ARGV[3], 'e', ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
+if not h[3] then
+  if ARGV[3] == nil then return {-1, 0, 0} end
+  redis.call('HSET', KEYS[1], 'u', ARGV[3], 'l', 0, 'e', ARGV[4])
   redis.call('EXPIREAT', KEYS[1], ARGV[5])
-  used = redis.call('HINCRBY', KEYS[1], 'u', cost)
+  h = {ARGV[3], '0', ARGV[4]}
 end
-if cost > 0 and used > tonumber(ARGV[2]) then
-  return {0, redis.call('HINCRBY', KEYS[1], 'u', -cost)}
+local u = tonumber(h[1])
+local l = tonumber(h[2] or '0')
+local cost = tonumber(ARGV[1])
+if cost > 0 and u + l + cost > tonumber(ARGV[2]) then return {0, u, l} end
+if cost > 0 then u = redis.call('HINCRBY', KEYS[1], 'u', cost) end
+return {1, u, l}
+",
+    )
+});
+
+/// A proxy's round trip: settles what it consumed from its lease, returns what it holds, and asks for a new block
+/// that covers this request's cost. Settling and returning apply only within the caller's epoch: after a reset the
+/// old lease and its consumption belong to a period state that no longer exists.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
+if not h[3] then
+  if ARGV[7] == nil then return {-1, 0, 0, 0, 0} end
+  redis.call('HSET', KEYS[1], 'u', ARGV[7], 'l', 0, 'e', ARGV[8])
+  redis.call('EXPIREAT', KEYS[1], ARGV[9])
+  h = {ARGV[7], '0', ARGV[8]}
 end
-return {1, used}
+local u = tonumber(h[1])
+local l = tonumber(h[2] or '0')
+local e = tonumber(h[3])
+if tonumber(ARGV[1]) == e then
+  u = u + tonumber(ARGV[2])
+  l = math.max(0, l - tonumber(ARGV[2]) - tonumber(ARGV[3]))
+end
+local cost = tonumber(ARGV[4])
+local avail = tonumber(ARGV[6]) - u - l
+local admitted = 0
+local granted = 0
+if cost <= avail then
+  admitted = 1
+  if cost > 0 then
+    local want = math.max(cost, math.min(tonumber(ARGV[5]), avail))
+    granted = want - (want % cost)
+    l = l + granted
+  end
+end
+redis.call('HSET', KEYS[1], 'u', u, 'l', l)
+return {admitted, granted, u, l, e}
+",
+    )
+});
+
+/// The background half of leasing: settle consumption and return idle lease units (same epoch rule as `LEASE`).
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
+if not h[3] then
+  if ARGV[4] == nil then return {-1, 0, 0, 0} end
+  redis.call('HSET', KEYS[1], 'u', ARGV[4], 'l', 0, 'e', ARGV[5])
+  redis.call('EXPIREAT', KEYS[1], ARGV[6])
+  h = {ARGV[4], '0', ARGV[5]}
+end
+local u = tonumber(h[1])
+local l = tonumber(h[2] or '0')
+local e = tonumber(h[3])
+if tonumber(ARGV[1]) ~= e then return {0, u, l, e} end
+u = u + tonumber(ARGV[2])
+l = math.max(0, l - tonumber(ARGV[2]) - tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'u', u, 'l', l)
+return {1, u, l, e}
 ",
     )
 });
@@ -60,7 +124,7 @@ static RESET: LazyLock<Script> = LazyLock::new(|| {
         r"
 local prev = redis.call('HMGET', KEYS[1], 'u', 'e')
 if prev[2] and tonumber(prev[2]) >= tonumber(ARGV[1]) then return -2 end
-redis.call('HSET', KEYS[1], 'u', 0, 'e', ARGV[1])
+redis.call('HSET', KEYS[1], 'u', 0, 'l', 0, 'e', ARGV[1])
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
 if prev[1] then return tonumber(prev[1]) end
 return -1
@@ -87,6 +151,12 @@ return {1, tonumber(now[1]), tonumber(now[2] or 0), fresh and 1 or 0}
 
 /// How long Redis remembers a recorded `request_id` (PostgreSQL's unique index remembers it for good).
 const RECORD_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The pub/sub channel on which resets are announced (`<periodKey>`, or `<periodKey> <org id>`), so proxies drop
+/// the leases a reset voided without waiting for their next round trip.
+pub fn resets_channel(namespace: &str) -> String {
+    format!("{namespace}:counters:reset")
+}
 
 /// The Redis key of a counter.
 pub fn redis_key(namespace: &str, org_id: i64, metric: &Metric, period: PeriodKey) -> String {
@@ -115,13 +185,41 @@ impl CounterKey {
     }
 }
 
-/// What a check-and-consume decided, with the counter's value afterwards.
+/// What a check-and-consume decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consumed {
-    /// Admitted; `used` includes this request's cost.
-    Allowed { used: u64 },
-    /// Refused; nothing was consumed.
-    Denied { used: u64 },
+pub struct Consumed {
+    /// Whether the cost was admitted (and consumed).
+    pub allowed: bool,
+    /// Units consumed, after the call.
+    pub used: u64,
+    /// Units leased to proxies and not yet consumed or returned.
+    pub leased: u64,
+}
+
+/// What a lease call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leased {
+    /// Whether this request's cost was admitted (it is part of `granted`).
+    pub admitted: bool,
+    /// Units granted to the caller (a multiple of the cost, at least the cost when admitted).
+    pub granted: u64,
+    /// Units consumed, after settling.
+    pub used: u64,
+    /// Units leased out in total, after this grant.
+    pub leased: u64,
+    /// The counter's epoch.
+    pub epoch: i64,
+}
+
+/// What a proxy brings to a lease or settle call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseReturn {
+    /// The epoch the caller's lease belongs to (`-1`: none yet).
+    pub epoch: i64,
+    /// Units consumed from its lease since the last call.
+    pub consumed: u64,
+    /// Unused units it gives back.
+    pub released: u64,
 }
 
 /// A failure of either store.
@@ -163,8 +261,8 @@ pub async fn load<'e>(pg: impl PgExecutor<'e>, key: &CounterKey) -> Result<Durab
     }))
 }
 
-/// Checks and consumes `cost` against `limit` atomically. One Redis round trip when the counter is live; a
-/// missing counter is first rebuilt from PostgreSQL.
+/// Checks and consumes `cost` against `limit` atomically, in one step (counting units leased to proxies as
+/// taken). A missing counter is first rebuilt from PostgreSQL.
 pub async fn consume(
     conn: &mut RedisConn,
     pg: &PgPool,
@@ -174,54 +272,154 @@ pub async fn consume(
     limit: u64,
 ) -> Result<Consumed, CounterError> {
     let limit = limit.min(MAX_LIMIT);
-    let reply: Vec<i64> = CONSUME
+    let mut reply: Vec<i64> = CONSUME
         .key(redis_key)
         .arg(cost)
         .arg(limit)
         .invoke_async(conn)
         .await?;
-    let reply = match reply.as_slice() {
-        [-1, _] => {
-            let durable = load(pg, key).await?;
-            CONSUME
-                .key(redis_key)
-                .arg(cost)
-                .arg(limit)
-                .arg(durable.used)
-                .arg(durable.epoch)
-                .arg(key.expire_at())
-                .invoke_async(conn)
-                .await?
-        }
-        _ => reply,
-    };
+    if reply.first() == Some(&-1) {
+        let durable = load(pg, key).await?;
+        reply = CONSUME
+            .key(redis_key)
+            .arg(cost)
+            .arg(limit)
+            .arg(durable.used)
+            .arg(durable.epoch)
+            .arg(key.expire_at())
+            .invoke_async(conn)
+            .await?;
+    }
     match reply.as_slice() {
-        [1, used] => Ok(Consumed::Allowed {
+        [allowed @ (0 | 1), used, leased] => Ok(Consumed {
+            allowed: *allowed == 1,
             used: u64::try_from(*used).unwrap_or(0),
-        }),
-        [0, used] => Ok(Consumed::Denied {
-            used: u64::try_from(*used).unwrap_or(0),
+            leased: u64::try_from(*leased).unwrap_or(0),
         }),
         _ => Err(CounterError::Protocol),
     }
 }
 
-/// The live value of a counter without consuming: Redis when present, else the durable copy.
+/// A proxy's lease round trip (see `LEASE`): settles `ret`, then admits `cost` and grants up to `want` units (a
+/// multiple of `cost`) if `used + leased + cost <= limit`. A missing counter is first rebuilt from PostgreSQL.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per script parameter"
+)]
+pub async fn lease(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    redis_key: &str,
+    key: &CounterKey,
+    ret: LeaseReturn,
+    cost: u64,
+    want: u64,
+    limit: u64,
+) -> Result<Leased, CounterError> {
+    let limit = limit.min(MAX_LIMIT);
+    let call = |seed: Option<Durable>| {
+        let mut inv = LEASE.key(redis_key);
+        inv.arg(ret.epoch)
+            .arg(ret.consumed)
+            .arg(ret.released)
+            .arg(cost)
+            .arg(want)
+            .arg(limit);
+        if let Some(d) = seed {
+            inv.arg(d.used).arg(d.epoch).arg(key.expire_at());
+        }
+        inv
+    };
+    let mut reply: Vec<i64> = call(None).invoke_async(conn).await?;
+    if reply.first() == Some(&-1) {
+        let durable = load(pg, key).await?;
+        reply = call(Some(durable)).invoke_async(conn).await?;
+    }
+    match reply.as_slice() {
+        [admitted @ (0 | 1), granted, used, leased, epoch] => Ok(Leased {
+            admitted: *admitted == 1,
+            granted: u64::try_from(*granted).unwrap_or(0),
+            used: u64::try_from(*used).unwrap_or(0),
+            leased: u64::try_from(*leased).unwrap_or(0),
+            epoch: *epoch,
+        }),
+        _ => Err(CounterError::Protocol),
+    }
+}
+
+/// Settles many proxies' returns in one pipeline (see `SETTLE`). Returns, per entry, the counter's epoch and
+/// whether the return applied; counters missing from Redis are rebuilt from PostgreSQL first.
+pub async fn settle(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    entries: &[(&str, &CounterKey, LeaseReturn)],
+) -> Result<Vec<(bool, i64)>, CounterError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    SETTLE.prepare_invoke().load_async(conn).await?;
+    let mut pipe = redis::pipe();
+    for (redis_key, _, ret) in entries {
+        pipe.invoke_script(
+            SETTLE
+                .key(*redis_key)
+                .arg(ret.epoch)
+                .arg(ret.consumed)
+                .arg(ret.released),
+        );
+    }
+    let replies: Vec<Vec<i64>> = pipe.query_async(conn).await?;
+    let mut out = Vec::with_capacity(entries.len());
+    for ((redis_key, key, ret), mut reply) in entries.iter().zip(replies) {
+        if reply.first() == Some(&-1) {
+            let d = load(pg, key).await?;
+            reply = SETTLE
+                .key(*redis_key)
+                .arg(ret.epoch)
+                .arg(ret.consumed)
+                .arg(ret.released)
+                .arg(d.used)
+                .arg(d.epoch)
+                .arg(key.expire_at())
+                .invoke_async(conn)
+                .await?;
+        }
+        match reply.as_slice() {
+            [applied @ (0 | 1), _, _, epoch] => out.push((*applied == 1, *epoch)),
+            _ => return Err(CounterError::Protocol),
+        }
+    }
+    Ok(out)
+}
+
+/// A counter's live state without changing it: units consumed and units leased to proxies. Redis when present,
+/// else the durable copy (with nothing leased).
+pub async fn live(
+    conn: &mut RedisConn,
+    pg: &PgPool,
+    namespace: &str,
+    key: &CounterKey,
+) -> Result<(u64, u64), CounterError> {
+    let (used, leased): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(key.redis_key(namespace))
+        .arg("u")
+        .arg("l")
+        .query_async(conn)
+        .await?;
+    match used {
+        Some(used) => Ok((used, leased.unwrap_or(0))),
+        None => Ok((load(pg, key).await?.used, 0)),
+    }
+}
+
+/// Units consumed (see [`live`]).
 pub async fn current(
     conn: &mut RedisConn,
     pg: &PgPool,
     namespace: &str,
     key: &CounterKey,
 ) -> Result<u64, CounterError> {
-    let used: Option<u64> = redis::cmd("HGET")
-        .arg(key.redis_key(namespace))
-        .arg("u")
-        .query_async(conn)
-        .await?;
-    match used {
-        Some(used) => Ok(used),
-        None => Ok(load(pg, key).await?.used),
-    }
+    Ok(live(conn, pg, namespace, key).await?.0)
 }
 
 /// A counter's live value as read from Redis, ready to be written back.
@@ -417,9 +615,11 @@ pub async fn ensure(
     .bind(key.period.end)
     .execute(pg)
     .await?;
-    match consume(conn, pg, &key.redis_key(namespace), key, 0, MAX_LIMIT).await? {
-        Consumed::Allowed { used } | Consumed::Denied { used } => Ok(used),
-    }
+    Ok(
+        consume(conn, pg, &key.redis_key(namespace), key, 0, MAX_LIMIT)
+            .await?
+            .used,
+    )
 }
 
 /// Resets many counters (see the module docs): one PostgreSQL transaction, then one Redis pipeline. Returns how

@@ -138,18 +138,26 @@ pub async fn check(
 ) -> ApiResult<Result<u64, DenyEnvelope>> {
     let now = app.clock.now();
     let Terms { plan, period } = account.terms(app, now)?;
-    let used = counters::current(
+    let (used, leased) = counters::live(
         &mut redis(app),
         &app.pg,
         ns(app),
         &account.key(metric, period),
     )
     .await?;
+    // Units leased to proxies are spoken for: they count as taken, exactly as a proxy's next round trip counts them.
+    let taken = used + leased;
     let limit = plan.limit(metric);
-    Ok(if decide(used, limit, 1).is_allowed() {
-        Ok(remaining(used, limit))
+    Ok(if decide(taken, limit, 1).is_allowed() {
+        Ok(remaining(taken, limit))
     } else {
-        Err(DenyEnvelope::new(metric.clone(), limit, used, &period, now))
+        Err(DenyEnvelope::new(
+            metric.clone(),
+            limit,
+            taken,
+            &period,
+            now,
+        ))
     })
 }
 
@@ -411,6 +419,20 @@ pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiR
             })
             .collect();
         updated += counters::reset_many(&mut redis(app), &app.pg, ns(app), &keys).await?;
+    }
+    // Proxies drop the leases the reset voided now rather than at their next round trip; a lost announcement only
+    // delays that (their next settle sees the new epoch), so it does not fail the call.
+    let payload = match ids.as_slice() {
+        [id] if org.is_some() => format!("{period_key} {id}"),
+        _ => period_key.to_string(),
+    };
+    let announced: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(counters::resets_channel(ns(app)))
+        .arg(payload)
+        .query_async(&mut redis(app))
+        .await;
+    if let Err(e) = announced {
+        tracing::warn!(error = %e, "reset stored but not announced to proxies");
     }
     tracing::info!(usage.reset = updated, "counters reset");
     Ok(updated)
