@@ -64,7 +64,8 @@ pub struct Episodes {
     writing: bool,
 }
 
-/// One settle pass over every slot with consumption to settle or a lease to return.
+/// One settle pass: a report for every slot whose consumption Redis has not seen or whose lease sat idle. Slots
+/// with a round trip in flight are skipped (that round trip reports for them).
 pub async fn settle(
     core: &Core,
     conn: &mut Option<RedisConn>,
@@ -72,39 +73,44 @@ pub async fn settle(
     release_all: bool,
 ) {
     let now_ms = core.clock.now().timestamp_millis();
-    let work: Vec<_> = core
-        .meter
-        .slots()
-        .into_iter()
-        .filter_map(|slot| {
-            slot.begin_settle(now_ms, IDLE_LEASE_MS, release_all)
-                .map(|ret| (slot, ret))
-        })
-        .collect();
+    let slots = core.meter.slots();
+    let mut work = Vec::new();
+    for slot in &slots {
+        let Ok(turn) = slot.in_flight.try_lock() else {
+            continue;
+        };
+        if let Some(report) = slot.begin_settle(now_ms, IDLE_LEASE_MS, release_all) {
+            work.push((slot, report, turn));
+        }
+    }
     if work.is_empty() {
         return;
     }
     let entries: Vec<_> = work
         .iter()
-        .map(|(slot, ret)| (slot.redis_key.as_str(), &slot.key, *ret))
+        .map(|(slot, report, _)| (slot.redis_key.as_str(), &slot.key, *report))
         .collect();
     let result = match connection(core, conn).await {
-        Ok(c) => counters::settle(c, &core.pg, &entries).await,
+        Ok(c) => counters::settle(c, &core.pg, &core.replica, &entries).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(replies) => {
-            for ((slot, _), (applied, epoch)) in work.iter().zip(replies) {
-                slot.finish_settle(applied, epoch);
+            let now = core.clock.now();
+            for ((slot, report, _), (applied, epoch)) in work.iter().zip(replies) {
+                slot.finish_settle(applied, epoch, *report);
+                if applied && report.consumed > report.acknowledged {
+                    // The counter in Redis moved: the next flush must write it, even if a flush since the
+                    // admission already cleared the flag.
+                    slot.mark_dirty(now);
+                }
             }
             if std::mem::take(&mut episodes.settling) {
                 tracing::info!("lease settling recovered");
             }
         }
         Err(e) => {
-            for (slot, ret) in &work {
-                slot.abort_settle(*ret);
-            }
+            // Reports are absolute: the next pass repeats them, whether or not Redis applied this one.
             if !std::mem::replace(&mut episodes.settling, true) {
                 tracing::warn!(error = %e, "settling leases failed; retrying every interval");
             }

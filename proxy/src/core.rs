@@ -14,6 +14,8 @@ use tollgate_common::jwt::ClerkVerifier;
 /// Everything the proxy shares across requests and background work.
 pub struct Core {
     pub config: Config,
+    /// This process's name in the counters' per-replica lease fields (random per start).
+    pub replica: String,
     /// The plan catalogue, for the life of the process.
     pub catalog: &'static PlanCatalog,
     /// The routes table, for the life of the process.

@@ -103,6 +103,7 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
     let catalog = &**Box::leak(Box::new(Arc::clone(&config.common.plans)));
     let routes = &**Box::leak(Box::new(Arc::clone(&config.routes)));
     let core = Arc::new(Core {
+        replica: format!("{:016x}", rand::random::<u64>()),
         catalog,
         routes,
         clerk: ClerkVerifier::new(config.common.clerk.clone())

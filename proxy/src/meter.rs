@@ -8,11 +8,15 @@
 //!
 //! Most requests are admitted from the slot's lease: units reserved in Redis by an earlier round trip, taken here
 //! with a short, uncontended lock and no I/O. When the lease cannot cover a request, the request makes the round
-//! trip itself ([`Slot::begin_lease`] → `counters::lease` → [`Slot::finish_lease`]), handing over what was consumed
-//! and the unusable remainder, and asking for a block sized at 1/16 of what is still unreserved (capped at
-//! [`MAX_BLOCK`]): far from the limit one round trip serves many requests; near it, blocks shrink to the request's
-//! cost, so the last units go out one request at a time and nothing is ever over-admitted. The settle loop
-//! (`background::WriteBack`) moves consumption into Redis every few milliseconds and returns leases that sat idle.
+//! trip itself, one at a time per slot ([`Slot::begin_lease`] → `counters::lease` → [`Slot::finish_lease`]),
+//! reporting its consumption, handing back the unusable remainder, and asking for a block sized at 1/16 of what is
+//! still unreserved (capped at [`MAX_BLOCK`]): far from the limit one round trip serves many requests; near it,
+//! blocks shrink to the request's cost, so the last units go out one request at a time and nothing is ever
+//! over-admitted. The settle loop (`background::WriteBack`) reports consumption every few milliseconds and hands
+//! back leases that sat idle.
+//!
+//! Reports are absolute (total consumed in the epoch, units held now), so a call whose reply is lost — a timeout
+//! after Redis applied it — is corrected by the next report instead of being counted twice or leaking a lease.
 //!
 //! # Dirty flags
 //!
@@ -23,7 +27,7 @@
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tollgate_common::store::counters::{CounterKey, LeaseReturn, Leased};
+use tollgate_common::store::counters::{CounterKey, Leased, Report};
 
 /// The largest block a replica leases at once.
 pub const MAX_BLOCK: u64 = 100;
@@ -35,8 +39,10 @@ const BLOCK_DIVISOR: u64 = 16;
 struct Lease {
     /// Leased units not used yet.
     available: u64,
-    /// Units used from the lease since the last settle.
+    /// Units used from leases in this epoch, in total (reported as is: reports are absolute).
     consumed: u64,
+    /// `consumed` as of the last report Redis acknowledged.
+    reported: u64,
     /// The counter epoch the lease belongs to; -1 before the first round trip.
     epoch: i64,
     /// `limit - used - leased` as of the last round trip: what other requests could still be granted.
@@ -50,6 +56,7 @@ impl Default for Lease {
         Self {
             available: 0,
             consumed: 0,
+            reported: 0,
             epoch: -1,
             unreserved: 0,
             last_used_ms: 0,
@@ -67,6 +74,8 @@ pub struct Slot {
     /// When the oldest unflushed change was made (ms since the epoch); 0 when clean.
     dirty_since_ms: AtomicI64,
     lease: Mutex<Lease>,
+    /// One Redis call per slot at a time: a replica's reports must not overtake each other.
+    pub in_flight: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
@@ -77,6 +86,7 @@ impl Slot {
             dirty: AtomicBool::new(false),
             dirty_since_ms: AtomicI64::new(0),
             lease: Mutex::new(Lease::default()),
+            in_flight: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -98,24 +108,41 @@ impl Slot {
         Some(lease.unreserved + lease.available)
     }
 
-    /// Starts a round trip: hands over consumption and the remainder, and sizes the block to ask for.
-    pub fn begin_lease(&self, cost: u64) -> (LeaseReturn, u64) {
+    /// Starts a round trip (holding `in_flight`): reports consumption, hands back the remainder, and sizes the
+    /// block to ask for.
+    pub fn begin_lease(&self, cost: u64) -> (Report, u64) {
         let mut lease = self.lease();
-        let ret = LeaseReturn {
+        lease.available = 0;
+        let report = Report {
             epoch: lease.epoch,
-            consumed: std::mem::take(&mut lease.consumed),
-            released: std::mem::take(&mut lease.available),
+            consumed: lease.consumed,
+            held: 0,
+            acknowledged: lease.reported,
         };
         let want = (lease.unreserved / BLOCK_DIVISOR).clamp(cost, MAX_BLOCK.max(cost));
-        (ret, want)
+        (report, want)
     }
 
     /// Applies a round trip's reply; returns the estimated remaining quota when the request was admitted.
-    pub fn finish_lease(&self, reply: &Leased, cost: u64, limit: u64, now_ms: i64) -> Option<u64> {
+    ///
+    /// If the call failed instead, nothing is restored: the remainder handed back stays handed back (Redis either
+    /// applied the report or will apply the next one, which says the same), and consumption is a running total.
+    pub fn finish_lease(
+        &self,
+        reply: &Leased,
+        report: Report,
+        cost: u64,
+        limit: u64,
+        now_ms: i64,
+    ) -> Option<u64> {
         let mut lease = self.lease();
-        if lease.epoch != reply.epoch {
-            // A reset happened: whatever this replica still held belongs to the old epoch.
+        if lease.epoch == reply.epoch {
+            lease.reported = report.consumed;
+        } else {
+            // First contact, or a reset: what this replica consumed and held belongs to another epoch.
             lease.available = 0;
+            lease.consumed = 0;
+            lease.reported = 0;
             lease.epoch = reply.epoch;
         }
         lease.unreserved = limit.saturating_sub(reply.used + reply.leased);
@@ -128,52 +155,37 @@ impl Slot {
         Some(lease.unreserved + lease.available)
     }
 
-    /// Puts back what [`Slot::begin_lease`] took when the round trip failed.
-    pub fn abort_lease(&self, ret: LeaseReturn) {
-        let mut lease = self.lease();
-        if lease.epoch == ret.epoch {
-            lease.consumed += ret.consumed;
-            lease.available += ret.released;
-        }
-    }
-
-    /// For the settle loop: the consumption to settle and, when the lease sat idle (or `release_all`), its
-    /// remainder. `None` when there is nothing to do.
-    pub fn begin_settle(
-        &self,
-        now_ms: i64,
-        idle_ms: i64,
-        release_all: bool,
-    ) -> Option<LeaseReturn> {
+    /// For the settle loop (holding `in_flight`): the report to send, handing back the remainder when the lease sat
+    /// idle (or `release_all`). `None` when Redis already knows everything.
+    pub fn begin_settle(&self, now_ms: i64, idle_ms: i64, release_all: bool) -> Option<Report> {
         let mut lease = self.lease();
         if lease.epoch < 0 {
             return None;
         }
-        let release = release_all || now_ms - lease.last_used_ms >= idle_ms;
-        let ret = LeaseReturn {
+        let release =
+            (release_all || now_ms - lease.last_used_ms >= idle_ms) && lease.available > 0;
+        if release {
+            lease.available = 0;
+        }
+        (release || lease.consumed != lease.reported).then_some(Report {
             epoch: lease.epoch,
-            consumed: std::mem::take(&mut lease.consumed),
-            released: if release {
-                std::mem::take(&mut lease.available)
-            } else {
-                0
-            },
-        };
-        (ret.consumed > 0 || ret.released > 0).then_some(ret)
+            consumed: lease.consumed,
+            held: lease.available,
+            acknowledged: lease.reported,
+        })
     }
 
     /// Applies a settle reply: an epoch that moved voids what this replica still holds.
-    pub fn finish_settle(&self, applied: bool, epoch: i64) {
-        if !applied {
-            let mut lease = self.lease();
+    pub fn finish_settle(&self, applied: bool, epoch: i64, report: Report) {
+        let mut lease = self.lease();
+        if applied && lease.epoch == report.epoch {
+            lease.reported = lease.reported.max(report.consumed);
+        } else if !applied {
             lease.available = 0;
+            lease.consumed = 0;
+            lease.reported = 0;
             lease.epoch = epoch;
         }
-    }
-
-    /// Puts back what [`Slot::begin_settle`] took when the settle failed.
-    pub fn abort_settle(&self, ret: LeaseReturn) {
-        self.abort_lease(ret);
     }
 
     /// Drops the lease after a reset of this counter was announced; the next round trip learns the new epoch.
@@ -181,6 +193,7 @@ impl Slot {
         let mut lease = self.lease();
         lease.available = 0;
         lease.consumed = 0;
+        lease.reported = 0;
         lease.epoch = -1;
     }
 

@@ -239,7 +239,15 @@ impl ProxyHttp for MeteringProxy {
         if core.redis_health.skip(now_ms) {
             return self.without_quota(session, decisions).await;
         }
-        let (ret, want) = slot.begin_lease(cost);
+        // One round trip per slot at a time: a replica's reports must not overtake each other. Whoever waited
+        // here may find the lease refilled by the request before it.
+        let _turn = slot.in_flight.lock().await;
+        if let Some(left) = slot.take_local(cost, now_ms) {
+            slot.mark_dirty(now);
+            self.admitted(ctx, decisions, limit, left, &period, now);
+            return Ok(false);
+        }
+        let (report, want) = slot.begin_lease(cost);
         let started = Instant::now();
         let outcome = match self.redis().await {
             Ok(mut conn) => {
@@ -248,7 +256,8 @@ impl ProxyHttp for MeteringProxy {
                     &core.pg,
                     &slot.redis_key,
                     &slot.key,
-                    ret,
+                    &core.replica,
+                    report,
                     cost,
                     want,
                     limit,
@@ -263,7 +272,6 @@ impl ProxyHttp for MeteringProxy {
         let reply = match outcome {
             Ok(reply) => reply,
             Err(e) => {
-                slot.abort_lease(ret);
                 if let CounterError::Postgres(e) = &e {
                     // The counter was missing from Redis and its durable copy cannot be read: usage is unknown.
                     core.metrics.postgres_errors.inc();
@@ -278,7 +286,7 @@ impl ProxyHttp for MeteringProxy {
         };
         core.redis_health.succeeded();
         slot.mark_dirty(now);
-        match slot.finish_lease(&reply, cost, limit, now_ms) {
+        match slot.finish_lease(&reply, report, cost, limit, now_ms) {
             Some(left) => {
                 self.admitted(ctx, decisions, limit, left, &period, now);
                 Ok(false)

@@ -58,65 +58,103 @@ return {1, u, l}
     )
 });
 
-/// A proxy's round trip: settles what it consumed from its lease, returns what it holds, and asks for a new block
-/// that covers this request's cost. Settling and returning apply only within the caller's epoch: after a reset the
-/// old lease and its consumption belong to a period state that no longer exists.
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// Shared by `LEASE` and `SETTLE`: applies a replica's report. Reports are absolute — the replica's total
+/// consumption in this epoch (`c:<rid>`) and what it holds now (`h:<rid>`) — so a call whose reply was lost can be
+/// repeated, or superseded by the next report, without counting anything twice or leaking a lease.
+const APPLY_REPORT: &str = r"
+local k = KEYS[1]
+local rid = ARGV[1]
+local f = redis.call('HMGET', k, 'u', 'l', 'e', 'c:' .. rid, 'h:' .. rid)
+local u = tonumber(f[1])
+local l = tonumber(f[2] or '0')
+local e = tonumber(f[3])
+local applied = 0
+local held = 0
+if tonumber(ARGV[2]) == e then
+  applied = 1
+  local c = tonumber(ARGV[3])
+  -- Without a stored total (first contact, or Redis lost the counter and it was rebuilt from PostgreSQL), what
+  -- the replica saw acknowledged is already inside the counter's value.
+  local prev_c = tonumber(f[4] or ARGV[5])
+  if c > prev_c then
+    u = u + (c - prev_c)
+    redis.call('HSET', k, 'c:' .. rid, c)
+  end
+  held = tonumber(ARGV[4])
+  l = math.max(0, l - tonumber(f[5] or '0') + held)
+else
+  l = math.max(0, l - tonumber(f[5] or '0'))
+end
+local t = redis.call('TIME')
+redis.call('HSET', k, 'u', u, 'l', l, 'h:' .. rid, held, 't:' .. rid, t[1])
+";
+
+/// Seeds a missing counter from the durable copy passed after the report arguments, or answers `-1`.
+fn seed_prelude(first_seed_arg: usize) -> String {
+    format!(
         r"
-local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
-if not h[3] then
-  if ARGV[7] == nil then return {-1, 0, 0, 0, 0} end
-  redis.call('HSET', KEYS[1], 'u', ARGV[7], 'l', 0, 'e', ARGV[8])
-  redis.call('EXPIREAT', KEYS[1], ARGV[9])
-  h = {ARGV[7], '0', ARGV[8]}
+if redis.call('HEXISTS', KEYS[1], 'e') == 0 then
+  if ARGV[{s}] == nil then return {{-1, 0, 0, 0, 0}} end
+  redis.call('HSET', KEYS[1], 'u', ARGV[{s}], 'l', 0, 'e', ARGV[{e}])
+  redis.call('EXPIREAT', KEYS[1], ARGV[{x}])
 end
-local u = tonumber(h[1])
-local l = tonumber(h[2] or '0')
-local e = tonumber(h[3])
-if tonumber(ARGV[1]) == e then
-  u = u + tonumber(ARGV[2])
-  l = math.max(0, l - tonumber(ARGV[2]) - tonumber(ARGV[3]))
+",
+        s = first_seed_arg,
+        e = first_seed_arg + 1,
+        x = first_seed_arg + 2
+    )
+}
+
+/// A proxy's round trip: applies its report (it hands back everything it held), then admits `cost` and grants a
+/// block if `u + l + cost <= limit`. Before refusing, holdings of replicas silent for 30 s (crashed) are reclaimed.
+/// ARGV: rid, epoch, consumed total, held (0), acknowledged total, cost, want, limit, [seed used, seed epoch,
+/// expire-at].
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{seed}{apply}
+local cost = tonumber(ARGV[6])
+local limit = tonumber(ARGV[8])
+if cost > limit - u - l then
+  local all = redis.call('HGETALL', k)
+  for i = 1, #all, 2 do
+    local name = all[i]
+    if string.sub(name, 1, 2) == 't:' and tonumber(all[i + 1]) < tonumber(t[1]) - 30 then
+      local other = string.sub(name, 3)
+      local h = tonumber(redis.call('HGET', k, 'h:' .. other) or '0')
+      l = math.max(0, l - h)
+      redis.call('HDEL', k, 'h:' .. other, 't:' .. other)
+    end
+  end
+  redis.call('HSET', k, 'l', l)
 end
-local cost = tonumber(ARGV[4])
-local avail = tonumber(ARGV[6]) - u - l
 local admitted = 0
 local granted = 0
-if cost <= avail then
+if cost <= limit - u - l then
   admitted = 1
   if cost > 0 then
-    local want = math.max(cost, math.min(tonumber(ARGV[5]), avail))
+    local want = math.max(cost, math.min(tonumber(ARGV[7]), limit - u - l))
     granted = want - (want % cost)
     l = l + granted
+    redis.call('HSET', k, 'l', l, 'h:' .. rid, held + granted)
   end
 end
-redis.call('HSET', KEYS[1], 'u', u, 'l', l)
-return {admitted, granted, u, l, e}
+return {{admitted, granted, u, l, e}}
 ",
-    )
+        seed = seed_prelude(9),
+        apply = APPLY_REPORT
+    ))
 });
 
-/// The background half of leasing: settle consumption and return idle lease units (same epoch rule as `LEASE`).
+/// The background half of leasing: applies a replica's report (consumption, and what it still holds).
+/// ARGV: rid, epoch, consumed total, held, acknowledged total, [seed used, seed epoch, expire-at].
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
-if not h[3] then
-  if ARGV[4] == nil then return {-1, 0, 0, 0} end
-  redis.call('HSET', KEYS[1], 'u', ARGV[4], 'l', 0, 'e', ARGV[5])
-  redis.call('EXPIREAT', KEYS[1], ARGV[6])
-  h = {ARGV[4], '0', ARGV[5]}
-end
-local u = tonumber(h[1])
-local l = tonumber(h[2] or '0')
-local e = tonumber(h[3])
-if tonumber(ARGV[1]) ~= e then return {0, u, l, e} end
-u = u + tonumber(ARGV[2])
-l = math.max(0, l - tonumber(ARGV[2]) - tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], 'u', u, 'l', l)
-return {1, u, l, e}
+    Script::new(&format!(
+        r"{seed}{apply}
+return {{applied, u, l, e}}
 ",
-    )
+        seed = seed_prelude(6),
+        apply = APPLY_REPORT
+    ))
 });
 
 static RESET: LazyLock<Script> = LazyLock::new(|| {
@@ -124,6 +162,7 @@ static RESET: LazyLock<Script> = LazyLock::new(|| {
         r"
 local prev = redis.call('HMGET', KEYS[1], 'u', 'e')
 if prev[2] and tonumber(prev[2]) >= tonumber(ARGV[1]) then return -2 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'u', 0, 'l', 0, 'e', ARGV[1])
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
 if prev[1] then return tonumber(prev[1]) end
@@ -211,15 +250,17 @@ pub struct Leased {
     pub epoch: i64,
 }
 
-/// What a proxy brings to a lease or settle call.
+/// What a proxy reports on a lease or settle call. Absolute values, so a repeated report changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LeaseReturn {
-    /// The epoch the caller's lease belongs to (`-1`: none yet).
+pub struct Report {
+    /// The epoch the replica's lease belongs to (`-1`: none yet).
     pub epoch: i64,
-    /// Units consumed from its lease since the last call.
+    /// Units the replica consumed from its leases in that epoch, in total.
     pub consumed: u64,
-    /// Unused units it gives back.
-    pub released: u64,
+    /// Units it holds now (not consumed).
+    pub held: u64,
+    /// `consumed` as of the last report Redis acknowledged (what the counter already contains).
+    pub acknowledged: u64,
 }
 
 /// A failure of either store.
@@ -300,8 +341,9 @@ pub async fn consume(
     }
 }
 
-/// A proxy's lease round trip (see `LEASE`): settles `ret`, then admits `cost` and grants up to `want` units (a
-/// multiple of `cost`) if `used + leased + cost <= limit`. A missing counter is first rebuilt from PostgreSQL.
+/// A proxy's lease round trip (see `LEASE`): applies `report` (which hands back what the replica held), then
+/// admits `cost` and grants up to `want` units (a multiple of `cost`) if `used + leased + cost <= limit`. A missing
+/// counter is first rebuilt from PostgreSQL.
 #[expect(
     clippy::too_many_arguments,
     reason = "one argument per script parameter"
@@ -311,7 +353,8 @@ pub async fn lease(
     pg: &PgPool,
     redis_key: &str,
     key: &CounterKey,
-    ret: LeaseReturn,
+    replica: &str,
+    report: Report,
     cost: u64,
     want: u64,
     limit: u64,
@@ -319,9 +362,11 @@ pub async fn lease(
     let limit = limit.min(MAX_LIMIT);
     let call = |seed: Option<Durable>| {
         let mut inv = LEASE.key(redis_key);
-        inv.arg(ret.epoch)
-            .arg(ret.consumed)
-            .arg(ret.released)
+        inv.arg(replica)
+            .arg(report.epoch)
+            .arg(report.consumed)
+            .arg(report.held)
+            .arg(report.acknowledged)
             .arg(cost)
             .arg(want)
             .arg(limit);
@@ -347,37 +392,43 @@ pub async fn lease(
     }
 }
 
-/// Settles many proxies' returns in one pipeline (see `SETTLE`). Returns, per entry, the counter's epoch and
-/// whether the return applied; counters missing from Redis are rebuilt from PostgreSQL first.
+/// Applies one replica's reports on many counters in one pipeline (see `SETTLE`). Returns, per entry, whether the
+/// report applied (`false`: the counter's epoch moved, the replica's lease is void) and the counter's epoch. Counters
+/// missing from Redis are rebuilt from PostgreSQL first.
 pub async fn settle(
     conn: &mut RedisConn,
     pg: &PgPool,
-    entries: &[(&str, &CounterKey, LeaseReturn)],
+    replica: &str,
+    entries: &[(&str, &CounterKey, Report)],
 ) -> Result<Vec<(bool, i64)>, CounterError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
     SETTLE.prepare_invoke().load_async(conn).await?;
     let mut pipe = redis::pipe();
-    for (redis_key, _, ret) in entries {
+    for (redis_key, _, r) in entries {
         pipe.invoke_script(
             SETTLE
                 .key(*redis_key)
-                .arg(ret.epoch)
-                .arg(ret.consumed)
-                .arg(ret.released),
+                .arg(replica)
+                .arg(r.epoch)
+                .arg(r.consumed)
+                .arg(r.held)
+                .arg(r.acknowledged),
         );
     }
     let replies: Vec<Vec<i64>> = pipe.query_async(conn).await?;
     let mut out = Vec::with_capacity(entries.len());
-    for ((redis_key, key, ret), mut reply) in entries.iter().zip(replies) {
+    for ((redis_key, key, r), mut reply) in entries.iter().zip(replies) {
         if reply.first() == Some(&-1) {
             let d = load(pg, key).await?;
             reply = SETTLE
                 .key(*redis_key)
-                .arg(ret.epoch)
-                .arg(ret.consumed)
-                .arg(ret.released)
+                .arg(replica)
+                .arg(r.epoch)
+                .arg(r.consumed)
+                .arg(r.held)
+                .arg(r.acknowledged)
                 .arg(d.used)
                 .arg(d.epoch)
                 .arg(key.expire_at())
