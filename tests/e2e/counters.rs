@@ -149,3 +149,143 @@ async fn a_missing_counter_is_rebuilt_from_postgres_once_under_concurrency() {
         100
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
+    use counters::Report;
+    let (app, key) = setup().await;
+    let ns = app.namespace().to_owned();
+    let redis_key = key.redis_key(&ns);
+    let mut conn = app.state.redis.clone();
+    let pg = &app.state.pg;
+    let fresh = Report {
+        epoch: -1,
+        consumed: 0,
+        held: 0,
+        acknowledged: 0,
+    };
+    let first = counters::lease(&mut conn, pg, &redis_key, &key, "r1", fresh, 1, 10, 100)
+        .await
+        .unwrap();
+    assert!(first.admitted);
+    assert_eq!(
+        (first.granted, first.used, first.leased, first.epoch),
+        (10, 0, 10, 0)
+    );
+
+    // The replica used 7 units; it reports (absolute numbers) and the reply is lost: it reports again.
+    let report = Report {
+        epoch: 0,
+        consumed: 7,
+        held: 3,
+        acknowledged: 0,
+    };
+    for _ in 0..2 {
+        let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, report)])
+            .await
+            .unwrap();
+        assert_eq!(s, vec![(true, 0)]);
+    }
+    assert_eq!(
+        counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
+        (7, 3),
+        "counted once"
+    );
+
+    // A lease call whose reply is lost holds units the replica never learns about; its next report (holding 0)
+    // takes them back.
+    let lost = Report {
+        epoch: 0,
+        consumed: 7,
+        held: 0,
+        acknowledged: 7,
+    };
+    let granted = counters::lease(&mut conn, pg, &redis_key, &key, "r1", lost, 1, 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(granted.leased, 10);
+    let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, lost)])
+        .await
+        .unwrap();
+    assert_eq!(s, vec![(true, 0)]);
+    assert_eq!(
+        counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
+        (7, 0),
+        "no leaked lease"
+    );
+
+    // Redis loses the counter; PostgreSQL has the 7. The replica consumed 2 more meanwhile: 9 in all, not 16.
+    counters::flush(&mut conn, pg, &ns, std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(&redis_key)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let after = Report {
+        epoch: 0,
+        consumed: 9,
+        held: 0,
+        acknowledged: 7,
+    };
+    let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, after)])
+        .await
+        .unwrap();
+    assert_eq!(s, vec![(true, 0)]);
+    assert_eq!(
+        counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
+        (9, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_leasing_concurrently_never_over_admit() {
+    use counters::Report;
+    let (app, key) = setup().await;
+    let ns = app.namespace().to_owned();
+    let redis_key = key.redis_key(&ns);
+    // Eight replicas, each asking for blocks of up to 7 units until refused, against a limit of 100.
+    let replicas = (0..8).map(|r| {
+        let (mut conn, pg, redis_key, key) = (
+            app.state.redis.clone(),
+            app.state.pg.clone(),
+            redis_key.clone(),
+            key.clone(),
+        );
+        async move {
+            let rid = format!("r{r}");
+            let mut report = Report {
+                epoch: -1,
+                consumed: 0,
+                held: 0,
+                acknowledged: 0,
+            };
+            let mut admitted = 0;
+            loop {
+                let reply =
+                    counters::lease(&mut conn, &pg, &redis_key, &key, &rid, report, 1, 7, 100)
+                        .await
+                        .unwrap();
+                if !reply.admitted {
+                    return admitted;
+                }
+                // Use the whole block, then report it on the next call.
+                admitted += reply.granted;
+                let consumed = if report.epoch == reply.epoch {
+                    report.consumed
+                } else {
+                    0
+                } + reply.granted;
+                report = Report {
+                    epoch: reply.epoch,
+                    consumed,
+                    held: 0,
+                    acknowledged: report.consumed,
+                };
+            }
+        }
+    });
+    let total: u64 = join_all(replicas).await.into_iter().sum();
+    assert_eq!(total, 100, "exactly the limit, across replicas");
+}
