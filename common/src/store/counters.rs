@@ -549,7 +549,7 @@ pub async fn write<'e>(
     Ok(written)
 }
 
-/// Write-back of `keys`: [`snapshot`] then [`write`]. Returns how many rows changed.
+/// Write-back of `keys`: [`snapshot()`] then [`write()`]. Returns how many rows changed.
 pub async fn flush(
     conn: &mut RedisConn,
     pg: &PgPool,
