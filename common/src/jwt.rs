@@ -57,11 +57,14 @@ pub struct ClerkSession {
     pub user_id: String,
     /// The active organization: v1 `org_id`, or v2 `o.id`.
     pub org: Option<OrgId>,
+    /// `exp`, in seconds since the Unix epoch.
+    pub expires_at: i64,
 }
 
 #[derive(Deserialize)]
 struct RawClaims {
     sub: String,
+    exp: i64,
     #[serde(default)]
     org_id: Option<String>,
     #[serde(default)]
@@ -158,6 +161,7 @@ impl ClerkVerifier {
         Ok(ClerkSession {
             user_id: claims.sub,
             org,
+            expires_at: claims.exp,
         })
     }
 

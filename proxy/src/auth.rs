@@ -120,6 +120,37 @@ pub struct OrgRef {
     pub org: OrgId,
 }
 
+/// Verified session tokens, by SHA-256 of the token, until they expire: an RS256 verification costs tens of
+/// microseconds, and a browser sends the same token on every call of its minute-long life.
+pub struct SessionCache {
+    verified: Cache<KeyHash, (Arc<OrgRef>, i64)>,
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self {
+            verified: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+}
+
+impl SessionCache {
+    /// The org of an already verified, unexpired token.
+    pub fn get(&self, token_hash: &KeyHash, now_secs: i64) -> Option<Arc<OrgRef>> {
+        self.verified
+            .get(token_hash)
+            .and_then(|(org, expires_at)| (now_secs < expires_at).then_some(org))
+    }
+
+    /// Remembers a verified token until `expires_at`.
+    pub fn insert(&self, token_hash: KeyHash, org: Arc<OrgRef>, expires_at: i64) {
+        self.verified.insert(token_hash, (org, expires_at));
+    }
+}
+
 /// Cache of resolved API keys.
 pub struct KeyCache {
     valid: Cache<KeyHash, Arc<OrgRef>>,
@@ -212,6 +243,20 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_cached_session_is_used_only_until_it_expires() {
+        let cache = SessionCache::default();
+        let org = Arc::new(OrgRef {
+            id: 7,
+            org: OrgId::parse("org_a").unwrap(),
+        });
+        let hash = keys::hash("header.claims.signature");
+        cache.insert(hash, Arc::clone(&org), 1_000);
+        assert_eq!(cache.get(&hash, 999), Some(org));
+        assert_eq!(cache.get(&hash, 1_000), None);
+        assert_eq!(cache.get(&keys::hash("another"), 0), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! State shared by the request path and the background services.
 
-use crate::auth::KeyCache;
+use crate::auth::{KeyCache, SessionCache};
 use crate::config::Config;
 use crate::meter::Meter;
 use crate::metrics::Metrics;
@@ -23,6 +23,7 @@ pub struct Core {
     pub pg: PgPool,
     pub clerk: ClerkVerifier,
     pub keys: KeyCache,
+    pub sessions: SessionCache,
     pub orgs: OrgCache,
     pub meter: Meter,
     pub metrics: Metrics,

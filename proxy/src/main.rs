@@ -109,6 +109,7 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         clerk: ClerkVerifier::new(config.common.clerk.clone())
             .context("building the JWKS client")?,
         keys: auth::KeyCache::default(),
+        sessions: auth::SessionCache::default(),
         orgs: orgs::OrgCache::default(),
         meter: meter::Meter::new(&config.common.redis.namespace),
         metrics,

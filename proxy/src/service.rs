@@ -81,6 +81,11 @@ impl MeteringProxy {
                 Ok((core.keys.resolve(&core.pg, key).await?, header))
             }
             Credential::Session(token) => {
+                let token_hash = tollgate_common::keys::hash(token);
+                let now_secs = core.clock.now().timestamp();
+                if let Some(org) = core.sessions.get(&token_hash, now_secs) {
+                    return Ok((org, CredentialHeader::Authorization));
+                }
                 let session = core.clerk.verify(token).await.map_err(|e| match e {
                     JwtError::KeysUnavailable => AuthFailure::Unavailable,
                     _ => AuthFailure::BadToken,
@@ -92,10 +97,10 @@ impl MeteringProxy {
                     .await
                     .map_err(|_| AuthFailure::Unavailable)?
                     .ok_or(AuthFailure::UnknownOrg)?;
-                Ok((
-                    Arc::new(OrgRef { id, org }),
-                    CredentialHeader::Authorization,
-                ))
+                let org = Arc::new(OrgRef { id, org });
+                core.sessions
+                    .insert(token_hash, Arc::clone(&org), session.expires_at);
+                Ok((org, CredentialHeader::Authorization))
             }
         }
     }
