@@ -302,6 +302,25 @@ pub async fn load<'e>(pg: impl PgExecutor<'e>, key: &CounterKey) -> Result<Durab
     }))
 }
 
+/// Invokes a counter script; when it answers `-1` (the counter is missing from Redis), reads the durable copy and
+/// invokes it again with that copy as the seed. `call` builds the invocation, with or without the seed.
+async fn invoke_seeded<'s, 'e, F>(
+    conn: &mut RedisConn,
+    pg: impl PgExecutor<'e>,
+    key: &CounterKey,
+    call: F,
+) -> Result<Vec<i64>, CounterError>
+where
+    F: Fn(Option<Durable>) -> redis::ScriptInvocation<'s>,
+{
+    let reply: Vec<i64> = call(None).invoke_async(conn).await?;
+    if reply.first() != Some(&-1) {
+        return Ok(reply);
+    }
+    let durable = load(pg, key).await?;
+    Ok(call(Some(durable)).invoke_async(conn).await?)
+}
+
 /// Checks and consumes `cost` against `limit` atomically, in one step (counting units leased to proxies as
 /// taken). A missing counter is first rebuilt from PostgreSQL.
 pub async fn consume(
@@ -313,24 +332,15 @@ pub async fn consume(
     limit: u64,
 ) -> Result<Consumed, CounterError> {
     let limit = limit.min(MAX_LIMIT);
-    let mut reply: Vec<i64> = CONSUME
-        .key(redis_key)
-        .arg(cost)
-        .arg(limit)
-        .invoke_async(conn)
-        .await?;
-    if reply.first() == Some(&-1) {
-        let durable = load(pg, key).await?;
-        reply = CONSUME
-            .key(redis_key)
-            .arg(cost)
-            .arg(limit)
-            .arg(durable.used)
-            .arg(durable.epoch)
-            .arg(key.expire_at())
-            .invoke_async(conn)
-            .await?;
-    }
+    let reply = invoke_seeded(conn, pg, key, |seed| {
+        let mut inv = CONSUME.key(redis_key);
+        inv.arg(cost).arg(limit);
+        if let Some(d) = seed {
+            inv.arg(d.used).arg(d.epoch).arg(key.expire_at());
+        }
+        inv
+    })
+    .await?;
     match reply.as_slice() {
         [allowed @ (0 | 1), used, leased] => Ok(Consumed {
             allowed: *allowed == 1,
@@ -360,7 +370,7 @@ pub async fn lease(
     limit: u64,
 ) -> Result<Leased, CounterError> {
     let limit = limit.min(MAX_LIMIT);
-    let call = |seed: Option<Durable>| {
+    let reply = invoke_seeded(conn, pg, key, |seed| {
         let mut inv = LEASE.key(redis_key);
         inv.arg(replica)
             .arg(report.epoch)
@@ -374,12 +384,8 @@ pub async fn lease(
             inv.arg(d.used).arg(d.epoch).arg(key.expire_at());
         }
         inv
-    };
-    let mut reply: Vec<i64> = call(None).invoke_async(conn).await?;
-    if reply.first() == Some(&-1) {
-        let durable = load(pg, key).await?;
-        reply = call(Some(durable)).invoke_async(conn).await?;
-    }
+    })
+    .await?;
     match reply.as_slice() {
         [admitted @ (0 | 1), granted, used, leased, epoch] => Ok(Leased {
             admitted: *admitted == 1,
@@ -622,7 +628,7 @@ pub async fn record<'e>(
         key.org_id,
         hex::encode(sha2::Sha256::digest(request_id.as_bytes()))
     );
-    let call = |seed: Option<Durable>| {
+    let reply = invoke_seeded(conn, pg, key, |seed| {
         let mut invocation = RECORD.key(&counter);
         invocation.key(&marker).arg(value);
         match seed {
@@ -631,12 +637,8 @@ pub async fn record<'e>(
         };
         invocation.arg(RECORD_MARKER_TTL_SECS);
         invocation
-    };
-    let mut reply: Vec<i64> = call(None).invoke_async(conn).await?;
-    if reply.first() == Some(&-1) {
-        let durable = load(pg, key).await?;
-        reply = call(Some(durable)).invoke_async(conn).await?;
-    }
+    })
+    .await?;
     match reply.as_slice() {
         [1, used, epoch, fresh] => Ok(Recorded {
             used: u64::try_from(*used).unwrap_or(0),
