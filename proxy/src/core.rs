@@ -67,6 +67,11 @@ impl RedisHealth {
         }
     }
 
+    /// Whether an outage is on.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
     /// Records a successful call.
     pub fn succeeded(&self) {
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {

@@ -241,6 +241,7 @@ impl ProxyHttp for MeteringProxy {
             self.admitted(ctx, decisions, limit, left, &period, now);
             return Ok(false);
         }
+        let probing = core.redis_health.is_down();
         if core.redis_health.skip(now_ms) {
             return self.without_quota(session, decisions).await;
         }
@@ -251,6 +252,11 @@ impl ProxyHttp for MeteringProxy {
             slot.mark_dirty(now);
             self.admitted(ctx, decisions, limit, left, &period, now);
             return Ok(false);
+        }
+        // The round trip this request waited behind may have just found Redis gone: unless this request is the
+        // outage's probe, do not queue up behind it.
+        if !probing && core.redis_health.is_down() {
+            return self.without_quota(session, decisions).await;
         }
         let (report, want) = slot.begin_lease(cost);
         let started = Instant::now();
