@@ -8,6 +8,7 @@
 //!   reported at once).
 //! * [`problem`] — RFC 9457 problem+json bodies, the one error shape on the wire.
 //! * [`store`] — the PostgreSQL pool and the Redis connection (single node or cluster).
+//! * [`credential`] — reading `Authorization` / `X-Api-Key`, the same way in both binaries.
 //! * [`keys`] — API key generation, hashing, resolution and revocation broadcast.
 //! * [`jwt`] — Clerk session-token verification against a cached JWKS.
 //! * [`telemetry`] — `tracing` subscriber and Sentry set-up.
@@ -15,6 +16,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod credential;
 pub mod domain;
 pub mod jwt;
 pub mod keys;

@@ -13,11 +13,12 @@
 use crate::app::AppState;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
-use axum::http::{HeaderMap, header, request::Parts};
+use axum::http::{HeaderMap, request::Parts};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::marker::PhantomData;
 use subtle::ConstantTimeEq;
+use tollgate_common::credential::{self, Credential, CredentialError};
 use tollgate_common::domain::OrgId;
 use tollgate_common::jwt::{ClerkSession, JwtError};
 use tollgate_common::keys::{self, ResolvedKey};
@@ -150,45 +151,22 @@ fn failure_label(e: &ApiError) -> &'static str {
     }
 }
 
-enum Credential<'a> {
-    Bearer(&'a str),
-    ApiKey(&'a str),
-}
-
-fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::Unauthenticated("Authorization: not a valid header value"))?;
-        let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthenticated(
-            "Authorization: expected `Bearer <token>`",
-        ))?;
-        let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-            return Err(ApiError::Unauthenticated(
-                "Authorization: expected `Bearer <token>`",
-            ));
-        }
-        return Ok(Credential::Bearer(token));
-    }
-    if let Some(value) = headers.get("x-api-key") {
-        let key = value
-            .to_str()
-            .map_err(|_| ApiError::Unauthenticated("X-Api-Key: not a valid header value"))?;
-        return Ok(Credential::ApiKey(key.trim()));
-    }
-    Err(ApiError::Unauthenticated(
-        "credentials are required: Authorization: Bearer <token> or X-Api-Key",
-    ))
-}
-
 async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Principal, ApiError> {
-    match credential(headers)? {
+    let credential = credential::from_headers(headers).map_err(|e| {
+        ApiError::Unauthenticated(match e {
+            CredentialError::Missing => {
+                "credentials are required: Authorization: Bearer <token> or X-Api-Key"
+            }
+            CredentialError::MalformedAuthorization => "Authorization: expected `Bearer <token>`",
+            CredentialError::MalformedApiKey => "X-Api-Key: not a valid header value",
+        })
+    })?;
+    match credential {
         Credential::Bearer(token) if is_operator(token, app) => Ok(Principal::Operator),
         Credential::Bearer(token) if token.starts_with(keys::KEY_PREFIX) => {
             api_key(token, app).await
         }
-        Credential::ApiKey(token) => api_key(token, app).await,
+        Credential::XApiKey(token) => api_key(token, app).await,
         Credential::Bearer(token) => {
             app.clerk
                 .verify(token)

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tollgate_common::credential::{self, CredentialError};
 use tollgate_common::domain::OrgId;
 use tollgate_common::keys::{self, KeyHash};
 
@@ -84,30 +85,23 @@ impl AuthFailure {
     }
 }
 
-/// Extracts the credential from the request headers.
+/// The request's credential, classified for the proxy.
 pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, AuthFailure> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
-        let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-            return Err(AuthFailure::Malformed);
-        }
-        return Ok(if token.starts_with(keys::KEY_PREFIX) {
-            Credential::ApiKey {
+    match credential::from_headers(headers) {
+        Ok(credential::Credential::Bearer(token)) if token.starts_with(keys::KEY_PREFIX) => {
+            Ok(Credential::ApiKey {
                 key: token,
                 header: CredentialHeader::Authorization,
-            }
-        } else {
-            Credential::Session(token)
-        });
-    }
-    match headers.get("x-api-key") {
-        Some(v) => Ok(Credential::ApiKey {
-            key: v.to_str().map_err(|_| AuthFailure::BadKey)?.trim(),
+            })
+        }
+        Ok(credential::Credential::Bearer(token)) => Ok(Credential::Session(token)),
+        Ok(credential::Credential::XApiKey(key)) => Ok(Credential::ApiKey {
+            key,
             header: CredentialHeader::XApiKey,
         }),
-        None => Err(AuthFailure::Missing),
+        Err(CredentialError::Missing) => Err(AuthFailure::Missing),
+        Err(CredentialError::MalformedAuthorization) => Err(AuthFailure::Malformed),
+        Err(CredentialError::MalformedApiKey) => Err(AuthFailure::BadKey),
     }
 }
 
