@@ -136,4 +136,40 @@ async fn exactness_holds_on_a_three_master_redis_cluster() {
     })
     .await;
     exactly_the_limit_reaches_the_upstream(&m).await;
+
+    // Several orgs (several hash slots) at once: write-back, settling and resets batch across slots.
+    let proxy = m.proxy(&[]).await;
+    let proxies = [&proxy];
+    let orgs = ["org_slot_a", "org_slot_b", "org_slot_c", "org_slot_d"];
+    let mut keys = Vec::new();
+    for org in orgs {
+        keys.push(m.org_with_key(org).await);
+    }
+    let bursts = keys
+        .iter()
+        .map(|key| hammer(&proxies, key, "/v1/items", 4, 20));
+    for statuses in join_all(bursts).await {
+        assert_eq!(count(&statuses, 200), 20);
+    }
+    for org in orgs {
+        m.await_durable(org, "api_call", 20, Duration::from_secs(10))
+            .await;
+    }
+    let now = tollgate_common::clock::Clock::now(&tollgate_common::clock::SystemClock);
+    let period = tollgate_common::domain::Period::calendar_month(now)
+        .key()
+        .to_string();
+    let r = m
+        .app
+        .post(
+            "/api/admin/quotas.reset",
+            tollgate_e2e::app::Auth::Operator,
+            &serde_json::json!({"periodKey": period}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for org in orgs {
+        m.await_durable(org, "api_call", 0, Duration::from_secs(10))
+            .await;
+    }
 }

@@ -398,6 +398,39 @@ pub async fn lease(
     }
 }
 
+/// Runs one command per item in pipelines Redis Cluster accepts: a single pipeline on one node, one per org (one
+/// hash slot, thanks to the `{o<org>}` tag) on a cluster. Replies come back in item order.
+async fn pipelined<T: redis::FromRedisValue>(
+    conn: &mut RedisConn,
+    orgs: &[i64],
+    add: impl Fn(&mut redis::Pipeline, usize),
+) -> Result<Vec<T>, CounterError> {
+    let groups: Vec<Vec<usize>> = if conn.is_cluster() {
+        let mut by_org: std::collections::BTreeMap<i64, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, org) in orgs.iter().enumerate() {
+            by_org.entry(*org).or_default().push(i);
+        }
+        by_org.into_values().collect()
+    } else {
+        vec![(0..orgs.len()).collect()]
+    };
+    let mut out: Vec<Option<T>> = (0..orgs.len()).map(|_| None).collect();
+    for group in groups {
+        let mut pipe = redis::pipe();
+        for &i in &group {
+            add(&mut pipe, i);
+        }
+        let replies: Vec<T> = pipe.query_async(conn).await?;
+        for (i, reply) in group.into_iter().zip(replies) {
+            out[i] = Some(reply);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.ok_or(CounterError::Protocol))
+        .collect()
+}
+
 /// Applies one replica's reports on many counters in one pipeline (see `SETTLE`). Returns, per entry, whether the
 /// report applied (`false`: the counter's epoch moved, the replica's lease is void) and the counter's epoch. Counters
 /// missing from Redis are rebuilt from PostgreSQL first.
@@ -411,8 +444,9 @@ pub async fn settle(
         return Ok(Vec::new());
     }
     SETTLE.prepare_invoke().load_async(conn).await?;
-    let mut pipe = redis::pipe();
-    for (redis_key, _, r) in entries {
+    let orgs: Vec<i64> = entries.iter().map(|(_, key, _)| key.org_id).collect();
+    let replies: Vec<Vec<i64>> = pipelined(conn, &orgs, |pipe, i| {
+        let (redis_key, _, r) = &entries[i];
         pipe.invoke_script(
             SETTLE
                 .key(*redis_key)
@@ -422,8 +456,8 @@ pub async fn settle(
                 .arg(r.held)
                 .arg(r.acknowledged),
         );
-    }
-    let replies: Vec<Vec<i64>> = pipe.query_async(conn).await?;
+    })
+    .await?;
     let mut out = Vec::with_capacity(entries.len());
     for ((redis_key, key, r), mut reply) in entries.iter().zip(replies) {
         if reply.first() == Some(&-1) {
@@ -500,14 +534,14 @@ pub async fn snapshot(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for key in keys {
+    let orgs: Vec<i64> = keys.iter().map(|key| key.org_id).collect();
+    let values: Vec<(Option<u64>, Option<u64>)> = pipelined(conn, &orgs, |pipe, i| {
         pipe.cmd("HMGET")
-            .arg(key.redis_key(namespace))
+            .arg(keys[i].redis_key(namespace))
             .arg("u")
             .arg("e");
-    }
-    let values: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(conn).await?;
+    })
+    .await?;
     Ok(keys
         .iter()
         .zip(values)
@@ -736,8 +770,9 @@ pub async fn reset_many(
         .collect();
     // Pipelined EVALSHA cannot fall back to EVAL on NOSCRIPT: make sure the script is loaded first.
     RESET.prepare_invoke().load_async(conn).await?;
-    let mut pipe = redis::pipe();
-    for key in keys {
+    let orgs: Vec<i64> = keys.iter().map(|key| key.org_id).collect();
+    let previous: Vec<i64> = pipelined(conn, &orgs, |pipe, i| {
+        let key = &keys[i];
         let epoch = epoch_of
             .get(&(key.org_id, key.metric.as_str()))
             .copied()
@@ -748,8 +783,8 @@ pub async fn reset_many(
                 .arg(epoch)
                 .arg(key.expire_at()),
         );
-    }
-    let previous: Vec<i64> = pipe.query_async(conn).await?;
+    })
+    .await?;
     for (key, prev) in keys.iter().zip(previous) {
         if prev > 0 {
             had_usage.insert((key.org_id, key.metric.as_str()));

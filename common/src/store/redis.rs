@@ -50,6 +50,11 @@ impl RedisConn {
         }
     }
 
+    /// Whether this is a Redis Cluster connection (pipelines must then stay within one hash slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// A round trip, for health checks.
     pub async fn ping(&mut self) -> redis::RedisResult<()> {
         redis::cmd("PING").query_async::<()>(self).await
