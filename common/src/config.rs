@@ -131,6 +131,23 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A duration given in milliseconds, within `range`, or `default_ms` when unset.
+    pub fn millis(
+        &mut self,
+        key: &str,
+        default_ms: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Duration {
+        let ms = self.parse_or(key, default_ms, "milliseconds");
+        if !range.contains(&ms) {
+            self.error(
+                key,
+                format_args!("must be between {} and {}", range.start(), range.end()),
+            );
+        }
+        Duration::from_millis(ms)
+    }
+
     /// A socket address such as `0.0.0.0:8080`.
     pub fn listen(&mut self, key: &str, default: &str) -> std::net::SocketAddr {
         let fallback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));

@@ -1,9 +1,36 @@
-//! Reading the credential a request presents, the one way both binaries do it: `Authorization: Bearer <token>`
-//! first, else `X-Api-Key`. What the token is (operator token, API key, session JWT) is the caller's business.
+//! Reading the credentials a request presents, the one way both binaries do it.
+//!
+//! A request may carry `Authorization` and `X-Api-Key`. [`Presented::read`] reads both without deciding anything;
+//! [`Presented::single`] then picks the one credential the control plane authenticates with, and the proxy applies
+//! its own rule (it must also know which headers to strip, and lets a customer's own `Authorization` through; see
+//! `proxy::auth`). In both, two *different* credentials in one request are refused: a request must not be able to
+//! be billed to one org while carrying another org's key.
 
 use http::HeaderMap;
 
-/// The credential header a request carried.
+/// The `X-Api-Key` header.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// What `Authorization` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// `Bearer <token>`, the token trimmed.
+    Bearer(&'a str),
+    /// Another scheme (`Basic …`, `Digest …`), an empty bearer, or a value that is not visible ASCII: not a
+    /// credential Tollgate issues, possibly the customer's own.
+    Other,
+}
+
+/// The credential headers of a request, as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Presented<'a> {
+    /// `Authorization`, when present.
+    pub authorization: Option<Authorization<'a>>,
+    /// `X-Api-Key`, trimmed, when present; `Err(())` when it is not a valid header string.
+    pub api_key: Option<Result<&'a str, ()>>,
+}
+
+/// The one credential a request authenticates with (control plane rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
     /// `Authorization: Bearer <token>`, trimmed.
@@ -12,43 +39,77 @@ pub enum Credential<'a> {
     XApiKey(&'a str),
 }
 
-/// Why no credential could be read.
+/// Why no single credential could be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
     /// Neither header is present.
     #[error("credentials are required: Authorization: Bearer <token> or X-Api-Key")]
     Missing,
-    /// `Authorization` is present but not `Bearer <token>`.
+    /// `Authorization` is present but not `Bearer <token>`, and there is no `X-Api-Key`.
     #[error("Authorization: expected `Bearer <token>`")]
     MalformedAuthorization,
     /// `X-Api-Key` is not a valid header value.
     #[error("X-Api-Key: not a valid header value")]
     MalformedApiKey,
+    /// `Authorization` and `X-Api-Key` carry two different credentials.
+    #[error("Authorization and X-Api-Key carry different credentials; send one")]
+    Conflicting,
 }
 
-/// The request's credential.
-pub fn from_headers(headers: &HeaderMap) -> Result<Credential<'_>, CredentialError> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| CredentialError::MalformedAuthorization)?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or(CredentialError::MalformedAuthorization)?;
-        let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-            return Err(CredentialError::MalformedAuthorization);
+// === impl Presented ===
+
+impl<'a> Presented<'a> {
+    /// Reads both headers. Only the first value of each counts.
+    pub fn read(headers: &'a HeaderMap) -> Self {
+        let authorization = headers.get(http::header::AUTHORIZATION).map(|value| {
+            let bearer = value.to_str().ok().and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                let token = token.trim();
+                (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+            });
+            bearer.map_or(Authorization::Other, Authorization::Bearer)
+        });
+        let api_key = headers
+            .get(API_KEY_HEADER)
+            .map(|v| v.to_str().map(str::trim).map_err(|_| ()));
+        Self {
+            authorization,
+            api_key,
         }
-        return Ok(Credential::Bearer(token));
     }
-    match headers.get("x-api-key") {
-        Some(v) => Ok(Credential::XApiKey(
-            v.to_str()
-                .map_err(|_| CredentialError::MalformedApiKey)?
-                .trim(),
-        )),
-        None => Err(CredentialError::Missing),
+
+    /// The bearer token, if `Authorization` holds one.
+    pub fn bearer(&self) -> Option<&'a str> {
+        match self.authorization {
+            Some(Authorization::Bearer(token)) => Some(token),
+            _ => None,
+        }
     }
+
+    /// The one credential to authenticate with: the bearer token or the API key; both only when they are the same
+    /// value. Any other `Authorization` beside an API key is refused too: at the control plane every credential
+    /// header is meant for us, so one that does not verify must not be silently ignored.
+    pub fn single(&self) -> Result<Credential<'a>, CredentialError> {
+        let api_key = match self.api_key {
+            Some(Ok(key)) => Some(key),
+            Some(Err(())) => return Err(CredentialError::MalformedApiKey),
+            None => None,
+        };
+        match (self.authorization, api_key) {
+            (Some(Authorization::Bearer(token)), Some(key)) if token != key => {
+                Err(CredentialError::Conflicting)
+            }
+            (Some(Authorization::Bearer(token)), _) => Ok(Credential::Bearer(token)),
+            (Some(Authorization::Other), _) => Err(CredentialError::MalformedAuthorization),
+            (None, Some(key)) => Ok(Credential::XApiKey(key)),
+            (None, None) => Err(CredentialError::Missing),
+        }
+    }
+}
+
+/// The request's single credential (see [`Presented::single`]).
+pub fn from_headers(headers: &HeaderMap) -> Result<Credential<'_>, CredentialError> {
+    Presented::read(headers).single()
 }
 
 #[cfg(test)]
@@ -58,7 +119,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(
+            h.append(
                 http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 v.parse().unwrap(),
             );
@@ -80,14 +141,6 @@ mod tests {
             from_headers(&headers(&[("x-api-key", " tg_abc")])),
             Ok(Credential::XApiKey("tg_abc"))
         );
-        assert_eq!(
-            from_headers(&headers(&[
-                ("authorization", "Bearer a"),
-                ("x-api-key", "tg_b")
-            ])),
-            Ok(Credential::Bearer("a")),
-            "Authorization wins"
-        );
         assert_eq!(from_headers(&headers(&[])), Err(CredentialError::Missing));
         for bad in ["Basic x", "Bearer ", "Bearer", "tg_abc"] {
             assert_eq!(
@@ -96,5 +149,48 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn two_different_credentials_are_refused_and_one_in_both_headers_is_one() {
+        assert_eq!(
+            from_headers(&headers(&[
+                ("authorization", "Bearer a"),
+                ("x-api-key", "tg_b")
+            ])),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(
+            from_headers(&headers(&[
+                ("authorization", "Bearer tg_b"),
+                ("x-api-key", "tg_b")
+            ])),
+            Ok(Credential::Bearer("tg_b"))
+        );
+    }
+
+    #[test]
+    fn any_other_authorization_beside_an_api_key_is_refused() {
+        assert_eq!(
+            from_headers(&headers(&[
+                ("authorization", "Basic dXNlcjpwdw=="),
+                ("x-api-key", "tg_b")
+            ])),
+            Err(CredentialError::MalformedAuthorization)
+        );
+        let h = headers(&[("authorization", "Basic dXNlcjpwdw==")]);
+        let p = Presented::read(&h);
+        assert_eq!(p.authorization, Some(Authorization::Other));
+        assert_eq!(p.bearer(), None);
+    }
+
+    #[test]
+    fn a_malformed_api_key_is_reported() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            API_KEY_HEADER,
+            http::HeaderValue::from_bytes(b"tg_\xff").unwrap(),
+        );
+        assert_eq!(from_headers(&h), Err(CredentialError::MalformedApiKey));
     }
 }

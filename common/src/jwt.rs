@@ -119,6 +119,34 @@ impl ClerkVerifier {
         })
     }
 
+    /// Whether `token` claims to be a Clerk session token of the configured issuer — a JWT whose unverified
+    /// payload has `iss` equal to `CLERK_ISSUER` — without verifying anything. With no issuer configured every
+    /// JWT-shaped token counts as Clerk's (the safe reading: it is then verified, or refused, never passed on).
+    ///
+    /// The proxy uses this to tell a Clerk token from the customer's own bearer token.
+    pub fn claims_our_issuer(&self, token: &str) -> bool {
+        let mut parts = token.split('.');
+        let (Some(_header), Some(payload), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Some(issuer) = &self.settings.issuer else {
+            return true;
+        };
+        #[derive(Deserialize)]
+        struct Issuer {
+            iss: Option<String>,
+        }
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Issuer>(&bytes).ok())
+            .and_then(|claims| claims.iss)
+            .is_some_and(|iss| iss == *issuer)
+    }
+
     /// Verifies `token` and returns its session.
     pub async fn verify(&self, token: &str) -> Result<ClerkSession, JwtError> {
         let header = decode_header(token).map_err(|_| JwtError::Malformed)?;

@@ -6,6 +6,61 @@ use serde_json::{Map, Value};
 /// The media type of every error response.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// A problem type: its `type` URI and `title`. Both binaries take their kinds from here, so one failure reads the
+/// same whichever process answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// The `type` member.
+    pub uri: &'static str,
+    /// The `title` member.
+    pub title: &'static str,
+}
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident = $uri:literal, $title:literal;)*) => {
+        $($(#[$doc])* pub const $name: Kind = Kind { uri: $uri, title: $title };)*
+    };
+}
+
+kinds! {
+    /// No or bad credentials (401).
+    UNAUTHENTICATED = "/problems/unauthenticated", "Unauthenticated";
+    /// A credential that may not do this (403).
+    FORBIDDEN = "/problems/forbidden", "Forbidden";
+    /// A request that cannot be read as HTTP or JSON (400).
+    BAD_REQUEST = "/problems/bad-request", "Bad request";
+    /// A body that is not a JSON object (400).
+    MALFORMED_BODY = "/problems/malformed-body", "Malformed body";
+    /// A missing, unknown or invalid field (422).
+    INVALID_FIELD = "/problems/invalid-field", "Invalid field";
+    /// A body above the limit (413).
+    PAYLOAD_TOO_LARGE = "/problems/payload-too-large", "Payload too large";
+    /// A body that is not JSON by its content type (415).
+    UNSUPPORTED_MEDIA_TYPE = "/problems/unsupported-media-type", "Unsupported media type";
+    /// A client too slow to send its request (408).
+    REQUEST_TIMEOUT = "/problems/request-timeout", "Request timeout";
+    /// No such resource or route (404).
+    NOT_FOUND = "/problems/not-found", "Not found";
+    /// Wrong method (405).
+    METHOD_NOT_ALLOWED = "/problems/method-not-allowed", "Method not allowed";
+    /// No plan admits the call (402).
+    SUBSCRIPTION_REQUIRED = "/problems/subscription-required", "Subscription required";
+    /// Over quota (429): the standard denial envelope.
+    QUOTA_EXCEEDED = "/problems/quota-exceeded", "Quota exceeded";
+    /// Conflicts with stored state (409).
+    CONFLICT = "/problems/conflict", "Conflict";
+    /// A dependency is down (503).
+    UNAVAILABLE = "/problems/unavailable", "Service unavailable";
+    /// Quota cannot be checked while Redis is down and the policy is fail-closed (503).
+    QUOTA_UNAVAILABLE = "/problems/quota-unavailable", "Quota unavailable";
+    /// The upstream could not be reached or failed (502).
+    BAD_GATEWAY = "/problems/bad-gateway", "Bad gateway";
+    /// The upstream did not answer in time (504).
+    GATEWAY_TIMEOUT = "/problems/gateway-timeout", "Gateway timeout";
+    /// Our fault (500).
+    INTERNAL = "/problems/internal", "Internal error";
+}
+
 /// One problem+json body. `extensions` are extra members flattened beside the standard ones.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Problem {
@@ -24,6 +79,11 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem of `kind` without extension members.
+    pub fn of(status: u16, kind: Kind, detail: impl Into<String>) -> Self {
+        Self::new(status, kind.uri, kind.title, detail)
+    }
+
     /// A problem without extension members.
     pub fn new(
         status: u16,

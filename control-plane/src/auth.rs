@@ -36,12 +36,16 @@ pub enum Principal {
 
 impl Principal {
     /// The org this request acts on: `requested` if the caller may act on it, else the caller's own org.
-    /// The operator must name one.
+    /// The operator must name one (404 otherwise: the operator's own org does not exist).
     pub fn org_scope(&self, requested: Option<&OrgId>) -> Result<OrgId, ApiError> {
         let own = match self {
             Self::Operator => {
-                return requested.cloned().ok_or_else(|| {
-                    ApiError::invalid("orgId", "required when calling as the operator")
+                // "Omitted means the caller's own org" (CONTRACT §3); the operator has none, so there is no such
+                // org: 404 naming the field.
+                return requested.cloned().ok_or_else(|| ApiError::NotFound {
+                    field: "orgId",
+                    detail: "the operator has no organization of its own; name one with orgId"
+                        .to_owned(),
                 });
             }
             Self::User(session) => session.org.as_ref().ok_or_else(|| {
@@ -159,6 +163,9 @@ async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Principal, 
             }
             CredentialError::MalformedAuthorization => "Authorization: expected `Bearer <token>`",
             CredentialError::MalformedApiKey => "X-Api-Key: not a valid header value",
+            CredentialError::Conflicting => {
+                "Authorization and X-Api-Key carry different credentials; send one"
+            }
         })
     })?;
     match credential {

@@ -2,12 +2,15 @@
 
 use secrecy::SecretString;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tollgate_common::config::{CommonSettings, ConfigErrors, Env, Reader};
 use url::Url;
 
 pub const ENV_CP_LISTEN: &str = "TOLLGATE_CP_LISTEN";
 pub const ENV_ADMIN_TOKEN: &str = "TOLLGATE_ADMIN_TOKEN";
 pub const ENV_BODY_LIMIT: &str = "TOLLGATE_CP_BODY_LIMIT";
+pub const ENV_HEADER_TIMEOUT_MS: &str = "TOLLGATE_CP_HEADER_TIMEOUT_MS";
+pub const ENV_BODY_TIMEOUT_MS: &str = "TOLLGATE_CP_BODY_TIMEOUT_MS";
 pub const ENV_STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
 pub const ENV_STRIPE_API_BASE: &str = "STRIPE_API_BASE";
 pub const ENV_STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
@@ -16,6 +19,8 @@ pub const ENV_STIGG_API_URL: &str = "STIGG_API_URL";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
 pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
 
@@ -41,6 +46,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_token: SecretString,
     pub body_limit: usize,
+    /// How long a client may take to send a request's header (and how long an idle connection is kept).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
     pub stripe: Option<StripeSettings>,
     pub stigg: Option<StiggSettings>,
 }
@@ -56,6 +65,12 @@ impl Config {
         if !(1024..=16 * 1024 * 1024).contains(&body_limit) {
             r.error(ENV_BODY_LIMIT, "must be between 1024 and 16777216 bytes");
         }
+        let header_timeout = r.millis(
+            ENV_HEADER_TIMEOUT_MS,
+            DEFAULT_HEADER_TIMEOUT_MS,
+            100..=600_000,
+        );
+        let body_timeout = r.millis(ENV_BODY_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS, 100..=600_000);
         let stripe = read_stripe(&mut r);
         let stigg = read_stigg(&mut r);
         r.finish()?;
@@ -65,6 +80,8 @@ impl Config {
                 listen,
                 admin_token,
                 body_limit,
+                header_timeout,
+                body_timeout,
                 stripe,
                 stigg,
             }),

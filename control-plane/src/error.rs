@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tollgate_common::problem::{CONTENT_TYPE, Problem};
+use tollgate_common::problem::{self, CONTENT_TYPE, Problem};
 
 /// Every way a control-plane request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum ApiError {
     /// A body that is not JSON by its content type.
     #[error("Content-Type: expected application/json")]
     UnsupportedMediaType,
+    /// The client did not send its body in time.
+    #[error("body: not received within the time allowed")]
+    RequestTimeout,
     /// The thing named by `field` does not exist (or is not the caller's).
     #[error("{field}: {detail}")]
     NotFound { field: &'static str, detail: String },
@@ -58,12 +61,19 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Bad input naming `field`.
+    /// Bad input naming `field`. A `detail` that already starts with `field: ` (a domain error's message) is not
+    /// prefixed twice.
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::InvalidField {
-            field: field.into(),
-            detail: detail.into(),
-        }
+        let field = field.into();
+        let detail = detail.into();
+        let detail = match detail
+            .strip_prefix(field.as_str())
+            .and_then(|rest| rest.strip_prefix(": "))
+        {
+            Some(rest) => rest.to_owned(),
+            None => detail,
+        };
+        Self::InvalidField { field, detail }
     }
 
     /// The HTTP status of this error.
@@ -75,6 +85,7 @@ impl ApiError {
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
@@ -87,65 +98,45 @@ impl ApiError {
 
     fn problem(&self) -> Problem {
         let status = self.status().as_u16();
-        let p = |kind, title, detail: String| Problem::new(status, kind, title, detail);
+        let p = |kind, detail: String| Problem::of(status, kind, detail);
         match self {
-            Self::Unauthenticated(d) => p(
-                "/problems/unauthenticated",
-                "Unauthenticated",
-                (*d).to_owned(),
-            ),
-            Self::Forbidden(d) => p("/problems/forbidden", "Forbidden", d.clone()),
+            Self::Unauthenticated(d) => p(problem::UNAUTHENTICATED, (*d).to_owned()),
+            Self::Forbidden(d) => p(problem::FORBIDDEN, d.clone()),
             Self::MalformedBody { detail } => {
-                p("/problems/malformed-body", "Malformed body", detail.clone())
-                    .with("field", "body")
+                p(problem::MALFORMED_BODY, detail.clone()).with("field", "body")
             }
             Self::InvalidField { field, .. } => {
-                p("/problems/invalid-field", "Invalid field", self.to_string())
-                    .with("field", field.as_str())
+                p(problem::INVALID_FIELD, self.to_string()).with("field", field.as_str())
             }
-            Self::PayloadTooLarge { .. } => p(
-                "/problems/payload-too-large",
-                "Payload too large",
-                self.to_string(),
-            )
-            .with("field", "body"),
-            Self::UnsupportedMediaType => p(
-                "/problems/unsupported-media-type",
-                "Unsupported media type",
-                self.to_string(),
-            )
-            .with("field", "Content-Type"),
+            Self::PayloadTooLarge { .. } => {
+                p(problem::PAYLOAD_TOO_LARGE, self.to_string()).with("field", "body")
+            }
+            Self::UnsupportedMediaType => {
+                p(problem::UNSUPPORTED_MEDIA_TYPE, self.to_string()).with("field", "Content-Type")
+            }
+            Self::RequestTimeout => {
+                p(problem::REQUEST_TIMEOUT, self.to_string()).with("field", "body")
+            }
             Self::NotFound { field, .. } => {
-                p("/problems/not-found", "Not found", self.to_string()).with("field", *field)
+                p(problem::NOT_FOUND, self.to_string()).with("field", *field)
             }
-            Self::NoRoute => p("/problems/not-found", "Not found", self.to_string()),
-            Self::MethodNotAllowed => p(
-                "/problems/method-not-allowed",
-                "Method not allowed",
-                self.to_string(),
-            ),
-            Self::PaymentRequired(d) => p(
-                "/problems/subscription-required",
-                "Subscription required",
-                d.clone(),
-            ),
+            Self::NoRoute => p(problem::NOT_FOUND, self.to_string()),
+            Self::MethodNotAllowed => p(problem::METHOD_NOT_ALLOWED, self.to_string()),
+            Self::PaymentRequired(d) => p(problem::SUBSCRIPTION_REQUIRED, d.clone()),
             Self::Conflict { field, .. } => {
-                p("/problems/conflict", "Conflict", self.to_string()).with("field", *field)
+                p(problem::CONFLICT, self.to_string()).with("field", *field)
             }
-            Self::Unavailable(d) => p("/problems/unavailable", "Service unavailable", d.clone()),
+            Self::Unavailable(d) => p(problem::UNAVAILABLE, d.clone()),
             Self::Redis(_) => p(
-                "/problems/unavailable",
-                "Service unavailable",
+                problem::UNAVAILABLE,
                 "redis is unavailable; retry later".to_owned(),
             ),
             Self::Database(e) if is_unavailable(e) => p(
-                "/problems/unavailable",
-                "Service unavailable",
+                problem::UNAVAILABLE,
                 "the database is unavailable; retry later".to_owned(),
             ),
             Self::Database(_) | Self::Internal(_) => p(
-                "/problems/internal",
-                "Internal error",
+                problem::INTERNAL,
                 "an internal error occurred; it has been logged".to_owned(),
             ),
         }
@@ -181,6 +172,10 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // RFC 9110 §15.5.9: the server closes a connection whose request it timed out.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -2,9 +2,12 @@
 
 use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{StatusCode, header, request::Parts};
+use axum::http::{header, request::Parts};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 /// A JSON body deserialized into `T`. Field errors carry the JSON path of the field.
 #[derive(Debug, Clone)]
@@ -13,7 +16,7 @@ pub struct JsonBody<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
             let essence = ct.split(';').next().unwrap_or_default().trim();
@@ -21,26 +24,98 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 return Err(ApiError::UnsupportedMediaType);
             }
         }
-        let limit = req
+        let rules = req
             .extensions()
-            .get::<BodyLimit>()
-            .map_or(crate::config::DEFAULT_BODY_LIMIT, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::MalformedBody {
-                    detail: "body: could not be read".to_owned(),
-                }
-            }
-        })?;
+            .get::<BodyRules>()
+            .copied()
+            .unwrap_or_default();
+        let bytes = read_body(req, rules).await?;
         parse(&bytes).map(JsonBody)
     }
 }
 
-/// The configured body limit, placed in request extensions so rejections can state it.
+/// How much body a request may send, and how fast; placed in request extensions by the router.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyRules {
+    /// Largest body in bytes (413 above).
+    pub limit: usize,
+    /// Time allowed for the whole body to arrive (408 after).
+    pub timeout: Duration,
+}
+
+impl Default for BodyRules {
+    fn default() -> Self {
+        Self {
+            limit: crate::config::DEFAULT_BODY_LIMIT,
+            timeout: Duration::from_millis(crate::config::DEFAULT_BODY_TIMEOUT_MS),
+        }
+    }
+}
+
+/// How much of a refused oversized body is read and discarded so that the client, still sending, reads the 413
+/// instead of a connection reset (closing a socket with unread data makes the kernel answer with RST).
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+/// How long draining may take.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads a request's body within `rules`: 413 above the limit (after draining a bounded amount), 408 when it does
+/// not arrive in time, 400 when the stream breaks.
+pub async fn read_body(req: Request, rules: BodyRules) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit: rules.limit };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut stream = req.into_body().into_data_stream();
+    if declared.is_some_and(|n| n > rules.limit as u64) {
+        // A client waiting for `100 Continue` sends nothing more once it reads the final status.
+        if !expects_continue {
+            drain(&mut stream, rules.timeout).await;
+        }
+        return Err(too_large);
+    }
+    let deadline = tokio::time::Instant::now() + rules.timeout;
+    let mut body = bytes::BytesMut::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?;
+        match next {
+            None => return Ok(body.freeze()),
+            Some(Ok(chunk)) => {
+                if body.len() + chunk.len() > rules.limit {
+                    drain(&mut stream, rules.timeout).await;
+                    return Err(too_large);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Some(Err(_)) => {
+                return Err(ApiError::MalformedBody {
+                    detail: "body: could not be read".to_owned(),
+                });
+            }
+        }
+    }
+}
+
+/// Reads and discards up to [`DRAIN_LIMIT`] bytes for at most [`DRAIN_TIME`] (or `timeout`, if shorter).
+async fn drain(stream: &mut axum::body::BodyDataStream, timeout: Duration) {
+    let mut drained = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME.min(timeout), async {
+        while drained < DRAIN_LIMIT {
+            match stream.next().await {
+                Some(Ok(chunk)) => drained += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
 
 /// Deserializes `bytes` as `T`, mapping errors to the field they concern.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -89,7 +164,7 @@ fn field_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         .split_once(", expected one of")
         .map_or(message.as_str(), |(head, _)| head)
         .to_owned();
-    ApiError::InvalidField { field, detail }
+    ApiError::invalid(field, detail)
 }
 
 /// serde_json appends " at line 1 column 12"; the field name says more.
@@ -104,6 +179,41 @@ fn backticked(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(message[start..start + len].to_owned())
+}
+
+/// For optional body fields that may be omitted but not sent as `null`: `#[serde(default, deserialize_with =
+/// "non_null")]`. Omitting the field means "the default" (e.g. the caller's own org); an explicit `null` is a type
+/// error naming the field, as the document (which does not make the field nullable) says.
+pub fn non_null<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(de).map(Some)
+}
+
+/// An unsigned integer that JSON may spell as `5` or `5.0` (JSON Schema's `integer` admits both).
+pub fn integral<'de, D>(de: D) -> Result<u64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(de)?;
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0 =>
+        {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "checked: a non-negative whole number below 2^53"
+            )]
+            Ok(f as u64)
+        }
+        _ => Err(D::Error::custom("expected a non-negative integer")),
+    }
 }
 
 /// Query parameters deserialized into `T`, with errors naming the parameter.
@@ -126,10 +236,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
                 } else {
                     path
                 };
-                ApiError::InvalidField {
-                    field,
-                    detail: message,
-                }
+                ApiError::invalid(field, message)
             })
     }
 }

@@ -3,10 +3,10 @@
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::BodyLimit;
+use crate::extract::BodyRules;
 use crate::routes::{self, ops};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,8 +23,14 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP surface of the control plane.
 pub fn router(app: AppState) -> Router {
     let (api, openapi) = routes::api();
-    let openapi = Arc::new(openapi);
-    let body_limit = app.config.body_limit;
+    let openapi = Arc::new(routes::openapi::document(
+        &openapi,
+        &app.config.common.plans,
+    ));
+    let body_rules = BodyRules {
+        limit: app.config.body_limit,
+        timeout: app.config.body_timeout,
+    };
     Router::new()
         .merge(api)
         .route(
@@ -52,8 +58,7 @@ pub fn router(app: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
                 }))
-                .layer(DefaultBodyLimit::max(body_limit))
-                .layer(axum::Extension(BodyLimit(body_limit))),
+                .layer(axum::Extension(body_rules)),
         )
         .with_state(app)
 }
@@ -68,7 +73,12 @@ fn make_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
-    tracing::info_span!("http", http.method = %req.method(), http.route = route, request_id)
+    tracing::info_span!(
+        "http",
+        http.method = method_label(req.method()),
+        http.route = route,
+        request_id
+    )
 }
 
 fn on_response<B>(
@@ -88,17 +98,35 @@ async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status();
     app.metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .with_label_values(&[route.as_str(), method, status.as_str()])
         .inc();
     app.metrics
         .http_duration
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route.as_str(), method])
         .observe(start.elapsed().as_secs_f64());
     response
+}
+
+/// The metric label of a method: the standard ones by name, anything a client makes up as `other`, so clients
+/// cannot mint series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }

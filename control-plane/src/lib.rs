@@ -10,6 +10,7 @@
 //! * [`services`] — the SQL and Redis work behind the handlers.
 //! * [`error`] — [`error::ApiError`], the one error type, mapped once to problem+json.
 //! * [`extract`] — body and query extractors whose errors name the field.
+//! * [`validate`] — field rules several routes share.
 
 pub mod app;
 pub mod auth;
@@ -20,20 +21,76 @@ pub mod http;
 pub mod metrics;
 pub mod routes;
 pub mod services;
+pub mod validate;
 
 pub use app::{App, AppState};
 pub use config::Config;
 
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// How long in-flight requests may finish after `shutdown` resolves.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests (for at most 30 s).
+///
+/// HTTP/1.1 with hyper directly rather than `axum::serve`, for one setting axum does not expose: a client must send
+/// a request's whole header within `TOLLGATE_CP_HEADER_TIMEOUT_MS` (the same bound closes idle keep-alive
+/// connections), so a client trickling its header a byte at a time cannot hold a connection open. Body reads are
+/// bounded separately, by the extractors (`extract::read_body`).
 pub async fn serve(
     app: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown)
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_timeout);
+    let router = http::router(app);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Per-connection failures (a reset before accept) and descriptor exhaustion: keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small request/response exchanges: do not let Nagle hold a reply back.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .map_request(|req: Request<Incoming>| req.map(axum::body::Body::new)),
+        );
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Timeouts, resets and malformed requests: the client's doing.
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests still running after the drain timeout; stopping anyway");
+    }
+    Ok(())
 }

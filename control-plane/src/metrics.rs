@@ -4,6 +4,9 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+/// The `dependency` label values of `tollgate_cp_dependency_errors_total`.
+pub const DEPENDENCIES: [&str; 2] = ["postgres", "redis"];
+
 /// Every metric the control plane exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,6 +56,13 @@ impl Metrics {
                 &["dependency"],
             )?,
         };
+        // Known label values exist from the start, so dashboards and alerts see the series before the first error.
+        for dependency in DEPENDENCIES {
+            m.dependency_errors.with_label_values(&[dependency]);
+        }
+        for reason in ["unauthenticated", "unavailable"] {
+            m.auth_failures.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.http_requests.clone()))?;
         registry.register(Box::new(m.http_duration.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;

@@ -15,6 +15,12 @@ pub const ENV_REFRESH_INTERVAL_MS: &str = "TOLLGATE_REFRESH_INTERVAL_MS";
 pub const ENV_SETTLE_INTERVAL_MS: &str = "TOLLGATE_SETTLE_INTERVAL_MS";
 pub const ENV_REDIS_FAILURE_POLICY: &str = "TOLLGATE_REDIS_FAILURE_POLICY";
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = "TOLLGATE_SHUTDOWN_GRACE_SECS";
+pub const ENV_UPSTREAM_CONNECT_TIMEOUT_MS: &str = "TOLLGATE_UPSTREAM_CONNECT_TIMEOUT_MS";
+pub const ENV_UPSTREAM_TOTAL_CONNECT_TIMEOUT_MS: &str =
+    "TOLLGATE_UPSTREAM_TOTAL_CONNECT_TIMEOUT_MS";
+pub const ENV_UPSTREAM_READ_TIMEOUT_MS: &str = "TOLLGATE_UPSTREAM_READ_TIMEOUT_MS";
+pub const ENV_UPSTREAM_WRITE_TIMEOUT_MS: &str = "TOLLGATE_UPSTREAM_WRITE_TIMEOUT_MS";
+pub const ENV_DOWNSTREAM_READ_TIMEOUT_MS: &str = "TOLLGATE_DOWNSTREAM_READ_TIMEOUT_MS";
 
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9100";
@@ -22,6 +28,11 @@ pub const DEFAULT_WRITEBACK_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_SETTLE_INTERVAL_MS: u64 = 20;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 3;
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_UPSTREAM_TOTAL_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_UPSTREAM_WRITE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_DOWNSTREAM_READ_TIMEOUT_MS: u64 = 60_000;
 
 /// What to do with a metered request while Redis cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +64,7 @@ impl std::str::FromStr for FailurePolicy {
     }
 }
 
-/// Where to send admitted requests.
+/// Where to send admitted requests, and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// `host:port` to connect to.
@@ -62,6 +73,21 @@ pub struct Upstream {
     pub tls: bool,
     /// SNI / Host for TLS.
     pub sni: String,
+    /// Timeouts of the upstream exchange.
+    pub timeouts: UpstreamTimeouts,
+}
+
+/// How long the proxy waits on the upstream. Exceeding one answers 504.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// TCP connect plus the TLS handshake.
+    pub total_connect: Duration,
+    /// Each read of the response (the longest silence: before the response header, and between body chunks).
+    pub read: Duration,
+    /// Each write of the request.
+    pub write: Duration,
 }
 
 /// Everything the proxy is configured with.
@@ -78,6 +104,8 @@ pub struct Config {
     pub settle_interval: Duration,
     pub failure_policy: FailurePolicy,
     pub shutdown_grace: Duration,
+    /// Each read from a client (Pingora times single reads; see the README on slow clients).
+    pub downstream_read_timeout: Duration,
 }
 
 impl Config {
@@ -88,6 +116,39 @@ impl Config {
         let routes = common.as_ref().and_then(|c| c.read_routes(&mut r));
         let listen = r.listen(ENV_PROXY_LISTEN, DEFAULT_PROXY_LISTEN);
         let metrics_listen = r.listen(ENV_METRICS_LISTEN, DEFAULT_METRICS_LISTEN);
+        let timeouts = UpstreamTimeouts {
+            connect: r.millis(
+                ENV_UPSTREAM_CONNECT_TIMEOUT_MS,
+                DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+                1..=600_000,
+            ),
+            total_connect: r.millis(
+                ENV_UPSTREAM_TOTAL_CONNECT_TIMEOUT_MS,
+                DEFAULT_UPSTREAM_TOTAL_CONNECT_TIMEOUT_MS,
+                1..=600_000,
+            ),
+            read: r.millis(
+                ENV_UPSTREAM_READ_TIMEOUT_MS,
+                DEFAULT_UPSTREAM_READ_TIMEOUT_MS,
+                1..=3_600_000,
+            ),
+            write: r.millis(
+                ENV_UPSTREAM_WRITE_TIMEOUT_MS,
+                DEFAULT_UPSTREAM_WRITE_TIMEOUT_MS,
+                1..=3_600_000,
+            ),
+        };
+        if timeouts.total_connect < timeouts.connect {
+            r.error(
+                ENV_UPSTREAM_TOTAL_CONNECT_TIMEOUT_MS,
+                format_args!("must be at least {ENV_UPSTREAM_CONNECT_TIMEOUT_MS}"),
+            );
+        }
+        let downstream_read_timeout = r.millis(
+            ENV_DOWNSTREAM_READ_TIMEOUT_MS,
+            DEFAULT_DOWNSTREAM_READ_TIMEOUT_MS,
+            100..=3_600_000,
+        );
         let upstream = r.url(ENV_UPSTREAM, None).and_then(|u| {
             let host = u.host_str()?.to_owned();
             let tls = u.scheme() == "https";
@@ -101,6 +162,7 @@ impl Config {
                 addr: format!("{host_for_addr}:{port}"),
                 tls,
                 sni: host,
+                timeouts,
             })
         });
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -156,6 +218,7 @@ impl Config {
                 settle_interval: Duration::from_millis(settle_ms),
                 failure_policy,
                 shutdown_grace: Duration::from_secs(grace),
+                downstream_read_timeout,
             }),
             _ => Err(ConfigErrors(vec![format!(
                 "{ENV_UPSTREAM}: expected http(s)://host[:port]"

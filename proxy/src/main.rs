@@ -90,11 +90,16 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .with_context(|| format!("TOLLGATE_UPSTREAM: cannot resolve {}", config.upstream.addr))?;
-    let peer = HttpPeer::new(
+    let mut peer = HttpPeer::new(
         upstream_addr,
         config.upstream.tls,
         config.upstream.sni.clone(),
     );
+    let timeouts = config.upstream.timeouts;
+    peer.options.connection_timeout = Some(timeouts.connect);
+    peer.options.total_connection_timeout = Some(timeouts.total_connect);
+    peer.options.read_timeout = Some(timeouts.read);
+    peer.options.write_timeout = Some(timeouts.write);
 
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::register(&registry, &config.common.plans)

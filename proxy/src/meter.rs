@@ -43,6 +43,10 @@ struct Lease {
     consumed: u64,
     /// `consumed` as of the last report Redis acknowledged.
     reported: u64,
+    /// Units given back in this epoch, in total: requests admitted that the upstream never answered.
+    refunded: u64,
+    /// `refunded` as of the last report Redis acknowledged.
+    refunds_reported: u64,
     /// The counter epoch the lease belongs to; -1 before the first round trip.
     epoch: i64,
     /// `limit - used - leased` as of the last round trip: what other requests could still be granted.
@@ -51,12 +55,47 @@ struct Lease {
     last_used_ms: i64,
 }
 
+impl Lease {
+    /// Forgets everything of the current epoch and adopts `epoch`.
+    fn restart(&mut self, epoch: i64) {
+        *self = Self {
+            epoch,
+            unreserved: self.unreserved,
+            last_used_ms: self.last_used_ms,
+            ..Self::default()
+        };
+    }
+
+    fn report(&self, held: u64) -> Report {
+        Report {
+            epoch: self.epoch,
+            consumed: self.consumed,
+            held,
+            acknowledged: self.reported,
+            refunded: self.refunded,
+            refunds_acknowledged: self.refunds_reported,
+        }
+    }
+}
+
+/// An admitted request: what the `RateLimit-Remaining` estimate is, and the epoch of the lease it came from (a
+/// refund applies only within that epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// Estimated remaining quota.
+    pub left: u64,
+    /// The lease's epoch at admission.
+    pub epoch: i64,
+}
+
 impl Default for Lease {
     fn default() -> Self {
         Self {
             available: 0,
             consumed: 0,
             reported: 0,
+            refunded: 0,
+            refunds_reported: 0,
             epoch: -1,
             unreserved: 0,
             last_used_ms: 0,
@@ -96,8 +135,8 @@ impl Slot {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Admits `cost` from the local lease when it covers it; returns the estimated remaining quota.
-    pub fn take_local(&self, cost: u64, now_ms: i64) -> Option<u64> {
+    /// Admits `cost` from the local lease when it covers it.
+    pub fn take_local(&self, cost: u64, now_ms: i64) -> Option<Admitted> {
         let mut lease = self.lease();
         if lease.epoch < 0 || lease.available < cost {
             return None;
@@ -105,7 +144,23 @@ impl Slot {
         lease.available -= cost;
         lease.consumed += cost;
         lease.last_used_ms = now_ms;
-        Some(lease.unreserved + lease.available)
+        Some(Admitted {
+            left: lease.unreserved + lease.available,
+            epoch: lease.epoch,
+        })
+    }
+
+    /// Gives back `cost` admitted in `epoch` for a request the upstream never answered: the units return to the
+    /// lease (so the next report moves them from used back to leased). Nothing happens when the epoch has moved
+    /// since (a reset voided that consumption anyway). Returns whether the refund applied.
+    pub fn refund(&self, cost: u64, epoch: i64) -> bool {
+        let mut lease = self.lease();
+        if lease.epoch != epoch || epoch < 0 || lease.consumed < lease.refunded + cost {
+            return false;
+        }
+        lease.refunded += cost;
+        lease.available += cost;
+        true
     }
 
     /// Starts a round trip (holding `in_flight`): reports consumption, hands back the remainder, and sizes the
@@ -113,17 +168,12 @@ impl Slot {
     pub fn begin_lease(&self, cost: u64) -> (Report, u64) {
         let mut lease = self.lease();
         lease.available = 0;
-        let report = Report {
-            epoch: lease.epoch,
-            consumed: lease.consumed,
-            held: 0,
-            acknowledged: lease.reported,
-        };
+        let report = lease.report(0);
         let want = (lease.unreserved / BLOCK_DIVISOR).clamp(cost, MAX_BLOCK.max(cost));
         (report, want)
     }
 
-    /// Applies a round trip's reply; returns the estimated remaining quota when the request was admitted.
+    /// Applies a round trip's reply; `Some` when the request was admitted.
     ///
     /// If the call failed instead, nothing is restored: the remainder handed back stays handed back (Redis either
     /// applied the report or will apply the next one, which says the same), and consumption is a running total.
@@ -134,16 +184,14 @@ impl Slot {
         cost: u64,
         limit: u64,
         now_ms: i64,
-    ) -> Option<u64> {
+    ) -> Option<Admitted> {
         let mut lease = self.lease();
         if lease.epoch == reply.epoch {
             lease.reported = report.consumed;
+            lease.refunds_reported = report.refunded;
         } else {
             // First contact, or a reset: what this replica consumed and held belongs to another epoch.
-            lease.available = 0;
-            lease.consumed = 0;
-            lease.reported = 0;
-            lease.epoch = reply.epoch;
+            lease.restart(reply.epoch);
         }
         lease.unreserved = limit.saturating_sub(reply.used + reply.leased);
         if !reply.admitted {
@@ -152,7 +200,10 @@ impl Slot {
         lease.available += reply.granted.saturating_sub(cost);
         lease.consumed += cost;
         lease.last_used_ms = now_ms;
-        Some(lease.unreserved + lease.available)
+        Some(Admitted {
+            left: lease.unreserved + lease.available,
+            epoch: lease.epoch,
+        })
     }
 
     /// For the settle loop (holding `in_flight`): the report to send, handing back the remainder when the lease sat
@@ -167,12 +218,9 @@ impl Slot {
         if release {
             lease.available = 0;
         }
-        (release || lease.consumed != lease.reported).then_some(Report {
-            epoch: lease.epoch,
-            consumed: lease.consumed,
-            held: lease.available,
-            acknowledged: lease.reported,
-        })
+        let unreported =
+            lease.consumed != lease.reported || lease.refunded != lease.refunds_reported;
+        (release || unreported).then(|| lease.report(lease.available))
     }
 
     /// Applies a settle reply: an epoch that moved voids what this replica still holds.
@@ -180,21 +228,15 @@ impl Slot {
         let mut lease = self.lease();
         if applied && lease.epoch == report.epoch {
             lease.reported = lease.reported.max(report.consumed);
+            lease.refunds_reported = lease.refunds_reported.max(report.refunded);
         } else if !applied {
-            lease.available = 0;
-            lease.consumed = 0;
-            lease.reported = 0;
-            lease.epoch = epoch;
+            lease.restart(epoch);
         }
     }
 
     /// Drops the lease after a reset of this counter was announced; the next round trip learns the new epoch.
     pub fn forfeit(&self) {
-        let mut lease = self.lease();
-        lease.available = 0;
-        lease.consumed = 0;
-        lease.reported = 0;
-        lease.epoch = -1;
+        self.lease().restart(-1);
     }
 
     /// Records that Redis holds a change PostgreSQL does not have yet.

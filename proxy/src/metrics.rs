@@ -78,6 +78,9 @@ pub struct Metrics {
     pub lease_forfeits: IntCounter,
     /// `tollgate_proxy_reset_announcements_total`: counter resets this replica heard of.
     pub reset_announcements: IntCounter,
+    /// `tollgate_proxy_refunds_total`: admitted requests whose units were given back because the upstream never
+    /// answered.
+    pub refunds: IntCounter,
 }
 
 impl Metrics {
@@ -178,7 +181,14 @@ impl Metrics {
                 "tollgate_proxy_reset_announcements_total",
                 "Counter resets announced by the control plane and heard by this replica.",
             )?,
+            refunds: IntCounter::new(
+                "tollgate_proxy_refunds_total",
+                "Admitted requests whose units were given back because the upstream never answered.",
+            )?,
         };
+        for reason in crate::auth::AuthFailure::LABELS {
+            m.auth_failures.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(duration_vec))?;
         registry.register(Box::new(decisions_vec))?;
@@ -193,6 +203,7 @@ impl Metrics {
         registry.register(Box::new(m.cached_orgs.clone()))?;
         registry.register(Box::new(m.lease_forfeits.clone()))?;
         registry.register(Box::new(m.reset_announcements.clone()))?;
+        registry.register(Box::new(m.refunds.clone()))?;
         Ok(m)
     }
 

@@ -1,13 +1,118 @@
-//! Responses the proxy writes itself: problem+json errors and the 429 envelope.
+//! Responses the proxy writes itself. Every refusal is a [`Refusal`], written by [`refuse`]: problem+json with the
+//! kinds shared with the control plane (`common::problem`), `WWW-Authenticate` on 401, `Retry-After` on 503, and the
+//! standard envelope with `Retry-After` and `RateLimit-*` on 429.
 
+use crate::auth::AuthFailure;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use tollgate_common::domain::DenyEnvelope;
-use tollgate_common::problem::{CONTENT_TYPE, Problem};
+use tollgate_common::problem::{self, CONTENT_TYPE, Kind, Problem};
+
+/// Why the proxy answers a request itself instead of proxying it.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The request breaks HTTP/1.1 in a way the proxy must refuse (400).
+    BadRequest(&'static str),
+    /// No org could be identified (401, 403, 503).
+    Auth(AuthFailure),
+    /// The org's billing state cannot be loaded (503).
+    BillingUnavailable,
+    /// No plan admits metered calls for this org (402).
+    SubscriptionRequired,
+    /// Redis is down and the policy is fail-closed (503).
+    QuotaUnavailable,
+    /// Over quota (429).
+    QuotaExceeded(DenyEnvelope),
+    /// The upstream could not be reached or broke off (502).
+    BadGateway,
+    /// The upstream did not answer in time (504).
+    GatewayTimeout,
+    /// Our fault (500).
+    Internal,
+}
+
+impl Refusal {
+    /// The status, problem kind and detail.
+    fn parts(&self) -> (u16, Kind, &'static str) {
+        match self {
+            Self::BadRequest(detail) => (400, problem::BAD_REQUEST, detail),
+            Self::Auth(failure) => {
+                let (status, detail) = failure.response();
+                let kind = match status {
+                    401 => problem::UNAUTHENTICATED,
+                    403 => problem::FORBIDDEN,
+                    _ => problem::UNAVAILABLE,
+                };
+                (status, kind, detail)
+            }
+            Self::BillingUnavailable => (
+                503,
+                problem::UNAVAILABLE,
+                "billing state cannot be loaded right now; retry later",
+            ),
+            Self::SubscriptionRequired => (
+                402,
+                problem::SUBSCRIPTION_REQUIRED,
+                "this organization has no subscription; start one to use metered endpoints",
+            ),
+            Self::QuotaUnavailable => (
+                503,
+                problem::QUOTA_UNAVAILABLE,
+                "quota cannot be checked right now; retry later",
+            ),
+            // Written by `refuse` from the envelope itself.
+            Self::QuotaExceeded(_) => (429, problem::QUOTA_EXCEEDED, ""),
+            Self::BadGateway => (
+                502,
+                problem::BAD_GATEWAY,
+                "the upstream API could not be reached",
+            ),
+            Self::GatewayTimeout => (
+                504,
+                problem::GATEWAY_TIMEOUT,
+                "the upstream API did not answer in time",
+            ),
+            Self::Internal => (500, problem::INTERNAL, "the request could not be proxied"),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.parts().0
+    }
+}
+
+/// Writes the response for `refusal`, ending the exchange.
+pub async fn refuse(session: &mut Session, refusal: &Refusal) -> Result<()> {
+    if let Refusal::QuotaExceeded(envelope) = refusal {
+        let retry = envelope.retry_after.to_string();
+        let headers = [
+            ("retry-after", retry.clone()),
+            ("ratelimit-limit", envelope.limit.to_string()),
+            ("ratelimit-remaining", envelope.remaining().to_string()),
+            ("ratelimit-reset", retry),
+        ];
+        return send(session, 429, &headers, envelope.to_json().into_bytes()).await;
+    }
+    let (status, kind, detail) = refusal.parts();
+    let mut headers = Vec::new();
+    match status {
+        401 => headers.push(("www-authenticate", "Bearer".to_owned())),
+        503 => headers.push(("retry-after", "1".to_owned())),
+        _ => {}
+    }
+    send(
+        session,
+        status,
+        &headers,
+        Problem::of(status, kind, detail).to_json(),
+    )
+    .await
+}
 
 /// Writes a complete response with `body`, closing the exchange.
-pub async fn send(
+async fn send(
     session: &mut Session,
     status: u16,
     headers: &[(&'static str, String)],
@@ -25,34 +130,4 @@ pub async fn send(
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await
-}
-
-/// A problem+json error.
-pub async fn problem(
-    session: &mut Session,
-    status: u16,
-    kind: &'static str,
-    title: &'static str,
-    detail: &str,
-) -> Result<()> {
-    let body = Problem::new(status, kind, title, detail).to_json();
-    let mut headers = Vec::new();
-    match status {
-        401 => headers.push(("www-authenticate", "Bearer".to_owned())),
-        503 => headers.push(("retry-after", "1".to_owned())),
-        _ => {}
-    }
-    send(session, status, &headers, body).await
-}
-
-/// The standard denial envelope with `Retry-After` and the `RateLimit-*` headers.
-pub async fn quota_exceeded(session: &mut Session, envelope: &DenyEnvelope) -> Result<()> {
-    let retry = envelope.retry_after.to_string();
-    let headers = [
-        ("retry-after", retry.clone()),
-        ("ratelimit-limit", envelope.limit.to_string()),
-        ("ratelimit-remaining", envelope.remaining().to_string()),
-        ("ratelimit-reset", retry),
-    ];
-    send(session, 429, &headers, envelope.to_json().into_bytes()).await
 }

@@ -1,16 +1,19 @@
 //! The request path: one `ProxyHttp` implementation.
 //!
-//! `request_filter` identifies the org, prices the route and admits the request from the replica's lease on the
+//! `request_filter` runs four steps — check the request, price the route, identify the org, admit — and either lets
+//! the request through or answers it with a [`Refusal`]. Admission takes units from the replica's lease on the
 //! counter (no I/O), or else makes one Redis round trip that settles the lease and asks for a new block (see
-//! [`crate::meter`]); on a denial it writes the 429 envelope and ends the exchange. Admitted requests go upstream unchanged except
-//! for the consumer's credential, which is removed, and `X-Tollgate-Org`, which is set. `response_filter` adds the
-//! `RateLimit-*` headers; `logging` records metrics and nothing else.
+//! [`crate::meter`]). Admitted requests go upstream unchanged except for the headers that carry Tollgate
+//! credentials, which are removed, and `X-Tollgate-Org`, which is set. `response_filter` adds the `RateLimit-*`
+//! headers. A request the upstream never answered gives its units back. `logging` records metrics and logs
+//! failures at a level that says whose fault they were.
 
-use crate::auth::{self, AuthFailure, Credential, CredentialHeader, OrgRef};
+use crate::auth::{AuthFailure, Credential, OrgRef, Strip};
 use crate::config::FailurePolicy;
 use crate::core::Core;
+use crate::meter::{Admitted, Slot};
 use crate::metrics::{Decision, DecisionCounters};
-use crate::respond;
+use crate::respond::{self, Refusal};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -19,7 +22,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
-use tollgate_common::domain::{DenyEnvelope, Period, RouteClass, Terms};
+use tollgate_common::domain::{DenyEnvelope, Metric, Period, RouteClass, Terms};
 use tollgate_common::jwt::JwtError;
 use tollgate_common::store::counters::{self, CounterError};
 use tollgate_common::store::redis::RedisConn;
@@ -38,9 +41,13 @@ pub struct MeteringProxy {
 pub struct Ctx {
     start: Instant,
     metered: bool,
-    credential: Option<CredentialHeader>,
+    strip: Strip,
     org: Option<Arc<OrgRef>>,
     rate: Option<RateInfo>,
+    /// Units taken for this request, so they can be given back if the upstream never answers.
+    charge: Option<Charge>,
+    /// Whether the upstream sent a response header.
+    upstream_answered: bool,
 }
 
 /// What the `RateLimit-*` headers say.
@@ -49,6 +56,13 @@ struct RateInfo {
     limit: u64,
     remaining: u64,
     reset: u64,
+}
+
+/// Units admitted from a slot's lease in one epoch.
+struct Charge {
+    slot: Arc<Slot>,
+    cost: u64,
+    epoch: i64,
 }
 
 impl MeteringProxy {
@@ -71,192 +85,113 @@ impl MeteringProxy {
         Ok(conn.clone())
     }
 
-    async fn identify(
-        &self,
-        req: &RequestHeader,
-    ) -> Result<(Arc<OrgRef>, CredentialHeader), AuthFailure> {
-        let core = &self.core;
-        match auth::credential(&req.headers)? {
-            Credential::ApiKey { key, header } => {
-                Ok((core.keys.resolve(&core.pg, key).await?, header))
-            }
-            Credential::Session(token) => {
-                let token_hash = tollgate_common::keys::hash(token);
-                let now_secs = core.clock.now().timestamp();
-                if let Some(org) = core.sessions.get(&token_hash, now_secs) {
-                    return Ok((org, CredentialHeader::Authorization));
-                }
-                let session = core.clerk.verify(token).await.map_err(|e| match e {
-                    JwtError::KeysUnavailable => AuthFailure::Unavailable,
-                    _ => AuthFailure::BadToken,
-                })?;
-                let org = session.org.ok_or(AuthFailure::NoOrg)?;
-                let id = core
-                    .orgs
-                    .id_of(&core.pg, &org)
-                    .await
-                    .map_err(|_| AuthFailure::Unavailable)?
-                    .ok_or(AuthFailure::UnknownOrg)?;
-                let org = Arc::new(OrgRef { id, org });
-                core.sessions
-                    .insert(token_hash, Arc::clone(&org), session.expires_at);
-                Ok((org, CredentialHeader::Authorization))
-            }
+    /// Step 1 to 4 of a request; `Ok` lets it through.
+    async fn admit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<(), Refusal> {
+        check_request(req)?;
+        let class = self.core.routes.classify(req.uri.path());
+        ctx.metered = matches!(class, RouteClass::Metered { .. });
+        let org = self.identify(req, ctx).await?;
+        match class {
+            RouteClass::Metered { metric, cost, .. } => self.meter(ctx, &org, metric, cost).await,
+            RouteClass::Unmetered { .. } => Ok(()),
         }
     }
 
-    /// Records an admission: the decision metric and what the `RateLimit-*` headers will say.
-    fn admitted(
-        &self,
-        ctx: &mut Ctx,
-        decisions: Option<&DecisionCounters>,
-        limit: u64,
-        left: u64,
-        period: &Period,
-        now: DateTime<Utc>,
-    ) {
-        if let Some(d) = decisions {
-            d.inc(if left.saturating_mul(10) < limit {
-                Decision::Near
-            } else {
-                Decision::Within
-            });
-        }
-        ctx.rate = Some(RateInfo {
-            limit,
-            remaining: left.min(limit),
-            reset: period.seconds_until_end(now),
-        });
-    }
-
-    /// Redis could not answer: admit unmetered or refuse, as configured.
-    async fn without_quota(
-        &self,
-        session: &mut Session,
-        decisions: Option<&DecisionCounters>,
-    ) -> Result<bool> {
-        match self.core.config.failure_policy {
-            FailurePolicy::FailOpen => {
-                if let Some(d) = decisions {
-                    d.inc(Decision::FailedOpen);
-                }
-                Ok(false)
-            }
-            FailurePolicy::FailClosed => {
-                if let Some(d) = decisions {
-                    d.inc(Decision::FailedClosed);
-                }
-                respond::problem(
-                    session,
-                    503,
-                    "/problems/quota-unavailable",
-                    "Quota unavailable",
-                    "quota cannot be checked right now; retry later",
-                )
-                .await?;
-                Ok(true)
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for MeteringProxy {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            metered: false,
-            credential: None,
-            org: None,
-            rate: None,
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// Step 3: the org behind the request's Tollgate credential, and which headers to strip.
+    async fn identify(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<Arc<OrgRef>, Refusal> {
         let core = &*self.core;
-        let (org, credential) = match self.identify(session.req_header()).await {
-            Ok(found) => found,
+        let identified = async {
+            let selected = crate::auth::select(&req.headers, |t| core.clerk.claims_our_issuer(t))?;
+            let org = match selected.credential {
+                Credential::ApiKey(key) => core.keys.resolve(&core.pg, key).await?,
+                Credential::Session(token) => self.session(token).await?,
+            };
+            Ok::<_, AuthFailure>((org, selected.strip))
+        };
+        match identified.await {
+            Ok((org, strip)) => {
+                ctx.strip = strip;
+                ctx.org = Some(Arc::clone(&org));
+                Ok(org)
+            }
             Err(failure) => {
                 core.metrics
                     .auth_failures
                     .with_label_values(&[failure.label()])
                     .inc();
-                let (status, detail) = failure.response();
-                let (kind, title) = match status {
-                    401 => ("/problems/unauthenticated", "Unauthenticated"),
-                    403 => ("/problems/forbidden", "Forbidden"),
-                    _ => ("/problems/unavailable", "Service unavailable"),
-                };
-                respond::problem(session, status, kind, title, detail).await?;
-                return Ok(true);
+                Err(Refusal::Auth(failure))
             }
-        };
-        ctx.credential = Some(credential);
-        ctx.org = Some(Arc::clone(&org));
-        let RouteClass::Metered { metric, cost, .. } =
-            core.routes.classify(session.req_header().uri.path())
-        else {
-            return Ok(false);
-        };
-        ctx.metered = true;
-        let decisions = core.metrics.decisions(metric);
+        }
+    }
 
-        let entry = match core.orgs.get(&core.pg, org.id, &org.org).await {
-            Ok(entry) => entry,
-            Err(e) => {
-                core.metrics.postgres_errors.inc();
-                tracing::warn!(error = %e, org.id = %org.org, "cannot load billing state: PostgreSQL unavailable");
-                respond::problem(
-                    session,
-                    503,
-                    "/problems/unavailable",
-                    "Service unavailable",
-                    "billing state cannot be loaded right now; retry later",
-                )
-                .await?;
-                return Ok(true);
-            }
-        };
+    /// The org of a Clerk session token, from the session cache or by verifying it.
+    async fn session(&self, token: &str) -> Result<Arc<OrgRef>, AuthFailure> {
+        let core = &*self.core;
+        let token_hash = tollgate_common::keys::hash(token);
+        let now_secs = core.clock.now().timestamp();
+        if let Some(org) = core.sessions.get(&token_hash, now_secs) {
+            return Ok(org);
+        }
+        let session = core.clerk.verify(token).await.map_err(|e| match e {
+            JwtError::KeysUnavailable => AuthFailure::Unavailable,
+            _ => AuthFailure::BadToken,
+        })?;
+        let org = session.org.ok_or(AuthFailure::NoOrg)?;
+        let id = core
+            .orgs
+            .id_of(&core.pg, &org)
+            .await
+            .map_err(|_| AuthFailure::Unavailable)?
+            .ok_or(AuthFailure::UnknownOrg)?;
+        let org = Arc::new(OrgRef { id, org });
+        core.sessions
+            .insert(token_hash, Arc::clone(&org), session.expires_at);
+        Ok(org)
+    }
+
+    /// Step 4: admit `cost` units of `metric` from the org's counter of the current period.
+    async fn meter(
+        &self,
+        ctx: &mut Ctx,
+        org: &OrgRef,
+        metric: &Metric,
+        cost: u64,
+    ) -> Result<(), Refusal> {
+        let core = &*self.core;
+        let decisions = core.metrics.decisions(metric);
+        let entry = core.orgs.get(&core.pg, org.id, &org.org).await.map_err(|e| {
+            core.metrics.postgres_errors.inc();
+            tracing::warn!(error = %e, org.id = %org.org, "cannot load billing state: PostgreSQL unavailable");
+            Refusal::BillingUnavailable
+        })?;
         let now = core.clock.now();
-        let Some(Terms { plan, period }) = entry.terms(core.catalog, now) else {
-            respond::problem(
-                session,
-                402,
-                "/problems/subscription-required",
-                "Subscription required",
-                "this organization has no subscription; start one to use metered endpoints",
-            )
-            .await?;
-            return Ok(true);
-        };
+        let Terms { plan, period } = entry
+            .terms(core.catalog, now)
+            .ok_or(Refusal::SubscriptionRequired)?;
         let limit = plan.limit(metric);
         let slot = entry.slot(&core.meter, metric, &period);
 
         let now_ms = now.timestamp_millis();
         // The common case: the replica's lease covers the request. No I/O.
-        if let Some(left) = slot.take_local(cost, now_ms) {
-            slot.mark_dirty(now);
-            self.admitted(ctx, decisions, limit, left, &period, now);
-            return Ok(false);
+        if let Some(admitted) = slot.take_local(cost, now_ms) {
+            self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
+            return Ok(());
         }
         let probing = core.redis_health.is_down();
         if core.redis_health.skip(now_ms) {
-            return self.without_quota(session, decisions).await;
+            return self.without_quota(decisions);
         }
         // One round trip per slot at a time: a replica's reports must not overtake each other. Whoever waited
         // here may find the lease refilled by the request before it.
         let _turn = slot.in_flight.lock().await;
-        if let Some(left) = slot.take_local(cost, now_ms) {
-            slot.mark_dirty(now);
-            self.admitted(ctx, decisions, limit, left, &period, now);
-            return Ok(false);
+        if let Some(admitted) = slot.take_local(cost, now_ms) {
+            self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
+            return Ok(());
         }
         // The round trip this request waited behind may have just found Redis gone: unless this request is the
         // outage's probe, do not queue up behind it.
         if !probing && core.redis_health.is_down() {
-            return self.without_quota(session, decisions).await;
+            return self.without_quota(decisions);
         }
         let (report, want) = slot.begin_lease(cost);
         let started = Instant::now();
@@ -292,28 +227,137 @@ impl ProxyHttp for MeteringProxy {
                     core.redis_health
                         .failed(now_ms, core.config.failure_policy.label(), &e);
                 }
-                return self.without_quota(session, decisions).await;
+                return self.without_quota(decisions);
             }
         };
         core.redis_health.succeeded();
         slot.mark_dirty(now);
         match slot.finish_lease(&reply, report, cost, limit, now_ms) {
-            Some(left) => {
-                self.admitted(ctx, decisions, limit, left, &period, now);
-                Ok(false)
+            Some(admitted) => {
+                self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
+                Ok(())
             }
             None => {
                 if let Some(d) = decisions {
                     d.inc(Decision::Over);
                 }
-                let envelope = DenyEnvelope::new(
+                Err(Refusal::QuotaExceeded(DenyEnvelope::new(
                     metric.clone(),
                     limit,
                     reply.used + reply.leased,
                     &period,
                     now,
-                );
-                respond::quota_exceeded(session, &envelope).await?;
+                )))
+            }
+        }
+    }
+
+    /// Records an admission: the decision metric, the charge (for a refund), and what the `RateLimit-*` headers
+    /// will say.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one admission, kept apart to stay on the stack"
+    )]
+    fn admitted(
+        &self,
+        ctx: &mut Ctx,
+        decisions: Option<&DecisionCounters>,
+        slot: &Arc<Slot>,
+        cost: u64,
+        admitted: Admitted,
+        limit: u64,
+        period: &Period,
+        now: DateTime<Utc>,
+    ) {
+        slot.mark_dirty(now);
+        let left = admitted.left;
+        if let Some(d) = decisions {
+            d.inc(if left.saturating_mul(10) < limit {
+                Decision::Near
+            } else {
+                Decision::Within
+            });
+        }
+        ctx.charge = Some(Charge {
+            slot: Arc::clone(slot),
+            cost,
+            epoch: admitted.epoch,
+        });
+        ctx.rate = Some(RateInfo {
+            limit,
+            remaining: left.min(limit),
+            reset: period.seconds_until_end(now),
+        });
+    }
+
+    /// Redis could not answer: admit unmetered or refuse, as configured.
+    fn without_quota(&self, decisions: Option<&DecisionCounters>) -> Result<(), Refusal> {
+        match self.core.config.failure_policy {
+            FailurePolicy::FailOpen => {
+                if let Some(d) = decisions {
+                    d.inc(Decision::FailedOpen);
+                }
+                Ok(())
+            }
+            FailurePolicy::FailClosed => {
+                if let Some(d) = decisions {
+                    d.inc(Decision::FailedClosed);
+                }
+                Err(Refusal::QuotaUnavailable)
+            }
+        }
+    }
+}
+
+/// Step 1: what RFC 9112 §3.2 makes a server refuse. An HTTP/1.1 request needs exactly one `Host` line; HTTP/1.0
+/// may omit it.
+fn check_request(req: &RequestHeader) -> Result<(), Refusal> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == http::Version::HTTP_11 => {
+            Err(Refusal::BadRequest("Host: required in an HTTP/1.1 request"))
+        }
+        (Some(_), Some(_)) => Err(Refusal::BadRequest("Host: sent more than once")),
+        (Some(host), None) if host.is_empty() && req.uri.authority().is_none() => {
+            Err(Refusal::BadRequest("Host: must not be empty"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether an upstream failure means the upstream could not have done the work: it was never reached, or it never
+/// answered. Such requests are not charged.
+fn unanswered(e: &Error, upstream_answered: bool) -> bool {
+    *e.esource() == ErrorSource::Upstream && !upstream_answered
+}
+
+#[async_trait]
+impl ProxyHttp for MeteringProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            metered: false,
+            strip: Strip::default(),
+            org: None,
+            rate: None,
+            charge: None,
+            upstream_answered: false,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Pingora times single reads; this bounds each read of the request body.
+        session.set_read_timeout(Some(self.core.config.downstream_read_timeout));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admit(session.req_header(), ctx).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                respond::refuse(session, &refusal).await?;
                 Ok(true)
             }
         }
@@ -329,19 +373,39 @@ impl ProxyHttp for MeteringProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        match ctx.credential {
-            Some(CredentialHeader::Authorization) => {
-                upstream.remove_header(&http::header::AUTHORIZATION);
-            }
-            Some(CredentialHeader::XApiKey) => {
-                upstream.remove_header("x-api-key");
-            }
-            None => {}
+        if ctx.strip.authorization {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
+        if ctx.strip.api_key {
+            upstream.remove_header(tollgate_common::credential::API_KEY_HEADER);
+        }
+        // An absolute-form target (RFC 9112 §3.2.2; Pingora has checked that `Host` matches its authority) goes
+        // upstream in origin form: the URI already holds only its path and query.
+        let raw = upstream.raw_path();
+        if raw
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
+            || raw
+                .get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"https://"))
+        {
+            let origin = upstream.uri.clone();
+            upstream.set_uri(origin);
         }
         upstream.remove_header(ORG_HEADER);
         if let Some(org) = &ctx.org {
             upstream.insert_header(ORG_HEADER, org.org.as_str())?;
         }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_answered = true;
         Ok(())
     }
 
@@ -359,50 +423,102 @@ impl ProxyHttp for MeteringProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if unanswered(e, ctx.upstream_answered)
+            && let Some(charge) = ctx.charge.take()
+            && charge.slot.refund(charge.cost, charge.epoch)
+        {
+            self.core.metrics.refunds.inc();
+        }
+        let refusal = match e.etype() {
+            ErrorType::HTTPStatus(code) => match code {
+                400 => Some(Refusal::BadRequest("the request could not be read")),
+                _ => Some(Refusal::Internal),
+            },
             _ => match e.esource() {
-                ErrorSource::Upstream => 502,
+                ErrorSource::Upstream => Some(match e.etype() {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout => Refusal::GatewayTimeout,
+                    _ => Refusal::BadGateway,
+                }),
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
+                    // The client is gone: nothing to write to.
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Refusal::BadRequest("the request could not be read")),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
+                ErrorSource::Internal | ErrorSource::Unset => Some(Refusal::Internal),
             },
         };
-        if code > 0 {
-            let (kind, title, detail) = match code {
-                502 => (
-                    "/problems/bad-gateway",
-                    "Bad gateway",
-                    "the upstream API could not be reached",
-                ),
-                400 => (
-                    "/problems/bad-request",
-                    "Bad request",
-                    "the request could not be read",
-                ),
-                _ => (
-                    "/problems/internal",
-                    "Internal error",
-                    "the request could not be proxied",
-                ),
-            };
-            if let Err(e) = respond::problem(session, code, kind, title, detail).await {
-                tracing::debug!(error = %e, "could not send the error response");
+        let code = match &refusal {
+            Some(refusal) => {
+                if let Err(e) = respond::refuse(session, refusal).await {
+                    tracing::debug!(error = %e, "could not send the error response");
+                }
+                refusal.status()
             }
-        }
+            None => 0,
+        };
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// Failures are logged in [`Self::logging`], at a level that says whose fault they were.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = &self.core.metrics;
         metrics.request(ctx.metered, status);
         metrics.duration[usize::from(ctx.metered)].observe(ctx.start.elapsed().as_secs_f64());
+        if let Some(e) = e {
+            let route = if ctx.metered { "metered" } else { "unmetered" };
+            match e.esource() {
+                // The client's doing (a reset, a malformed request, a slow body): not ours to page on.
+                ErrorSource::Downstream => {
+                    tracing::debug!(error = %e, http.status = status, route.class = route, "client error");
+                }
+                ErrorSource::Upstream => {
+                    tracing::warn!(error = %e, http.status = status, route.class = route, "upstream failed");
+                }
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    tracing::error!(error = %e, http.status = status, route.class = route, "proxying failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: http::Version, hosts: &[&str]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/v1/x", None).unwrap();
+        req.set_version(version);
+        for h in hosts {
+            req.append_header("host", *h).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        assert!(check_request(&request(http::Version::HTTP_11, &["api.example"])).is_ok());
+        assert!(check_request(&request(http::Version::HTTP_10, &[])).is_ok());
+        assert!(matches!(
+            check_request(&request(http::Version::HTTP_11, &[])),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            check_request(&request(http::Version::HTTP_11, &["a", "b"])),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 }

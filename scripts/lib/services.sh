@@ -50,3 +50,9 @@ ensure_build_tools() {
   command -v cc >/dev/null || apt_install build-essential
   command -v pkg-config >/dev/null || apt_install pkg-config
 }
+
+# A Python 3 that can make virtual environments (schemathesis and the Stripe emulator run in venvs under target/).
+ensure_python() {
+  command -v python3 >/dev/null || apt_install python3
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+}

@@ -163,6 +163,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         consumed: 0,
         held: 0,
         acknowledged: 0,
+        ..Report::default()
     };
     let first = counters::lease(&mut conn, pg, &redis_key, &key, "r1", fresh, 1, 10, 100)
         .await
@@ -179,6 +180,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         consumed: 7,
         held: 3,
         acknowledged: 0,
+        ..Report::default()
     };
     for _ in 0..2 {
         let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, report)])
@@ -199,6 +201,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         consumed: 7,
         held: 0,
         acknowledged: 7,
+        ..Report::default()
     };
     let granted = counters::lease(&mut conn, pg, &redis_key, &key, "r1", lost, 1, 10, 100)
         .await
@@ -228,6 +231,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         consumed: 9,
         held: 0,
         acknowledged: 7,
+        ..Report::default()
     };
     let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, after)])
         .await
@@ -236,6 +240,84 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
     assert_eq!(
         counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
         (9, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_reports_give_units_back_once_and_never_below_zero() {
+    use counters::Report;
+    let (app, key) = setup().await;
+    let ns = app.namespace().to_owned();
+    let redis_key = key.redis_key(&ns);
+    let mut conn = app.state.redis.clone();
+    let pg = &app.state.pg;
+    let first = counters::lease(
+        &mut conn,
+        pg,
+        &redis_key,
+        &key,
+        "r1",
+        Report {
+            epoch: -1,
+            ..Report::default()
+        },
+        1,
+        10,
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!((first.granted, first.epoch), (10, 0));
+    // 5 used and reported.
+    let used = Report {
+        epoch: 0,
+        consumed: 5,
+        held: 5,
+        ..Report::default()
+    };
+    counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, used)])
+        .await
+        .unwrap();
+    assert_eq!(
+        counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
+        (5, 5)
+    );
+    // Two of them were never answered upstream: given back, the units return to the replica's lease. The reply is
+    // lost and the report repeated: counted once.
+    let refunded = Report {
+        epoch: 0,
+        consumed: 5,
+        held: 7,
+        acknowledged: 5,
+        refunded: 2,
+        refunds_acknowledged: 0,
+    };
+    for _ in 0..2 {
+        let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, refunded)])
+            .await
+            .unwrap();
+        assert_eq!(s, vec![(true, 0)]);
+    }
+    assert_eq!(
+        counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
+        (3, 7),
+        "used - 2, leased + 2, once"
+    );
+    // A stale report (older totals) arriving late moves nothing backwards.
+    let stale = Report {
+        epoch: 0,
+        consumed: 4,
+        held: 7,
+        acknowledged: 0,
+        refunded: 1,
+        refunds_acknowledged: 0,
+    };
+    counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, stale)])
+        .await
+        .unwrap();
+    assert_eq!(
+        counters::live(&mut conn, pg, &ns, &key).await.unwrap(),
+        (3, 7)
     );
 }
 
@@ -260,6 +342,7 @@ async fn replicas_leasing_concurrently_never_over_admit() {
                 consumed: 0,
                 held: 0,
                 acknowledged: 0,
+                ..Report::default()
             };
             let mut admitted = 0;
             loop {
@@ -282,6 +365,7 @@ async fn replicas_leasing_concurrently_never_over_admit() {
                     consumed,
                     held: 0,
                     acknowledged: report.consumed,
+                    ..Report::default()
                 };
             }
         }

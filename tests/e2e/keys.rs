@@ -143,11 +143,11 @@ async fn another_orgs_key_cannot_be_revoked_or_seen() {
 async fn the_operator_must_name_the_org() {
     let app = TestApp::start().await;
     let r = app.get("/api/keys.list", Auth::Operator).await;
-    assert_eq!(r.problem(422)["field"], "orgId");
+    assert_eq!(r.problem(404)["field"], "orgId");
     let r = app
         .post("/api/keys.create", Auth::Operator, &json!({"name": "k"}))
         .await;
-    assert_eq!(r.problem(422)["field"], "orgId");
+    assert_eq!(r.problem(404)["field"], "orgId");
     let r = app
         .post(
             "/api/keys.create",

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod counters;
 mod diag;
+mod hardening;
 mod keys;
 mod ops;
 mod orgs;

@@ -587,7 +587,7 @@ async fn every_usage_endpoint_rejects_bad_input_naming_the_field_and_writes_noth
         (
             "/api/usage/record",
             json!({"metric": "api_call", "value": 1, "occurredAt": future, "request_id": "a"}),
-            422,
+            409,
             "occurredAt",
         ),
         (

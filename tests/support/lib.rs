@@ -20,6 +20,7 @@ pub mod db;
 pub mod forwarder;
 pub mod metering;
 pub mod proxy;
+pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod upstream;

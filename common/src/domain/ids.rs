@@ -115,14 +115,23 @@ validated_id! {
     }
 }
 
+impl OrgId {
+    /// What [`OrgId::parse`] accepts, as an ECMA-262 regular expression (for the OpenAPI document).
+    pub const PATTERN: &'static str = "^org_[A-Za-z0-9_]{1,64}$";
+}
+
 impl Metric {
     /// The metric a request costs when the routes file says nothing else.
     pub const API_CALL: &'static str = "api_call";
+    /// What [`Metric::parse`] accepts, as an ECMA-262 regular expression.
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9_]{0,63}$";
 }
 
 impl PlanCode {
     /// The plan whose limits apply while a subscription is trialing; every catalog has it.
     pub const TRIAL: &'static str = "trial";
+    /// What [`PlanCode::parse`] accepts, as an ECMA-262 regular expression.
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9_]{0,31}$";
 }
 
 fn is_org_id(s: &str) -> bool {

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::DomainError;
 
 const FIELD: &str = "periodKey";
-const REASON: &str = "must be YYYY-MM (year 2000 to 9999, month 01 to 12)";
-const MIN_YEAR: u16 = 2000;
+const REASON: &str = "must be YYYY-MM (a four-digit year, month 01 to 12)";
+const MIN_YEAR: u16 = 0;
 const MAX_YEAR: u16 = 9999;
 
 /// `YYYY-MM` of a period's start (UTC), the period's name in the API, the database and Redis.
@@ -32,8 +32,12 @@ pub struct PeriodKey {
 impl PeriodKey {
     /// The wire name of this field, used in error messages: `periodKey`.
     pub const FIELD: &'static str = FIELD;
+    /// What [`PeriodKey::parse`] accepts, as an ECMA-262 regular expression.
+    pub const PATTERN: &'static str = "^[0-9]{4}-(0[1-9]|1[0-2])$";
 
-    /// Validates `s` as `YYYY-MM` with year 2000..=9999 and month 01..=12.
+    /// Validates `s` as `YYYY-MM`: a four-digit year (0000..=9999) and month 01..=12. Any well-formed key parses;
+    /// whether it names a period that makes sense (a client-sent key must be the derived one) is the caller's
+    /// business.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let invalid = DomainError::Invalid {
             field: FIELD,
@@ -64,7 +68,7 @@ impl PeriodKey {
 
     /// The `YYYY-MM` (UTC) of `at`.
     ///
-    /// Instants before 2000 or after 9999 saturate to `2000-01` and `9999-12`: a key outside that
+    /// Instants before year 0 or after 9999 saturate to `0000-01` and `9999-12`: a key outside that
     /// range could not be parsed back.
     pub fn from_datetime(at: DateTime<Utc>) -> Self {
         let year = at.year();
@@ -87,7 +91,7 @@ impl PeriodKey {
         }
     }
 
-    /// The year, 2000..=9999.
+    /// The year, 0..=9999.
     pub fn year(&self) -> u16 {
         self.year
     }
@@ -249,7 +253,6 @@ mod tests {
             "2026-1",
             "2026-13",
             "2026-00",
-            "1999-12",
             "2026/11",
             "26-11",
             "2026-11-01",
@@ -264,6 +267,11 @@ mod tests {
         assert!(key("2026-09") < key("2026-10"));
         assert!(key("2026-12") < key("2027-01"));
         assert!(key("2026-12") < key("2100-01"));
+        assert_eq!(
+            key("1999-01").to_string(),
+            "1999-01",
+            "well-formed, if unlikely"
+        );
     }
 
     #[test]
@@ -276,7 +284,11 @@ mod tests {
         );
         assert!(serde_json::from_str::<PeriodKey>(r#""2028-2""#).is_err());
         let early = PeriodKey::from_datetime(utc(1999, 12, 31, 23, 59, 59));
-        assert_eq!(early.to_string(), "2000-01");
+        assert_eq!(early.to_string(), "1999-12", "never re-dated");
+        assert_eq!(
+            PeriodKey::from_datetime(DateTime::<Utc>::MIN_UTC).to_string(),
+            "0000-01"
+        );
         assert_eq!(
             PeriodKey::from_datetime(DateTime::<Utc>::MAX_UTC).to_string(),
             "9999-12"

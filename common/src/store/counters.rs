@@ -59,12 +59,15 @@ return {1, u, l}
 });
 
 /// Shared by `LEASE` and `SETTLE`: applies a replica's report. Reports are absolute — the replica's total
-/// consumption in this epoch (`c:<rid>`) and what it holds now (`h:<rid>`) — so a call whose reply was lost can be
-/// repeated, or superseded by the next report, without counting anything twice or leaking a lease.
+/// consumption in this epoch (`c:<rid>`), its total refunds (`r:<rid>`: units given back for requests the upstream
+/// never answered) and what it holds now (`h:<rid>`) — so a call whose reply was lost can be repeated, or
+/// superseded by the next report, without counting anything twice or leaking a lease. Both totals only grow, so a
+/// stale report can never move the counter backwards.
+/// ARGV: rid, epoch, consumed total, held, acknowledged consumed, refunded total, acknowledged refunds.
 const APPLY_REPORT: &str = r"
 local k = KEYS[1]
 local rid = ARGV[1]
-local f = redis.call('HMGET', k, 'u', 'l', 'e', 'c:' .. rid, 'h:' .. rid)
+local f = redis.call('HMGET', k, 'u', 'l', 'e', 'c:' .. rid, 'h:' .. rid, 'r:' .. rid)
 local u = tonumber(f[1])
 local l = tonumber(f[2] or '0')
 local e = tonumber(f[3])
@@ -79,6 +82,12 @@ if tonumber(ARGV[2]) == e then
   if c > prev_c then
     u = u + (c - prev_c)
     redis.call('HSET', k, 'c:' .. rid, c)
+  end
+  local r = tonumber(ARGV[6])
+  local prev_r = tonumber(f[6] or ARGV[7])
+  if r > prev_r then
+    u = math.max(0, u - (r - prev_r))
+    redis.call('HSET', k, 'r:' .. rid, r)
   end
   held = tonumber(ARGV[4])
   l = math.max(0, l - tonumber(f[5] or '0') + held)
@@ -107,13 +116,12 @@ end
 
 /// A proxy's round trip: applies its report (it hands back everything it held), then admits `cost` and grants a
 /// block if `u + l + cost <= limit`. Before refusing, holdings of replicas silent for 30 s (crashed) are reclaimed.
-/// ARGV: rid, epoch, consumed total, held (0), acknowledged total, cost, want, limit, [seed used, seed epoch,
-/// expire-at].
+/// ARGV: the report (7, see `APPLY_REPORT`; held is 0), cost, want, limit, [seed used, seed epoch, expire-at].
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{seed}{apply}
-local cost = tonumber(ARGV[6])
-local limit = tonumber(ARGV[8])
+local cost = tonumber(ARGV[8])
+local limit = tonumber(ARGV[10])
 if cost > limit - u - l then
   local all = redis.call('HGETALL', k)
   for i = 1, #all, 2 do
@@ -132,7 +140,7 @@ local granted = 0
 if cost <= limit - u - l then
   admitted = 1
   if cost > 0 then
-    local want = math.max(cost, math.min(tonumber(ARGV[7]), limit - u - l))
+    local want = math.max(cost, math.min(tonumber(ARGV[9]), limit - u - l))
     granted = want - (want % cost)
     l = l + granted
     redis.call('HSET', k, 'l', l, 'h:' .. rid, held + granted)
@@ -140,19 +148,19 @@ if cost <= limit - u - l then
 end
 return {{admitted, granted, u, l, e}}
 ",
-        seed = seed_prelude(9),
+        seed = seed_prelude(11),
         apply = APPLY_REPORT
     ))
 });
 
 /// The background half of leasing: applies a replica's report (consumption, and what it still holds).
-/// ARGV: rid, epoch, consumed total, held, acknowledged total, [seed used, seed epoch, expire-at].
+/// ARGV: the report (7, see `APPLY_REPORT`), [seed used, seed epoch, expire-at].
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{seed}{apply}
 return {{applied, u, l, e}}
 ",
-        seed = seed_prelude(6),
+        seed = seed_prelude(8),
         apply = APPLY_REPORT
     ))
 });
@@ -261,6 +269,23 @@ pub struct Report {
     pub held: u64,
     /// `consumed` as of the last report Redis acknowledged (what the counter already contains).
     pub acknowledged: u64,
+    /// Units given back in that epoch, in total (requests admitted but never answered by the upstream).
+    pub refunded: u64,
+    /// `refunded` as of the last report Redis acknowledged.
+    pub refunds_acknowledged: u64,
+}
+
+impl Report {
+    fn args(&self, invocation: &mut redis::ScriptInvocation<'_>, replica: &str) {
+        invocation
+            .arg(replica)
+            .arg(self.epoch)
+            .arg(self.consumed)
+            .arg(self.held)
+            .arg(self.acknowledged)
+            .arg(self.refunded)
+            .arg(self.refunds_acknowledged);
+    }
 }
 
 /// A failure of either store.
@@ -372,14 +397,8 @@ pub async fn lease(
     let limit = limit.min(MAX_LIMIT);
     let reply = invoke_seeded(conn, pg, key, |seed| {
         let mut inv = LEASE.key(redis_key);
-        inv.arg(replica)
-            .arg(report.epoch)
-            .arg(report.consumed)
-            .arg(report.held)
-            .arg(report.acknowledged)
-            .arg(cost)
-            .arg(want)
-            .arg(limit);
+        report.args(&mut inv, replica);
+        inv.arg(cost).arg(want).arg(limit);
         if let Some(d) = seed {
             inv.arg(d.used).arg(d.epoch).arg(key.expire_at());
         }
@@ -447,28 +466,18 @@ pub async fn settle(
     let orgs: Vec<i64> = entries.iter().map(|(_, key, _)| key.org_id).collect();
     let replies: Vec<Vec<i64>> = pipelined(conn, &orgs, |pipe, i| {
         let (redis_key, _, r) = &entries[i];
-        pipe.invoke_script(
-            SETTLE
-                .key(*redis_key)
-                .arg(replica)
-                .arg(r.epoch)
-                .arg(r.consumed)
-                .arg(r.held)
-                .arg(r.acknowledged),
-        );
+        let mut inv = SETTLE.key(*redis_key);
+        r.args(&mut inv, replica);
+        pipe.invoke_script(&inv);
     })
     .await?;
     let mut out = Vec::with_capacity(entries.len());
     for ((redis_key, key, r), mut reply) in entries.iter().zip(replies) {
         if reply.first() == Some(&-1) {
             let d = load(pg, key).await?;
-            reply = SETTLE
-                .key(*redis_key)
-                .arg(replica)
-                .arg(r.epoch)
-                .arg(r.consumed)
-                .arg(r.held)
-                .arg(r.acknowledged)
+            let mut inv = SETTLE.key(*redis_key);
+            r.args(&mut inv, replica);
+            reply = inv
                 .arg(d.used)
                 .arg(d.epoch)
                 .arg(key.expire_at())

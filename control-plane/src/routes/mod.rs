@@ -5,6 +5,7 @@ pub mod admin;
 pub mod diag;
 pub mod keys;
 pub mod me;
+pub mod openapi;
 pub mod ops;
 pub mod orgs;
 pub mod quota;

@@ -17,6 +17,9 @@ use utoipa::ToSchema;
 pub const MAX_RECORD_VALUE: u64 = 1_000_000_000;
 /// How far in the future `occurredAt` may be (clock skew between callers and us).
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+/// The earliest year of an accepted `occurredAt`: usage from before 2000 is a client bug (an unset timestamp
+/// reads as 1970), refused rather than filed under some period.
+pub const EARLIEST_OCCURRED_YEAR: i32 = 2000;
 /// Most periods `usage/history` returns.
 pub const MAX_HISTORY_PERIODS: u32 = 24;
 
@@ -264,9 +267,16 @@ struct ExistingEvent {
 pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResult<String> {
     let now = app.clock.now();
     if record.occurred_at > now + MAX_FUTURE_SKEW {
+        // Well-formed, but the period it falls in has not begun by our clock: it conflicts with "now".
+        return Err(ApiError::Conflict {
+            field: "occurredAt",
+            detail: "is more than 5 minutes ahead of the server's clock".to_owned(),
+        });
+    }
+    if chrono::Datelike::year(&record.occurred_at) < EARLIEST_OCCURRED_YEAR {
         return Err(ApiError::invalid(
             "occurredAt",
-            "is more than 5 minutes in the future",
+            format!("must not be before {EARLIEST_OCCURRED_YEAR}-01-01T00:00:00Z"),
         ));
     }
     let Terms { plan, .. } = account.terms(app, now)?;

@@ -19,7 +19,8 @@ pub struct ResetRequest {
     #[schema(value_type = String, example = "2026-11")]
     pub period_key: PeriodKey,
     /// Only this org; every org when omitted.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     pub org_id: Option<OrgId>,
 }
 

@@ -2,7 +2,7 @@
 
 use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
 use crate::services::{keys, orgs};
@@ -19,8 +19,9 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// The org; defaults to the caller's own.
-    #[schema(value_type = Option<String>, example = "org_2aBcDeF")]
+    /// The org; defaults to the caller's own. Required when calling as the operator.
+    #[schema(value_type = String, required = false, example = "org_2aBcDeF")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     pub org_id: Option<OrgId>,
     /// A label for the key, 1–100 characters.
     #[schema(example = "production backend")]
@@ -60,13 +61,7 @@ pub async fn create_key(
     JsonBody(req): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<Json<CreateKeyResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name",
-            "must be 1 to 100 characters, without control characters",
-        ));
-    }
+    let name = crate::validate::label("name", &req.name, 100)?;
     let org_id = orgs::internal_id(&app.pg, &org).await?;
     let issued = keys::create(&app.pg, org_id, name).await?;
     Ok(Json(CreateKeyResponse {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListKeysQuery {
-    /// The org; defaults to the caller's own (the operator must give it).
+    /// The org; defaults to the caller's own. Required when calling as the operator.
     #[param(value_type = Option<String>)]
     pub org_id: Option<OrgId>,
 }

@@ -19,7 +19,8 @@ use uuid::Uuid;
 pub struct RevokeKeyRequest {
     pub key_id: Uuid,
     /// The org the key belongs to; defaults to the caller's own. The operator may omit it.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     pub org_id: Option<OrgId>,
 }
 

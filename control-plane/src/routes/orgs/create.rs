@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
 use crate::services::orgs::{self, NewOrg};
+use crate::validate;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -37,28 +38,11 @@ pub struct CreateOrgResponse {
 
 impl CreateOrgRequest {
     fn validate(self) -> ApiResult<NewOrg> {
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "name",
-                "must be 1 to 200 characters, without control characters",
-            ));
-        }
-        let owner = &self.owner_user_id;
-        if owner.is_empty()
-            || owner.len() > 200
-            || !owner
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(ApiError::invalid(
-                "ownerUserId",
-                "must be a Clerk user id such as user_2xYz",
-            ));
-        }
+        let name = validate::label("name", &self.name, 200)?.to_owned();
+        validate::user_id("ownerUserId", &self.owner_user_id)?;
         Ok(NewOrg {
             org: self.org_id,
-            name: name.to_owned(),
+            name,
             owner_user_id: self.owner_user_id,
         })
     }

@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// Defaults to the caller's own org (the operator must give it).
+    /// The org; defaults to the caller's own. Required when calling as the operator.
     #[param(value_type = Option<String>)]
     pub org_id: Option<OrgId>,
     /// Defaults to `api_call`.

@@ -18,14 +18,19 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordRequest {
-    #[schema(value_type = Option<String>, example = "org_2aBcDeF")]
+    /// The org; defaults to the caller's own. Required when calling as the operator.
+    #[schema(value_type = String, required = false, example = "org_2aBcDeF")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     pub org_id: Option<OrgId>,
     #[schema(example = "api_call")]
     pub metric: String,
     /// A positive integer, at most 1 000 000 000.
     #[schema(example = 3)]
+    #[serde(deserialize_with = "crate::extract::integral")]
     pub value: u64,
-    /// When the usage happened (RFC 3339); decides the period. At most 5 minutes in the future.
+    /// When the usage happened (RFC 3339, year 2000 or later); decides the period. More than 5 minutes ahead of
+    /// the server's clock is a 409.
+    #[schema(pattern = "^[2-9][0-9]{3}-")]
     pub occurred_at: DateTime<Utc>,
     /// The caller's idempotency key, unique per org (`requestId` is accepted too).
     #[serde(rename = "request_id", alias = "requestId")]
@@ -42,13 +47,7 @@ impl RecordRequest {
                 format!("must be between 1 and {MAX_RECORD_VALUE}"),
             ));
         }
-        let id = &self.request_id;
-        if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "request_id",
-                "must be 1 to 200 characters, without control characters",
-            ));
-        }
+        crate::validate::request_id(&self.request_id)?;
         Ok(NewRecord {
             metric,
             value: self.value,
@@ -67,7 +66,7 @@ impl RecordRequest {
         (status = 400, description = "Malformed JSON", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No or bad credentials", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Another org", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "request_id already used for another metric or value", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "request_id already used for another metric or value, or occurredAt ahead of the server's clock", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or invalid", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("apiKey" = []), ("operator" = []))

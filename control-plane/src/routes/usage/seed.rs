@@ -16,7 +16,9 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SeedRequest {
-    #[schema(value_type = Option<String>, example = "org_2aBcDeF")]
+    /// The org; defaults to the caller's own. Required when calling as the operator.
+    #[schema(value_type = String, required = false, example = "org_2aBcDeF")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     pub org_id: Option<OrgId>,
     /// Derived by the server; a different value is a 409.
     #[schema(value_type = Option<String>, example = "2026-11")]

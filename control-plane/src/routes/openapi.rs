@@ -1,0 +1,164 @@
+//! The OpenAPI document says exactly what the server enforces.
+//!
+//! The handlers' `utoipa` annotations give the shape of every request and response. The rules the server checks on
+//! top of the types — identifier patterns, lengths, ranges, the metrics and plan codes PLANS_CONFIG defines, and
+//! the responses every body-taking or authenticated route can give — are added here, once, from the same constants
+//! the validators use, so the document cannot be looser than the server (schemathesis holds us to it).
+
+use crate::services::usage::{MAX_HISTORY_PERIODS, MAX_RECORD_VALUE};
+use crate::validate;
+use serde_json::{Value, json};
+use tollgate_common::domain::{Metric, OrgId, PeriodKey, PlanCatalog, PlanCode};
+
+/// What one named property or parameter must satisfy.
+fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Value> {
+    Some(match (schema, property) {
+        (_, "orgId") => json!({"pattern": OrgId::PATTERN}),
+        (_, "periodKey") => json!({"pattern": PeriodKey::PATTERN}),
+        (_, "metric") => {
+            let metrics: Vec<&str> = catalog.metrics().map(Metric::as_str).collect();
+            json!({"enum": metrics, "pattern": Metric::PATTERN})
+        }
+        (_, "planCode" | "newPlanCode" | "pendingPlanCode") => {
+            let codes: Vec<&str> = catalog.plans().map(|p| p.code.as_str()).collect();
+            json!({"enum": codes, "pattern": PlanCode::PATTERN})
+        }
+        ("CreateOrgRequest", "name") => {
+            json!({"minLength": 1, "maxLength": 200, "pattern": validate::LABEL_PATTERN})
+        }
+        ("CreateKeyRequest", "name") => {
+            json!({"minLength": 1, "maxLength": 100, "pattern": validate::LABEL_PATTERN})
+        }
+        (_, "ownerUserId") => json!({"pattern": validate::USER_ID_PATTERN}),
+        (_, "request_id") => json!({"pattern": validate::REQUEST_ID_PATTERN}),
+        ("RecordRequest", "value") => json!({"minimum": 1, "maximum": MAX_RECORD_VALUE}),
+        (_, "periods") => json!({"minimum": 1, "maximum": MAX_HISTORY_PERIODS}),
+        _ => return None,
+    })
+}
+
+/// Merges `extra` into a schema object. `pattern` and the bounds apply only to values of their type, so a
+/// nullable property (`"type": ["string", "null"]`) still accepts null; an `enum` would not, so it lists null too.
+fn apply(schema: &mut Value, extra: Value) {
+    let nullable = schema["type"]
+        .as_array()
+        .is_some_and(|types| types.iter().any(|t| t == "null"));
+    let (Some(target), Value::Object(extra)) = (schema.as_object_mut(), extra) else {
+        return;
+    };
+    for (key, mut value) in extra {
+        if key == "enum"
+            && nullable
+            && let Value::Array(values) = &mut value
+        {
+            values.push(Value::Null);
+        }
+        target.insert(key, value);
+    }
+}
+
+/// A problem+json response entry.
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
+}
+
+/// The document with every constraint and common response added.
+pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value {
+    let mut doc = serde_json::to_value(doc).unwrap_or_else(|_| json!({}));
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for (name, schema) in schemas.iter_mut() {
+            let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (property, value) in properties.iter_mut() {
+                if let Some(extra) = constraint(name, property, catalog) {
+                    apply(value, extra);
+                }
+            }
+        }
+    }
+    let schemas = doc
+        .pointer("/components/schemas")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for operation in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|methods| methods.values_mut())
+        {
+            constrain_operation(operation, &schemas, catalog);
+        }
+    }
+    doc
+}
+
+fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCatalog) {
+    let mut takes_org = false;
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters.iter_mut() {
+            let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+            takes_org |= name == "orgId";
+            if let Some(extra) = constraint("", &name, catalog)
+                && let Some(schema) = parameter.get_mut("schema")
+            {
+                apply(schema, extra);
+            }
+        }
+    }
+    let body_schema = operation
+        .pointer("/requestBody/content/application~1json/schema/$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        .map(|name| &schemas[name]);
+    let has_body = body_schema.is_some();
+    if let Some(body) = body_schema {
+        takes_org |= body["properties"].get("orgId").is_some();
+    }
+    let authenticated = operation["security"].as_array().is_some_and(|s| {
+        s.iter()
+            .any(|req| req.as_object().is_some_and(|r| !r.is_empty()))
+    });
+    let Some(responses) = operation
+        .get_mut("responses")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut add = |status: &str, description: &str| {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| problem(description));
+    };
+    if has_body {
+        add("400", "The body is not a JSON object");
+        add("408", "The body did not arrive in time");
+        add("413", "The body is larger than the limit");
+        add("415", "The body is not application/json");
+        add("422", "A field is missing or invalid");
+    }
+    if takes_org {
+        add(
+            "404",
+            "No such organization (the operator names one that does not exist)",
+        );
+    }
+    if authenticated {
+        add("401", "No or bad credentials");
+        add(
+            "403",
+            "A credential this route does not admit, or another org",
+        );
+        add("503", "A dependency is unavailable; retry later");
+    }
+}
