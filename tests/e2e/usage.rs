@@ -363,20 +363,21 @@ async fn the_proxy_follows_a_subscription_period_rollover_within_seconds() {
     let m = Metering::start(Options::default()).await;
     let proxy = m.proxy(&[]).await;
     let key = m.org_with_key("org_sub").await;
-    // An active starter subscription anchored three seconds from now: the period in force until then is the
-    // month before the anchor, and the anchor starts the next one.
-    let anchor = now() + ChronoDuration::seconds(3);
+    // An active starter subscription whose stated period ends three seconds from now: the next one follows from
+    // the billing cycle anchor without any webhook.
+    let end = now() + ChronoDuration::seconds(3);
     sqlx::query("UPDATE orgs SET stripe_customer_id = 'cus_roll' WHERE clerk_org_id = 'org_sub'")
         .execute(&m.app.state.pg)
         .await
         .unwrap();
     sqlx::query(
         "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
-                                    current_period_start, current_period_end)
-         SELECT id, 'cus_roll', 'sub_roll', 'active', 'starter', $1, $1 + interval '1 month'
+                                    stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
+         SELECT id, 'cus_roll', 'sub_roll', 'active', 'starter', 'price_roll', $1 - interval '1 month', $1,
+                $1 - interval '1 month'
            FROM orgs WHERE clerk_org_id = 'org_sub'",
     )
-    .bind(anchor)
+    .bind(end)
     .execute(&m.app.state.pg)
     .await
     .unwrap();

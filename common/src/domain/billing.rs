@@ -1,4 +1,4 @@
-//! Which plan and which period apply to an org, from its subscription state (CONTRACT §4).
+//! Which plan and which period apply to an org, from its subscription state (CONTRACT §4, §8).
 //!
 //! * No live subscription: PLANS_CONFIG's `unsubscribed` plan over the calendar month (UTC); none configured
 //!   means metered use is refused.
@@ -6,8 +6,15 @@
 //! * `active`, `past_due`: the subscribed plan over the subscription's period.
 //! * `incomplete`, `unpaid`, `paused`: as if unsubscribed (no paid limits until Stripe says the money is there).
 //!
-//! A subscription's periods follow monthly from its stored period start (the anchor), so metering rolls over by
+//! # Periods
+//!
+//! The stored period is the one Stripe last stated, `[start, end)` (a trial's is as long as the trial). Other
+//! periods follow Stripe's billing cycle anchor monthly (with Stripe's month-end clamping), so metering rolls over by
 //! itself when a period ends, before (or without) the webhook that moves the stored period.
+//!
+//! Stripe may run ahead of our clock (a test clock, or a renewal a moment early): when the stored period starts
+//! after "now", Stripe's clock is at least that far ahead, and instants are read on Stripe's clock — shifted by that
+//! lead — so the stored period is the current one and usage recorded now counts toward it.
 
 use super::{DomainError, Period, PeriodKey, Plan, PlanCatalog, PlanCode};
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -59,12 +66,33 @@ impl SubscriptionStatus {
             Self::Paused => "paused",
         }
     }
+
+    /// Whether a subscription in this status is the org's live one (CONTRACT §8: trialing, active, past_due).
+    /// At most one per org.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Trialing | Self::Active | Self::PastDue)
+    }
+
+    /// Whether the subscription still occupies the org's one subscription slot (it can become live again or is
+    /// live): everything but `canceled` and `incomplete_expired`, which are final.
+    pub fn holds_the_slot(self) -> bool {
+        !matches!(self, Self::Canceled | Self::IncompleteExpired)
+    }
+}
+
+/// A plan change Stripe has scheduled for a later date (a downgrade at period end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPlan {
+    /// The plan that takes over.
+    pub plan: PlanCode,
+    /// When.
+    pub effective_at: DateTime<Utc>,
 }
 
 /// An org's billing state, as far as metering is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Billing {
-    /// No live subscription.
+    /// No subscription that holds the slot.
     Unsubscribed,
     /// A Stripe subscription.
     Subscribed {
@@ -72,8 +100,12 @@ pub enum Billing {
         status: SubscriptionStatus,
         /// The subscribed plan.
         plan: PlanCode,
-        /// The stored current period's start; periods follow monthly from it.
+        /// The current period as Stripe last stated it.
+        period: Period,
+        /// Stripe's billing cycle anchor: periods start on it, monthly (after a trial, it is the trial's end).
         anchor: DateTime<Utc>,
+        /// A scheduled change, if any.
+        pending: Option<PendingPlan>,
     },
 }
 
@@ -87,51 +119,89 @@ pub struct Terms<'c> {
 }
 
 impl Billing {
-    /// The subscription anchor when the subscription's periods apply.
-    fn anchor(&self) -> Option<DateTime<Utc>> {
+    /// The stored period and the anchor, when the subscription's periods apply.
+    fn stated(&self) -> Option<(Period, DateTime<Utc>)> {
         match self {
             Self::Subscribed {
-                status:
-                    SubscriptionStatus::Trialing
-                    | SubscriptionStatus::Active
-                    | SubscriptionStatus::PastDue,
+                status,
+                period,
                 anchor,
                 ..
-            } => Some(*anchor),
+            } if status.is_live() => Some((*period, *anchor)),
             _ => None,
         }
     }
 
-    /// The billing period containing `at`.
-    pub fn period_at(&self, at: DateTime<Utc>) -> Period {
-        match self.anchor() {
-            Some(anchor) => Period::containing(anchor, at),
-            None => Period::calendar_month(at),
+    /// How far Stripe's clock is at least ahead of `now` (zero unless the stated period starts after `now`).
+    fn lead(&self, now: DateTime<Utc>) -> Duration {
+        self.stated().map_or(Duration::zero(), |(p, _)| {
+            (p.start - now).max(Duration::zero())
+        })
+    }
+
+    /// The period containing `at`, read on Stripe's clock as seen at `now` (see the module docs).
+    pub fn period_at(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Period {
+        self.period_on_stripes_clock(at + self.lead(now))
+    }
+
+    /// The period in force at `now`.
+    pub fn current(&self, now: DateTime<Utc>) -> Period {
+        self.period_at(now, now)
+    }
+
+    /// The period containing `t`, `t` already on Stripe's clock.
+    fn period_on_stripes_clock(&self, t: DateTime<Utc>) -> Period {
+        let Some((stated, anchor)) = self.stated() else {
+            return Period::calendar_month(t);
+        };
+        if stated.contains(t) {
+            return stated;
+        }
+        // Clipped to the stated period, so that periods tile even if Stripe's anchor and period disagree.
+        let p = Period::containing(anchor, t);
+        if t >= stated.end {
+            Period {
+                start: p.start.max(stated.end),
+                end: p.end,
+            }
+        } else {
+            Period {
+                start: p.start,
+                end: p.end.min(stated.start),
+            }
         }
     }
 
-    /// The period whose key is `key` (the one starting in that month).
+    /// The period whose key is `key` (the first one starting in that month).
     pub fn period_with_key(&self, key: PeriodKey) -> Period {
         let first = Utc
             .with_ymd_and_hms(i32::from(key.year()), u32::from(key.month()), 1, 0, 0, 0)
             .single()
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut period = self.period_at(first);
+        let mut period = self.period_on_stripes_clock(first);
         // A period containing the 1st may have started the month before; the next one then starts in `key`.
         while period.key() < key && period.end > period.start {
-            period = self.period_at(period.end);
+            period = self.period_on_stripes_clock(period.end);
         }
         period
     }
 
     /// The period before `period`.
     pub fn previous(&self, period: &Period) -> Period {
-        self.period_at(period.start - Duration::seconds(1))
+        self.period_on_stripes_clock(period.start - Duration::seconds(1))
     }
 
-    /// The plan and period at `at`; `None` when the org may not use metered endpoints (no subscription and no
+    /// A downgrade scheduled for a later period, if any.
+    pub fn pending(&self) -> Option<&PendingPlan> {
+        match self {
+            Self::Subscribed { pending, .. } => pending.as_ref(),
+            Self::Unsubscribed => None,
+        }
+    }
+
+    /// The plan and period at `now`; `None` when the org may not use metered endpoints (no subscription and no
     /// `unsubscribed` plan, or a subscribed plan PLANS_CONFIG no longer defines).
-    pub fn terms<'c>(&self, catalog: &'c PlanCatalog, at: DateTime<Utc>) -> Option<Terms<'c>> {
+    pub fn terms<'c>(&self, catalog: &'c PlanCatalog, now: DateTime<Utc>) -> Option<Terms<'c>> {
         let plan = match self {
             Self::Subscribed {
                 status: SubscriptionStatus::Trialing,
@@ -146,7 +216,7 @@ impl Billing {
         };
         Some(Terms {
             plan,
-            period: self.period_at(at),
+            period: self.current(now),
         })
     }
 }
@@ -176,7 +246,9 @@ included = { api_call = 100000 }
         Billing::Subscribed {
             status,
             plan: PlanCode::parse("starter").expect("code"),
+            period: Period::containing(anchor, anchor),
             anchor,
+            pending: None,
         }
     }
 
@@ -265,13 +337,73 @@ included = { api_call = 100000 }
         assert_eq!(early.period_with_key(key).start, at(2026, 11, 1, 12));
     }
 
+    #[test]
+    fn a_trial_period_is_as_stated_and_the_next_one_follows_from_its_end() {
+        let catalog = PlanCatalog::from_toml_str(PLANS).expect("plans");
+        let trial = Billing::Subscribed {
+            status: SubscriptionStatus::Trialing,
+            plan: PlanCode::parse("starter").expect("code"),
+            period: Period {
+                start: at(2026, 12, 1, 10),
+                end: at(2026, 12, 15, 10),
+            },
+            anchor: at(2026, 12, 15, 10),
+            pending: None,
+        };
+        let t = trial.terms(&catalog, at(2026, 12, 3, 0)).expect("terms");
+        assert_eq!(
+            (t.plan.code.as_str(), t.period.start, t.period.end),
+            ("trial", at(2026, 12, 1, 10), at(2026, 12, 15, 10))
+        );
+        // The webhook is late: the period after the trial still starts at its end, with the same key.
+        let next = trial.current(at(2026, 12, 20, 0));
+        assert_eq!(
+            (next.start, next.end),
+            (at(2026, 12, 15, 10), at(2027, 1, 15, 10))
+        );
+        assert_eq!(
+            next.key(),
+            t.period.key(),
+            "same periodKey, a different period"
+        );
+        assert_ne!(next, t.period);
+    }
+
+    #[test]
+    fn when_stripe_is_ahead_its_period_is_the_current_one() {
+        let now = at(2026, 12, 1, 0);
+        // A test clock ran the subscription to February.
+        let ahead = Billing::Subscribed {
+            status: SubscriptionStatus::Active,
+            plan: PlanCode::parse("starter").expect("code"),
+            period: Period {
+                start: at(2027, 2, 1, 0),
+                end: at(2027, 3, 1, 0),
+            },
+            anchor: at(2026, 11, 1, 0),
+            pending: None,
+        };
+        assert_eq!(ahead.current(now).start, at(2027, 2, 1, 0));
+        assert_eq!(
+            ahead.period_at(now, now).start,
+            at(2027, 2, 1, 0),
+            "usage recorded now counts toward Stripe's current period"
+        );
+        assert_eq!(
+            ahead.period_at(now - Duration::days(1), now).end,
+            at(2027, 2, 1, 0),
+            "what happened before now falls before it, on Stripe's clock too"
+        );
+        assert_eq!(ahead.previous(&ahead.current(now)).end, at(2027, 2, 1, 0));
+    }
+
     proptest! {
         #[test]
         fn periods_roll_over_by_themselves_and_tile(anchor_s in 946_684_800i64..4_000_000_000, offset in 0i64..400_000_000) {
             let anchor = Utc.timestamp_opt(anchor_s, 0).single().expect("instant");
             let billing = subscribed(SubscriptionStatus::Active, anchor);
             let now = anchor + Duration::seconds(offset);
-            let p = billing.period_at(now);
+            let p = billing.current(now);
             prop_assert!(p.contains(now));
             let prev = billing.previous(&p);
             prop_assert_eq!(prev.end, p.start);

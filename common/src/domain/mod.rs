@@ -16,6 +16,7 @@
 //! * [`quota`]: [`decide`] and [`remaining`], the check-and-consume arithmetic.
 //! * [`envelope`]: the standard 429 body, [`DenyEnvelope`].
 //! * [`billing`]: which plan and period apply to an org, from its subscription state ([`Billing`]).
+//! * [`subscription`]: a Stripe subscription as Tollgate keeps it, and plan changes ([`PlanChange`]).
 //!
 //! Every failure is a [`DomainError`] whose message starts with the field or configuration key at
 //! fault, so an edge can put it in a problem+json `detail` or a start-up error line unchanged.
@@ -27,14 +28,16 @@ pub mod period;
 pub mod plan;
 pub mod quota;
 pub mod routes;
+pub mod subscription;
 
-pub use billing::{Billing, SubscriptionStatus, Terms};
+pub use billing::{Billing, PendingPlan, SubscriptionStatus, Terms};
 pub use envelope::DenyEnvelope;
 pub use ids::{Metric, OrgId, PlanCode};
 pub use period::{Period, PeriodKey};
 pub use plan::{Plan, PlanCatalog, PriceRef};
 pub use quota::{Decision, decide, remaining};
 pub use routes::{RouteClass, RouteTable};
+pub use subscription::{PlanChange, StripePrice, StripeSubscription, SubscriptionState};
 
 /// Why a value or a configuration file was rejected.
 ///

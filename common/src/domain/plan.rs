@@ -248,6 +248,16 @@ impl PlanCatalog {
         }
     }
 
+    /// The plan billed at a Stripe price: a plan naming a price id matches `id`, one naming a lookup key matches
+    /// the price's `lookup_key`.
+    pub fn plan_for_stripe_price(&self, id: &str, lookup_key: Option<&str>) -> Option<&Plan> {
+        self.plans().find(|plan| match &plan.price {
+            Some(PriceRef::PriceId(price_id)) => price_id == id,
+            Some(PriceRef::LookupKey(key)) => lookup_key == Some(key.as_str()),
+            None => false,
+        })
+    }
+
     /// The plan whose price is `price`, matched against lookup keys and price ids alike.
     pub fn plan_for_price(&self, price: &str) -> Option<&Plan> {
         self.plans()

@@ -1,6 +1,6 @@
 //! Loading orgs' billing state from the `subscriptions` table.
 
-use crate::domain::{Billing, PlanCode, SubscriptionStatus};
+use crate::domain::{Billing, PendingPlan, Period, PlanCode, SubscriptionStatus};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -11,12 +11,19 @@ struct Row {
     status: String,
     plan_code: String,
     current_period_start: DateTime<Utc>,
+    current_period_end: DateTime<Utc>,
+    billing_cycle_anchor: DateTime<Utc>,
+    pending_plan_code: Option<String>,
+    pending_effective_at: Option<DateTime<Utc>>,
 }
 
-/// The billing state of each of `org_ids` (orgs without a live subscription are [`Billing::Unsubscribed`]).
+/// The billing state of each of `org_ids` (orgs without a subscription holding the slot are
+/// [`Billing::Unsubscribed`]).
 pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Billing>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT org_id, status, plan_code, current_period_start FROM subscriptions
+        "SELECT org_id, status, plan_code, current_period_start, current_period_end, billing_cycle_anchor,
+                pending_plan_code, pending_effective_at
+           FROM subscriptions
           WHERE org_id = ANY($1) AND status NOT IN ('canceled', 'incomplete_expired')",
     )
     .bind(org_ids)
@@ -37,12 +44,23 @@ pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Bill
             );
             continue;
         };
+        let pending = match (row.pending_plan_code, row.pending_effective_at) {
+            (Some(code), Some(effective_at)) => PlanCode::parse(&code)
+                .ok()
+                .map(|plan| PendingPlan { plan, effective_at }),
+            _ => None,
+        };
         out.insert(
             row.org_id,
             Billing::Subscribed {
                 status,
                 plan,
-                anchor: row.current_period_start,
+                period: Period {
+                    start: row.current_period_start,
+                    end: row.current_period_end,
+                },
+                anchor: row.billing_cycle_anchor,
+                pending,
             },
         );
     }

@@ -1,8 +1,10 @@
 //! Usage counters: the live value in Redis, the durable copy in PostgreSQL.
 //!
 //! One counter per org, metric and billing period, stored as a Redis hash `{u: used, l: leased, e: epoch}` under
-//! `<ns>:{o<org>}:c:<metric>:<periodKey>`. The `{o<org>}` hash tag puts every counter of one org in one Redis
-//! Cluster slot.
+//! `<ns>:{o<org>}:c:<metric>:<periodKey>:<period start, Unix seconds>`. A period is identified by its start, not its
+//! key: two periods can share a `periodKey` (a trial that ends in the month it began, and the period after it),
+//! and each has its own counter, so a new period always starts at 0 without anything being reset. The `{o<org>}`
+//! hash tag puts every counter of one org in one Redis Cluster slot.
 //!
 //! # Protocols
 //!
@@ -23,7 +25,7 @@
 //! * **Reset** bumps the epoch in PostgreSQL first, then in Redis. A flush that read the counter before the reset
 //!   carries the old epoch and is ignored, so a late flush can never undo a reset.
 
-use crate::domain::{Metric, Period, PeriodKey};
+use crate::domain::{Metric, Period};
 use crate::store::redis::RedisConn;
 use chrono::{DateTime, Utc};
 use redis::Script;
@@ -206,8 +208,12 @@ pub fn resets_channel(namespace: &str) -> String {
 }
 
 /// The Redis key of a counter.
-pub fn redis_key(namespace: &str, org_id: i64, metric: &Metric, period: PeriodKey) -> String {
-    format!("{namespace}:{{o{org_id}}}:c:{metric}:{period}")
+pub fn redis_key(namespace: &str, org_id: i64, metric: &Metric, period: &Period) -> String {
+    format!(
+        "{namespace}:{{o{org_id}}}:c:{metric}:{}:{}",
+        period.key(),
+        period.start.timestamp()
+    )
 }
 
 /// One counter: an org's usage of a metric in a period.
@@ -224,7 +230,7 @@ pub struct CounterKey {
 impl CounterKey {
     /// Its Redis key.
     pub fn redis_key(&self, namespace: &str) -> String {
-        redis_key(namespace, self.org_id, &self.metric, self.period.key())
+        redis_key(namespace, self.org_id, &self.metric, &self.period)
     }
 
     fn expire_at(&self) -> i64 {
@@ -314,11 +320,11 @@ pub struct Durable {
 /// Reads the durable copy (zero when never written).
 pub async fn load<'e>(pg: impl PgExecutor<'e>, key: &CounterKey) -> Result<Durable, sqlx::Error> {
     let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT used, epoch FROM usage_counters WHERE org_id = $1 AND metric = $2 AND period_key = $3",
+        "SELECT used, epoch FROM usage_counters WHERE org_id = $1 AND metric = $2 AND period_start = $3",
     )
     .bind(key.org_id)
     .bind(key.metric.as_str())
-    .bind(key.period.key().to_string())
+    .bind(key.period.start)
     .fetch_optional(pg)
     .await?;
     Ok(row.map_or_else(Durable::default, |(used, epoch)| Durable {
@@ -581,7 +587,7 @@ pub async fn write<'e>(
         "INSERT INTO usage_counters AS c (org_id, metric, period_key, period_start, period_end, used, epoch)
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                               $6::bigint[], $7::bigint[])
-         ON CONFLICT (org_id, metric, period_key) DO UPDATE
+         ON CONFLICT (org_id, metric, period_start) DO UPDATE
             SET used = EXCLUDED.used, epoch = EXCLUDED.epoch, updated_at = now()
           WHERE c.epoch < EXCLUDED.epoch OR (c.epoch = EXCLUDED.epoch AND c.used < EXCLUDED.used)",
     )
@@ -702,7 +708,7 @@ pub async fn ensure(
 ) -> Result<u64, CounterError> {
     sqlx::query(
         "INSERT INTO usage_counters (org_id, metric, period_key, period_start, period_end)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, metric, period_key) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, metric, period_start) DO NOTHING",
     )
     .bind(key.org_id)
     .bind(key.metric.as_str())
@@ -738,24 +744,24 @@ pub async fn reset_many(
         });
     }
     let mut tx = pg.begin().await?;
-    let before: Vec<(i64, String, i64)> = sqlx::query_as(
-        "SELECT c.org_id, c.metric, c.used FROM usage_counters c
-           JOIN UNNEST($1::bigint[], $2::text[], $3::text[]) AS k(org_id, metric, period_key)
-             ON (c.org_id, c.metric, c.period_key) = (k.org_id, k.metric, k.period_key)
+    let before: Vec<(i64, String, DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT c.org_id, c.metric, c.period_start, c.used FROM usage_counters c
+           JOIN UNNEST($1::bigint[], $2::text[], $3::timestamptz[]) AS k(org_id, metric, period_start)
+             ON (c.org_id, c.metric, c.period_start) = (k.org_id, k.metric, k.period_start)
           FOR UPDATE OF c",
     )
     .bind(&rows.org_id)
     .bind(&rows.metric)
-    .bind(&rows.period_key)
+    .bind(&rows.start)
     .fetch_all(&mut *tx)
     .await?;
-    let epochs: Vec<(i64, String, i64)> = sqlx::query_as(
+    let epochs: Vec<(i64, String, DateTime<Utc>, i64)> = sqlx::query_as(
         "INSERT INTO usage_counters AS c (org_id, metric, period_key, period_start, period_end, used, epoch)
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                               $6::bigint[], $7::bigint[])
-         ON CONFLICT (org_id, metric, period_key) DO UPDATE
+         ON CONFLICT (org_id, metric, period_start) DO UPDATE
             SET used = 0, epoch = c.epoch + 1, updated_at = now()
-         RETURNING c.org_id, c.metric, c.epoch",
+         RETURNING c.org_id, c.metric, c.period_start, c.epoch",
     )
     .bind(&rows.org_id)
     .bind(&rows.metric)
@@ -768,14 +774,14 @@ pub async fn reset_many(
     .await?;
     tx.commit().await?;
 
-    let epoch_of: std::collections::HashMap<(i64, &str), i64> = epochs
+    let epoch_of: std::collections::HashMap<(i64, &str, i64), i64> = epochs
         .iter()
-        .map(|(o, m, e)| ((*o, m.as_str()), *e))
+        .map(|(o, m, start, e)| ((*o, m.as_str(), start.timestamp()), *e))
         .collect();
-    let mut had_usage: std::collections::HashSet<(i64, &str)> = before
+    let mut had_usage: std::collections::HashSet<(i64, &str, i64)> = before
         .iter()
-        .filter(|(_, _, used)| *used > 0)
-        .map(|(o, m, _)| (*o, m.as_str()))
+        .filter(|(_, _, _, used)| *used > 0)
+        .map(|(o, m, start, _)| (*o, m.as_str(), start.timestamp()))
         .collect();
     // Pipelined EVALSHA cannot fall back to EVAL on NOSCRIPT: make sure the script is loaded first.
     RESET.prepare_invoke().load_async(conn).await?;
@@ -783,7 +789,11 @@ pub async fn reset_many(
     let previous: Vec<i64> = pipelined(conn, &orgs, |pipe, i| {
         let key = &keys[i];
         let epoch = epoch_of
-            .get(&(key.org_id, key.metric.as_str()))
+            .get(&(
+                key.org_id,
+                key.metric.as_str(),
+                key.period.start.timestamp(),
+            ))
             .copied()
             .unwrap_or(1);
         pipe.invoke_script(
@@ -796,7 +806,11 @@ pub async fn reset_many(
     .await?;
     for (key, prev) in keys.iter().zip(previous) {
         if prev > 0 {
-            had_usage.insert((key.org_id, key.metric.as_str()));
+            had_usage.insert((
+                key.org_id,
+                key.metric.as_str(),
+                key.period.start.timestamp(),
+            ));
         }
     }
     Ok(had_usage.len() as u64)
@@ -806,19 +820,51 @@ pub async fn reset_many(
 mod tests {
     use super::*;
 
+    fn month(y: i32, m: u32) -> Period {
+        use chrono::TimeZone;
+        Period::calendar_month(Utc.with_ymd_and_hms(y, m, 2, 0, 0, 0).single().unwrap())
+    }
+
     #[test]
     fn keys_share_one_cluster_slot_per_org() {
         let metric = Metric::parse("api_call").unwrap();
-        let period = PeriodKey::parse("2026-11").unwrap();
+        let period = month(2026, 11);
         assert_eq!(
-            redis_key("tg", 42, &metric, period),
-            "tg:{o42}:c:api_call:2026-11"
+            redis_key("tg", 42, &metric, &period),
+            "tg:{o42}:c:api_call:2026-11:1793491200"
         );
         let tokens = Metric::parse("tokens").unwrap();
-        let a = redis_key("tg", 42, &metric, period);
-        let b = redis_key("tg", 42, &tokens, PeriodKey::parse("2027-01").unwrap());
+        let a = redis_key("tg", 42, &metric, &period);
+        let b = redis_key("tg", 42, &tokens, &month(2027, 1));
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&a), "{o42}");
         assert_eq!(tag(&a), tag(&b), "one hash tag, one slot");
+    }
+
+    #[test]
+    fn periods_sharing_a_key_are_different_counters() {
+        use chrono::TimeZone;
+        let at = |d| {
+            Utc.with_ymd_and_hms(2026, 12, d, 10, 0, 0)
+                .single()
+                .unwrap()
+        };
+        let metric = Metric::parse("api_call").unwrap();
+        let trial = Period {
+            start: at(1),
+            end: at(15),
+        };
+        let paid = Period {
+            start: at(15),
+            end: Utc
+                .with_ymd_and_hms(2027, 1, 15, 10, 0, 0)
+                .single()
+                .unwrap(),
+        };
+        assert_eq!(trial.key(), paid.key());
+        assert_ne!(
+            redis_key("tg", 1, &metric, &trial),
+            redis_key("tg", 1, &metric, &paid)
+        );
     }
 }

@@ -280,7 +280,7 @@ pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResu
         ));
     }
     let Terms { plan, .. } = account.terms(app, now)?;
-    let period = account.billing.period_at(record.occurred_at);
+    let period = account.billing.period_at(record.occurred_at, now);
     let value = i64::try_from(record.value).map_err(|_| ApiError::invalid("value", "too large"))?;
 
     let mut tx = app.pg.begin().await?;
@@ -414,7 +414,7 @@ pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiR
     let mut updated = 0;
     for chunk in ids.chunks(500) {
         let billing = billing::load_many(&app.pg, chunk).await?;
-        let keys: Vec<CounterKey> = chunk
+        let mut keys: Vec<CounterKey> = chunk
             .iter()
             .flat_map(|id| {
                 let period = billing
@@ -428,6 +428,28 @@ pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiR
                 })
             })
             .collect();
+        // Every other period with this key that has a counter (a trial and the period after it can share one).
+        let stored: Vec<(i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT org_id, metric, period_start, period_end FROM usage_counters
+              WHERE org_id = ANY($1) AND period_key = $2",
+        )
+        .bind(chunk)
+        .bind(period_key.to_string())
+        .fetch_all(&app.pg)
+        .await?;
+        for (org_id, metric, start, end) in stored {
+            let Ok(metric) = Metric::parse(&metric) else {
+                continue;
+            };
+            let key = CounterKey {
+                org_id,
+                metric,
+                period: Period { start, end },
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
         updated += counters::reset_many(&mut redis(app), &app.pg, ns(app), &keys).await?;
     }
     // Proxies drop the leases the reset voided now rather than at their next round trip; a lost announcement only
