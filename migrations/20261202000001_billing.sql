@@ -15,6 +15,9 @@ ALTER TABLE subscriptions
     ADD COLUMN stripe_schedule_id    text        CHECK (stripe_schedule_id ~ '^sub_sched_[A-Za-z0-9_]+$'),
     ADD COLUMN pending_effective_at  timestamptz,
     ADD COLUMN canceled_at           timestamptz,
+    -- When Tollgate first saw the current period (Stripe's clock may be ahead of ours: usage from then on counts
+    -- toward it).
+    ADD COLUMN period_observed_at    timestamptz NOT NULL DEFAULT now(),
     ADD CONSTRAINT subscriptions_pending_complete
         CHECK ((pending_plan_code IS NULL) = (pending_effective_at IS NULL));
 CREATE INDEX subscriptions_customer_idx ON subscriptions (stripe_customer_id);

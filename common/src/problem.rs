@@ -47,6 +47,10 @@ kinds! {
     SUBSCRIPTION_REQUIRED = "/problems/subscription-required", "Subscription required";
     /// Over quota (429): the standard denial envelope.
     QUOTA_EXCEEDED = "/problems/quota-exceeded", "Quota exceeded";
+    /// A card was declined or a payment failed at Stripe (402).
+    PAYMENT_FAILED = "/problems/payment-failed", "Payment failed";
+    /// Stripe refused a request on the caller's behalf (422): its message says why.
+    STRIPE_REFUSED = "/problems/stripe-refused", "Refused by Stripe";
     /// Conflicts with stored state (409).
     CONFLICT = "/problems/conflict", "Conflict";
     /// A dependency is down (503).

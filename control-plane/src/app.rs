@@ -1,7 +1,10 @@
 //! The process-wide state every handler shares.
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::services::billing::{Billing, BillingMetrics};
+use crate::stripe::{StripeClient, StripeMetrics};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -25,6 +28,8 @@ pub struct App {
     pub registry: prometheus::Registry,
     /// "Now", injectable for tests.
     pub clock: SharedClock,
+    /// Billing, when Stripe is configured.
+    pub billing: Option<Arc<Billing>>,
 }
 
 /// The axum state type.
@@ -57,6 +62,24 @@ impl App {
             ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry).context("registering metrics")?;
+        let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
+        let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
+        let billing = match &config.stripe {
+            Some(settings) => {
+                let client = StripeClient::new(&settings.api, stripe_metrics)
+                    .map_err(anyhow::Error::msg)
+                    .context("STRIPE_SECRET_KEY")?;
+                Some(Arc::new(Billing::new(
+                    pg.clone(),
+                    client,
+                    Arc::clone(&config.common.plans),
+                    Arc::clone(&clock),
+                    settings.clone(),
+                    billing_metrics,
+                )))
+            }
+            None => None,
+        };
         Ok(Arc::new(Self {
             config,
             pg,
@@ -65,6 +88,16 @@ impl App {
             metrics,
             registry,
             clock,
+            billing,
         }))
+    }
+}
+
+impl App {
+    /// Billing, or 503 naming `STRIPE_SECRET_KEY` when Stripe is not configured.
+    pub fn billing(&self) -> Result<&Billing, ApiError> {
+        self.billing.as_deref().ok_or(ApiError::NotConfigured(
+            crate::config::ENV_STRIPE_SECRET_KEY,
+        ))
     }
 }

@@ -14,6 +14,12 @@ pub const ENV_BODY_TIMEOUT_MS: &str = "TOLLGATE_CP_BODY_TIMEOUT_MS";
 pub const ENV_STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
 pub const ENV_STRIPE_API_BASE: &str = "STRIPE_API_BASE";
 pub const ENV_STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
+pub const ENV_STRIPE_WEBHOOK_SECRET_PREVIOUS: &str = "STRIPE_WEBHOOK_SECRET_PREVIOUS";
+pub const ENV_STRIPE_TIMEOUT_MS: &str = "TOLLGATE_STRIPE_TIMEOUT_MS";
+pub const ENV_STRIPE_BUDGET_MS: &str = "TOLLGATE_STRIPE_BUDGET_MS";
+pub const ENV_STRIPE_WORKERS: &str = "TOLLGATE_STRIPE_WORKERS";
+pub const ENV_WEBHOOK_BODY_LIMIT: &str = "TOLLGATE_WEBHOOK_BODY_LIMIT";
+pub const ENV_BILLING_RETURN_URL: &str = "TOLLGATE_BILLING_RETURN_URL";
 pub const ENV_STIGG_API_KEY: &str = "STIGG_API_KEY";
 pub const ENV_STIGG_API_URL: &str = "STIGG_API_URL";
 
@@ -22,14 +28,27 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
+pub const DEFAULT_STRIPE_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_STRIPE_BUDGET_MS: u64 = 15_000;
+pub const DEFAULT_STRIPE_WORKERS: usize = 4;
+/// Stripe's events can be far larger than the API's requests (a subscription with its items and invoice).
+pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
 
-/// Stripe access. Optional until the billing endpoints land; validated whenever given.
+/// Stripe access. Without `STRIPE_SECRET_KEY` the billing endpoints answer 503 naming it; everything else works.
 #[derive(Debug, Clone)]
 pub struct StripeSettings {
-    pub secret_key: SecretString,
-    pub api_base: Url,
-    pub webhook_secret: Option<SecretString>,
+    /// How the API is called.
+    pub api: crate::stripe::StripeSettings,
+    /// Webhook signing secrets: `STRIPE_WEBHOOK_SECRET`, then `STRIPE_WEBHOOK_SECRET_PREVIOUS` while rolling it.
+    /// Empty: webhook intake answers 503 naming `STRIPE_WEBHOOK_SECRET`.
+    pub webhook_secrets: Vec<SecretString>,
+    /// Where the customer portal returns to (`TOLLGATE_BILLING_RETURN_URL`, required with Stripe).
+    pub return_url: Url,
+    /// Concurrent webhook workers per process.
+    pub workers: usize,
+    /// Largest webhook body in bytes.
+    pub webhook_body_limit: usize,
 }
 
 /// Stigg access, for the mirror.
@@ -95,27 +114,74 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
     use secrecy::ExposeSecret;
     let secret_key = r.optional_secret(ENV_STRIPE_SECRET_KEY);
     let api_base = r.url(ENV_STRIPE_API_BASE, Some(DEFAULT_STRIPE_API_BASE));
-    let webhook_secret = r.optional_secret(ENV_STRIPE_WEBHOOK_SECRET);
-    if let Some(k) = &secret_key
-        && !(k.expose_secret().starts_with("sk_") || k.expose_secret().starts_with("rk_"))
+    let webhook_secrets: Vec<SecretString> = [
+        ENV_STRIPE_WEBHOOK_SECRET,
+        ENV_STRIPE_WEBHOOK_SECRET_PREVIOUS,
+    ]
+    .into_iter()
+    .filter_map(|key| {
+        let secret = r.optional_secret(key)?;
+        if secret.expose_secret().starts_with("whsec_") {
+            Some(secret)
+        } else {
+            r.error(key, "expected a webhook signing secret (whsec_…)");
+            None
+        }
+    })
+    .collect();
+    let attempt_timeout = r.millis(
+        ENV_STRIPE_TIMEOUT_MS,
+        DEFAULT_STRIPE_TIMEOUT_MS,
+        100..=120_000,
+    );
+    let budget = r.millis(
+        ENV_STRIPE_BUDGET_MS,
+        DEFAULT_STRIPE_BUDGET_MS,
+        100..=600_000,
+    );
+    let workers = r.parse_or(
+        ENV_STRIPE_WORKERS,
+        DEFAULT_STRIPE_WORKERS,
+        "a number of workers",
+    );
+    if !(1..=64).contains(&workers) {
+        r.error(ENV_STRIPE_WORKERS, "must be between 1 and 64");
+    }
+    let webhook_body_limit = r.parse_or(
+        ENV_WEBHOOK_BODY_LIMIT,
+        DEFAULT_WEBHOOK_BODY_LIMIT,
+        "a size in bytes",
+    );
+    if !(1024..=64 * 1024 * 1024).contains(&webhook_body_limit) {
+        r.error(
+            ENV_WEBHOOK_BODY_LIMIT,
+            "must be between 1024 and 67108864 bytes",
+        );
+    }
+    let secret_key = secret_key?;
+    if !(secret_key.expose_secret().starts_with("sk_")
+        || secret_key.expose_secret().starts_with("rk_"))
     {
         r.error(
             ENV_STRIPE_SECRET_KEY,
             "expected a secret key (sk_…) or restricted key (rk_…)",
         );
     }
-    if let Some(w) = &webhook_secret
-        && !w.expose_secret().starts_with("whsec_")
-    {
-        r.error(
-            ENV_STRIPE_WEBHOOK_SECRET,
-            "expected a webhook signing secret (whsec_…)",
-        );
-    }
+    let Some(return_url) = r.url(ENV_BILLING_RETURN_URL, None) else {
+        // `url` has recorded it: required when Stripe is configured.
+        return None;
+    };
     Some(StripeSettings {
-        secret_key: secret_key?,
-        api_base: api_base?,
-        webhook_secret,
+        api: crate::stripe::StripeSettings {
+            secret_key,
+            api_base: api_base?.as_str().trim_end_matches('/').to_owned(),
+            attempt_timeout,
+            budget,
+        },
+        webhook_secrets,
+        return_url,
+        workers,
+        webhook_body_limit,
     })
 }
 

@@ -49,6 +49,21 @@ pub enum ApiError {
     /// A dependency is down; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// A required setting is missing, so the feature is off (503 naming it).
+    #[error("{0} is not set: this endpoint needs it")]
+    NotConfigured(&'static str),
+    /// A request header or body that is not what it must be (400), e.g. a bad `Stripe-Signature`.
+    #[error("{field}: {detail}")]
+    BadRequest { field: &'static str, detail: String },
+    /// Stripe declined a card or a payment (402, Stripe's message).
+    #[error("{0}")]
+    PaymentFailed(String),
+    /// Stripe refused a request made for the caller (422, Stripe's message).
+    #[error("{0}")]
+    StripeRefused(String),
+    /// A dependency answered something we cannot use (502).
+    #[error("{0}")]
+    BadGateway(String),
     /// PostgreSQL failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -90,7 +105,13 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::Unavailable(_) | Self::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Redis(_) | Self::NotConfigured(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PaymentFailed(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::StripeRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,6 +148,15 @@ impl ApiError {
                 p(problem::CONFLICT, self.to_string()).with("field", *field)
             }
             Self::Unavailable(d) => p(problem::UNAVAILABLE, d.clone()),
+            Self::NotConfigured(setting) => {
+                p(problem::UNAVAILABLE, self.to_string()).with("setting", *setting)
+            }
+            Self::BadRequest { field, .. } => {
+                p(problem::BAD_REQUEST, self.to_string()).with("field", *field)
+            }
+            Self::PaymentFailed(d) => p(problem::PAYMENT_FAILED, d.clone()),
+            Self::StripeRefused(d) => p(problem::STRIPE_REFUSED, d.clone()),
+            Self::BadGateway(d) => p(problem::BAD_GATEWAY, d.clone()),
             Self::Redis(_) => p(
                 problem::UNAVAILABLE,
                 "redis is unavailable; retry later".to_owned(),
@@ -183,3 +213,41 @@ impl IntoResponse for ApiError {
 
 /// The result type of handlers and services.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+// === from the services ===
+
+impl From<crate::services::billing::BillingError> for ApiError {
+    fn from(e: crate::services::billing::BillingError) -> Self {
+        use crate::services::billing::BillingError as B;
+        use crate::stripe::StripeError as S;
+        match e {
+            B::NotConfigured(setting) => Self::NotConfigured(setting),
+            B::UnknownOrg => Self::NotFound {
+                field: "orgId",
+                detail: "no such organization; create it with /api/orgs.create".to_owned(),
+            },
+            B::Invalid { field, detail } => Self::invalid(field, detail),
+            B::Conflict { field, detail } => Self::Conflict { field, detail },
+            B::NotFound { field, detail } => Self::NotFound { field, detail },
+            B::BadWebhook { field, detail } => Self::BadRequest { field, detail },
+            B::Stripe(S::Refused { kind, message, .. }) if kind == "card_error" => {
+                Self::PaymentFailed(message)
+            }
+            B::Stripe(S::Refused { message, .. }) => Self::StripeRefused(message),
+            B::Stripe(S::Unavailable(_)) => Self::Unavailable(
+                "Stripe is unavailable; nothing was changed; retry later".to_owned(),
+            ),
+            B::Stripe(e @ (S::Unauthorized | S::Unreadable(_))) => {
+                tracing::error!(error = %e, "stripe call failed");
+                Self::BadGateway(
+                    "Stripe's answer could not be used; nothing was changed".to_owned(),
+                )
+            }
+            B::Unmirrorable(detail) => {
+                tracing::error!(error = %detail, "stripe state cannot be mirrored");
+                Self::BadGateway(format!("Stripe's state cannot be mirrored: {detail}"))
+            }
+            B::Database(e) => Self::Database(e),
+        }
+    }
+}

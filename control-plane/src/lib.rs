@@ -7,7 +7,9 @@
 //! * [`http`] — the router and its middleware.
 //! * [`auth`] — principals and per-route policies ([`auth::Caller`]).
 //! * [`routes`] — one module per endpoint (`routes/<domain>/<action>.rs`), annotated for OpenAPI.
-//! * [`services`] — the SQL and Redis work behind the handlers.
+//! * [`services`] — the work behind the handlers (SQL, Redis, Stripe), each with its own dependencies and errors.
+//! * [`stripe`] — the Stripe client and webhook signatures.
+//! * [`jobs`] — background work: the Stripe webhook worker.
 //! * [`error`] — [`error::ApiError`], the one error type, mapped once to problem+json.
 //! * [`extract`] — body and query extractors whose errors name the field.
 //! * [`validate`] — field rules several routes share.
@@ -18,9 +20,11 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod routes;
 pub mod services;
+pub mod stripe;
 pub mod validate;
 
 pub use app::{App, AppState};
@@ -35,6 +39,31 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+
+/// Runs the control plane on `listener` — the API and the background workers — until `shutdown` resolves; then
+/// stops accepting, finishes in-flight requests and the events being processed, and returns.
+pub async fn run(
+    app: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = app.billing.clone().map(|billing| {
+        let workers = app.config.stripe.as_ref().map_or(1, |s| s.workers);
+        tokio::spawn(jobs::stripe_events::run(billing, workers, stopped.clone()))
+    });
+    let mut server_stop = stopped.clone();
+    let server = tokio::spawn(serve(app, listener, async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    }));
+    shutdown.await;
+    let _ = stop.send(true);
+    let served = server.await.map_err(std::io::Error::other)?;
+    if let Some(workers) = workers {
+        let _ = workers.await;
+    }
+    served
+}
 
 /// How long in-flight requests may finish after `shutdown` resolves.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -49,7 +49,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding TOLLGATE_CP_LISTEN {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "control plane listening");
-    tollgate_control_plane::serve(app, listener, shutdown_signal()).await?;
+    tollgate_control_plane::run(app, listener, shutdown_signal()).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -98,6 +98,19 @@ impl TestAppBuilder {
         self
     }
 
+    /// Configures billing against a Stripe emulator (register the app's webhook with
+    /// [`TestApp::receive_stripe_webhooks`] once it runs).
+    pub fn stripe(self, emulator: &crate::stripe::StripeEmulator) -> Self {
+        self.env("STRIPE_SECRET_KEY", crate::stripe::SECRET_KEY)
+            .env("STRIPE_API_BASE", &emulator.url)
+            .env("STRIPE_WEBHOOK_SECRET", crate::stripe::WEBHOOK_SECRET)
+            .env(
+                "TOLLGATE_BILLING_RETURN_URL",
+                "https://app.tollgate.test/settings/billing",
+            )
+            .env("TOLLGATE_STRIPE_BUDGET_MS", "2000")
+    }
+
     /// Shares a JWKS server with another app.
     pub fn jwks(mut self, jwks: Jwks) -> Self {
         self.jwks = Some(jwks);
@@ -197,7 +210,7 @@ impl TestApp {
         let (tx, rx) = oneshot::channel::<()>();
         let serving = Arc::clone(&state);
         tokio::spawn(async move {
-            let _ = tollgate_control_plane::serve(serving, listener, async {
+            let _ = tollgate_control_plane::run(serving, listener, async {
                 let _ = rx.await;
             })
             .await;
@@ -297,6 +310,13 @@ impl TestApp {
             r.json["keyId"].as_str().expect("keyId").to_owned(),
             r.json["key"].as_str().expect("key").to_owned(),
         )
+    }
+
+    /// Has the emulator send its webhooks to this app.
+    pub async fn receive_stripe_webhooks(&self, emulator: &crate::stripe::StripeEmulator) {
+        emulator
+            .register_webhook(&self.url("/api/webhooks/stripe.receive"))
+            .await;
     }
 
     /// Stops serving (in-flight requests finish).

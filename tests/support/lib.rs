@@ -9,6 +9,7 @@
 //! * [`redis_server`] — a private `redis-server` process a test may stop and start.
 //! * [`redis_cluster`] — a private 3-master Redis Cluster on loopback.
 //! * [`forwarder`] — a TCP hop a test can cut and restore (PostgreSQL outages).
+//! * [`stripe`] — the Stripe emulator (localstripe extended by `tests/stripe/`).
 //! * [`upstream`] — the customer API behind the proxy, recording what reaches it.
 //! * [`proxy`] — the `tollgate-proxy` binary as a child process.
 //! * [`metering`] — a control plane, an upstream and proxies wired to one database and Redis.
@@ -23,6 +24,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod stripe;
 pub mod upstream;
 pub mod wait;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub const TOKENS_LIMIT: u64 = 100;
 
 /// Options for [`Metering::start`].
-pub struct Options {
+pub struct Options<'a> {
     /// The `api_call` limit of an org without a subscription.
     pub limit: u64,
     /// Redis for the control plane and the proxies (default: the shared local one).
@@ -20,15 +20,18 @@ pub struct Options {
     pub proxy_env: Vec<(String, String)>,
     /// A clock for the control plane (the proxies run on real time).
     pub clock: Option<tollgate_common::clock::OffsetClock>,
+    /// A Stripe emulator for the control plane's billing (its webhooks are registered to the control plane).
+    pub stripe: Option<&'a crate::stripe::StripeEmulator>,
 }
 
-impl Default for Options {
+impl Default for Options<'_> {
     fn default() -> Self {
         Self {
             limit: 1000,
             redis_url: None,
             proxy_env: Vec::new(),
             clock: None,
+            stripe: None,
         }
     }
 }
@@ -44,7 +47,7 @@ pub struct Metering {
 
 impl Metering {
     /// Writes the config files and starts the control plane and the upstream (no proxy yet).
-    pub async fn start(options: Options) -> Self {
+    pub async fn start(options: Options<'_>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tg-metering-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -103,7 +106,13 @@ metered = false
         if let Some(clock) = options.clock {
             builder = builder.clock(clock);
         }
+        if let Some(stripe) = options.stripe {
+            builder = builder.stripe(stripe);
+        }
         let app = builder.start().await;
+        if let Some(stripe) = options.stripe {
+            app.receive_stripe_webhooks(stripe).await;
+        }
         let upstream = Upstream::start().await;
         let mut base_env: Vec<(String, String)> = [
             ("DATABASE_URL", app.db.url.clone()),

@@ -13,8 +13,9 @@
 //! itself when a period ends, before (or without) the webhook that moves the stored period.
 //!
 //! Stripe may run ahead of our clock (a test clock, or a renewal a moment early): when the stored period starts
-//! after "now", Stripe's clock is at least that far ahead, and instants are read on Stripe's clock — shifted by that
-//! lead — so the stored period is the current one and usage recorded now counts toward it.
+//! after "now", Stripe's clock is at least that far ahead. The stored period is then the current one, and usage
+//! that happened since Tollgate learned of it counts toward it; earlier instants are read on Stripe's clock,
+//! shifted by that lead.
 
 use super::{DomainError, Period, PeriodKey, Plan, PlanCatalog, PlanCode};
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -104,6 +105,8 @@ pub enum Billing {
         period: Period,
         /// Stripe's billing cycle anchor: periods start on it, monthly (after a trial, it is the trial's end).
         anchor: DateTime<Utc>,
+        /// When Tollgate first saw the stated period (our clock).
+        observed_at: DateTime<Utc>,
         /// A scheduled change, if any.
         pending: Option<PendingPlan>,
     },
@@ -141,7 +144,18 @@ impl Billing {
 
     /// The period containing `at`, read on Stripe's clock as seen at `now` (see the module docs).
     pub fn period_at(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Period {
-        self.period_on_stripes_clock(at + self.lead(now))
+        let lead = self.lead(now);
+        if lead > Duration::zero()
+            && let Self::Subscribed {
+                period,
+                observed_at,
+                ..
+            } = self
+            && at >= *observed_at
+        {
+            return *period;
+        }
+        self.period_on_stripes_clock(at + lead)
     }
 
     /// The period in force at `now`.
@@ -248,6 +262,7 @@ included = { api_call = 100000 }
             plan: PlanCode::parse("starter").expect("code"),
             period: Period::containing(anchor, anchor),
             anchor,
+            observed_at: anchor,
             pending: None,
         }
     }
@@ -348,6 +363,7 @@ included = { api_call = 100000 }
                 end: at(2026, 12, 15, 10),
             },
             anchor: at(2026, 12, 15, 10),
+            observed_at: at(2026, 12, 1, 10),
             pending: None,
         };
         let t = trial.terms(&catalog, at(2026, 12, 3, 0)).expect("terms");
@@ -381,6 +397,7 @@ included = { api_call = 100000 }
                 end: at(2027, 3, 1, 0),
             },
             anchor: at(2026, 11, 1, 0),
+            observed_at: at(2026, 11, 30, 0),
             pending: None,
         };
         assert_eq!(ahead.current(now).start, at(2027, 2, 1, 0));
@@ -390,9 +407,14 @@ included = { api_call = 100000 }
             "usage recorded now counts toward Stripe's current period"
         );
         assert_eq!(
-            ahead.period_at(now - Duration::days(1), now).end,
+            ahead.period_at(now - Duration::minutes(5), now).start,
             at(2027, 2, 1, 0),
-            "what happened before now falls before it, on Stripe's clock too"
+            "usage since Tollgate learned of the period counts toward it"
+        );
+        assert_eq!(
+            ahead.period_at(now - Duration::days(2), now).end,
+            at(2027, 2, 1, 0),
+            "what happened before falls before it, on Stripe's clock too"
         );
         assert_eq!(ahead.previous(&ahead.current(now)).end, at(2027, 2, 1, 0));
     }

@@ -15,6 +15,7 @@ struct Row {
     billing_cycle_anchor: DateTime<Utc>,
     pending_plan_code: Option<String>,
     pending_effective_at: Option<DateTime<Utc>>,
+    period_observed_at: DateTime<Utc>,
 }
 
 /// The billing state of each of `org_ids` (orgs without a subscription holding the slot are
@@ -22,7 +23,7 @@ struct Row {
 pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Billing>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT org_id, status, plan_code, current_period_start, current_period_end, billing_cycle_anchor,
-                pending_plan_code, pending_effective_at
+                pending_plan_code, pending_effective_at, period_observed_at
            FROM subscriptions
           WHERE org_id = ANY($1) AND status NOT IN ('canceled', 'incomplete_expired')",
     )
@@ -60,6 +61,7 @@ pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Bill
                     end: row.current_period_end,
                 },
                 anchor: row.billing_cycle_anchor,
+                observed_at: row.period_observed_at,
                 pending,
             },
         );

@@ -1,6 +1,7 @@
-//! Connections to the two stores both binaries use.
+//! Connections to the two stores both binaries use, and the tables and keys they share.
 
 pub mod billing;
 pub mod counters;
 pub mod pg;
 pub mod redis;
+pub mod subscriptions;

@@ -2,7 +2,9 @@
 //! handlers are the OpenAPI document, so the two cannot drift.
 
 pub mod admin;
+pub mod billing;
 pub mod diag;
+pub mod jobs;
 pub mod keys;
 pub mod me;
 pub mod openapi;
@@ -10,6 +12,7 @@ pub mod ops;
 pub mod orgs;
 pub mod quota;
 pub mod usage;
+pub mod webhooks;
 
 use crate::app::AppState;
 use serde::Serialize;
@@ -96,5 +99,17 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(quota::check::check_quota))
         .routes(routes!(quota::deny_envelope::deny_envelope_example))
         .routes(routes!(admin::quotas_reset::reset_quotas))
+        .routes(routes!(admin::webhooks_replay::replay_webhooks))
+        .routes(routes!(billing::customer_ensure::ensure_customer))
+        .routes(routes!(billing::subscription_create::create_subscription))
+        .routes(routes!(billing::setup_intent::create_setup_intent))
+        .routes(routes!(billing::default_method::set_default_method))
+        .routes(routes!(billing::portal::create_portal_session))
+        .routes(routes!(billing::invoices::list_invoices))
+        .routes(routes!(billing::plans_preview::preview_plan_change))
+        .routes(routes!(billing::plans_upgrade::upgrade_now))
+        .routes(routes!(billing::plans_downgrade::schedule_downgrade))
+        .routes(routes!(webhooks::stripe_receive::receive_stripe_event))
+        .routes(routes!(jobs::stripe_process::process_stripe_event))
         .split_for_parts()
 }

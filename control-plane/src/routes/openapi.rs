@@ -5,10 +5,17 @@
 //! the responses every body-taking or authenticated route can give — are added here, once, from the same constants
 //! the validators use, so the document cannot be looser than the server (schemathesis holds us to it).
 
+use crate::routes::admin::webhooks_replay::MAX_EVENT_IDS;
+use crate::routes::billing::customer_ensure::EMAIL_PATTERN;
+use crate::routes::billing::default_method::PAYMENT_METHOD_PATTERN;
+use crate::routes::billing::invoices::{CURSOR_PATTERN, MAX_LIMIT as MAX_INVOICES};
 use crate::services::usage::{MAX_HISTORY_PERIODS, MAX_RECORD_VALUE};
 use crate::validate;
 use serde_json::{Value, json};
-use tollgate_common::domain::{Metric, OrgId, PeriodKey, PlanCatalog, PlanCode};
+use tollgate_common::domain::{Metric, OrgId, PeriodKey, PlanCatalog, PlanCode, PriceRef};
+
+/// What `is_event_id` accepts.
+const EVENT_ID_PATTERN: &str = "^evt_[A-Za-z0-9_]{1,250}$";
 
 /// What one named property or parameter must satisfy.
 fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Value> {
@@ -19,10 +26,34 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
             let metrics: Vec<&str> = catalog.metrics().map(Metric::as_str).collect();
             json!({"enum": metrics, "pattern": Metric::PATTERN})
         }
-        (_, "planCode" | "newPlanCode" | "pendingPlanCode") => {
+        (_, "planCode" | "pendingPlanCode") => {
             let codes: Vec<&str> = catalog.plans().map(|p| p.code.as_str()).collect();
             json!({"enum": codes, "pattern": PlanCode::PATTERN})
         }
+        // A plan change goes to a paid plan; `trial` only applies while trialing.
+        (_, "newPlanCode") => {
+            let codes: Vec<&str> = catalog
+                .plans()
+                .filter(|p| p.price.is_some())
+                .map(|p| p.code.as_str())
+                .collect();
+            json!({"enum": codes})
+        }
+        (_, "priceLookup") => {
+            let prices: Vec<&str> = catalog
+                .plans()
+                .filter_map(|p| p.price.as_ref().map(PriceRef::as_str))
+                .collect();
+            json!({"enum": prices})
+        }
+        ("EnsureCustomerRequest", "email") => json!({"pattern": EMAIL_PATTERN}),
+        (_, "paymentMethodId") => json!({"pattern": PAYMENT_METHOD_PATTERN}),
+        ("ProcessRequest", "eventId") => json!({"pattern": EVENT_ID_PATTERN}),
+        ("ReplayRequest", "eventIds") => json!({
+            "minItems": 1, "maxItems": MAX_EVENT_IDS, "items": {"type": "string", "pattern": EVENT_ID_PATTERN}
+        }),
+        (_, "cursor") => json!({"pattern": CURSOR_PATTERN}),
+        (_, "limit") => json!({"minimum": 1, "maximum": MAX_INVOICES}),
         ("CreateOrgRequest", "name") => {
             json!({"minLength": 1, "maxLength": 200, "pattern": validate::LABEL_PATTERN})
         }

@@ -106,6 +106,9 @@ pub struct Entitlements {
     pub period_key: PeriodKey,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
+    /// A downgrade scheduled for the end of the period, if any (its limits apply from then).
+    #[schema(example = "starter")]
+    pub pending_plan_code: Option<String>,
 }
 
 /// The live entitlements of `account` for `metric`.
@@ -128,6 +131,10 @@ pub async fn entitlements(
         period_key: period.key(),
         period_start: period.start,
         period_end: period.end,
+        pending_plan_code: account
+            .billing
+            .pending()
+            .map(|p| p.plan.as_str().to_owned()),
     })
 }
 

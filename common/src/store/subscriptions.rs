@@ -1,0 +1,194 @@
+//! The `subscriptions` table: Tollgate's mirror of Stripe subscriptions. This module is the only writer.
+//!
+//! Rows are written from what Stripe says ([`SubscriptionState`], resolved from a subscription read back from
+//! Stripe), in the caller's transaction, under the caller's per-customer lock (`lock_customer`), so that two
+//! writers never interleave a read from Stripe and a write here.
+
+use crate::domain::subscription::{Pending, SubscriptionState};
+use crate::domain::{Period, PlanCode, SubscriptionStatus};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+/// A stored subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Internal org id.
+    pub org_id: i64,
+    /// What Stripe said last.
+    pub state: SubscriptionState,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    org_id: i64,
+    stripe_subscription_id: String,
+    stripe_customer_id: String,
+    status: String,
+    plan_code: String,
+    stripe_price_id: String,
+    current_period_start: DateTime<Utc>,
+    current_period_end: DateTime<Utc>,
+    billing_cycle_anchor: DateTime<Utc>,
+    trial_end: Option<DateTime<Utc>>,
+    cancel_at_period_end: bool,
+    canceled_at: Option<DateTime<Utc>>,
+    stripe_schedule_id: Option<String>,
+    pending_plan_code: Option<String>,
+    pending_effective_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "org_id, stripe_subscription_id, stripe_customer_id, status, plan_code, stripe_price_id,
+    current_period_start, current_period_end, billing_cycle_anchor, trial_end, cancel_at_period_end, canceled_at,
+    stripe_schedule_id, pending_plan_code, pending_effective_at";
+
+impl Row {
+    fn into_stored(self) -> Result<Stored, sqlx::Error> {
+        let bad = |what: &str| {
+            sqlx::Error::Decode(format!("subscriptions.{what}: unexpected value").into())
+        };
+        let pending = match (self.pending_plan_code, self.pending_effective_at) {
+            (Some(code), Some(effective_at)) => Some(Pending {
+                plan: PlanCode::parse(&code).map_err(|_| bad("pending_plan_code"))?,
+                effective_at,
+            }),
+            _ => None,
+        };
+        Ok(Stored {
+            org_id: self.org_id,
+            state: SubscriptionState {
+                id: self.stripe_subscription_id,
+                customer: self.stripe_customer_id,
+                status: SubscriptionStatus::parse(&self.status).map_err(|_| bad("status"))?,
+                plan: PlanCode::parse(&self.plan_code).map_err(|_| bad("plan_code"))?,
+                price_id: self.stripe_price_id,
+                period: Period {
+                    start: self.current_period_start,
+                    end: self.current_period_end,
+                },
+                anchor: self.billing_cycle_anchor,
+                trial_end: self.trial_end,
+                cancel_at_period_end: self.cancel_at_period_end,
+                canceled_at: self.canceled_at,
+                schedule: self.stripe_schedule_id,
+                pending,
+            },
+        })
+    }
+}
+
+/// Serialises every writer of one customer's billing state until the transaction ends: webhook workers on any
+/// replica, plan changes, subscription creation. Each reads from Stripe and writes here under this lock, so an
+/// older read can never overwrite a newer one.
+pub async fn lock_customer(conn: &mut PgConnection, customer: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('tollgate.stripe.customer:' || $1, 0))",
+    )
+    .bind(customer)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The org's subscription that holds its slot (live, or incomplete/unpaid/paused), if any.
+pub async fn current(conn: &mut PgConnection, org_id: i64) -> Result<Option<Stored>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM subscriptions
+          WHERE org_id = $1 AND status NOT IN ('canceled', 'incomplete_expired')"
+    ))
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Row::into_stored).transpose()
+}
+
+/// One subscription by its Stripe id.
+pub async fn by_id(conn: &mut PgConnection, id: &str) -> Result<Option<Stored>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE stripe_subscription_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Row::into_stored).transpose()
+}
+
+/// Other subscriptions of the org that still hold its slot in our mirror (stale ones, if Stripe moved on).
+pub async fn others_holding_the_slot(
+    conn: &mut PgConnection,
+    org_id: i64,
+    except: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions
+          WHERE org_id = $1 AND stripe_subscription_id <> $2 AND status NOT IN ('canceled', 'incomplete_expired')",
+    )
+    .bind(org_id)
+    .bind(except)
+    .fetch_all(conn)
+    .await
+}
+
+/// Whether [`upsert`] changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new row.
+    Inserted,
+    /// An existing row now says something else.
+    Updated,
+    /// The row already said exactly this.
+    Unchanged,
+}
+
+/// Writes what Stripe says of a subscription. Writing the same state again changes nothing (and says so).
+pub async fn upsert(
+    conn: &mut PgConnection,
+    org_id: i64,
+    s: &SubscriptionState,
+) -> Result<Upserted, sqlx::Error> {
+    let before = by_id(&mut *conn, &s.id).await?;
+    if before
+        .as_ref()
+        .is_some_and(|b| b.org_id == org_id && b.state == *s)
+    {
+        return Ok(Upserted::Unchanged);
+    }
+    sqlx::query(
+        "INSERT INTO subscriptions (org_id, stripe_subscription_id, stripe_customer_id, status, plan_code,
+             stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor, trial_end,
+             cancel_at_period_end, canceled_at, stripe_schedule_id, pending_plan_code, pending_effective_at,
+             stripe_updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now())
+         ON CONFLICT (stripe_subscription_id) DO UPDATE SET
+             status = EXCLUDED.status, plan_code = EXCLUDED.plan_code, stripe_price_id = EXCLUDED.stripe_price_id,
+             current_period_start = EXCLUDED.current_period_start,
+             current_period_end = EXCLUDED.current_period_end,
+             billing_cycle_anchor = EXCLUDED.billing_cycle_anchor, trial_end = EXCLUDED.trial_end,
+             cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at,
+             stripe_schedule_id = EXCLUDED.stripe_schedule_id, pending_plan_code = EXCLUDED.pending_plan_code,
+             pending_effective_at = EXCLUDED.pending_effective_at, stripe_updated_at = now(), updated_at = now(),
+             period_observed_at = CASE WHEN subscriptions.current_period_start = EXCLUDED.current_period_start
+                                       THEN subscriptions.period_observed_at ELSE now() END",
+    )
+    .bind(org_id)
+    .bind(&s.id)
+    .bind(&s.customer)
+    .bind(s.status.as_str())
+    .bind(s.plan.as_str())
+    .bind(&s.price_id)
+    .bind(s.period.start)
+    .bind(s.period.end)
+    .bind(s.anchor)
+    .bind(s.trial_end)
+    .bind(s.cancel_at_period_end)
+    .bind(s.canceled_at)
+    .bind(s.schedule.as_deref())
+    .bind(s.pending.as_ref().map(|p| p.plan.as_str()))
+    .bind(s.pending.as_ref().map(|p| p.effective_at))
+    .execute(conn)
+    .await?;
+    Ok(if before.is_some() {
+        Upserted::Updated
+    } else {
+        Upserted::Inserted
+    })
+}

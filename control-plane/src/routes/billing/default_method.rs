@@ -1,0 +1,66 @@
+//! 2.2 `POST /api/payments/default-method.set`.
+
+use crate::app::AppState;
+use crate::auth::{Caller, UserOrOperator};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::routes::ProblemDoc;
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tollgate_common::domain::OrgId;
+use utoipa::ToSchema;
+
+/// The JSON Schema pattern of a payment method id.
+pub const PAYMENT_METHOD_PATTERN: &str = "^pm_[A-Za-z0-9_]{1,250}$";
+
+/// The payment method to charge from now on.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultMethodRequest {
+    /// The org; defaults to the caller's own. Required when calling as the operator.
+    #[schema(value_type = String, required = false, example = "org_2aBcDeF")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    pub org_id: Option<OrgId>,
+    /// A Stripe payment method (`pm_…`), e.g. from a confirmed SetupIntent.
+    #[schema(example = "pm_1Q2x")]
+    pub payment_method_id: String,
+}
+
+/// Done.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefaultMethodResponse {
+    pub ok: bool,
+}
+
+/// Attaches the payment method to the org's customer and makes it the default for invoices and renewals.
+#[utoipa::path(
+    post, path = "/api/payments/default-method.set", tag = "billing",
+    request_body = DefaultMethodRequest,
+    responses(
+        (status = 200, description = "The payment method is the default", body = DefaultMethodResponse),
+        (status = 409, description = "The org has no Stripe customer yet", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("clerk" = []), ("operator" = []))
+)]
+pub async fn set_default_method(
+    caller: Caller<UserOrOperator>,
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<DefaultMethodRequest>,
+) -> ApiResult<Json<DefaultMethodResponse>> {
+    let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    let pm = &req.payment_method_id;
+    let well_formed = pm.strip_prefix("pm_").is_some_and(|rest| {
+        (1..=250).contains(&rest.len())
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
+    if !well_formed {
+        return Err(ApiError::invalid(
+            "paymentMethodId",
+            "must be a Stripe payment method id (pm_…)",
+        ));
+    }
+    app.billing()?.set_default_payment_method(&org, pm).await?;
+    Ok(Json(DefaultMethodResponse { ok: true }))
+}

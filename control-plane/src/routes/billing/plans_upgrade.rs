@@ -1,0 +1,48 @@
+//! 5.2 `POST /api/plans/upgrade.now`.
+
+use super::PlanChangeRequest;
+use crate::app::AppState;
+use crate::auth::{Caller, UserOrOperator};
+use crate::error::ApiResult;
+use crate::extract::JsonBody;
+use crate::routes::ProblemDoc;
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The plan now in force.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeResponse {
+    #[schema(example = "growth")]
+    pub plan_code: String,
+    /// Always `immediate`.
+    #[schema(example = "immediate")]
+    pub effective: &'static str,
+}
+
+/// Upgrades now: prorated and invoiced at once; the new limits apply at once and usage so far is kept.
+#[utoipa::path(
+    post, path = "/api/plans/upgrade.now", tag = "billing",
+    request_body = PlanChangeRequest,
+    responses(
+        (status = 200, description = "Upgraded", body = UpgradeResponse),
+        (status = 402, description = "Stripe declined the payment; nothing changed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No live subscription, or already on this plan", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("clerk" = []), ("operator" = []))
+)]
+pub async fn upgrade_now(
+    caller: Caller<UserOrOperator>,
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<PlanChangeRequest>,
+) -> ApiResult<Json<UpgradeResponse>> {
+    let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    let plan = app.billing()?.upgrade_now(&org, &req.new_plan_code).await?;
+    Ok(Json(UpgradeResponse {
+        plan_code: plan.as_str().to_owned(),
+        effective: "immediate",
+    }))
+}

@@ -1,0 +1,42 @@
+//! 2.1 `POST /api/payments/setup-intent.create`.
+
+use super::OrgRequest;
+use crate::app::AppState;
+use crate::auth::{Caller, UserOrOperator};
+use crate::error::ApiResult;
+use crate::extract::JsonBody;
+use crate::routes::ProblemDoc;
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// What the browser confirms the card with.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetupIntentResponse {
+    /// The SetupIntent's client secret, for Stripe.js.
+    #[schema(example = "seti_1Q2x_secret_abc")]
+    pub client_secret: String,
+}
+
+/// A SetupIntent for collecting a card to be charged later (`usage: off_session`).
+#[utoipa::path(
+    post, path = "/api/payments/setup-intent.create", tag = "billing",
+    request_body = OrgRequest,
+    responses(
+        (status = 200, description = "The SetupIntent's client secret", body = SetupIntentResponse),
+        (status = 409, description = "The org has no Stripe customer yet", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("clerk" = []), ("operator" = []))
+)]
+pub async fn create_setup_intent(
+    caller: Caller<UserOrOperator>,
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<OrgRequest>,
+) -> ApiResult<Json<SetupIntentResponse>> {
+    let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    let client_secret = app.billing()?.create_setup_intent(&org).await?;
+    Ok(Json(SetupIntentResponse { client_secret }))
+}

@@ -1,0 +1,67 @@
+//! 1.3 `POST /api/stripe/subscription.create`.
+
+use crate::app::AppState;
+use crate::auth::{Caller, UserOrOperator};
+use crate::error::ApiResult;
+use crate::extract::JsonBody;
+use crate::routes::ProblemDoc;
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tollgate_common::domain::OrgId;
+use utoipa::ToSchema;
+
+/// Which plan's price the trial converts to.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSubscriptionRequest {
+    /// The org; defaults to the caller's own. Required when calling as the operator.
+    #[schema(value_type = String, required = false, example = "org_2aBcDeF")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    pub org_id: Option<OrgId>,
+    /// A `price` of PLANS_CONFIG (lookup key or price id).
+    #[schema(example = "plan_starter_m")]
+    pub price_lookup: String,
+}
+
+/// The trial subscription.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSubscriptionResponse {
+    #[schema(example = "sub_1Q2x")]
+    pub subscription_id: String,
+    /// `trialing` for a new subscription; an existing live one is returned as it is.
+    #[schema(example = "trialing")]
+    pub status: String,
+    /// When the trial ends (RFC 3339, UTC).
+    pub trial_ends_at: Option<DateTime<Utc>>,
+}
+
+/// Starts the org's trial; while it has a live subscription, returns that instead of creating another.
+#[utoipa::path(
+    post, path = "/api/stripe/subscription.create", tag = "billing",
+    request_body = CreateSubscriptionRequest,
+    responses(
+        (status = 200, description = "The live subscription (created now, or the one the org has)", body = CreateSubscriptionResponse),
+        (status = 409, description = "The org has no Stripe customer yet", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("clerk" = []), ("operator" = []))
+)]
+pub async fn create_subscription(
+    caller: Caller<UserOrOperator>,
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<CreateSubscriptionRequest>,
+) -> ApiResult<Json<CreateSubscriptionResponse>> {
+    let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    let created = app
+        .billing()?
+        .create_subscription(&org, &req.price_lookup)
+        .await?;
+    Ok(Json(CreateSubscriptionResponse {
+        subscription_id: created.subscription_id,
+        status: created.status.as_str().to_owned(),
+        trial_ends_at: created.trial_ends_at,
+    }))
+}

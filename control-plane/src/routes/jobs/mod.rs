@@ -1,0 +1,3 @@
+//! Jobs the operator can run on demand.
+
+pub mod stripe_process;

@@ -1,0 +1,61 @@
+//! 1.2 `customer.ensure`: at most one Stripe customer per org, also under concurrent calls (CONTRACT §8).
+
+use super::{Billing, BillingError, org};
+use crate::stripe::{IdempotencyKey, Op};
+use std::collections::HashMap;
+use stripe_core::customer::{CreateCustomer, SearchCustomer};
+use tollgate_common::domain::OrgId;
+
+impl Billing {
+    /// The org's Stripe customer: ours if we have it, else the one Stripe has for `metadata.orgId`, else a new one.
+    ///
+    /// Concurrent calls for one org queue on the org's row (`FOR UPDATE`) for the whole exchange with Stripe, so
+    /// the first creates and stores and the others find the stored id. Stripe's search can lag behind a create by a
+    /// moment; the create's idempotency key (derived from the org alone) covers that gap: a second create within
+    /// Stripe's 24 h window replays the first customer instead of making another.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn ensure_customer(
+        &self,
+        org_id: &OrgId,
+        email: &str,
+    ) -> Result<String, BillingError> {
+        let mut tx = self.pg.begin().await?;
+        let org = org(&mut tx, org_id, true).await?;
+        if let Some(customer) = org.customer {
+            return Ok(customer);
+        }
+        let query = format!("metadata['orgId']:'{}'", org_id.as_str());
+        let found = self
+            .stripe
+            .send(
+                Op::CustomerSearch,
+                &SearchCustomer::new(query).limit(2),
+                None,
+            )
+            .await?;
+        let customer = match found.data.into_iter().next() {
+            Some(existing) => existing.id.as_str().to_owned(),
+            None => {
+                let request = CreateCustomer::new().email(email).metadata(HashMap::from([(
+                    "orgId".to_owned(),
+                    org_id.as_str().to_owned(),
+                )]));
+                let key = IdempotencyKey::derive(Op::CustomerCreate, &[org_id.as_str()]);
+                self.stripe
+                    .send(Op::CustomerCreate, &request, Some(&key))
+                    .await?
+                    .id
+                    .as_str()
+                    .to_owned()
+            }
+        };
+        sqlx::query("UPDATE orgs SET stripe_customer_id = $2, updated_at = now() WHERE id = $1")
+            .bind(org.id)
+            .bind(&customer)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!("stripe customer linked");
+        Ok(customer)
+    }
+}

@@ -1,0 +1,345 @@
+//! Billing with Stripe as the source of truth (CONTRACT §6, §8): customers, trials, payment methods, webhooks,
+//! plan changes, invoices and the portal.
+//!
+//! # Layout
+//!
+//! * [`customers`] — 1.2 `customer.ensure`.
+//! * [`subscriptions`] — 1.3 `subscription.create`, and [`Billing::sync_subscription`]: read a subscription back from
+//!   Stripe and mirror it, the one path by which the `subscriptions` table changes.
+//! * [`payments`] — 2.1 SetupIntents, 2.2 the default payment method, 6.2 the portal.
+//! * [`plans`] — 5.1 preview, 5.2 upgrade now, 5.3 downgrade at period end.
+//! * [`invoices`] — 6.1.
+//! * [`events`] — 2.3 intake, 2.4 processing (the worker and the endpoint), 8.1 replay.
+//!
+//! Everything here takes a [`Billing`] — its own dependencies, not the whole app — and returns [`BillingError`],
+//! so the webhook worker runs the same code as the handlers. `error.rs` maps [`BillingError`] to problem+json once.
+//!
+//! # Order of writes
+//!
+//! Stripe first, then the database, in one transaction under the customer's lock
+//! (`store::subscriptions::lock_customer`): a Stripe call that fails writes nothing; a database write that fails after
+//! Stripe succeeded is repaired by the retry (idempotency keys replay Stripe's answer) or by the webhook the change
+//! causes.
+
+pub mod customers;
+pub mod events;
+pub mod invoices;
+pub mod payments;
+pub mod plans;
+pub mod subscriptions;
+
+use crate::config::StripeSettings;
+use crate::stripe::{Op, StripeClient, StripeError};
+use chrono::{DateTime, Utc};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tollgate_common::clock::SharedClock;
+use tollgate_common::domain::{OrgId, Plan, PlanCatalog, PlanCode, PriceRef};
+
+/// How long resolved prices are kept before they are read from Stripe again.
+const PRICE_TTL: Duration = Duration::from_secs(600);
+
+/// Why a billing operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// A required setting is missing: billing is off.
+    #[error("{0} is not set: billing is not configured")]
+    NotConfigured(&'static str),
+    /// No such org.
+    #[error("orgId: no such organization; create it with /api/orgs.create")]
+    UnknownOrg,
+    /// The request is invalid (422).
+    #[error("{field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+    /// The request conflicts with the billing state (409).
+    #[error("{field}: {detail}")]
+    Conflict { field: &'static str, detail: String },
+    /// The thing named does not exist (404).
+    #[error("{field}: {detail}")]
+    NotFound { field: &'static str, detail: String },
+    /// A webhook that is not from Stripe, or not an event (400).
+    #[error("{field}: {detail}")]
+    BadWebhook { field: &'static str, detail: String },
+    /// Stripe refused, failed or could not be read.
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+    /// Stripe's state cannot be mirrored (a price PLANS_CONFIG does not know, two live subscriptions).
+    #[error("{0}")]
+    Unmirrorable(String),
+    /// PostgreSQL.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+impl BillingError {
+    fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            detail: detail.into(),
+        }
+    }
+
+    fn conflict(field: &'static str, detail: impl Into<String>) -> Self {
+        Self::Conflict {
+            field,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The billing metrics.
+#[derive(Clone)]
+pub struct BillingMetrics {
+    /// `tollgate_cp_webhook_events_total{outcome}`: intake (`received`, `duplicate`, `rejected`) and processing
+    /// (`applied`, `ignored`, `failed`).
+    pub events: IntCounterVec,
+    /// `tollgate_cp_webhook_queue_depth`: events waiting to be processed (pending or failed).
+    pub queue_depth: IntGauge,
+    /// `tollgate_cp_webhook_oldest_pending_seconds`: age of the oldest of them.
+    pub oldest_pending: IntGauge,
+}
+
+impl BillingMetrics {
+    /// The outcomes of `tollgate_cp_webhook_events_total`.
+    pub const OUTCOMES: [&'static str; 6] = [
+        "received",
+        "duplicate",
+        "rejected",
+        "applied",
+        "ignored",
+        "failed",
+    ];
+
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_webhook_events_total",
+                    "Stripe webhook events by outcome: intake (received, duplicate, rejected) and processing \
+                     (applied, ignored, failed).",
+                ),
+                &["outcome"],
+            )?,
+            queue_depth: IntGauge::new(
+                "tollgate_cp_webhook_queue_depth",
+                "Stripe events waiting to be processed (pending or failed, retried with backoff).",
+            )?,
+            oldest_pending: IntGauge::new(
+                "tollgate_cp_webhook_oldest_pending_seconds",
+                "Age in seconds of the oldest Stripe event waiting to be processed.",
+            )?,
+        };
+        for outcome in Self::OUTCOMES {
+            m.events.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
+        registry.register(Box::new(m.oldest_pending.clone()))?;
+        Ok(m)
+    }
+}
+
+/// A PLANS_CONFIG plan's Stripe price, as Stripe states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceInfo {
+    /// `price_…`.
+    pub id: String,
+    /// Monthly amount in minor units.
+    pub amount: i64,
+    /// Lower-case ISO currency.
+    pub currency: String,
+}
+
+/// Everything billing needs.
+pub struct Billing {
+    pg: PgPool,
+    stripe: StripeClient,
+    catalog: Arc<PlanCatalog>,
+    clock: SharedClock,
+    settings: StripeSettings,
+    prices: RwLock<Option<(Instant, HashMap<PlanCode, PriceInfo>)>>,
+    /// Woken by intake so a local worker picks an event up at once.
+    pub wake: Notify,
+    /// Metrics.
+    pub metrics: BillingMetrics,
+}
+
+impl Billing {
+    /// Billing over `stripe`.
+    pub fn new(
+        pg: PgPool,
+        stripe: StripeClient,
+        catalog: Arc<PlanCatalog>,
+        clock: SharedClock,
+        settings: StripeSettings,
+        metrics: BillingMetrics,
+    ) -> Self {
+        Self {
+            pg,
+            stripe,
+            catalog,
+            clock,
+            settings,
+            prices: RwLock::new(None),
+            wake: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// The settings billing runs with.
+    pub fn settings(&self) -> &StripeSettings {
+        &self.settings
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The prices of every paid plan, from Stripe (cached for [`PRICE_TTL`]).
+    async fn prices(&self) -> Result<HashMap<PlanCode, PriceInfo>, BillingError> {
+        if let Some((at, prices)) = self
+            .prices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            && at.elapsed() < PRICE_TTL
+        {
+            return Ok(prices.clone());
+        }
+        let mut resolved = HashMap::new();
+        let lookup_keys: Vec<String> = self
+            .catalog
+            .plans()
+            .filter_map(|p| match &p.price {
+                Some(PriceRef::LookupKey(k)) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut by_key = HashMap::new();
+        if !lookup_keys.is_empty() {
+            let list = self
+                .stripe
+                .send(
+                    Op::PriceList,
+                    &stripe_product::price::ListPrice::new()
+                        .lookup_keys(lookup_keys)
+                        .active(true)
+                        .limit(100),
+                    None,
+                )
+                .await?;
+            for price in list.data {
+                if let Some(key) = price.lookup_key.clone() {
+                    by_key.insert(key, price);
+                }
+            }
+        }
+        for plan in self.catalog.plans() {
+            let price = match &plan.price {
+                None => continue,
+                Some(PriceRef::LookupKey(key)) => by_key.get(key).cloned(),
+                Some(PriceRef::PriceId(id)) => {
+                    let request = stripe_product::price::RetrievePrice::new(id.as_str());
+                    match self.stripe.send(Op::PriceRetrieve, &request, None).await {
+                        Ok(price) => Some(price),
+                        Err(e) if e.is_missing() => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            let Some(price) = price else {
+                return Err(BillingError::Unmirrorable(format!(
+                    "plans.{}.price: `{}` is not an active Stripe price",
+                    plan.code,
+                    plan.price.as_ref().map_or("", PriceRef::as_str)
+                )));
+            };
+            resolved.insert(
+                plan.code.clone(),
+                PriceInfo {
+                    id: price.id.as_str().to_owned(),
+                    amount: price.unit_amount.unwrap_or(0),
+                    currency: price.currency.to_string().to_ascii_lowercase(),
+                },
+            );
+        }
+        *self
+            .prices
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), resolved.clone()));
+        Ok(resolved)
+    }
+
+    /// The price of a paid plan.
+    async fn price_of(&self, plan: &PlanCode) -> Result<PriceInfo, BillingError> {
+        self.prices()
+            .await?
+            .remove(plan)
+            .ok_or_else(|| BillingError::Unmirrorable(format!("plans.{plan}: has no Stripe price")))
+    }
+
+    /// A paid plan named by a request's `field`: 422 for unknown codes and for `trial`.
+    fn paid_plan(&self, field: &'static str, code: &str) -> Result<&Plan, BillingError> {
+        let plan = PlanCode::parse(code)
+            .ok()
+            .and_then(|code| self.catalog.plan(&code))
+            .ok_or_else(|| {
+                BillingError::invalid(field, format!("`{code}` is not a plan of PLANS_CONFIG"))
+            })?;
+        if plan.price.is_none() {
+            return Err(BillingError::invalid(
+                field,
+                "the trial plan cannot be subscribed to; it applies while trialing",
+            ));
+        }
+        Ok(plan)
+    }
+}
+
+/// An org as billing sees it.
+#[derive(Debug, Clone)]
+struct OrgBilling {
+    id: i64,
+    customer: Option<String>,
+}
+
+impl OrgBilling {
+    /// The Stripe customer, or 409 naming `orgId`.
+    fn customer(&self) -> Result<&str, BillingError> {
+        self.customer.as_deref().ok_or_else(|| {
+            BillingError::conflict(
+                "orgId",
+                "this organization has no Stripe customer yet; call /api/stripe/customer.ensure first",
+            )
+        })
+    }
+}
+
+/// Loads the org (optionally locking its row until the transaction ends).
+async fn org(
+    conn: &mut PgConnection,
+    org: &OrgId,
+    for_update: bool,
+) -> Result<OrgBilling, BillingError> {
+    let row: Option<(i64, Option<String>)> = sqlx::query_as(if for_update {
+        "SELECT id, stripe_customer_id FROM orgs WHERE clerk_org_id = $1 FOR UPDATE"
+    } else {
+        "SELECT id, stripe_customer_id FROM orgs WHERE clerk_org_id = $1"
+    })
+    .bind(org.as_str())
+    .fetch_optional(conn)
+    .await?;
+    let (id, customer) = row.ok_or(BillingError::UnknownOrg)?;
+    Ok(OrgBilling { id, customer })
+}
+
+/// A Unix timestamp from Stripe as an instant.
+fn instant(ts: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(ts, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}

@@ -1,0 +1,124 @@
+//! 2.1 SetupIntents, 2.2 the default payment method, 6.2 the customer portal.
+
+use super::{Billing, BillingError, org};
+use crate::stripe::{IdempotencyKey, Op, StripeError};
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_core::customer::{UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
+use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
+use tollgate_common::domain::OrgId;
+
+impl Billing {
+    /// 2.1: a SetupIntent for collecting a card to charge later (`usage: off_session`); its client secret.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn create_setup_intent(&self, org_id: &OrgId) -> Result<String, BillingError> {
+        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let customer = org.customer()?;
+        let request = CreateSetupIntent::new()
+            .customer(customer)
+            .usage(CreateSetupIntentUsage::OffSession);
+        // A SetupIntent charges nothing: each call may make one; retries of this call share the key.
+        let key = IdempotencyKey::fresh(Op::SetupIntentCreate);
+        let intent = self
+            .stripe
+            .send(Op::SetupIntentCreate, &request, Some(&key))
+            .await?;
+        intent.client_secret.ok_or_else(|| {
+            BillingError::Unmirrorable("the SetupIntent has no client secret".to_owned())
+        })
+    }
+
+    /// 2.2: attaches `payment_method` to the org's customer and makes it the default for invoices and renewals.
+    /// An unknown payment method, or one attached to another customer, is a 4xx naming `paymentMethodId`.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn set_default_payment_method(
+        &self,
+        org_id: &OrgId,
+        payment_method: &str,
+    ) -> Result<(), BillingError> {
+        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let customer = org.customer()?.to_owned();
+        let pm = match self
+            .stripe
+            .send(
+                Op::PaymentMethodRetrieve,
+                &RetrievePaymentMethod::new(payment_method),
+                None,
+            )
+            .await
+        {
+            Ok(pm) => pm,
+            Err(e) if e.is_missing() => {
+                return Err(BillingError::NotFound {
+                    field: "paymentMethodId",
+                    detail: "no such payment method in Stripe".to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match pm.customer.as_ref().map(|c| c.id().as_str().to_owned()) {
+            Some(owner) if owner != customer => {
+                return Err(BillingError::invalid(
+                    "paymentMethodId",
+                    "belongs to another customer",
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let key =
+                    IdempotencyKey::derive(Op::PaymentMethodAttach, &[payment_method, &customer]);
+                self.stripe
+                    .send(
+                        Op::PaymentMethodAttach,
+                        &AttachPaymentMethod::new(payment_method).customer(customer.as_str()),
+                        Some(&key),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        StripeError::Refused { message, .. } => {
+                            BillingError::invalid("paymentMethodId", message)
+                        }
+                        other => other.into(),
+                    })?;
+            }
+        }
+        let request = UpdateCustomer::new(customer.as_str()).invoice_settings(
+            UpdateCustomerInvoiceSettings {
+                default_payment_method: Some(payment_method.to_owned()),
+                ..UpdateCustomerInvoiceSettings::new()
+            },
+        );
+        let key = IdempotencyKey::derive(
+            Op::CustomerUpdate,
+            &["default_payment_method", &customer, payment_method],
+        );
+        self.stripe
+            .send(Op::CustomerUpdate, &request, Some(&key))
+            .await?;
+        sqlx::query(
+            "UPDATE orgs SET stripe_default_payment_method = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(org.id)
+        .bind(payment_method)
+        .execute(&self.pg)
+        .await?;
+        tracing::info!("default payment method set");
+        Ok(())
+    }
+
+    /// 6.2: a customer portal session returning to `TOLLGATE_BILLING_RETURN_URL`; its URL.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn create_portal_session(&self, org_id: &OrgId) -> Result<String, BillingError> {
+        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let customer = org.customer()?;
+        let request = CreateBillingPortalSession::new()
+            .customer(customer)
+            .return_url(self.settings.return_url.as_str());
+        let key = IdempotencyKey::fresh(Op::PortalSessionCreate);
+        Ok(self
+            .stripe
+            .send(Op::PortalSessionCreate, &request, Some(&key))
+            .await?
+            .url)
+    }
+}

@@ -1,0 +1,385 @@
+//! 5.1 preview, 5.2 upgrade now, 5.3 downgrade at period end (CONTRACT §8).
+//!
+//! Which it is comes from the plans' Stripe price amounts ([`PlanChange::between`]): a higher monthly amount is an
+//! upgrade. An upgrade is prorated and invoiced at once; a downgrade is a subscription schedule in Stripe that
+//! switches the price at renewal, so it happens even if Tollgate is down then.
+//!
+//! Prorations are computed by Stripe for a `proration_date`; preview and upgrade use the start of the current
+//! minute (never before the period's start), so a preview shown to a user is exactly what an upgrade made within
+//! the same minute invoices.
+
+use super::{Billing, BillingError, PriceInfo, org};
+use crate::stripe::{IdempotencyKey, Op};
+use chrono::{DateTime, Utc};
+use stripe_billing::invoice::{
+    CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails,
+    CreatePreviewInvoiceSubscriptionDetailsItems,
+    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
+};
+use stripe_billing::subscription::{
+    RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems,
+    UpdateSubscriptionPaymentBehavior, UpdateSubscriptionProrationBehavior,
+};
+use stripe_billing::subscription_schedule::{
+    CreateSubscriptionSchedule, ReleaseSubscriptionSchedule, RetrieveSubscriptionSchedule,
+    UpdateSubscriptionSchedule, UpdateSubscriptionSchedulePhases,
+    UpdateSubscriptionSchedulePhasesDuration, UpdateSubscriptionSchedulePhasesDurationInterval,
+    UpdateSubscriptionSchedulePhasesEndDate, UpdateSubscriptionSchedulePhasesItems,
+    UpdateSubscriptionSchedulePhasesProrationBehavior, UpdateSubscriptionSchedulePhasesStartDate,
+};
+use tollgate_common::domain::{OrgId, PlanChange, PlanCode, SubscriptionState};
+use tollgate_common::store::subscriptions as store;
+
+/// 5.1's answer.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// What the invoice totals, in minor units.
+    pub amount: i64,
+    /// Lower-case ISO currency.
+    pub currency: String,
+    /// Whether it is a proration (an upgrade, invoiced now) or the first renewal at the new price (a downgrade).
+    pub proration: bool,
+    /// Its lines.
+    pub items: Vec<PreviewItem>,
+}
+
+/// One line of a [`Preview`].
+#[derive(Debug, Clone)]
+pub struct PreviewItem {
+    /// Stripe's description.
+    pub description: String,
+    /// Minor units (negative for a credit).
+    pub amount: i64,
+    /// Whether the line is a proration.
+    pub proration: bool,
+}
+
+/// 5.3's answer.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// When the new plan takes over: the current period's end.
+    pub effective_at: DateTime<Utc>,
+    /// The plan.
+    pub pending_plan: PlanCode,
+}
+
+/// A requested change, resolved against the stored subscription and Stripe's prices.
+struct Change {
+    customer: String,
+    stored: SubscriptionState,
+    change: PlanChange,
+    next: PlanCode,
+    next_price: PriceInfo,
+}
+
+impl Billing {
+    async fn change(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        org_id: &OrgId,
+        new_plan: &str,
+    ) -> Result<Change, BillingError> {
+        let next = self.paid_plan("newPlanCode", new_plan)?.code.clone();
+        let org = org(&mut *conn, org_id, false).await?;
+        let customer = org.customer()?.to_owned();
+        store::lock_customer(&mut *conn, &customer).await?;
+        let stored = store::current(&mut *conn, org.id)
+            .await?
+            .filter(|s| s.state.status.is_live())
+            .ok_or_else(|| {
+                BillingError::conflict(
+                    "orgId",
+                    "this organization has no live subscription; start one with /api/stripe/subscription.create",
+                )
+            })?
+            .state;
+        let prices = self.prices().await?;
+        let (Some(current_price), Some(next_price)) = (prices.get(&stored.plan), prices.get(&next))
+        else {
+            return Err(BillingError::Unmirrorable(
+                "a plan of this change has no Stripe price".to_owned(),
+            ));
+        };
+        let change =
+            PlanChange::between(&stored.plan, current_price.amount, &next, next_price.amount)
+                .ok_or_else(|| {
+                    BillingError::conflict(
+                        "newPlanCode",
+                        format!("the subscription is already on `{next}`"),
+                    )
+                })?;
+        Ok(Change {
+            customer,
+            stored,
+            change,
+            next,
+            next_price: next_price.clone(),
+        })
+    }
+
+    /// The `proration_date` for changes made now: the start of this minute, not before the period's start.
+    fn proration_date(&self, stored: &SubscriptionState) -> i64 {
+        let now = self.now().timestamp();
+        (now - now.rem_euclid(60)).max(stored.period.start.timestamp())
+    }
+
+    /// The subscription's (single) item id, read from Stripe.
+    async fn item_id(&self, subscription: &str) -> Result<String, BillingError> {
+        let s = self
+            .stripe
+            .send(
+                Op::SubscriptionRetrieve,
+                &RetrieveSubscription::new(subscription),
+                None,
+            )
+            .await?;
+        s.items
+            .data
+            .first()
+            .map(|item| item.id.as_str().to_owned())
+            .ok_or_else(|| {
+                BillingError::Unmirrorable(format!("subscription {subscription}: has no items"))
+            })
+    }
+
+    /// 5.1: what changing to `new_plan` costs: for an upgrade, exactly what 5.2 invoices now; for a downgrade, the
+    /// first renewal at the new price.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn preview(&self, org_id: &OrgId, new_plan: &str) -> Result<Preview, BillingError> {
+        let mut tx = self.pg.begin().await?;
+        let c = self.change(&mut tx, org_id, new_plan).await?;
+        tx.commit().await?;
+        let item = self.item_id(&c.stored.id).await?;
+        let upgrade = c.change == PlanChange::Upgrade;
+        let details = CreatePreviewInvoiceSubscriptionDetails {
+            items: Some(vec![CreatePreviewInvoiceSubscriptionDetailsItems {
+                id: Some(item),
+                price: Some(c.next_price.id.clone()),
+                ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
+            }]),
+            proration_behavior: Some(if upgrade {
+                CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::AlwaysInvoice
+            } else {
+                CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::None
+            }),
+            proration_date: upgrade.then(|| self.proration_date(&c.stored)),
+            ..CreatePreviewInvoiceSubscriptionDetails::new()
+        };
+        let request = CreatePreviewInvoice::new()
+            .customer(c.customer.as_str())
+            .subscription(c.stored.id.as_str())
+            .subscription_details(details);
+        // A preview creates nothing; its key only makes our own retries of it one request.
+        let key = IdempotencyKey::fresh(Op::InvoicePreview);
+        let invoice = self
+            .stripe
+            .send(Op::InvoicePreview, &request, Some(&key))
+            .await?;
+        let items = invoice
+            .lines
+            .data
+            .iter()
+            .map(|line| PreviewItem {
+                description: line.description.clone().unwrap_or_default(),
+                amount: line.amount,
+                proration: line.parent.as_ref().is_some_and(|p| {
+                    p.subscription_item_details
+                        .as_ref()
+                        .is_some_and(|d| d.proration)
+                        || p.invoice_item_details.as_ref().is_some_and(|d| d.proration)
+                }),
+            })
+            .collect();
+        Ok(Preview {
+            amount: invoice.total,
+            currency: invoice.currency.to_string().to_ascii_lowercase(),
+            proration: upgrade,
+            items,
+        })
+    }
+
+    /// 5.2: changes to `new_plan` now, prorated and invoiced at once; the new plan's limits apply at once (the
+    /// period, and so its usage counter, stays). A pending downgrade is dropped.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn upgrade_now(
+        &self,
+        org_id: &OrgId,
+        new_plan: &str,
+    ) -> Result<PlanCode, BillingError> {
+        let mut tx = self.pg.begin().await?;
+        let c = self.change(&mut tx, org_id, new_plan).await?;
+        if c.change != PlanChange::Upgrade {
+            return Err(BillingError::invalid(
+                "newPlanCode",
+                format!(
+                    "`{}` is a downgrade; schedule it with /api/plans/downgrade.schedule",
+                    c.next
+                ),
+            ));
+        }
+        if let Some(schedule) = &c.stored.schedule {
+            self.release_schedule(schedule).await?;
+        }
+        let item = self.item_id(&c.stored.id).await?;
+        let proration_date = self.proration_date(&c.stored);
+        let request = UpdateSubscription::new(c.stored.id.as_str())
+            .items(vec![UpdateSubscriptionItems {
+                id: Some(item.clone()),
+                price: Some(c.next_price.id.clone()),
+                ..UpdateSubscriptionItems::new()
+            }])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
+            .proration_date(proration_date)
+            // A declined card leaves the subscription as it was and answers with Stripe's card error.
+            .payment_behavior(UpdateSubscriptionPaymentBehavior::ErrorIfIncomplete);
+        // The inputs, including the proration minute: a retry within it replays Stripe's answer; a later attempt
+        // finds the subscription already upgraded (409) rather than upgrading twice.
+        let key = IdempotencyKey::derive(
+            Op::SubscriptionUpdate,
+            &[
+                "upgrade",
+                &c.stored.id,
+                &item,
+                &c.stored.price_id,
+                &c.next_price.id,
+                &proration_date.to_string(),
+            ],
+        );
+        self.stripe
+            .send(Op::SubscriptionUpdate, &request, Some(&key))
+            .await?;
+        let synced = self.sync_subscription(&mut tx, &c.stored.id).await?;
+        tx.commit().await?;
+        tracing::info!(plan.from = %c.stored.plan, plan.to = %synced.state.plan, "upgraded now");
+        Ok(synced.state.plan)
+    }
+
+    /// 5.3: schedules `new_plan` for the end of the current period, in Stripe (a subscription schedule whose second
+    /// phase bills the new price). Limits change only when the renewal arrives.
+    #[tracing::instrument(skip_all, fields(org.id = %org_id))]
+    pub async fn schedule_downgrade(
+        &self,
+        org_id: &OrgId,
+        new_plan: &str,
+    ) -> Result<Scheduled, BillingError> {
+        let mut tx = self.pg.begin().await?;
+        let c = self.change(&mut tx, org_id, new_plan).await?;
+        if c.change != PlanChange::Downgrade {
+            return Err(BillingError::invalid(
+                "newPlanCode",
+                format!(
+                    "`{}` is an upgrade; make it with /api/plans/upgrade.now",
+                    c.next
+                ),
+            ));
+        }
+        let attached = match &c.stored.schedule {
+            Some(id) => Some(
+                self.stripe
+                    .send(
+                        Op::ScheduleRetrieve,
+                        &RetrieveSubscriptionSchedule::new(id.as_str()),
+                        None,
+                    )
+                    .await?,
+            ),
+            None => None,
+        };
+        // A released or completed schedule cannot be changed: a new one takes its place.
+        let usable = attached.filter(|s| {
+            matches!(
+                s.status,
+                stripe_shared::SubscriptionScheduleStatus::Active
+                    | stripe_shared::SubscriptionScheduleStatus::NotStarted
+            )
+        });
+        let schedule = match usable {
+            Some(schedule) => schedule,
+            None => {
+                // Keyed by the period too: after a renewal released the last one, the next downgrade needs a new one.
+                let key = IdempotencyKey::derive(
+                    Op::ScheduleCreate,
+                    &[&c.stored.id, &c.stored.period.start.timestamp().to_string()],
+                );
+                self.stripe
+                    .send(
+                        Op::ScheduleCreate,
+                        &CreateSubscriptionSchedule::new().from_subscription(c.stored.id.as_str()),
+                        Some(&key),
+                    )
+                    .await?
+            }
+        };
+        let current_start = schedule
+            .phases
+            .first()
+            .map_or(c.stored.period.start.timestamp(), |p| p.start_date);
+        let period_end = c.stored.period.end.timestamp();
+        let item = |price: &str| UpdateSubscriptionSchedulePhasesItems {
+            price: Some(price.to_owned()),
+            ..UpdateSubscriptionSchedulePhasesItems::new()
+        };
+        let mut now_phase = UpdateSubscriptionSchedulePhases::new(vec![item(&c.stored.price_id)]);
+        now_phase.start_date = Some(UpdateSubscriptionSchedulePhasesStartDate::Timestamp(
+            current_start,
+        ));
+        now_phase.end_date = Some(UpdateSubscriptionSchedulePhasesEndDate::Timestamp(
+            period_end,
+        ));
+        now_phase.proration_behavior =
+            Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
+        let mut next_phase = UpdateSubscriptionSchedulePhases::new(vec![item(&c.next_price.id)]);
+        next_phase.duration = Some(UpdateSubscriptionSchedulePhasesDuration {
+            interval: UpdateSubscriptionSchedulePhasesDurationInterval::Month,
+            interval_count: Some(1),
+        });
+        next_phase.proration_behavior =
+            Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
+        let request = UpdateSubscriptionSchedule::new(schedule.id.as_str())
+            .phases(vec![now_phase, next_phase])
+            .end_behavior(stripe_shared::SubscriptionScheduleEndBehavior::Release);
+        let key = IdempotencyKey::derive(
+            Op::ScheduleUpdate,
+            &[
+                schedule.id.as_str(),
+                &c.stored.price_id,
+                &c.next_price.id,
+                &period_end.to_string(),
+            ],
+        );
+        self.stripe
+            .send(Op::ScheduleUpdate, &request, Some(&key))
+            .await?;
+        let synced = self.sync_subscription(&mut tx, &c.stored.id).await?;
+        tx.commit().await?;
+        let pending = synced.state.pending.ok_or_else(|| {
+            BillingError::Unmirrorable("Stripe did not keep the scheduled phase".to_owned())
+        })?;
+        tracing::info!(plan.from = %c.stored.plan, plan.to = %pending.plan, "downgrade scheduled");
+        Ok(Scheduled {
+            effective_at: pending.effective_at,
+            pending_plan: pending.plan,
+        })
+    }
+
+    /// Releases a schedule: the subscription keeps its current price and nothing happens at renewal.
+    async fn release_schedule(&self, schedule: &str) -> Result<(), BillingError> {
+        let key = IdempotencyKey::derive(Op::ScheduleRelease, &[schedule]);
+        match self
+            .stripe
+            .send(
+                Op::ScheduleRelease,
+                &ReleaseSubscriptionSchedule::new(schedule),
+                Some(&key),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already released or completed: nothing left to drop.
+            Err(crate::stripe::StripeError::Refused {
+                status: 400 | 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

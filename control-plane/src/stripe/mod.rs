@@ -1,0 +1,498 @@
+//! The one Stripe client.
+//!
+//! Requests and responses are async-stripe 1.0's types (its split crates, only the resources the billing flows
+//! use); the transport is ours, so that every call is made the same way:
+//!
+//! * **Idempotent.** Every POST carries an `Idempotency-Key` derived from the operation and its inputs
+//!   ([`IdempotencyKey::derive`]): a retried call — ours after a timeout, or our caller's after a lost reply —
+//!   reaches Stripe with the same key, and Stripe replays the first result instead of making a second customer,
+//!   subscription or charge.
+//! * **Retried, within a budget.** Network errors, timeouts, 429 and 5xx are retried with jittered exponential
+//!   backoff until the total budget (`TOLLGATE_STRIPE_BUDGET_MS`) is spent; `Stripe-Should-Retry` is obeyed.
+//! * **Errors once.** A failure is a [`StripeError`]: Stripe refused the request (its 4xx, with its message), Stripe
+//!   is unavailable, or its answer could not be read. The services map it to problem+json once.
+//! * **Measured.** `tollgate_cp_stripe_requests_total{operation,outcome}` and
+//!   `tollgate_cp_stripe_request_duration_seconds{operation}`; the secret key and request bodies never reach a log,
+//!   an error or a label.
+//!
+//! Responses are decoded with serde (async-stripe's `deserialize` feature) through `serde_path_to_error`, so a
+//! Stripe answer we cannot read names the field at fault in the log.
+
+pub mod signature;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+use stripe_client_core::{RequestBuilder, StripeMethod, StripeRequest};
+
+/// How calls to Stripe are made.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    /// `STRIPE_SECRET_KEY`.
+    pub secret_key: SecretString,
+    /// `STRIPE_API_BASE`, without a trailing slash.
+    pub api_base: String,
+    /// One attempt's timeout.
+    pub attempt_timeout: Duration,
+    /// Total time one call may take, retries included.
+    pub budget: Duration,
+}
+
+/// An `Idempotency-Key`: a hash of the operation and its inputs, so equal inputs give equal keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The key of `operation` with `inputs` (each input separated, so `["ab","c"]` and `["a","bc"]` differ).
+    pub fn derive(operation: Op, inputs: &[&str]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(operation.label().as_bytes());
+        for input in inputs {
+            hasher.update([0u8]);
+            hasher.update(input.as_bytes());
+        }
+        let digest = hex::encode(hasher.finalize());
+        Self(format!("tollgate-{}-{}", operation.label(), &digest[..40]))
+    }
+
+    /// A fresh key, for calls that create nothing a retry could duplicate harmfully (a SetupIntent, a portal
+    /// session): retries of this call still share it.
+    pub fn fresh(operation: Op) -> Self {
+        Self::derive(operation, &[&uuid::Uuid::new_v4().to_string()])
+    }
+
+    /// The header value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Every Stripe operation Tollgate makes: the `operation` label of its metrics (a fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    CustomerCreate,
+    CustomerRetrieve,
+    CustomerSearch,
+    CustomerUpdate,
+    PriceList,
+    PriceRetrieve,
+    SubscriptionCreate,
+    SubscriptionRetrieve,
+    SubscriptionList,
+    SubscriptionUpdate,
+    ScheduleCreate,
+    ScheduleRetrieve,
+    ScheduleUpdate,
+    ScheduleRelease,
+    InvoicePreview,
+    InvoiceList,
+    InvoiceRetrieve,
+    SetupIntentCreate,
+    PaymentMethodRetrieve,
+    PaymentMethodAttach,
+    PortalSessionCreate,
+}
+
+impl Op {
+    /// Every operation, for registering metric series up front.
+    pub const ALL: [Op; 21] = [
+        Op::CustomerCreate,
+        Op::CustomerRetrieve,
+        Op::CustomerSearch,
+        Op::CustomerUpdate,
+        Op::PriceList,
+        Op::PriceRetrieve,
+        Op::SubscriptionCreate,
+        Op::SubscriptionRetrieve,
+        Op::SubscriptionList,
+        Op::SubscriptionUpdate,
+        Op::ScheduleCreate,
+        Op::ScheduleRetrieve,
+        Op::ScheduleUpdate,
+        Op::ScheduleRelease,
+        Op::InvoicePreview,
+        Op::InvoiceList,
+        Op::InvoiceRetrieve,
+        Op::SetupIntentCreate,
+        Op::PaymentMethodRetrieve,
+        Op::PaymentMethodAttach,
+        Op::PortalSessionCreate,
+    ];
+
+    /// The metric label, e.g. `customers.create`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::CustomerCreate => "customers.create",
+            Self::CustomerRetrieve => "customers.retrieve",
+            Self::CustomerSearch => "customers.search",
+            Self::CustomerUpdate => "customers.update",
+            Self::PriceList => "prices.list",
+            Self::PriceRetrieve => "prices.retrieve",
+            Self::SubscriptionCreate => "subscriptions.create",
+            Self::SubscriptionRetrieve => "subscriptions.retrieve",
+            Self::SubscriptionList => "subscriptions.list",
+            Self::SubscriptionUpdate => "subscriptions.update",
+            Self::ScheduleCreate => "subscription_schedules.create",
+            Self::ScheduleRetrieve => "subscription_schedules.retrieve",
+            Self::ScheduleUpdate => "subscription_schedules.update",
+            Self::ScheduleRelease => "subscription_schedules.release",
+            Self::InvoicePreview => "invoices.create_preview",
+            Self::InvoiceList => "invoices.list",
+            Self::InvoiceRetrieve => "invoices.retrieve",
+            Self::SetupIntentCreate => "setup_intents.create",
+            Self::PaymentMethodRetrieve => "payment_methods.retrieve",
+            Self::PaymentMethodAttach => "payment_methods.attach",
+            Self::PortalSessionCreate => "billing_portal.sessions.create",
+        }
+    }
+}
+
+/// Why a Stripe call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StripeError {
+    /// Stripe answered with a 4xx: the request is wrong (an unknown id, a declined card, a bad parameter).
+    #[error("stripe refused the request ({status} {kind}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Stripe's error `type` (`card_error`, `invalid_request_error`, …).
+        kind: String,
+        /// Stripe's `code`, e.g. `resource_missing`.
+        code: Option<String>,
+        /// Stripe's message, meant for the customer.
+        message: String,
+        /// The request parameter at fault, as Stripe names it.
+        param: Option<String>,
+    },
+    /// Stripe could not be reached, timed out, or kept answering 429/5xx until the budget was spent.
+    #[error("stripe is unavailable: {0}")]
+    Unavailable(String),
+    /// Stripe refused our credentials (401/403): an operator problem, not the caller's.
+    #[error("stripe refused Tollgate's API key")]
+    Unauthorized,
+    /// A 2xx whose body does not decode.
+    #[error("stripe's answer could not be read: {0}")]
+    Unreadable(String),
+}
+
+impl StripeError {
+    /// Whether Stripe said the object does not exist.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Self::Refused { status: 404, .. })
+            || matches!(self, Self::Refused { code: Some(code), .. } if code == "resource_missing")
+    }
+
+    /// The metric outcome.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Refused { kind, .. } if kind == "card_error" => "card_error",
+            Self::Refused { .. } => "refused",
+            Self::Unavailable(_) => "unavailable",
+            Self::Unauthorized => "unauthorized",
+            Self::Unreadable(_) => "unreadable",
+        }
+    }
+}
+
+/// Stripe's error envelope.
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorObject,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorObject {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    param: Option<String>,
+}
+
+/// The client's metrics.
+#[derive(Clone)]
+pub struct StripeMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl StripeMetrics {
+    /// Creates and registers the metrics, with a series per operation and outcome from the start.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_stripe_requests_total",
+                    "Stripe API calls by operation and outcome (retries included in one call).",
+                ),
+                &["operation", "outcome"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_cp_stripe_request_duration_seconds",
+                    "Time of one Stripe API call, retries included, by operation.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["operation"],
+            )?,
+        };
+        for op in Op::ALL {
+            for outcome in [
+                "ok",
+                "refused",
+                "card_error",
+                "unavailable",
+                "unauthorized",
+                "unreadable",
+            ] {
+                m.requests.with_label_values(&[op.label(), outcome]);
+            }
+        }
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The Stripe API client; cheap to share.
+pub struct StripeClient {
+    http: reqwest::Client,
+    base: String,
+    headers: HeaderMap,
+    budget: Duration,
+    metrics: StripeMetrics,
+}
+
+impl std::fmt::Debug for StripeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StripeClient {
+    /// A client for `settings`.
+    pub fn new(settings: &StripeSettings, metrics: StripeMetrics) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.attempt_timeout)
+            .connect_timeout(settings.attempt_timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut auth =
+            HeaderValue::try_from(format!("Bearer {}", settings.secret_key.expose_secret()))
+                .map_err(|_| "STRIPE_SECRET_KEY: not a valid header value".to_owned())?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(
+            "stripe-version",
+            HeaderValue::from_str(stripe_shared::version::VERSION.as_str())
+                .map_err(|_| "the Stripe API version is not a header value".to_owned())?,
+        );
+        Ok(Self {
+            http,
+            base: settings.api_base.trim_end_matches('/').to_owned(),
+            headers,
+            budget: settings.budget,
+            metrics,
+        })
+    }
+
+    /// Sends `request` (a POST needs `key`), retrying transient failures within the budget, and decodes the answer.
+    pub async fn send<R>(
+        &self,
+        op: Op,
+        request: &R,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<R::Output, StripeError>
+    where
+        R: StripeRequest,
+        R::Output: DeserializeOwned,
+    {
+        let started = Instant::now();
+        let result = self.send_once_or_retry(op, &request.build(), key).await;
+        self.metrics
+            .duration
+            .with_label_values(&[op.label()])
+            .observe(started.elapsed().as_secs_f64());
+        let result = result.and_then(|bytes| decode::<R::Output>(&bytes));
+        let outcome = result.as_ref().map_or_else(StripeError::outcome, |_| "ok");
+        self.metrics
+            .requests
+            .with_label_values(&[op.label(), outcome])
+            .inc();
+        if let Err(e) = &result {
+            match e {
+                StripeError::Refused { .. } => {
+                    tracing::debug!(stripe.operation = op.label(), error = %e, "stripe refused a request");
+                }
+                _ => {
+                    tracing::warn!(stripe.operation = op.label(), error = %e, "stripe call failed")
+                }
+            }
+        }
+        result
+    }
+
+    async fn send_once_or_retry(
+        &self,
+        op: Op,
+        builder: &RequestBuilder,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<bytes::Bytes, StripeError> {
+        let deadline = Instant::now() + self.budget;
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = self.attempt(builder, key).await;
+            let retry = match &outcome {
+                Ok(_) => false,
+                Err(Attempt::Transient(_)) => true,
+                Err(Attempt::Final(_)) => false,
+            };
+            let delay = backoff(attempt);
+            if !retry || Instant::now() + delay >= deadline {
+                return outcome.map_err(|e| match e {
+                    Attempt::Transient(detail) => StripeError::Unavailable(detail),
+                    Attempt::Final(e) => e,
+                });
+            }
+            tracing::debug!(
+                stripe.operation = op.label(),
+                attempt,
+                "retrying a stripe call"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        builder: &RequestBuilder,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<bytes::Bytes, Attempt> {
+        let mut url = format!("{}/v1{}", self.base, builder.path);
+        if let Some(query) = builder.query.as_deref().filter(|q| !q.is_empty()) {
+            url.push('?');
+            url.push_str(query);
+        }
+        let method = match builder.method {
+            StripeMethod::Get => reqwest::Method::GET,
+            StripeMethod::Post => reqwest::Method::POST,
+            StripeMethod::Delete => reqwest::Method::DELETE,
+        };
+        let mut request = self.http.request(method, url).headers(self.headers.clone());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key.as_str());
+        }
+        if let Some(body) = &builder.body {
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.clone());
+        }
+        let response = request.send().await.map_err(|e| {
+            // Without the URL: it is ours, but it says nothing a reader needs.
+            Attempt::Transient(e.without_url().to_string())
+        })?;
+        let status = response.status().as_u16();
+        let should_retry = response
+            .headers()
+            .get("stripe-should-retry")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v == "true");
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Attempt::Transient(e.without_url().to_string()))?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        if should_retry.unwrap_or(matches!(status, 409 | 429 | 500..=599)) {
+            return Err(Attempt::Transient(format!("HTTP {status}")));
+        }
+        Err(Attempt::Final(match status {
+            401 | 403 => StripeError::Unauthorized,
+            _ => match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(ErrorBody { error }) if (400..500).contains(&status) => StripeError::Refused {
+                    status,
+                    kind: error.kind,
+                    code: error.code,
+                    message: error
+                        .message
+                        .unwrap_or_else(|| "the request was refused".to_owned()),
+                    param: error.param,
+                },
+                _ if (400..500).contains(&status) => StripeError::Refused {
+                    status,
+                    kind: "invalid_request_error".to_owned(),
+                    code: None,
+                    message: "the request was refused".to_owned(),
+                    param: None,
+                },
+                _ => StripeError::Unavailable(format!("HTTP {status}")),
+            },
+        }))
+    }
+}
+
+/// The outcome of one attempt.
+enum Attempt {
+    /// Worth another try (network, 429, 5xx).
+    Transient(String),
+    /// Not.
+    Final(StripeError),
+}
+
+/// 100 ms doubling to at most 2 s, with up to half of it as jitter so replicas do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(5));
+    let base = base.min(Duration::from_secs(2));
+    let jitter = rand::random::<f64>() * 0.5;
+    base.mul_f64(1.0 - jitter)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StripeError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| StripeError::Unreadable(format!("{}: {}", e.path(), e.inner())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_follow_their_inputs() {
+        let a = IdempotencyKey::derive(Op::CustomerCreate, &["org_a"]);
+        assert_eq!(a, IdempotencyKey::derive(Op::CustomerCreate, &["org_a"]));
+        assert_ne!(a, IdempotencyKey::derive(Op::CustomerCreate, &["org_b"]));
+        assert_ne!(
+            a,
+            IdempotencyKey::derive(Op::SubscriptionCreate, &["org_a"])
+        );
+        assert_ne!(
+            IdempotencyKey::derive(Op::CustomerCreate, &["ab", "c"]),
+            IdempotencyKey::derive(Op::CustomerCreate, &["a", "bc"])
+        );
+        assert!(a.as_str().len() <= 255);
+        assert!(a.as_str().starts_with("tollgate-customers.create-"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_millis(100));
+        assert!(backoff(0) >= Duration::from_millis(50));
+        assert!(backoff(10) <= Duration::from_secs(2));
+        assert!(backoff(10) >= Duration::from_secs(1));
+    }
+}
