@@ -1,13 +1,16 @@
 //! The process-wide state every handler shares.
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_STIGG_RETRY_MAX_MS};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::services::billing::{Billing, BillingMetrics};
+use crate::services::stigg::{OutboxMetrics, Stigg};
+use crate::stigg::{StiggClient, StiggMetrics};
 use crate::stripe::{StripeClient, StripeMetrics};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate_common::clock::{SharedClock, SystemClock};
 use tollgate_common::jwt::ClerkVerifier;
 use tollgate_common::store::{pg, redis::RedisConn};
@@ -30,6 +33,8 @@ pub struct App {
     pub clock: SharedClock,
     /// Billing, when Stripe is configured.
     pub billing: Option<Arc<Billing>>,
+    /// The Stigg mirror (its outbox records operations as skipped when Stigg is not configured).
+    pub stigg: Arc<Stigg>,
 }
 
 /// The axum state type.
@@ -64,6 +69,28 @@ impl App {
         let metrics = Metrics::register(&registry).context("registering metrics")?;
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
+        let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
+        let outbox_metrics = OutboxMetrics::register(&registry).context("registering metrics")?;
+        let stigg_client = config
+            .stigg
+            .as_ref()
+            .map(|settings| StiggClient::new(settings, stigg_metrics.clone()))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("STIGG_API_KEY")?;
+        let stigg = Stigg::new(
+            pg.clone(),
+            Arc::clone(&config.common.plans),
+            stigg_client,
+            config
+                .stigg
+                .as_ref()
+                .map_or(Duration::from_millis(DEFAULT_STIGG_RETRY_MAX_MS), |s| {
+                    s.retry_max
+                }),
+            stigg_metrics,
+            outbox_metrics,
+        );
         let billing = match &config.stripe {
             Some(settings) => {
                 let client = StripeClient::new(&settings.api, stripe_metrics)
@@ -76,6 +103,7 @@ impl App {
                     Arc::clone(&clock),
                     settings.clone(),
                     billing_metrics,
+                    Arc::clone(&stigg),
                 )))
             }
             None => None,
@@ -89,6 +117,7 @@ impl App {
             registry,
             clock,
             billing,
+            stigg,
         }))
     }
 }

@@ -22,6 +22,8 @@ pub const ENV_WEBHOOK_BODY_LIMIT: &str = "TOLLGATE_WEBHOOK_BODY_LIMIT";
 pub const ENV_BILLING_RETURN_URL: &str = "TOLLGATE_BILLING_RETURN_URL";
 pub const ENV_STIGG_API_KEY: &str = "STIGG_API_KEY";
 pub const ENV_STIGG_API_URL: &str = "STIGG_API_URL";
+pub const ENV_STIGG_BUDGET_MS: &str = "TOLLGATE_STIGG_BUDGET_MS";
+pub const ENV_STIGG_RETRY_MAX_MS: &str = "TOLLGATE_STIGG_RETRY_MAX_MS";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -34,6 +36,8 @@ pub const DEFAULT_STRIPE_WORKERS: usize = 4;
 /// Stripe's events can be far larger than the API's requests (a subscription with its items and invoice).
 pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
+pub const DEFAULT_STIGG_BUDGET_MS: u64 = 3_000;
+pub const DEFAULT_STIGG_RETRY_MAX_MS: u64 = 300_000;
 
 /// Stripe access. Without `STRIPE_SECRET_KEY` the billing endpoints answer 503 naming it; everything else works.
 #[derive(Debug, Clone)]
@@ -56,6 +60,10 @@ pub struct StripeSettings {
 pub struct StiggSettings {
     pub api_key: SecretString,
     pub api_url: Url,
+    /// One delivery's time, retries of 429 and 5xx included (`TOLLGATE_STIGG_BUDGET_MS`).
+    pub budget: Duration,
+    /// The longest wait between an operation's failed deliveries (`TOLLGATE_STIGG_RETRY_MAX_MS`).
+    pub retry_max: Duration,
 }
 
 /// Everything the control plane is configured with.
@@ -188,8 +196,16 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
 fn read_stigg(r: &mut Reader<'_>) -> Option<StiggSettings> {
     let api_key = r.optional_secret(ENV_STIGG_API_KEY);
     let api_url = r.url(ENV_STIGG_API_URL, Some(DEFAULT_STIGG_API_URL));
+    let budget = r.millis(ENV_STIGG_BUDGET_MS, DEFAULT_STIGG_BUDGET_MS, 100..=60_000);
+    let retry_max = r.millis(
+        ENV_STIGG_RETRY_MAX_MS,
+        DEFAULT_STIGG_RETRY_MAX_MS,
+        1_000..=3_600_000,
+    );
     Some(StiggSettings {
         api_key: api_key?,
         api_url: api_url?,
+        budget,
+        retry_max,
     })
 }

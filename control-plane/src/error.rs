@@ -61,9 +61,9 @@ pub enum ApiError {
     /// Stripe refused a request made for the caller (422, Stripe's message).
     #[error("{0}")]
     StripeRefused(String),
-    /// A dependency answered something we cannot use (502).
-    #[error("{0}")]
-    BadGateway(String),
+    /// A dependency answered something we cannot use (502). `cause` is logged, never sent.
+    #[error("{detail}")]
+    BadGateway { detail: String, cause: String },
     /// PostgreSQL failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -111,7 +111,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PaymentFailed(_) => StatusCode::PAYMENT_REQUIRED,
             Self::StripeRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -156,7 +156,7 @@ impl ApiError {
             }
             Self::PaymentFailed(d) => p(problem::PAYMENT_FAILED, d.clone()),
             Self::StripeRefused(d) => p(problem::STRIPE_REFUSED, d.clone()),
-            Self::BadGateway(d) => p(problem::BAD_GATEWAY, d.clone()),
+            Self::BadGateway { detail, .. } => p(problem::BAD_GATEWAY, detail.clone()),
             Self::Redis(_) => p(
                 problem::UNAVAILABLE,
                 "redis is unavailable; retry later".to_owned(),
@@ -191,6 +191,9 @@ impl IntoResponse for ApiError {
             Self::Database(e) => tracing::error!(error = %e, "database failure"),
             Self::Redis(e) => tracing::error!(error = %e, "redis failure"),
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal failure"),
+            Self::BadGateway { cause, .. } => {
+                tracing::error!(error = %cause, "a dependency's answer could not be used");
+            }
             _ if status.is_server_error() => tracing::warn!(error = %self, "request failed"),
             _ => tracing::debug!(http.status = status.as_u16(), error = %self, "request refused"),
         }
@@ -237,17 +240,29 @@ impl From<crate::services::billing::BillingError> for ApiError {
             B::Stripe(S::Unavailable(_)) => Self::Unavailable(
                 "Stripe is unavailable; nothing was changed; retry later".to_owned(),
             ),
-            B::Stripe(e @ (S::Unauthorized | S::Unreadable(_))) => {
-                tracing::error!(error = %e, "stripe call failed");
-                Self::BadGateway(
-                    "Stripe's answer could not be used; nothing was changed".to_owned(),
-                )
-            }
-            B::Unmirrorable(detail) => {
-                tracing::error!(error = %detail, "stripe state cannot be mirrored");
-                Self::BadGateway(format!("Stripe's state cannot be mirrored: {detail}"))
-            }
+            B::Stripe(e @ (S::Unauthorized | S::Unreadable(_))) => Self::BadGateway {
+                detail: "Stripe's answer could not be used; nothing was changed".to_owned(),
+                cause: e.to_string(),
+            },
+            B::Unmirrorable(detail) => Self::BadGateway {
+                detail: format!("Stripe's state cannot be mirrored: {detail}"),
+                cause: detail,
+            },
             B::Database(e) => Self::Database(e),
+        }
+    }
+}
+
+impl From<crate::services::stigg::StiggMirrorError> for ApiError {
+    fn from(e: crate::services::stigg::StiggMirrorError) -> Self {
+        use crate::services::stigg::StiggMirrorError as M;
+        match e {
+            M::UnknownOrg => Self::NotFound {
+                field: "orgId",
+                detail: "no such organization; create it with /api/orgs.create".to_owned(),
+            },
+            M::Invalid { field, detail } => Self::invalid(field, detail),
+            M::Database(e) => Self::Database(e),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! * [`routes`] — one module per endpoint (`routes/<domain>/<action>.rs`), annotated for OpenAPI.
 //! * [`services`] — the work behind the handlers (SQL, Redis, Stripe), each with its own dependencies and errors.
 //! * [`stripe`] — the Stripe client and webhook signatures.
-//! * [`jobs`] — background work: the Stripe webhook worker.
+//! * [`stigg`] — the Stigg GraphQL client (the SDKs' four mirroring operations).
+//! * [`jobs`] — background work: the Stripe webhook worker and the Stigg outbox drain.
 //! * [`error`] — [`error::ApiError`], the one error type, mapped once to problem+json.
 //! * [`extract`] — body and query extractors whose errors name the field.
 //! * [`validate`] — field rules several routes share.
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod routes;
 pub mod services;
+pub mod stigg;
 pub mod stripe;
 pub mod validate;
 
@@ -52,6 +54,7 @@ pub async fn run(
         let workers = app.config.stripe.as_ref().map_or(1, |s| s.workers);
         tokio::spawn(jobs::stripe_events::run(billing, workers, stopped.clone()))
     });
+    let outbox = tokio::spawn(jobs::stigg_outbox::run(app.stigg.clone(), stopped.clone()));
     let mut server_stop = stopped.clone();
     let server = tokio::spawn(serve(app, listener, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -62,6 +65,7 @@ pub async fn run(
     if let Some(workers) = workers {
         let _ = workers.await;
     }
+    let _ = outbox.await;
     served
 }
 

@@ -19,6 +19,21 @@ pub fn label<'a>(field: &'static str, value: &'a str, max: usize) -> ApiResult<&
     Ok(value)
 }
 
+/// Most items one page of a listing holds (`limit`), as in Stripe's lists.
+pub const MAX_PAGE: u8 = 100;
+
+/// A listing's `limit`: 1 to [`MAX_PAGE`], `default` when absent.
+pub fn page_limit(limit: Option<u8>, default: u8) -> ApiResult<u8> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// The JSON Schema `pattern` of [`label`] (lengths are stated with `minLength`/`maxLength`).
 pub const LABEL_PATTERN: &str =
     r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$";

@@ -56,3 +56,16 @@ ensure_python() {
   command -v python3 >/dev/null || apt_install python3
   python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 }
+
+# The Stripe emulator's virtualenv (target/py: localstripe and our extension's pins), rebuilt when
+# tests/stripe/requirements.txt changes. The end-to-end tests start the emulator from it.
+ensure_stripe_venv() {
+  local venv="${CARGO_TARGET_DIR:-target}/py"
+  if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/stripe/requirements.txt "$venv/requirements.txt"; then
+    log "creating the Stripe emulator's virtualenv in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/stripe/requirements.txt
+    cp tests/stripe/requirements.txt "$venv/requirements.txt"
+  fi
+}

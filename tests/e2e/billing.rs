@@ -10,15 +10,24 @@ use tollgate_e2e::metering::{Metering, Options};
 use tollgate_e2e::stripe::{StripeEmulator, WEBHOOK_SECRET};
 use tollgate_e2e::wait;
 
-const LONG: Duration = Duration::from_secs(30);
+pub(crate) const LONG: Duration = Duration::from_secs(30);
 
 /// An emulator with the test plans' prices, and a metering set-up billing against it.
 async fn setup(limit: u64) -> (StripeEmulator, Metering) {
+    setup_with(limit, None).await
+}
+
+/// [`setup`], mirroring into `stigg` when given.
+pub(crate) async fn setup_with(
+    limit: u64,
+    stigg: Option<&tollgate_e2e::stigg::FakeStigg>,
+) -> (StripeEmulator, Metering) {
     let stripe = StripeEmulator::start().await;
     stripe.seed_prices().await;
     let m = Metering::start(Options {
         limit,
         stripe: Some(&stripe),
+        stigg,
         ..Options::default()
     })
     .await;
@@ -26,12 +35,12 @@ async fn setup(limit: u64) -> (StripeEmulator, Metering) {
 }
 
 /// The user who owns `org` (as `TestApp::create_org` makes it).
-fn owner(m: &Metering, org: &str) -> String {
+pub(crate) fn owner(m: &Metering, org: &str) -> String {
     m.app.user_token(&format!("user_{}", &org[4..]), org)
 }
 
 /// Org, customer and trial, as the org's owner would do it; returns the subscription id.
-async fn sign_up(m: &Metering, org: &str) -> String {
+pub(crate) async fn sign_up(m: &Metering, org: &str) -> String {
     m.app.create_org(org).await;
     let token = owner(m, org);
     let r = m
@@ -60,7 +69,7 @@ async fn sign_up(m: &Metering, org: &str) -> String {
 }
 
 /// The stored subscription row, as JSON.
-async fn stored(m: &Metering, subscription: &str) -> Value {
+pub(crate) async fn stored(m: &Metering, subscription: &str) -> Value {
     sqlx::query_scalar(
         "SELECT to_jsonb(s) - 'updated_at' - 'stripe_updated_at' - 'created_at' FROM subscriptions s
           WHERE stripe_subscription_id = $1",
@@ -73,7 +82,7 @@ async fn stored(m: &Metering, subscription: &str) -> Value {
 }
 
 /// Waits until the stored subscription satisfies `done`.
-async fn await_stored(
+pub(crate) async fn await_stored(
     m: &Metering,
     subscription: &str,
     what: &str,
@@ -86,7 +95,7 @@ async fn await_stored(
     .await
 }
 
-async fn entitlements(m: &Metering, org: &str) -> Value {
+pub(crate) async fn entitlements(m: &Metering, org: &str) -> Value {
     let r = m
         .app
         .get("/api/me/entitlements.read", Auth::Bearer(&owner(m, org)))
@@ -441,7 +450,7 @@ async fn two_control_planes_apply_each_event_of_a_backlog_once() {
 // === trial to paid, plan changes ===
 
 /// A signed-up org with a card, past its trial: active on starter. Returns the subscription id.
-async fn paying(stripe: &StripeEmulator, m: &Metering, org: &str) -> String {
+pub(crate) async fn paying(stripe: &StripeEmulator, m: &Metering, org: &str) -> String {
     let sub = sign_up(m, org).await;
     let token = owner(m, org);
     let r = m
@@ -524,6 +533,41 @@ async fn a_trial_ends_into_the_paid_plan_without_anyone_calling_the_processor() 
         (r.headers().get("ratelimit-limit")?.to_str().ok()? == "100000").then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canceled_subscription_returns_the_org_to_the_unsubscribed_plan() {
+    let (stripe, m) = setup(50).await;
+    let sub = paying(&stripe, &m, "org_cancel").await;
+    assert_eq!(entitlements(&m, "org_cancel").await["planCode"], "starter");
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/subscriptions/{sub}", stripe.url))
+        .bearer_auth(tollgate_e2e::stripe::SECRET_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    await_stored(&m, &sub, "the cancellation", |row| {
+        row["status"] == "canceled"
+    })
+    .await;
+    let e = entitlements(&m, "org_cancel").await;
+    assert_eq!(
+        (e["planCode"].as_str(), e["included"].as_u64()),
+        (Some("trial"), Some(50)),
+        "the unsubscribed plan"
+    );
+    // And the org may subscribe again: a new subscription, not the canceled one replayed.
+    let again = m
+        .app
+        .post(
+            "/api/stripe/subscription.create",
+            Auth::Bearer(&owner(&m, "org_cancel")),
+            &json!({"priceLookup": "plan_starter_m"}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_ne!(again.json["subscriptionId"].as_str(), Some(sub.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,16 +8,9 @@ use tokio::io::AsyncWriteExt;
 use tollgate_e2e::app::{Auth, TestApp};
 use tollgate_e2e::clerk::{self, TestKey};
 use tollgate_e2e::metering::{Metering, Options};
+use tollgate_e2e::metric_value;
 use tollgate_e2e::proxy::ProxyProcess;
 use tollgate_e2e::raw::{self, RawResponse};
-
-fn metric_value(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Waits until the live `used` of `key`'s org is `expected` (proxied usage settles into the counter within ~20 ms).
 async fn await_used(app: &TestApp, key: &str, expected: u64) {

@@ -13,5 +13,6 @@ mod orgs;
 mod proxy_exactness;
 mod proxy_failures;
 mod proxy_http;
+mod stigg;
 mod support_selftest;
 mod usage;

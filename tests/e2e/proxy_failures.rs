@@ -3,6 +3,7 @@
 use std::time::Duration;
 use tollgate_e2e::forwarder::TcpForwarder;
 use tollgate_e2e::metering::{Metering, Options};
+use tollgate_e2e::metric_value;
 use tollgate_e2e::proxy::ProxyProcess;
 use tollgate_e2e::redis_server::RedisServer;
 
@@ -21,14 +22,6 @@ fn remaining(r: &reqwest::Response) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn metric_value(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Requests the proxy admitted under quota (from a lease or a round trip), by its own count.

@@ -111,6 +111,14 @@ impl TestAppBuilder {
             .env("TOLLGATE_STRIPE_BUDGET_MS", "2000")
     }
 
+    /// Mirrors into a fake Stigg, retrying failed deliveries at least every 2 s (production: 5 min).
+    pub fn stigg(self, stigg: &crate::stigg::FakeStigg) -> Self {
+        self.env("STIGG_API_KEY", crate::stigg::API_KEY)
+            .env("STIGG_API_URL", &stigg.url)
+            .env("TOLLGATE_STIGG_BUDGET_MS", "1000")
+            .env("TOLLGATE_STIGG_RETRY_MAX_MS", "2000")
+    }
+
     /// Shares a JWKS server with another app.
     pub fn jwks(mut self, jwks: Jwks) -> Self {
         self.jwks = Some(jwks);

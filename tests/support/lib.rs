@@ -10,6 +10,7 @@
 //! * [`redis_cluster`] — a private 3-master Redis Cluster on loopback.
 //! * [`forwarder`] — a TCP hop a test can cut and restore (PostgreSQL outages).
 //! * [`stripe`] — the Stripe emulator (localstripe extended by `tests/stripe/`).
+//! * [`stigg`] — a fake Stigg GraphQL API (the mirror's four operations, their state and their failures).
 //! * [`upstream`] — the customer API behind the proxy, recording what reaches it.
 //! * [`proxy`] — the `tollgate-proxy` binary as a child process.
 //! * [`metering`] — a control plane, an upstream and proxies wired to one database and Redis.
@@ -24,6 +25,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod stigg;
 pub mod stripe;
 pub mod upstream;
 pub mod wait;
@@ -42,4 +44,13 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port")
+}
+
+/// The value of `series` (name with labels, exactly as exported) in a Prometheus text exposition; 0 when absent.
+pub fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -22,6 +22,8 @@ pub struct Options<'a> {
     pub clock: Option<tollgate_common::clock::OffsetClock>,
     /// A Stripe emulator for the control plane's billing (its webhooks are registered to the control plane).
     pub stripe: Option<&'a crate::stripe::StripeEmulator>,
+    /// A fake Stigg for the control plane's mirror.
+    pub stigg: Option<&'a crate::stigg::FakeStigg>,
 }
 
 impl Default for Options<'_> {
@@ -32,6 +34,7 @@ impl Default for Options<'_> {
             proxy_env: Vec::new(),
             clock: None,
             stripe: None,
+            stigg: None,
         }
     }
 }
@@ -108,6 +111,9 @@ metered = false
         }
         if let Some(stripe) = options.stripe {
             builder = builder.stripe(stripe);
+        }
+        if let Some(stigg) = options.stigg {
+            builder = builder.stigg(stigg);
         }
         let app = builder.start().await;
         if let Some(stripe) = options.stripe {

@@ -139,18 +139,19 @@ pub enum Upserted {
     Unchanged,
 }
 
-/// Writes what Stripe says of a subscription. Writing the same state again changes nothing (and says so).
+/// Writes what Stripe says of a subscription. Writing the same state again changes nothing (and says so). Returns
+/// what the row said before, if it existed.
 pub async fn upsert(
     conn: &mut PgConnection,
     org_id: i64,
     s: &SubscriptionState,
-) -> Result<Upserted, sqlx::Error> {
+) -> Result<(Upserted, Option<SubscriptionState>), sqlx::Error> {
     let before = by_id(&mut *conn, &s.id).await?;
     if before
         .as_ref()
         .is_some_and(|b| b.org_id == org_id && b.state == *s)
     {
-        return Ok(Upserted::Unchanged);
+        return Ok((Upserted::Unchanged, before.map(|b| b.state)));
     }
     sqlx::query(
         "INSERT INTO subscriptions (org_id, stripe_subscription_id, stripe_customer_id, status, plan_code,
@@ -186,9 +187,10 @@ pub async fn upsert(
     .bind(s.pending.as_ref().map(|p| p.effective_at))
     .execute(conn)
     .await?;
-    Ok(if before.is_some() {
+    let outcome = if before.is_some() {
         Upserted::Updated
     } else {
         Upserted::Inserted
-    })
+    };
+    Ok((outcome, before.map(|b| b.state)))
 }

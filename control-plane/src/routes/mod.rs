@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orgs;
 pub mod quota;
+pub mod stigg;
 pub mod usage;
 pub mod webhooks;
 
@@ -100,6 +101,8 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(quota::deny_envelope::deny_envelope_example))
         .routes(routes!(admin::quotas_reset::reset_quotas))
         .routes(routes!(admin::webhooks_replay::replay_webhooks))
+        .routes(routes!(admin::stigg_outbox::list_outbox))
+        .routes(routes!(admin::stigg_outbox::requeue_outbox))
         .routes(routes!(billing::customer_ensure::ensure_customer))
         .routes(routes!(billing::subscription_create::create_subscription))
         .routes(routes!(billing::setup_intent::create_setup_intent))
@@ -109,6 +112,7 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::plans_preview::preview_plan_change))
         .routes(routes!(billing::plans_upgrade::upgrade_now))
         .routes(routes!(billing::plans_downgrade::schedule_downgrade))
+        .routes(routes!(stigg::provision::provision))
         .routes(routes!(webhooks::stripe_receive::receive_stripe_event))
         .routes(routes!(jobs::stripe_process::process_stripe_event))
         .split_for_parts()

@@ -5,10 +5,12 @@
 //! the responses every body-taking or authenticated route can give — are added here, once, from the same constants
 //! the validators use, so the document cannot be looser than the server (schemathesis holds us to it).
 
+use crate::routes::admin::stigg_outbox::MAX_ITEMS as MAX_REQUEUE;
 use crate::routes::admin::webhooks_replay::MAX_EVENT_IDS;
 use crate::routes::billing::customer_ensure::EMAIL_PATTERN;
 use crate::routes::billing::default_method::PAYMENT_METHOD_PATTERN;
-use crate::routes::billing::invoices::{CURSOR_PATTERN, MAX_LIMIT as MAX_INVOICES};
+use crate::routes::billing::invoices::CURSOR_PATTERN;
+use crate::routes::stigg::provision::{STRIPE_CUSTOMER_PATTERN, STRIPE_SUBSCRIPTION_PATTERN};
 use crate::services::usage::{MAX_HISTORY_PERIODS, MAX_RECORD_VALUE};
 use crate::validate;
 use serde_json::{Value, json};
@@ -49,11 +51,18 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
         ("EnsureCustomerRequest", "email") => json!({"pattern": EMAIL_PATTERN}),
         (_, "paymentMethodId") => json!({"pattern": PAYMENT_METHOD_PATTERN}),
         ("ProcessRequest", "eventId") => json!({"pattern": EVENT_ID_PATTERN}),
+        ("ProvisionRequest", "stripeCustomerId") => json!({"pattern": STRIPE_CUSTOMER_PATTERN}),
+        ("ProvisionRequest", "stripeSubscriptionId") => {
+            json!({"pattern": STRIPE_SUBSCRIPTION_PATTERN})
+        }
+        ("RequeueRequest", "ids") => json!({
+            "minItems": 1, "maxItems": MAX_REQUEUE
+        }),
         ("ReplayRequest", "eventIds") => json!({
             "minItems": 1, "maxItems": MAX_EVENT_IDS, "items": {"type": "string", "pattern": EVENT_ID_PATTERN}
         }),
         (_, "cursor") => json!({"pattern": CURSOR_PATTERN}),
-        (_, "limit") => json!({"minimum": 1, "maximum": MAX_INVOICES}),
+        (_, "limit") => json!({"minimum": 1, "maximum": validate::MAX_PAGE}),
         ("CreateOrgRequest", "name") => {
             json!({"minLength": 1, "maxLength": 200, "pattern": validate::LABEL_PATTERN})
         }
@@ -133,11 +142,13 @@ pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value 
 
 fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCatalog) {
     let mut takes_org = false;
+    let mut has_query = false;
     if let Some(parameters) = operation
         .get_mut("parameters")
         .and_then(Value::as_array_mut)
     {
         for parameter in parameters.iter_mut() {
+            has_query |= parameter["in"] == "query";
             let name = parameter["name"].as_str().unwrap_or_default().to_owned();
             takes_org |= name == "orgId";
             if let Some(extra) = constraint("", &name, catalog)
@@ -177,6 +188,9 @@ fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCat
         add("413", "The body is larger than the limit");
         add("415", "The body is not application/json");
         add("422", "A field is missing or invalid");
+    }
+    if has_query {
+        add("422", "A query parameter is invalid");
     }
     if takes_org {
         add(

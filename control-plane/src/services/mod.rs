@@ -4,4 +4,5 @@ pub mod billing;
 pub mod diag;
 pub mod keys;
 pub mod orgs;
+pub mod stigg;
 pub mod usage;

@@ -1,4 +1,5 @@
 //! Operator-only endpoints.
 
 pub mod quotas_reset;
+pub mod stigg_outbox;
 pub mod webhooks_replay;

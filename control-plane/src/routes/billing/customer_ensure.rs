@@ -33,7 +33,7 @@ pub struct EnsureCustomerResponse {
 }
 
 /// The JSON Schema pattern of an email address as accepted here.
-pub const EMAIL_PATTERN: &str = r"^[^\s@\x00-\x1f\x7f]{1,64}@[^\s@\x00-\x1f\x7f]{1,189}$";
+pub const EMAIL_PATTERN: &str = r"^[^\s@\x00-\x1f\x7f-\x9f]{1,64}@[^\s@\x00-\x1f\x7f-\x9f]{1,189}$";
 
 fn email(value: &str) -> ApiResult<&str> {
     let ok = value.split_once('@').is_some_and(|(local, domain)| {

@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use tollgate_common::domain::OrgId;
 use utoipa::{IntoParams, ToSchema};
 
-/// Most invoices one page holds.
-pub const MAX_LIMIT: u8 = 100;
 /// Invoices per page by default.
 pub const DEFAULT_LIMIT: u8 = 10;
 /// The JSON Schema pattern of a cursor (an invoice id).
@@ -68,13 +66,7 @@ pub async fn list_invoices(
     QueryParams(query): QueryParams<InvoicesQuery>,
 ) -> ApiResult<Json<Vec<InvoiceItem>>> {
     let org = caller.principal.org_scope(query.org_id.as_ref())?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = crate::validate::page_limit(query.limit, DEFAULT_LIMIT)?;
     if let Some(cursor) = &query.cursor {
         let ok = cursor.strip_prefix("in_").is_some_and(|rest| {
             (1..=250).contains(&rest.len())

@@ -49,11 +49,15 @@ impl Billing {
                     .to_owned()
             }
         };
-        sqlx::query("UPDATE orgs SET stripe_customer_id = $2, updated_at = now() WHERE id = $1")
-            .bind(org.id)
-            .bind(&customer)
-            .execute(&mut *tx)
-            .await?;
+        let name: String = sqlx::query_scalar(
+            "UPDATE orgs SET stripe_customer_id = $2, updated_at = now() WHERE id = $1 RETURNING name",
+        )
+        .bind(org.id)
+        .bind(&customer)
+        .fetch_one(&mut *tx)
+        .await?;
+        let import = crate::services::stigg::ops::customer(org_id, &customer, &name, Some(email));
+        self.stigg.queue(&mut tx, org.id, &[import]).await?;
         tx.commit().await?;
         tracing::info!("stripe customer linked");
         Ok(customer)

@@ -165,6 +165,8 @@ pub struct Billing {
     prices: RwLock<Option<(Instant, HashMap<PlanCode, PriceInfo>)>>,
     /// Woken by intake so a local worker picks an event up at once.
     pub wake: Notify,
+    /// The Stigg mirror, whose outbox billing writes to.
+    stigg: Arc<crate::services::stigg::Stigg>,
     /// Metrics.
     pub metrics: BillingMetrics,
 }
@@ -178,6 +180,7 @@ impl Billing {
         clock: SharedClock,
         settings: StripeSettings,
         metrics: BillingMetrics,
+        stigg: Arc<crate::services::stigg::Stigg>,
     ) -> Self {
         Self {
             pg,
@@ -187,6 +190,7 @@ impl Billing {
             settings,
             prices: RwLock::new(None),
             wake: Notify::new(),
+            stigg,
             metrics,
         }
     }

@@ -232,10 +232,14 @@ impl Billing {
                         other_state.id, state.id
                     )));
                 }
-                store::upsert(&mut *conn, org_id, &other_state).await?;
+                let (_, before) = store::upsert(&mut *conn, org_id, &other_state).await?;
+                self.mirror_to_stigg(conn, org_id, before.as_ref(), &other_state)
+                    .await?;
             }
         }
-        let upserted = store::upsert(&mut *conn, org_id, &state).await?;
+        let (upserted, before) = store::upsert(&mut *conn, org_id, &state).await?;
+        self.mirror_to_stigg(conn, org_id, before.as_ref(), &state)
+            .await?;
         if upserted != Upserted::Unchanged {
             tracing::info!(
                 subscription.status = state.status.as_str(),
@@ -248,6 +252,30 @@ impl Billing {
             state,
             changed: upserted != Upserted::Unchanged,
         })
+    }
+
+    /// Queues the Stigg operations that carry a change of the subscription, in the same transaction (Stripe →
+    /// database → Stigg).
+    async fn mirror_to_stigg(
+        &self,
+        conn: &mut PgConnection,
+        org_id: i64,
+        before: Option<&SubscriptionState>,
+        after: &SubscriptionState,
+    ) -> Result<(), BillingError> {
+        if before == Some(after) {
+            return Ok(());
+        }
+        let org: String = sqlx::query_scalar("SELECT clerk_org_id FROM orgs WHERE id = $1")
+            .bind(org_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        let Ok(org) = OrgId::parse(&org) else {
+            return Ok(());
+        };
+        let items = crate::services::stigg::ops::for_subscription(&org, before, after);
+        self.stigg.queue(conn, org_id, &items).await?;
+        Ok(())
     }
 
     /// The facts of a Stripe subscription, with its schedule's next phase when one is attached.

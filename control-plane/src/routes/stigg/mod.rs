@@ -1,0 +1,3 @@
+//! The Stigg mirror: 1.4 provisioning.
+
+pub mod provision;

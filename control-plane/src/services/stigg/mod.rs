@@ -1,0 +1,464 @@
+//! The Stigg mirror: a transactional outbox (CONTRACT §8; SEED 1.4).
+//!
+//! # Who writes, who drains
+//!
+//! * **Writers** queue operations with [`Stigg::queue`] in the *same transaction* as the change they mirror: billing when
+//!   it links a Stripe customer or mirrors a subscription (`services::billing`), and 1.4 `stigg/provision`. So the
+//!   order is always Stripe → database → Stigg, and a change is in the outbox iff it is in the database.
+//! * **The drain** ([`Stigg::deliver_next`], run by `jobs::stigg_outbox` on every replica) takes only the *head* of an
+//!   org's queue (its oldest undelivered operation), locked with `FOR UPDATE SKIP LOCKED`: operations of one org go
+//!   out in order, one at a time across all replicas, while other orgs' proceed. A failure records the attempt, the
+//!   error and the next attempt's time (2 s doubling to 5 min) and holds only that org's queue.
+//! * **Coalescing**: an update carries the subscription's whole state, so queueing one supersedes the same
+//!   subscription's updates still waiting.
+//! * **Idempotent delivery**: imports and updates set state; Stigg's "already exists" / "already cancelled" answers
+//!   count as delivered. A repeated delivery leaves Stigg as it was.
+//! * Without `STIGG_API_KEY`, operations are recorded as `skipped` (and counted), never an error.
+//!
+//! Nothing on the proxy, or on the quota, usage and entitlement endpoints, waits for Stigg.
+
+pub mod ops;
+
+use crate::stigg::{StiggClient, StiggError, StiggMetrics, StiggOp};
+use chrono::{DateTime, Utc};
+use ops::Queued;
+use prometheus::{IntGauge, Registry};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tollgate_common::domain::{OrgId, PlanCatalog, PlanCode};
+use tollgate_common::store::subscriptions as subscriptions_store;
+use utoipa::ToSchema;
+
+/// Why a mirror operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StiggMirrorError {
+    /// No such org.
+    #[error("orgId: no such organization; create it with /api/orgs.create")]
+    UnknownOrg,
+    /// A request field does not match the org's billing state (422).
+    #[error("{field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+    /// PostgreSQL.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// 1.4's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioned {
+    /// Stigg accepted every operation.
+    Done,
+    /// Stigg did not (unreachable, or it refused): queued, the worker finishes later.
+    Queued,
+    /// Stigg is not configured: recorded as skipped.
+    Skipped,
+}
+
+/// The outbox gauges.
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    /// `tollgate_cp_stigg_outbox_depth`: operations waiting (pending or failed).
+    pub depth: IntGauge,
+    /// `tollgate_cp_stigg_outbox_oldest_seconds`: age of the oldest waiting operation.
+    pub oldest: IntGauge,
+}
+
+impl OutboxMetrics {
+    /// Creates and registers the gauges.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            depth: IntGauge::new(
+                "tollgate_cp_stigg_outbox_depth",
+                "Stigg operations waiting to be delivered (pending or failed).",
+            )?,
+            oldest: IntGauge::new(
+                "tollgate_cp_stigg_outbox_oldest_seconds",
+                "Age in seconds of the oldest Stigg operation waiting to be delivered.",
+            )?,
+        };
+        registry.register(Box::new(m.depth.clone()))?;
+        registry.register(Box::new(m.oldest.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Queues `items` for `org_id` in the caller's transaction. With `configured` false they are recorded as skipped.
+async fn enqueue(
+    conn: &mut PgConnection,
+    org_id: i64,
+    items: &[Queued],
+    configured: bool,
+    metrics: &StiggMetrics,
+) -> Result<(), sqlx::Error> {
+    for item in items {
+        if item.op == StiggOp::UpdateSubscription {
+            sqlx::query(
+                "UPDATE stigg_outbox SET status = 'superseded', done_at = now()
+                  WHERE id IN (SELECT id FROM stigg_outbox
+                                WHERE org_id = $1 AND subject = $2 AND operation = 'update_subscription'
+                                  AND status IN ('pending', 'failed')
+                                FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(org_id)
+            .bind(&item.subject)
+            .execute(&mut *conn)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO stigg_outbox (org_id, operation, subject, payload, dedup_key, status, done_at)
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'skipped' THEN now() END)",
+        )
+        .bind(org_id)
+        .bind(item.op.as_str())
+        .bind(&item.subject)
+        .bind(sqlx::types::Json(&item.input))
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(if configured { "pending" } else { "skipped" })
+        .execute(&mut *conn)
+        .await?;
+        if !configured {
+            metrics
+                .deliveries
+                .with_label_values(&[item.op.as_str(), "skipped"])
+                .inc();
+        }
+    }
+    Ok(())
+}
+
+/// How long after its `attempts`-th failure an operation is tried again: 2 s, doubling, at most `max`.
+fn retry_delay(attempts: i32, max: std::time::Duration) -> std::time::Duration {
+    let doublings = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+    std::time::Duration::from_secs(2u64 << doublings).min(max)
+}
+
+/// An outbox row, as delivery reads it.
+#[derive(sqlx::FromRow)]
+struct Item {
+    id: i64,
+    org_id: i64,
+    operation: String,
+    payload: sqlx::types::Json<serde_json::Value>,
+    attempts: i32,
+}
+
+/// A waiting or failing operation, for the operator.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct StuckItem {
+    pub id: i64,
+    /// The org (Clerk id).
+    #[schema(example = "org_2aBcDeF")]
+    pub org_id: String,
+    #[schema(example = "import_subscription")]
+    pub operation: String,
+    /// `cus_…` or `sub_…`.
+    pub subject: String,
+    #[schema(example = "failed")]
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What one delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Stigg took it.
+    Delivered,
+    /// It failed and will be retried (the error is recorded).
+    Failed(String),
+}
+
+/// Delivers the outbox.
+pub struct Stigg {
+    pg: PgPool,
+    catalog: Arc<PlanCatalog>,
+    client: Option<StiggClient>,
+    retry_max: std::time::Duration,
+    /// Woken when operations are queued, so a worker delivers at once.
+    pub wake: Notify,
+    /// Delivery metrics.
+    pub metrics: StiggMetrics,
+    outbox: OutboxMetrics,
+}
+
+impl Stigg {
+    /// The mirror; `client` is `None` without `STIGG_API_KEY`. A failed delivery is retried after 2 s, doubling up
+    /// to `retry_max`.
+    pub fn new(
+        pg: PgPool,
+        catalog: Arc<PlanCatalog>,
+        client: Option<StiggClient>,
+        retry_max: std::time::Duration,
+        metrics: StiggMetrics,
+        outbox: OutboxMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pg,
+            catalog,
+            client,
+            retry_max,
+            wake: Notify::new(),
+            metrics,
+            outbox,
+        })
+    }
+
+    /// Whether Stigg is configured (else operations are skipped).
+    pub fn configured(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Queues `items` for `org_id` in the caller's transaction (recorded as skipped when Stigg is not configured),
+    /// and wakes a local worker. A wake that comes before the caller commits finds nothing; the worker's poll then
+    /// picks the items up within [`crate::jobs::stigg_outbox::POLL`].
+    pub async fn queue(
+        &self,
+        conn: &mut PgConnection,
+        org_id: i64,
+        items: &[Queued],
+    ) -> Result<(), sqlx::Error> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        enqueue(conn, org_id, items, self.configured(), &self.metrics).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The worker's step: delivers the head of some org's queue that no other replica holds. `Ok(None)` when nothing
+    /// is due.
+    pub async fn deliver_next(&self) -> Result<Option<Delivery>, StiggMirrorError> {
+        self.deliver_head(None).await
+    }
+
+    /// Delivers `org_id`'s queue now, head first, until it is empty, one fails, or another replica holds its head.
+    /// Returns whether the queue is empty.
+    pub async fn deliver_org(&self, org_id: i64) -> Result<bool, StiggMirrorError> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.deliver_head(Some(org_id)).await? {
+                Some(Delivery::Delivered) => continue,
+                Some(Delivery::Failed(_)) => return Ok(false),
+                None => {}
+            }
+            // Nothing due that we could take: the queue is empty, a worker holds its head, or its head waits for
+            // a retry. Wait briefly for a worker that holds it; give up on a failing one.
+            let (waiting, failing): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'failed')
+                   FROM stigg_outbox WHERE org_id = $1 AND status IN ('pending', 'failed')",
+            )
+            .bind(org_id)
+            .fetch_one(&self.pg)
+            .await?;
+            if waiting == 0 {
+                return Ok(true);
+            }
+            if failing > 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn deliver_head(&self, org: Option<i64>) -> Result<Option<Delivery>, StiggMirrorError> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let mut tx = self.pg.begin().await?;
+        let item: Option<Item> = sqlx::query_as(
+            "SELECT o.id, o.org_id, o.operation, o.payload, o.attempts FROM stigg_outbox o
+              WHERE o.status IN ('pending', 'failed') AND o.next_attempt_at <= now()
+                AND ($1::bigint IS NULL OR o.org_id = $1)
+                AND o.id = (SELECT min(h.id) FROM stigg_outbox h
+                             WHERE h.org_id = o.org_id AND h.status IN ('pending', 'failed'))
+              ORDER BY o.next_attempt_at, o.id
+              LIMIT 1 FOR UPDATE OF o SKIP LOCKED",
+        )
+        .bind(org)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(item) = item else {
+            return Ok(None);
+        };
+        let Some(op) = StiggOp::parse(&item.operation) else {
+            return Ok(None);
+        };
+        let outcome = client.execute(op, &item.payload.0).await;
+        let delivery = match outcome {
+            Ok(_) => {
+                sqlx::query(
+                    "UPDATE stigg_outbox SET status = 'done', done_at = now(), attempts = attempts + 1,
+                            last_error = NULL WHERE id = $1",
+                )
+                .bind(item.id)
+                .execute(&mut *tx)
+                .await?;
+                Delivery::Delivered
+            }
+            Err(e) => {
+                let attempts = item.attempts + 1;
+                let delay = retry_delay(attempts, self.retry_max);
+                let message = e.to_string();
+                sqlx::query(
+                    "UPDATE stigg_outbox SET status = 'failed', attempts = $2, last_error = $3,
+                            next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
+                )
+                .bind(item.id)
+                .bind(attempts)
+                .bind(message.chars().take(1000).collect::<String>())
+                .bind(delay.as_secs_f64())
+                .execute(&mut *tx)
+                .await?;
+                match &e {
+                    StiggError::Unavailable(_) => {
+                        tracing::debug!(org.internal_id = item.org_id, stigg.operation = op.as_str(), error = %e, "stigg delivery failed; retrying");
+                    }
+                    StiggError::Refused { .. } => {
+                        tracing::warn!(org.internal_id = item.org_id, stigg.operation = op.as_str(), attempts, error = %e, "stigg refused an operation; retrying with backoff");
+                    }
+                }
+                Delivery::Failed(message)
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(delivery))
+    }
+
+    /// 1.4: checks that the Stripe ids are the org's own and `plan` is the subscription's plan, queues the customer
+    /// and the subscription for Stigg in the same transaction as recording the provisioning, and delivers them at
+    /// once.
+    #[tracing::instrument(skip_all, fields(org.id = %org))]
+    pub async fn provision(
+        &self,
+        org: &OrgId,
+        customer: &str,
+        subscription: &str,
+        plan: &str,
+    ) -> Result<Provisioned, StiggMirrorError> {
+        let invalid = |field, detail: &str| StiggMirrorError::Invalid {
+            field,
+            detail: detail.to_owned(),
+        };
+        let mut tx = self.pg.begin().await?;
+        let row: Option<(i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, name, stripe_customer_id FROM orgs WHERE clerk_org_id = $1 FOR UPDATE",
+        )
+        .bind(org.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (org_id, name, own_customer) = row.ok_or(StiggMirrorError::UnknownOrg)?;
+        if own_customer.as_deref() != Some(customer) {
+            return Err(invalid(
+                "stripeCustomerId",
+                "is not this organization's Stripe customer",
+            ));
+        }
+        let stored = subscriptions_store::by_id(&mut tx, subscription)
+            .await?
+            .filter(|s| s.org_id == org_id && s.state.customer == customer)
+            .ok_or_else(|| {
+                invalid(
+                    "stripeSubscriptionId",
+                    "is not a subscription of this organization's customer",
+                )
+            })?;
+        let code = PlanCode::parse(plan)
+            .ok()
+            .filter(|code| self.catalog.plan(code).is_some())
+            .ok_or_else(|| invalid("planCode", "is not a plan of PLANS_CONFIG"))?;
+        if code != stored.state.plan {
+            return Err(StiggMirrorError::Invalid {
+                field: "planCode",
+                detail: format!("the subscription is on `{}`", stored.state.plan),
+            });
+        }
+        sqlx::query("UPDATE orgs SET stigg_provisioned_at = now() WHERE id = $1")
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        let items = [
+            ops::customer(org, customer, &name, None),
+            ops::import(org, &stored.state),
+            ops::update(&stored.state),
+        ];
+        enqueue(&mut tx, org_id, &items, self.configured(), &self.metrics).await?;
+        tx.commit().await?;
+        if !self.configured() {
+            return Ok(Provisioned::Skipped);
+        }
+        Ok(if self.deliver_org(org_id).await? {
+            Provisioned::Done
+        } else {
+            self.wake.notify_one();
+            Provisioned::Queued
+        })
+    }
+
+    /// Operations waiting or failing, oldest first (for the operator).
+    pub async fn stuck(&self, limit: i64) -> Result<Vec<StuckItem>, StiggMirrorError> {
+        Ok(sqlx::query_as(
+            "SELECT o.id, g.clerk_org_id AS org_id, o.operation, o.subject, o.status, o.attempts, o.last_error,
+                    o.next_attempt_at, o.created_at
+               FROM stigg_outbox o JOIN orgs g ON g.id = o.org_id
+              WHERE o.status IN ('pending', 'failed')
+              ORDER BY o.attempts DESC, o.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pg)
+        .await?)
+    }
+
+    /// Makes failed operations due now (their org's order is kept). Returns the ids that were waiting.
+    pub async fn requeue(&self, ids: &[i64]) -> Result<Vec<i64>, StiggMirrorError> {
+        let found: Vec<i64> = sqlx::query_scalar(
+            "UPDATE stigg_outbox SET status = 'pending', next_attempt_at = now()
+              WHERE id = ANY($1) AND status IN ('pending', 'failed') RETURNING id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pg)
+        .await?;
+        self.wake.notify_one();
+        Ok(found)
+    }
+
+    /// Refreshes the outbox gauges.
+    pub async fn refresh_metrics(&self) -> Result<(), StiggMirrorError> {
+        let (depth, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+               FROM stigg_outbox WHERE status IN ('pending', 'failed')",
+        )
+        .fetch_one(&self.pg)
+        .await?;
+        self.outbox.depth.set(depth);
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "seconds of age, far below i64::MAX"
+        )]
+        self.outbox.oldest.set(oldest.unwrap_or(0.0) as i64);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_back_off_from_two_seconds_to_the_cap() {
+        let max = Duration::from_secs(300);
+        let delays: Vec<u64> = (1..=10).map(|a| retry_delay(a, max).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(0, max), Duration::from_secs(2));
+        assert_eq!(retry_delay(i32::MAX, max), max);
+        assert_eq!(
+            retry_delay(3, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+    }
+}
