@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Webhook throughput: how fast the control plane takes signed Stripe events in, how fast its workers apply them with
-# the Stripe emulator answering, and whether a flood of intake slows the metering endpoints.
+# Billing under load: how fast the control plane takes signed Stripe events in, how fast its workers apply them with
+# the Stripe emulator answering, whether a flood of intake slows the metering endpoints, and what a Stigg outage
+# costs (sign-ups and quota/check with a Stigg that accepts connections and never answers, then the outbox's drain).
 #
 #   bash bench/webhooks.sh [seconds=8] [connections=32] [orgs=20]
 #
@@ -16,12 +17,13 @@ command -v wrk >/dev/null || apt_install wrk
 target_dir="${CARGO_TARGET_DIR:-target}"
 if [ -z "${TOLLGATE_SKIP_BUILD:-}" ]; then
   log "building release binaries"
-  cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" --bin tollgate-control-plane --bin webhook-load
+  cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" -p tollgate-control-plane -p tollgate-e2e \
+    --bin tollgate-control-plane --bin webhook-load
 fi
 bin="$target_dir/release"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-db="tg_bench_hooks_$$" cp_port=$(free_port) stripe_port=$(free_port)
+db="tg_bench_hooks_$$" cp_port=$(free_port) stripe_port=$(free_port) stigg_port=$(free_port)
 admin="tgop_bench_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 secret="whsec_bench_secret" stripe_key="sk_test_bench" work=$(mktemp -d)
 pids=()
@@ -32,6 +34,30 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" postgres >/dev/null
+
+# A stand-in Stigg: answers every operation with data, or (after POST /_down) accepts and never answers.
+cat >"$work/stigg.py" <<'PY'
+import http.server, json, sys, threading, time
+down = threading.Event()
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0)); self.rfile.read(n)
+        if self.path in ("/_down", "/_up"):
+            (down.set if self.path == "/_down" else down.clear)()
+            body = b"{}"
+        elif down.is_set():
+            time.sleep(3600); return
+        else:
+            body = json.dumps({"data": {"ok": True}}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H); s.daemon_threads = True; s.serve_forever()
+PY
+python3 "$work/stigg.py" "$stigg_port" &
+pids+=($!)
+wait_port "$stigg_port" "the stand-in Stigg"
+stigg_mode() { curl -sf -X POST "http://127.0.0.1:$stigg_port/_$1" >/dev/null; }
 
 "$target_dir/py/bin/python" tests/stripe/run.py --port "$stripe_port" --log-level warning >/dev/null 2>"$work/stripe.log" &
 pids+=($!)
@@ -51,6 +77,7 @@ env -i PATH="$PATH" HOME="$HOME" \
   CLERK_JWKS_URL="http://127.0.0.1:9/jwks.json" TOLLGATE_CP_LISTEN="127.0.0.1:$cp_port" \
   STRIPE_SECRET_KEY="$stripe_key" STRIPE_API_BASE="$stripe" STRIPE_WEBHOOK_SECRET="$secret" \
   TOLLGATE_BILLING_RETURN_URL="https://app.tollgate.test/billing" TOLLGATE_DATABASE_MAX_CONNECTIONS=32 \
+  STIGG_API_KEY="stigg_bench" STIGG_API_URL="http://127.0.0.1:$stigg_port/graphql" TOLLGATE_STIGG_RETRY_MAX_MS=2000 \
   TOLLGATE_LOG_FORMAT=json RUST_LOG=warn "$bin/tollgate-control-plane" >"$work/cp.log" 2>&1 &
 pids+=($!)
 cp_pid=$!
@@ -58,13 +85,17 @@ wait_port "$cp_port" "the control plane"
 cp="http://127.0.0.1:$cp_port"
 api() { curl -sf -H "Authorization: Bearer $admin" -H 'content-type: application/json' "$cp$1" -d "$2"; }
 
-log "signing up $orgs orgs (customer and trial each)"
 subs=()
-for i in $(seq "$orgs"); do
-  api /api/orgs.create "{\"orgId\":\"org_bench$i\",\"name\":\"Bench $i\",\"ownerUserId\":\"user_bench$i\"}" >/dev/null
-  api /api/stripe/customer.ensure "{\"orgId\":\"org_bench$i\",\"email\":\"b$i@bench.test\"}" >/dev/null
-  subs+=("$(api /api/stripe/subscription.create "{\"orgId\":\"org_bench$i\",\"priceLookup\":\"plan_starter_m\"}" | json '["subscriptionId"]')")
-done
+sign_up() { # org number; appends the subscription to subs
+  api /api/orgs.create "{\"orgId\":\"org_bench$1\",\"name\":\"Bench $1\",\"ownerUserId\":\"user_bench$1\"}" >/dev/null
+  api /api/stripe/customer.ensure "{\"orgId\":\"org_bench$1\",\"email\":\"b$1@bench.test\"}" >/dev/null
+  subs+=("$(api /api/stripe/subscription.create "{\"orgId\":\"org_bench$1\",\"priceLookup\":\"plan_starter_m\"}" | json '["subscriptionId"]')")
+}
+now() { date +%s.%N; }
+log "signing up $orgs orgs (customer and trial each) with Stigg up"
+start=$(now)
+for i in $(seq "$orgs"); do sign_up "$i"; done
+signup_up_ms=$(python3 -c "import time; print(f'{(time.time() - $start) * 1000 / $orgs:.1f}')")
 key=$(api /api/keys.create '{"orgId":"org_bench1","name":"bench"}' | json '["key"]')
 subs_csv=$(IFS=,; echo "${subs[*]}")
 
@@ -88,6 +119,7 @@ print(f"{float(rps):.0f} {ms(50):.2f} {ms(99):.2f}")
 PY
 }
 queue() { psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE status IN ('pending','failed')" "$db"; }
+outbox() { psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stigg_outbox WHERE status IN ('pending','failed')" "$db"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp_pid/stat"; }
 
 log "quota/check alone (${seconds}s, $connections connections)"
@@ -109,10 +141,26 @@ ticks1=$(cpu_ticks)
 applied=$(psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE status = 'applied' AND event_id LIKE 'evt_bench_b$$%'" "$db")
 failed=$(psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE attempts > 1" "$db")
 
+while [ "$(outbox)" -gt 0 ]; do sleep 0.2; done
+log "Stigg down (accepting, never answering): $orgs more sign-ups, then quota/check"
+stigg_mode down
+start=$(now)
+for i in $(seq $((orgs + 1)) $((orgs * 2))); do sign_up "$i"; done
+signup_down_ms=$(python3 -c "import time; print(f'{(time.time() - $start) * 1000 / $orgs:.1f}')")
+read -r down_rps down_p50 down_p99 < <(check)
+waiting=$(outbox)
+log "Stigg back: draining $waiting operations"
+stigg_mode up
+start=$(now)
+while [ "$(outbox)" -gt 0 ]; do sleep 0.1; done
+outbox_drain_s=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
+
 report=$(python3 - "$intake" "$backlog" "$applied" "$failed" "$drain_s" "$base_rps" "$base_p50" "$base_p99" \
-  "$flood_rps" "$flood_p50" "$flood_p99" "$ticks0" "$ticks1" "$seconds" "$connections" "$orgs" <<'PY'
+  "$flood_rps" "$flood_p50" "$flood_p99" "$ticks0" "$ticks1" "$seconds" "$connections" "$orgs" \
+  "$signup_up_ms" "$signup_down_ms" "$down_rps" "$down_p50" "$down_p99" "$waiting" "$outbox_drain_s" <<'PY'
 import json, sys, os
-(intake, backlog, applied, failed, drain, brps, bp50, bp99, frps, fp50, fp99, t0, t1, secs, conns, orgs) = sys.argv[1:]
+(intake, backlog, applied, failed, drain, brps, bp50, bp99, frps, fp50, fp99, t0, t1, secs, conns, orgs,
+ su_up, su_down, drps, dp50, dp99, waiting, odrain) = sys.argv[1:]
 i = json.loads(intake)
 hz = os.sysconf("SC_CLK_TCK")
 cpu_ms = (int(t1) - int(t0)) * 1000 / hz
@@ -124,6 +172,9 @@ print(f"""### webhooks ({secs} s, {conns} connections, {orgs} orgs)
 | worker drain (4 tasks, the emulator answering) | a backlog of {int(backlog)} applied in {drain} s = {int(backlog)/max(float(drain), 0.01):.0f} events/s ({int(applied)} applied in all, {int(failed)} retried); control plane CPU {cpu_ms/max(int(backlog),1):.2f} ms per event while draining |
 | quota/check alone | {brps} req/s, p50 {bp50} ms, p99 {bp99} ms |
 | quota/check during the intake flood | {frps} req/s, p50 {fp50} ms, p99 {fp99} ms |
+| sign-up (org, customer, trial) with Stigg up / down | {su_up} ms / {su_down} ms per org |
+| quota/check with Stigg down, its outbox retrying | {drps} req/s, p50 {dp50} ms, p99 {dp99} ms |
+| outbox drain when Stigg returns | {waiting} operations in {odrain} s (retries wait at most 2 s here) |
 """)
 PY
 )

@@ -4,7 +4,9 @@ use crate::config::{Config, DEFAULT_STIGG_RETRY_MAX_MS};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::services::billing::{Billing, BillingMetrics};
+use crate::services::recorder::Recorder;
 use crate::services::stigg::{OutboxMetrics, Stigg};
+use crate::services::usage::Accounts;
 use crate::stigg::{StiggClient, StiggMetrics};
 use crate::stripe::{StripeClient, StripeMetrics};
 use anyhow::Context;
@@ -12,7 +14,8 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_common::clock::{SharedClock, SystemClock};
-use tollgate_common::jwt::ClerkVerifier;
+use tollgate_common::jwt::{ClerkSession, ClerkVerifier};
+use tollgate_common::keys::cache::{KeyCache, SessionCache};
 use tollgate_common::store::{pg, redis::RedisConn};
 
 /// Shared state; cheap to clone through [`AppState`].
@@ -35,6 +38,14 @@ pub struct App {
     pub billing: Option<Arc<Billing>>,
     /// The Stigg mirror (its outbox records operations as skipped when Stigg is not configured).
     pub stigg: Arc<Stigg>,
+    /// Resolved API keys (kept in step with revocations by `jobs::caches`).
+    pub keys: KeyCache,
+    /// Verified Clerk session tokens, until they expire.
+    pub sessions: SessionCache<ClerkSession>,
+    /// Orgs' billing state (kept in step with billing changes by `jobs::caches`).
+    pub accounts: Accounts,
+    /// `usage/record`'s batch writer.
+    pub recorder: Recorder,
 }
 
 /// The axum state type.
@@ -108,8 +119,12 @@ impl App {
             }
             None => None,
         };
+        let recorder = Recorder::start(
+            pg.clone(),
+            redis.clone(),
+            config.common.redis.namespace.clone(),
+        );
         Ok(Arc::new(Self {
-            config,
             pg,
             redis,
             clerk,
@@ -118,6 +133,11 @@ impl App {
             clock,
             billing,
             stigg,
+            keys: KeyCache::default(),
+            sessions: SessionCache::default(),
+            accounts: Accounts::new(config.refresh_interval),
+            recorder,
+            config,
         }))
     }
 }

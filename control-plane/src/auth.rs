@@ -4,8 +4,9 @@
 //! authenticates the request before the body is read. Credentials, in order:
 //!
 //! * `Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>` — the operator (compared in constant time);
-//! * `Authorization: Bearer tg_…` or `X-Api-Key: tg_…` — an org API key, resolved by hash;
-//! * `Authorization: Bearer <JWT>` — a Clerk session token.
+//! * `Authorization: Bearer tg_…` or `X-Api-Key: tg_…` — an org API key, resolved by hash (cached, see
+//!   `tollgate_common::keys::cache`; a revocation evicts it at once);
+//! * `Authorization: Bearer <JWT>` — a Clerk session token (verified once, then cached until it expires).
 //!
 //! A missing or failing credential is 401; a valid one that the policy does not admit, or that acts on another
 //! org, is 403.
@@ -17,11 +18,13 @@ use axum::http::{HeaderMap, request::Parts};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::marker::PhantomData;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tollgate_common::credential::{self, Credential, CredentialError};
 use tollgate_common::domain::OrgId;
 use tollgate_common::jwt::{ClerkSession, JwtError};
-use tollgate_common::keys::{self, ResolvedKey};
+use tollgate_common::keys::cache::{CachedKey, ResolveError};
+use tollgate_common::keys::{self};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -31,7 +34,7 @@ pub enum Principal {
     /// A Clerk user, possibly with an active organization.
     User(ClerkSession),
     /// An org API key.
-    ApiKey(ResolvedKey),
+    ApiKey(Arc<CachedKey>),
 }
 
 impl Principal {
@@ -51,7 +54,7 @@ impl Principal {
             Self::User(session) => session.org.as_ref().ok_or_else(|| {
                 ApiError::Forbidden("the session has no active organization".to_owned())
             })?,
-            Self::ApiKey(key) => &key.org,
+            Self::ApiKey(key) => &key.org.org,
         };
         match requested {
             Some(r) if r != own => Err(ApiError::Forbidden(
@@ -174,26 +177,30 @@ async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Principal, 
             api_key(token, app).await
         }
         Credential::XApiKey(token) => api_key(token, app).await,
-        Credential::Bearer(token) => {
-            app.clerk
-                .verify(token)
-                .await
-                .map(Principal::User)
-                .map_err(|e| match e {
-                    JwtError::KeysUnavailable => ApiError::Unavailable(
-                        "session tokens cannot be verified right now; retry later".to_owned(),
-                    ),
-                    JwtError::Expired => ApiError::Unauthenticated("the session token has expired"),
-                    JwtError::NotYetValid => {
-                        ApiError::Unauthenticated("the session token is not valid yet")
-                    }
-                    JwtError::WrongIssuer => {
-                        ApiError::Unauthenticated("the session token's issuer is not accepted")
-                    }
-                    _ => ApiError::Unauthenticated("the session token is invalid"),
-                })
-        }
+        Credential::Bearer(token) => session(token, app).await,
     }
+}
+
+/// A Clerk session: from the cache, or verified (and cached until it expires).
+async fn session(token: &str, app: &AppState) -> Result<Principal, ApiError> {
+    let token_hash = keys::hash(token);
+    if let Some(session) = app.sessions.get(&token_hash, app.clock.now().timestamp()) {
+        return Ok(Principal::User(session));
+    }
+    let session = app.clerk.verify(token).await.map_err(|e| match e {
+        JwtError::KeysUnavailable => ApiError::Unavailable(
+            "session tokens cannot be verified right now; retry later".to_owned(),
+        ),
+        JwtError::Expired => ApiError::Unauthenticated("the session token has expired"),
+        JwtError::NotYetValid => ApiError::Unauthenticated("the session token is not valid yet"),
+        JwtError::WrongIssuer => {
+            ApiError::Unauthenticated("the session token's issuer is not accepted")
+        }
+        _ => ApiError::Unauthenticated("the session token is invalid"),
+    })?;
+    app.sessions
+        .insert(token_hash, session.clone(), session.expires_at);
+    Ok(Principal::User(session))
 }
 
 /// Hashing both sides first gives equal-length inputs, so the comparison time says nothing about the token.
@@ -204,18 +211,23 @@ fn is_operator(token: &str, app: &AppState) -> bool {
 }
 
 async fn api_key(token: &str, app: &AppState) -> Result<Principal, ApiError> {
-    let resolved = keys::resolve(&app.pg, token)
-        .await?
-        .ok_or(ApiError::Unauthenticated(
-            "the API key is invalid or revoked",
-        ))?;
-    let pg = app.pg.clone();
-    let key_id = resolved.key_id;
-    // Bookkeeping only: the request does not wait for it, and a failure is not the caller's problem.
-    tokio::spawn(async move {
-        if let Err(e) = keys::touch(&pg, key_id).await {
-            tracing::debug!(error = %e, "could not record key use");
-        }
-    });
-    Ok(Principal::ApiKey(resolved))
+    let key = app
+        .keys
+        .resolve(&app.pg, token)
+        .await
+        .map_err(|e| match e {
+            ResolveError::Unknown => ApiError::Unauthenticated("the API key is invalid or revoked"),
+            ResolveError::Database(e) => ApiError::Database(e),
+        })?;
+    if key.due_for_touch(app.clock.now().timestamp()) {
+        let pg = app.pg.clone();
+        let key_id = key.key_id;
+        // Bookkeeping only: the request does not wait for it, and a failure is not the caller's problem.
+        tokio::spawn(async move {
+            if let Err(e) = keys::touch(&pg, key_id).await {
+                tracing::debug!(error = %e, "could not record key use");
+            }
+        });
+    }
+    Ok(Principal::ApiKey(key))
 }

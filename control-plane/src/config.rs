@@ -11,6 +11,7 @@ pub const ENV_ADMIN_TOKEN: &str = "TOLLGATE_ADMIN_TOKEN";
 pub const ENV_BODY_LIMIT: &str = "TOLLGATE_CP_BODY_LIMIT";
 pub const ENV_HEADER_TIMEOUT_MS: &str = "TOLLGATE_CP_HEADER_TIMEOUT_MS";
 pub const ENV_BODY_TIMEOUT_MS: &str = "TOLLGATE_CP_BODY_TIMEOUT_MS";
+pub const ENV_REFRESH_INTERVAL_MS: &str = "TOLLGATE_REFRESH_INTERVAL_MS";
 pub const ENV_STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
 pub const ENV_STRIPE_API_BASE: &str = "STRIPE_API_BASE";
 pub const ENV_STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
@@ -29,6 +30,7 @@ pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_REFRESH_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
 pub const DEFAULT_STRIPE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_STRIPE_BUDGET_MS: u64 = 15_000;
@@ -77,6 +79,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body.
     pub body_timeout: Duration,
+    /// The longest an org's cached billing state is used (changes announced by PostgreSQL apply at once), and
+    /// how often the revocation epoch is read.
+    pub refresh_interval: Duration,
     pub stripe: Option<StripeSettings>,
     pub stigg: Option<StiggSettings>,
 }
@@ -98,6 +103,11 @@ impl Config {
             100..=600_000,
         );
         let body_timeout = r.millis(ENV_BODY_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS, 100..=600_000);
+        let refresh_interval = r.millis(
+            ENV_REFRESH_INTERVAL_MS,
+            DEFAULT_REFRESH_INTERVAL_MS,
+            10..=60_000,
+        );
         let stripe = read_stripe(&mut r);
         let stigg = read_stigg(&mut r);
         r.finish()?;
@@ -109,6 +119,7 @@ impl Config {
                 body_limit,
                 header_timeout,
                 body_timeout,
+                refresh_interval,
                 stripe,
                 stigg,
             }),

@@ -55,6 +55,7 @@ pub async fn run(
         tokio::spawn(jobs::stripe_events::run(billing, workers, stopped.clone()))
     });
     let outbox = tokio::spawn(jobs::stigg_outbox::run(app.stigg.clone(), stopped.clone()));
+    let caches = tokio::spawn(jobs::caches::run(app.clone(), stopped.clone()));
     let mut server_stop = stopped.clone();
     let server = tokio::spawn(serve(app, listener, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -66,6 +67,7 @@ pub async fn run(
         let _ = workers.await;
     }
     let _ = outbox.await;
+    let _ = caches.await;
     served
 }
 

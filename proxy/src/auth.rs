@@ -1,19 +1,9 @@
-//! Who is calling: the org behind an API key or a Clerk session token.
-//!
-//! Resolved keys are cached (bounded, by SHA-256 of the key, never the key itself). Unknown keys are cached
-//! briefly too, so a client hammering with a bad key costs one lookup per few seconds, not one per request.
-//! Revocations arrive from the control plane (see [`crate::background`]) and evict entries at once; a generation
-//! counter keeps a lookup that raced with a revocation from re-inserting the revoked key.
+//! Who is calling: which of the request's headers carries its Tollgate credential, and which to strip. Keys and
+//! session tokens are then resolved through the caches of `tollgate_common::keys::cache`.
 
 use http::HeaderMap;
-use moka::sync::Cache;
-use sqlx::PgPool;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tollgate_common::credential::{self, Presented};
-use tollgate_common::domain::OrgId;
-use tollgate_common::keys::{self, KeyHash};
+use tollgate_common::keys;
 
 /// The Tollgate credential a request presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,125 +160,6 @@ pub fn select<'a>(
     }
 }
 
-/// An org as the proxy knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgRef {
-    /// Internal id.
-    pub id: i64,
-    /// Clerk id.
-    pub org: OrgId,
-}
-
-/// Verified session tokens, by SHA-256 of the token, until they expire: an RS256 verification costs tens of
-/// microseconds, and a browser sends the same token on every call of its minute-long life.
-pub struct SessionCache {
-    verified: Cache<KeyHash, (Arc<OrgRef>, i64)>,
-}
-
-impl Default for SessionCache {
-    fn default() -> Self {
-        Self {
-            verified: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(300))
-                .build(),
-        }
-    }
-}
-
-impl SessionCache {
-    /// The org of an already verified, unexpired token.
-    pub fn get(&self, token_hash: &KeyHash, now_secs: i64) -> Option<Arc<OrgRef>> {
-        self.verified
-            .get(token_hash)
-            .and_then(|(org, expires_at)| (now_secs < expires_at).then_some(org))
-    }
-
-    /// Remembers a verified token until `expires_at`.
-    pub fn insert(&self, token_hash: KeyHash, org: Arc<OrgRef>, expires_at: i64) {
-        self.verified.insert(token_hash, (org, expires_at));
-    }
-}
-
-/// Cache of resolved API keys.
-pub struct KeyCache {
-    valid: Cache<KeyHash, Arc<OrgRef>>,
-    unknown: Cache<KeyHash, ()>,
-    generation: AtomicU64,
-}
-
-impl Default for KeyCache {
-    fn default() -> Self {
-        Self {
-            valid: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            unknown: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(5))
-                .build(),
-            generation: AtomicU64::new(0),
-        }
-    }
-}
-
-impl KeyCache {
-    /// The org behind `key`, from the cache or PostgreSQL.
-    pub async fn resolve(&self, pg: &PgPool, key: &str) -> Result<Arc<OrgRef>, AuthFailure> {
-        if !keys::looks_like_key(key) {
-            return Err(AuthFailure::BadKey);
-        }
-        let hash = keys::hash(key);
-        if let Some(org) = self.valid.get(&hash) {
-            return Ok(org);
-        }
-        if self.unknown.contains_key(&hash) {
-            return Err(AuthFailure::BadKey);
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let resolved = keys::resolve(pg, key).await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot resolve an API key: PostgreSQL unavailable");
-            AuthFailure::Unavailable
-        })?;
-        // A revocation that arrived while PostgreSQL answered may concern this very key: do not cache.
-        let unchanged = self.generation.load(Ordering::Acquire) == generation;
-        match resolved {
-            Some(r) => {
-                let org = Arc::new(OrgRef {
-                    id: r.org_id,
-                    org: r.org,
-                });
-                if unchanged {
-                    self.valid.insert(hash, Arc::clone(&org));
-                }
-                Ok(org)
-            }
-            None => {
-                self.unknown.insert(hash, ());
-                Err(AuthFailure::BadKey)
-            }
-        }
-    }
-
-    /// Forgets one key (its hash, hex-encoded as announced).
-    pub fn revoke(&self, hash_hex: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut hash = [0u8; 32];
-        if hex::decode_to_slice(hash_hex.trim(), &mut hash).is_ok() {
-            self.valid.invalidate(&hash);
-        } else {
-            self.valid.invalidate_all();
-        }
-    }
-
-    /// Forgets every key (after missing announcements).
-    pub fn revoke_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.valid.invalidate_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,20 +173,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn a_cached_session_is_used_only_until_it_expires() {
-        let cache = SessionCache::default();
-        let org = Arc::new(OrgRef {
-            id: 7,
-            org: OrgId::parse("org_a").unwrap(),
-        });
-        let hash = keys::hash("header.claims.signature");
-        cache.insert(hash, Arc::clone(&org), 1_000);
-        assert_eq!(cache.get(&hash, 999), Some(org));
-        assert_eq!(cache.get(&hash, 1_000), None);
-        assert_eq!(cache.get(&keys::hash("another"), 0), None);
     }
 
     fn selected(pairs: &[(&str, &str)], clerk: bool) -> Result<Selected<'static>, AuthFailure> {

@@ -4,16 +4,12 @@
 use crate::core::Core;
 use crate::meter::Batch;
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use secrecy::ExposeSecret;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::MissedTickBehavior;
-use tollgate_common::keys;
 use tollgate_common::store::counters;
-use tollgate_common::store::redis::RedisConn;
+use tollgate_common::store::redis::{RedisConn, listen};
 
 // === WriteBack ===
 
@@ -176,7 +172,7 @@ async fn write(
 
 // === Refresher ===
 
-/// Reloads cached orgs' billing state and watches the revocation epoch, every `TOLLGATE_REFRESH_INTERVAL_MS`.
+/// Reloads cached orgs' billing state every `TOLLGATE_REFRESH_INTERVAL_MS`.
 pub struct Refresher {
     pub core: Arc<Core>,
 }
@@ -187,9 +183,6 @@ impl BackgroundService for Refresher {
         let core = &self.core;
         let mut ticker = tokio::time::interval(core.config.refresh_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let epoch_key = keys::revocations_epoch_key(&core.config.common.redis.namespace);
-        let mut conn: Option<RedisConn> = None;
-        let mut last_epoch: Option<Option<i64>> = None;
         let mut pg_failing = false;
         loop {
             tokio::select! {
@@ -212,20 +205,6 @@ impl BackgroundService for Refresher {
             core.metrics
                 .cached_orgs
                 .set(i64::try_from(core.orgs.len()).unwrap_or(i64::MAX));
-            // The epoch catches revocations announced while this replica was not subscribed.
-            if conn.is_none() {
-                conn = RedisConn::connect(&core.config.common.redis).await.ok();
-            }
-            if let Some(c) = conn.as_mut() {
-                let epoch: Result<Option<i64>, _> =
-                    redis::cmd("GET").arg(&epoch_key).query_async(c).await;
-                if let Ok(epoch) = epoch {
-                    if last_epoch.is_some_and(|last| last != epoch) {
-                        core.keys.revoke_all();
-                    }
-                    last_epoch = Some(epoch);
-                }
-            }
         }
     }
 }
@@ -242,7 +221,8 @@ fn forfeit(core: &Core, payload: &str) {
 
 // === Revocations ===
 
-/// Subscribes to key revocations and counter resets; evicts revoked keys and voided leases at once.
+/// Follows key revocations (see `KeyCache::follow`) and counter resets; evicts revoked keys and voided leases at
+/// once.
 pub struct Revocations {
     pub core: Arc<Core>,
 }
@@ -251,49 +231,23 @@ pub struct Revocations {
 impl BackgroundService for Revocations {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let core = &self.core;
-        let channel = keys::revocations_channel(&core.config.common.redis.namespace);
-        let resets = counters::resets_channel(&core.config.common.redis.namespace);
-        // In a cluster, PUBLISH reaches every node: listening on the first one is enough.
-        let Some(url) = core.config.common.redis.nodes.first() else {
-            return;
-        };
-        let mut connected_before = false;
-        loop {
-            let listen = async {
-                let client = redis::Client::open(url.expose_secret())?;
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&[&channel, &resets]).await?;
-                if connected_before {
-                    // Announcements made while disconnected are lost: forget every cached key.
-                    core.keys.revoke_all();
-                }
-                connected_before = true;
-                tracing::debug!("listening for key revocations");
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Ok(payload) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    if message.get_channel_name() == resets {
-                        forfeit(core, &payload);
-                    } else {
-                        core.keys.revoke(&payload);
-                    }
-                }
-                Ok::<(), redis::RedisError>(())
-            };
-            tokio::select! {
-                result = listen => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "revocation listener disconnected");
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.changed() => return,
-            }
+        let settings = &core.config.common.redis;
+        let resets = [counters::resets_channel(&settings.namespace)];
+        let keys = core.keys.follow(
+            settings,
+            core.config.refresh_interval,
+            std::future::pending(),
+        );
+        let leases = listen(
+            settings,
+            &resets,
+            || {},
+            |_, payload| forfeit(core, payload),
+        );
+        tokio::select! {
+            () = keys => {}
+            () = leases => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

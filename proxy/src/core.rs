@@ -1,15 +1,16 @@
 //! State shared by the request path and the background services.
 
-use crate::auth::{KeyCache, SessionCache};
 use crate::config::Config;
 use crate::meter::Meter;
 use crate::metrics::Metrics;
 use crate::orgs::OrgCache;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use tollgate_common::clock::SharedClock;
 use tollgate_common::domain::{PlanCatalog, RouteTable};
 use tollgate_common::jwt::ClerkVerifier;
+use tollgate_common::keys::cache::{KeyCache, OrgRef, SessionCache};
 
 /// Everything the proxy shares across requests and background work.
 pub struct Core {
@@ -23,7 +24,7 @@ pub struct Core {
     pub pg: PgPool,
     pub clerk: ClerkVerifier,
     pub keys: KeyCache,
-    pub sessions: SessionCache,
+    pub sessions: SessionCache<Arc<OrgRef>>,
     pub orgs: OrgCache,
     pub meter: Meter,
     pub metrics: Metrics,

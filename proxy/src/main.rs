@@ -113,8 +113,8 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         routes,
         clerk: ClerkVerifier::new(config.common.clerk.clone())
             .context("building the JWKS client")?,
-        keys: auth::KeyCache::default(),
-        sessions: auth::SessionCache::default(),
+        keys: Default::default(),
+        sessions: Default::default(),
         orgs: orgs::OrgCache::default(),
         meter: meter::Meter::new(&config.common.redis.namespace),
         metrics,

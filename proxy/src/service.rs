@@ -8,7 +8,7 @@
 //! headers. A request the upstream never answered gives its units back. `logging` records metrics and logs
 //! failures at a level that says whose fault they were.
 
-use crate::auth::{AuthFailure, Credential, OrgRef, Strip};
+use crate::auth::{AuthFailure, Credential, Strip};
 use crate::config::FailurePolicy;
 use crate::core::Core;
 use crate::meter::{Admitted, Slot};
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate_common::domain::{DenyEnvelope, Metric, Period, RouteClass, Terms};
 use tollgate_common::jwt::JwtError;
+use tollgate_common::keys::cache::{OrgRef, ResolveError};
 use tollgate_common::store::counters::{self, CounterError};
 use tollgate_common::store::redis::RedisConn;
 
@@ -103,7 +104,14 @@ impl MeteringProxy {
         let identified = async {
             let selected = crate::auth::select(&req.headers, |t| core.clerk.claims_our_issuer(t))?;
             let org = match selected.credential {
-                Credential::ApiKey(key) => core.keys.resolve(&core.pg, key).await?,
+                Credential::ApiKey(key) => match core.keys.resolve(&core.pg, key).await {
+                    Ok(key) => Arc::clone(&key.org),
+                    Err(ResolveError::Unknown) => return Err(AuthFailure::BadKey),
+                    Err(ResolveError::Database(e)) => {
+                        tracing::warn!(error = %e, "cannot resolve an API key: PostgreSQL unavailable");
+                        return Err(AuthFailure::Unavailable);
+                    }
+                },
                 Credential::Session(token) => self.session(token).await?,
             };
             Ok::<_, AuthFailure>((org, selected.strip))

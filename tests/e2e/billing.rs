@@ -81,18 +81,31 @@ pub(crate) async fn stored(m: &Metering, subscription: &str) -> Value {
     .unwrap_or(Value::Null)
 }
 
-/// Waits until the stored subscription satisfies `done`.
+/// Waits until the stored subscription satisfies `done`, and the control plane's cached billing state of its
+/// org has followed (PostgreSQL announces the change when it commits).
 pub(crate) async fn await_stored(
     m: &Metering,
     subscription: &str,
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait::until(LONG, what, || async {
+    let row = wait::until(LONG, what, || async {
         let row = stored(m, subscription).await;
         done(&row).then_some(row)
     })
-    .await
+    .await;
+    let org_id = row["org_id"].as_i64().expect("org_id");
+    wait::until(LONG, "the cached billing state to follow", || async {
+        let stored = tollgate_common::store::billing::load(&m.app.state.pg, org_id)
+            .await
+            .ok()?;
+        match m.app.state.accounts.cached(org_id) {
+            Some(cached) if cached.billing != stored => None,
+            _ => Some(()),
+        }
+    })
+    .await;
+    row
 }
 
 pub(crate) async fn entitlements(m: &Metering, org: &str) -> Value {

@@ -808,3 +808,132 @@ async fn usage_endpoints_admit_exactly_their_principals() {
         429
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_recording_the_same_ids_at_once_count_each_once() {
+    let m = Metering::start(Options {
+        limit: 100_000,
+        ..Options::default()
+    })
+    .await;
+    let key = m.org_with_key("org_twice").await;
+    let other = TestApp::builder()
+        .database(std::sync::Arc::clone(&m.app.db))
+        .env("TOLLGATE_REDIS_NAMESPACE", m.app.namespace())
+        .env(
+            "TOLLGATE_PLANS",
+            &m.dir.join("plans.toml").display().to_string(),
+        )
+        .start()
+        .await;
+    // Each of 60 ids three times, spread over both replicas, all at once; and 10 ids sent with two different
+    // values to the two replicas at once: one of each pair is recorded, the other refused.
+    let mut calls = Vec::new();
+    for i in 0..60u64 {
+        for replica in [0, 1, 0] {
+            calls.push((format!("same-{i}"), i % 5 + 1, replica));
+        }
+    }
+    for i in 0..10u64 {
+        calls.push((format!("clash-{i}"), 2, 0));
+        calls.push((format!("clash-{i}"), 3, 1));
+    }
+    let responses = join_all(calls.iter().map(|(id, value, replica)| {
+        let app = if *replica == 0 { &m.app } else { &other };
+        let body = record(id, *value);
+        let key = key.clone();
+        async move {
+            let r = app
+                .post("/api/usage/record", Auth::ApiKey(&key), &body)
+                .await;
+            (id.clone(), *value, r)
+        }
+    }))
+    .await;
+    let mut bodies: std::collections::HashMap<String, String> = Default::default();
+    let mut expected: i64 = 0;
+    for (id, value, r) in &responses {
+        if id.starts_with("clash-") && r.status == 409 {
+            assert_eq!(r.problem(409)["field"], "request_id");
+            continue;
+        }
+        assert_eq!(r.status, 200, "{id}: {}", r.text);
+        match bodies.get(id) {
+            Some(first) => assert_eq!(first, &r.text, "{id}: byte-identical bodies"),
+            None => {
+                bodies.insert(id.clone(), r.text.clone());
+                expected += i64::try_from(*value).unwrap();
+            }
+        }
+    }
+    let clashes_accepted = responses
+        .iter()
+        .filter(|(id, _, r)| id.starts_with("clash-") && r.status == 200)
+        .count();
+    assert_eq!(clashes_accepted, 10, "one of each clashing pair");
+    assert_eq!(bodies.len(), 70);
+    for app in [&m.app, &other] {
+        assert_eq!(entitlements(app, &key).await["used"], expected);
+    }
+    m.await_durable("org_twice", "api_call", expected, Duration::from_secs(5))
+        .await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&m.app.state.pg)
+        .await
+        .unwrap();
+    assert_eq!(events, 70);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_while_redis_is_down_counts_once_when_retried() {
+    let mut redis = tollgate_e2e::redis_server::RedisServer::start().await;
+    let m = Metering::start(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let key = m.org_with_key("org_retry").await;
+    let r = m
+        .app
+        .post(
+            "/api/usage/record",
+            Auth::ApiKey(&key),
+            &record("retry-0", 4),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    redis.stop();
+    let batch = join_all((1..=5).map(|i| {
+        let body = record(&format!("retry-{i}"), 4);
+        let (app, key) = (&m.app, key.clone());
+        async move {
+            app.post("/api/usage/record", Auth::ApiKey(&key), &body)
+                .await
+        }
+    }))
+    .await;
+    for r in &batch {
+        r.problem(503);
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&m.app.state.pg)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "a failed batch stores none of its events");
+    redis.restart().await;
+    for _ in 0..2 {
+        let retried = join_all((0..=5).map(|i| {
+            let body = record(&format!("retry-{i}"), 4);
+            let (app, key) = (&m.app, key.clone());
+            async move {
+                app.post("/api/usage/record", Auth::ApiKey(&key), &body)
+                    .await
+            }
+        }))
+        .await;
+        for r in &retried {
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+    assert_eq!(entitlements(&m.app, &key).await["used"], 24);
+}

@@ -1,9 +1,15 @@
 //! Loading orgs' billing state from the `subscriptions` table.
+//!
+//! Every change to that table is announced on [`CHANGES_CHANNEL`] when its transaction commits (a trigger,
+//! whoever wrote the row), with the org's internal id as the payload.
 
 use crate::domain::{Billing, PendingPlan, Period, PlanCode, SubscriptionStatus};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::HashMap;
+
+/// The PostgreSQL `NOTIFY` channel on which billing changes are announced.
+pub const CHANGES_CHANNEL: &str = "tollgate_billing_changes";
 
 #[derive(sqlx::FromRow)]
 struct Row {

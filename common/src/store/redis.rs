@@ -88,3 +88,42 @@ impl ConnectionLike for RedisConn {
         }
     }
 }
+
+/// Listens on `channels` until the caller drops the future, reconnecting 500 ms after a failure. In a cluster,
+/// `PUBLISH` reaches every node, so the first node is enough. `on_resubscribed` runs each time a subscription is
+/// made again after the first (what was published meanwhile is lost); `on_message(channel, payload)` for each
+/// message.
+pub async fn listen(
+    settings: &RedisSettings,
+    channels: &[String],
+    mut on_resubscribed: impl FnMut(),
+    mut on_message: impl FnMut(&str, &str),
+) {
+    use futures_util::StreamExt;
+    let Some(url) = settings.nodes.first() else {
+        return;
+    };
+    let mut subscribed_before = false;
+    loop {
+        let result = async {
+            let client = redis::Client::open(url.expose_secret())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channels).await?;
+            if std::mem::replace(&mut subscribed_before, true) {
+                on_resubscribed();
+            }
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                if let Ok(payload) = message.get_payload::<String>() {
+                    on_message(message.get_channel_name(), &payload);
+                }
+            }
+            Ok::<(), redis::RedisError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "subscription to {channels:?} lost; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

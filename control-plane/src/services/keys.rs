@@ -65,8 +65,8 @@ pub async fn list(pg: &PgPool, org_id: i64) -> ApiResult<Vec<KeySummary>> {
 /// Revokes a key (idempotently) and announces it to every proxy. `org_id` limits the key to one org; `None`
 /// (the operator) reaches any.
 ///
-/// PostgreSQL is written first, so this control plane refuses the key at once; the announce then tells the
-/// proxies. If the announce fails the call fails with 503, and repeating it re-announces.
+/// PostgreSQL is written first and this replica's cache forgets the key, so it is refused here at once; the
+/// announce then tells the proxies and the other control planes. If the announce fails the call fails with 503, and repeating it re-announces.
 #[tracing::instrument(skip(app), fields(key.id = %key_id))]
 pub async fn revoke(app: &App, org_id: Option<i64>, key_id: Uuid) -> ApiResult<()> {
     let hash: Vec<u8> = sqlx::query_scalar(
@@ -84,6 +84,8 @@ pub async fn revoke(app: &App, org_id: Option<i64>, key_id: Uuid) -> ApiResult<(
     let hash: keys::KeyHash = hash
         .try_into()
         .map_err(|_| anyhow::anyhow!("stored key hash has the wrong length"))?;
+    // This replica refuses the key from now on; the others hear the announcement below.
+    app.keys.forget(&hash);
     let mut redis = app.redis.clone();
     keys::announce_revocation(&mut redis, &app.config.common.redis.namespace, &hash)
         .await

@@ -4,5 +4,6 @@ pub mod billing;
 pub mod diag;
 pub mod keys;
 pub mod orgs;
+pub mod recorder;
 pub mod stigg;
 pub mod usage;

@@ -4,8 +4,13 @@
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::services::orgs;
+use crate::services::recorder::{Record, RecordError};
 use chrono::{DateTime, Duration, Utc};
+use moka::sync::Cache;
 use serde::Serialize;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_common::domain::{
     Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, Terms, decide, remaining,
 };
@@ -35,18 +40,88 @@ impl From<CounterError> for ApiError {
     }
 }
 
-/// An org with its billing state, loaded once per request.
+/// An org with its billing state.
+#[derive(Debug)]
 pub struct Account {
     pub org: OrgId,
     pub id: i64,
     pub billing: Billing,
 }
 
-/// Loads the org named by the caller's scope.
-pub async fn account(app: &App, org: OrgId) -> ApiResult<Account> {
-    let id = orgs::internal_id(&app.pg, &org).await?;
-    let billing = billing::load(&app.pg, id).await?;
-    Ok(Account { org, id, billing })
+/// The org named by the caller's scope, from [`Accounts`].
+pub async fn account(app: &App, org: OrgId) -> ApiResult<Arc<Account>> {
+    app.accounts.get(&app.pg, org).await
+}
+
+/// Orgs' billing state, cached for `TOLLGATE_REFRESH_INTERVAL_MS` (the bound the proxy keeps too) and dropped at
+/// once when PostgreSQL announces a change of the org's subscriptions (`jobs::billing_changes`), so a warm
+/// `quota/check` or `entitlements.read` costs no query.
+pub struct Accounts {
+    cache: Cache<OrgId, Arc<Account>>,
+    /// Bumped by every invalidation, so a load that raced with one is not cached.
+    generation: AtomicU64,
+}
+
+impl Accounts {
+    /// A cache keeping each org for at most `ttl`.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .support_invalidation_closures()
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The org and its billing state: cached, or loaded (404 naming `orgId` for an unknown org).
+    pub async fn get(&self, pg: &PgPool, org: OrgId) -> ApiResult<Arc<Account>> {
+        if let Some(account) = self.cache.get(&org) {
+            return Ok(account);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let id = orgs::internal_id(pg, &org).await?;
+        let billing = billing::load(pg, id).await?;
+        let account = Arc::new(Account { org, id, billing });
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.cache.insert(account.org.clone(), Arc::clone(&account));
+        }
+        Ok(account)
+    }
+
+    /// What is cached for the org with internal id `org_id`, if anything (for tests and diagnostics).
+    pub fn cached(&self, org_id: i64) -> Option<Arc<Account>> {
+        self.cache
+            .iter()
+            .find(|(_, account)| account.id == org_id)
+            .map(|(_, account)| account)
+    }
+
+    /// Drops `org`: its billing changed in this process, so the next request must see it (PostgreSQL's
+    /// announcement of the same change reaches the other replicas).
+    pub fn forget(&self, org: &OrgId) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(org);
+    }
+
+    /// Drops the org with internal id `org_id`.
+    pub fn invalidate(&self, org_id: i64) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if self
+            .cache
+            .invalidate_entries_if(move |_, account| account.id == org_id)
+            .is_err()
+        {
+            self.cache.invalidate_all();
+        }
+    }
+
+    /// Drops every org (after announcements may have been missed).
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
 }
 
 impl Account {
@@ -248,28 +323,10 @@ pub struct NewRecord {
     pub request_id: String,
 }
 
-/// 4.2's reply; stored verbatim so a repeat gets identical bytes.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RecordedUsage {
-    #[schema(value_type = String, example = "2026-11")]
-    pub period_key: PeriodKey,
-    pub used: u64,
-    pub remaining: u64,
-}
+pub use crate::services::recorder::RecordedUsage;
 
-#[derive(sqlx::FromRow)]
-struct ExistingEvent {
-    metric: String,
-    value: i64,
-    response: String,
-}
-
-/// 4.2: adds `value` to the period containing `occurredAt`, exactly once per `request_id`.
-///
-/// The event row is inserted first, in a transaction held open until the reply is stored: a concurrent call with
-/// the same id blocks on the unique index, then finds the row and returns its stored reply. The Redis increment
-/// is itself idempotent per id, so a transaction that fails after it and is retried does not count twice.
+/// 4.2: adds `value` to the period containing `occurredAt`, exactly once per `request_id`, in a batch with the
+/// calls arriving meanwhile (see [`crate::services::recorder`]).
 #[tracing::instrument(skip_all, fields(org.id = %account.org, usage.metric = %record.metric))]
 pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResult<String> {
     let now = app.clock.now();
@@ -288,80 +345,27 @@ pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResu
     }
     let Terms { plan, .. } = account.terms(app, now)?;
     let period = account.billing.period_at(record.occurred_at, now);
-    let value = i64::try_from(record.value).map_err(|_| ApiError::invalid("value", "too large"))?;
-
-    let mut tx = app.pg.begin().await?;
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO usage_events (org_id, request_id, metric, value, period_key, occurred_at, response)
-         VALUES ($1, $2, $3, $4, $5, $6, '') ON CONFLICT (org_id, request_id) DO NOTHING RETURNING id",
-    )
-    .bind(account.id)
-    .bind(&record.request_id)
-    .bind(record.metric.as_str())
-    .bind(value)
-    .bind(period.key().to_string())
-    .bind(record.occurred_at)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(event_id) = inserted else {
-        tx.rollback().await?;
-        return replay(app, account, record).await;
-    };
-    let key = account.key(&record.metric, period);
-    // Everything below runs on the transaction's connection: taking a second one from the pool while holding the
-    // first would deadlock the pool under a burst of records.
-    let recorded = counters::record(
-        &mut redis(app),
-        &mut *tx,
-        ns(app),
-        &key,
-        &record.request_id,
-        record.value,
-    )
-    .await?;
-    // The control plane runs no write-back: it writes the durable copy itself, under the same epoch rules.
-    counters::write(
-        &mut *tx,
-        &[counters::Snapshot {
-            key,
-            used: recorded.used,
-            epoch: recorded.epoch,
-        }],
-    )
-    .await?;
-    let body = serde_json::to_string(&RecordedUsage {
-        period_key: period.key(),
-        used: recorded.used,
-        remaining: remaining(recorded.used, plan.limit(&record.metric)),
-    })
-    .map_err(|e| ApiError::Internal(e.into()))?;
-    sqlx::query("UPDATE usage_events SET response = $2 WHERE id = $1")
-        .bind(event_id)
-        .bind(&body)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let body = app
+        .recorder
+        .record(Record {
+            key: account.key(&record.metric, period),
+            request_id: record.request_id.clone(),
+            value: record.value,
+            occurred_at: record.occurred_at,
+            limit: plan.limit(&record.metric),
+        })
+        .await
+        .map_err(|e| match e {
+            RecordError::Conflict => ApiError::Conflict {
+                field: "request_id",
+                detail: "was already used for a different metric or value".to_owned(),
+            },
+            RecordError::Unavailable(_) => ApiError::Unavailable(
+                "usage could not be recorded right now; retry (a retry counts once)".to_owned(),
+            ),
+        })?;
     tracing::info!(usage.value = record.value, usage.period = %period.key(), "usage recorded");
     Ok(body)
-}
-
-async fn replay(app: &App, account: &Account, record: &NewRecord) -> ApiResult<String> {
-    let existing: ExistingEvent = sqlx::query_as(
-        "SELECT metric, value, response FROM usage_events WHERE org_id = $1 AND request_id = $2",
-    )
-    .bind(account.id)
-    .bind(&record.request_id)
-    .fetch_one(&app.pg)
-    .await?;
-    if existing.metric != record.metric.as_str()
-        || u64::try_from(existing.value).ok() != Some(record.value)
-    {
-        return Err(ApiError::Conflict {
-            field: "request_id",
-            detail: "was already used for a different metric or value".to_owned(),
-        });
-    }
-    Ok(existing.response)
 }
 
 // === history ===

@@ -41,6 +41,7 @@ pub async fn upgrade_now(
 ) -> ApiResult<Json<UpgradeResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     let plan = app.billing()?.upgrade_now(&org, &req.new_plan_code).await?;
+    app.accounts.forget(&org);
     Ok(Json(UpgradeResponse {
         plan_code: plan.as_str().to_owned(),
         effective: "immediate",

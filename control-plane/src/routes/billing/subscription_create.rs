@@ -59,6 +59,7 @@ pub async fn create_subscription(
         .billing()?
         .create_subscription(&org, &req.price_lookup)
         .await?;
+    app.accounts.forget(&org);
     Ok(Json(CreateSubscriptionResponse {
         subscription_id: created.subscription_id,
         status: created.status.as_str().to_owned(),

@@ -51,6 +51,7 @@ pub async fn process_stripe_event(
         ));
     }
     let processed = app.billing()?.process_event(&req.event_id).await?;
+    app.accounts.invalidate_all();
     Ok(Json(ProcessResponse {
         converged: true,
         outcome: match processed {

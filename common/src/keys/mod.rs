@@ -11,6 +11,8 @@
 //! their whole cache when they notice the epoch moved. Both steps are idempotent, so a failed announce is
 //! retried by revoking again.
 
+pub mod cache;
+
 use crate::domain::OrgId;
 use rand::Rng;
 use secrecy::SecretString;

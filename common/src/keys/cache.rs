@@ -1,0 +1,278 @@
+//! Resolved credentials, cached per process: the proxy and the control plane resolve a warm key or session token
+//! without PostgreSQL or a signature check.
+//!
+//! * [`KeyCache`]: API keys by SHA-256 of the key (never the key itself), valid ones for ten minutes, unknown ones
+//!   for five seconds (a client hammering with a bad key costs one lookup per five seconds). Revocations evict at
+//!   once: [`KeyCache::follow`] listens for announcements and watches the revocation epoch (for announcements
+//!   missed while disconnected), and a generation counter keeps a lookup that raced with a revocation from
+//!   re-inserting the key it revoked.
+//! * [`SessionCache`]: verified session tokens by SHA-256 of the token, until they expire.
+
+use super::{KeyHash, hash, looks_like_key, resolve, revocations_channel, revocations_epoch_key};
+use crate::config::RedisSettings;
+use crate::domain::OrgId;
+use crate::store::redis::{RedisConn, listen};
+use moka::sync::Cache;
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An org as a credential names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRef {
+    /// Internal id.
+    pub id: i64,
+    /// Clerk id.
+    pub org: OrgId,
+}
+
+/// A valid key, as cached.
+#[derive(Debug)]
+pub struct CachedKey {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// The org it belongs to.
+    pub org: Arc<OrgRef>,
+    /// When its use was last recorded (Unix seconds), so it is recorded at most once a minute per process.
+    touched_at: AtomicI64,
+}
+
+impl CachedKey {
+    /// Whether the key's use should be recorded now: true at most once a minute (`keys::touch` also limits
+    /// the write per minute across processes).
+    pub fn due_for_touch(&self, now_secs: i64) -> bool {
+        let last = self.touched_at.load(Ordering::Relaxed);
+        now_secs - last >= 60
+            && self
+                .touched_at
+                .compare_exchange(last, now_secs, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Why a key does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Unknown, malformed or revoked.
+    #[error("the API key is invalid or revoked")]
+    Unknown,
+    /// PostgreSQL could not be asked.
+    #[error("cannot resolve an API key: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Cache of resolved API keys.
+pub struct KeyCache {
+    valid: Cache<KeyHash, Arc<CachedKey>>,
+    unknown: Cache<KeyHash, ()>,
+    generation: AtomicU64,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            valid: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+impl KeyCache {
+    /// The key behind `presented`, from the cache or PostgreSQL.
+    pub async fn resolve(
+        &self,
+        pg: &PgPool,
+        presented: &str,
+    ) -> Result<Arc<CachedKey>, ResolveError> {
+        if !looks_like_key(presented) {
+            return Err(ResolveError::Unknown);
+        }
+        let digest = hash(presented);
+        if let Some(key) = self.valid.get(&digest) {
+            return Ok(key);
+        }
+        if self.unknown.contains_key(&digest) {
+            return Err(ResolveError::Unknown);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(resolved) = resolve(pg, presented).await? else {
+            self.unknown.insert(digest, ());
+            return Err(ResolveError::Unknown);
+        };
+        let key = Arc::new(CachedKey {
+            key_id: resolved.key_id,
+            org: Arc::new(OrgRef {
+                id: resolved.org_id,
+                org: resolved.org,
+            }),
+            touched_at: AtomicI64::new(i64::MIN / 2),
+        });
+        // A revocation that arrived while PostgreSQL answered may concern this very key: do not cache.
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.valid.insert(digest, Arc::clone(&key));
+        }
+        Ok(key)
+    }
+
+    /// Forgets one key.
+    pub fn forget(&self, digest: &KeyHash) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.valid.invalidate(digest);
+    }
+
+    /// Forgets one key, by its hash hex-encoded as announced (anything else forgets every key).
+    pub fn revoke(&self, hash_hex: &str) {
+        let mut digest = [0u8; 32];
+        if hex::decode_to_slice(hash_hex.trim(), &mut digest).is_ok() {
+            self.forget(&digest);
+        } else {
+            self.revoke_all();
+        }
+    }
+
+    /// Forgets every key (after missing announcements).
+    pub fn revoke_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.valid.invalidate_all();
+    }
+
+    /// How many valid keys are cached.
+    pub fn len(&self) -> u64 {
+        self.valid.entry_count()
+    }
+
+    /// Whether no valid key is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the cache in step with revocations until `shutdown` resolves: listens for announcements on the
+    /// revocation channel (forgetting every key after a reconnect, since announcements made meanwhile are lost)
+    /// and reads the revocation epoch every `epoch_every`, forgetting every key when it moved unannounced.
+    pub async fn follow(
+        &self,
+        settings: &RedisSettings,
+        epoch_every: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let channel = revocations_channel(&settings.namespace);
+        let announcements = listen(
+            settings,
+            std::slice::from_ref(&channel),
+            || self.revoke_all(),
+            |_, payload| self.revoke(payload),
+        );
+        let epoch = async {
+            let mut conn: Option<RedisConn> = None;
+            let mut last = None;
+            let mut ticker = tokio::time::interval(epoch_every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if conn.is_none() {
+                    conn = RedisConn::connect(settings).await.ok();
+                }
+                if let Some(c) = conn.as_mut()
+                    && let Err(e) = self.check_epoch(c, &settings.namespace, &mut last).await
+                {
+                    tracing::debug!(error = %e, "cannot read the revocation epoch");
+                }
+            }
+        };
+        tokio::select! {
+            () = announcements => {}
+            () = epoch => {}
+            () = shutdown => {}
+        }
+    }
+
+    /// Reads the revocation epoch; forgets every key when it differs from `last` (the previous reading).
+    pub async fn check_epoch(
+        &self,
+        conn: &mut RedisConn,
+        namespace: &str,
+        last: &mut Option<Option<i64>>,
+    ) -> redis::RedisResult<()> {
+        let epoch: Option<i64> = redis::cmd("GET")
+            .arg(revocations_epoch_key(namespace))
+            .query_async(conn)
+            .await?;
+        if last.is_some_and(|l| l != epoch) {
+            self.revoke_all();
+        }
+        *last = Some(epoch);
+        Ok(())
+    }
+}
+
+/// Verified session tokens by SHA-256 of the token, until they expire: an RS256 verification costs tens of
+/// microseconds, and a browser sends the same token on every call of its minute-long life.
+pub struct SessionCache<V> {
+    verified: Cache<KeyHash, (V, i64)>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Default for SessionCache<V> {
+    fn default() -> Self {
+        Self {
+            verified: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> SessionCache<V> {
+    /// What an already verified, unexpired token stands for.
+    pub fn get(&self, token_hash: &KeyHash, now_secs: i64) -> Option<V> {
+        self.verified
+            .get(token_hash)
+            .and_then(|(v, expires_at)| (now_secs < expires_at).then_some(v))
+    }
+
+    /// Remembers a verified token until `expires_at` (Unix seconds).
+    pub fn insert(&self, token_hash: KeyHash, value: V, expires_at: i64) {
+        self.verified.insert(token_hash, (value, expires_at));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_session_is_used_only_until_it_expires() {
+        let cache = SessionCache::<u32>::default();
+        let token = hash("header.claims.signature");
+        cache.insert(token, 7, 1_000);
+        assert_eq!(cache.get(&token, 999), Some(7));
+        assert_eq!(cache.get(&token, 1_000), None);
+        assert_eq!(cache.get(&hash("another"), 0), None);
+    }
+
+    #[test]
+    fn a_key_is_touched_at_most_once_a_minute() {
+        let key = CachedKey {
+            key_id: Uuid::nil(),
+            org: Arc::new(OrgRef {
+                id: 1,
+                org: OrgId::parse("org_a").expect("org"),
+            }),
+            touched_at: AtomicI64::new(i64::MIN / 2),
+        };
+        assert!(key.due_for_touch(1_000));
+        assert!(!key.due_for_touch(1_000));
+        assert!(!key.due_for_touch(1_059));
+        assert!(key.due_for_touch(1_060));
+    }
+}

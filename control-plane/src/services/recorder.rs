@@ -1,0 +1,315 @@
+//! 4.2's writes, committed together: the `usage/record` calls a process receives at the same time share one
+//! transaction (group commit), so a busy counter's durable copy is written, and its row lock held through a commit,
+//! once per batch instead of once per call.
+//!
+//! A batch, in one transaction:
+//!
+//! 1. insert every event, ordered by org and request id (two replicas' batches then take row locks in the same
+//!    order and cannot deadlock), `ON CONFLICT DO NOTHING`;
+//! 2. for each new event, the Redis increment (`counters::record`: at most once per request id, also across a
+//!    batch that rolled back and is retried);
+//! 3. the stored replies, and the counters' durable copies (one epoch-guarded upsert for the batch);
+//! 4. commit.
+//!
+//! Events already stored (a repeat, or the same id from another replica) are answered from their stored reply once
+//! the batch has committed, or refused with 409 when the metric or value differs. A failed batch answers each of its
+//! calls with the failure; retrying them counts nothing twice.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tollgate_common::domain::remaining;
+use tollgate_common::store::counters::{self, CounterError, CounterKey, Snapshot};
+use tollgate_common::store::redis::RedisConn;
+
+/// Most calls one batch takes.
+pub const MAX_BATCH: usize = 256;
+/// Batches in flight per process (they meet only on a shared counter's row, at the end of each).
+pub const WORKERS: usize = 2;
+
+/// One call to record.
+pub struct Record {
+    /// Which counter: the org, the metric and the period containing `occurred_at`.
+    pub key: CounterKey,
+    pub request_id: String,
+    pub value: u64,
+    pub occurred_at: DateTime<Utc>,
+    /// The plan's limit of the metric, for `remaining`.
+    pub limit: u64,
+}
+
+/// Why a call was not recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The request id was used before with another metric or value.
+    #[error("request_id: was already used for a different metric or value")]
+    Conflict,
+    /// PostgreSQL or Redis failed; nothing was counted, and a retry counts once.
+    #[error("usage could not be recorded: {0}")]
+    Unavailable(String),
+}
+
+/// 4.2's reply; stored verbatim so a repeat gets identical bytes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedUsage {
+    #[schema(value_type = String, example = "2026-11")]
+    pub period_key: tollgate_common::domain::PeriodKey,
+    pub used: u64,
+    pub remaining: u64,
+}
+
+type Reply = oneshot::Sender<Result<String, RecordError>>;
+
+/// The queue in front of the batch writers.
+pub struct Recorder {
+    queue: mpsc::Sender<(Record, Reply)>,
+}
+
+impl Recorder {
+    /// Starts [`WORKERS`] batch writers on the current runtime.
+    pub fn start(pg: PgPool, redis: RedisConn, namespace: String) -> Self {
+        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        let rx = Arc::new(Mutex::new(rx));
+        let writer = Arc::new(Writer {
+            pg,
+            redis,
+            namespace,
+        });
+        for _ in 0..WORKERS {
+            tokio::spawn(Arc::clone(&writer).run(Arc::clone(&rx)));
+        }
+        Self { queue }
+    }
+
+    /// Records one call (with whatever else arrives meanwhile); returns the reply body.
+    pub async fn record(&self, record: Record) -> Result<String, RecordError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((record, reply))
+            .await
+            .map_err(|_| RecordError::Unavailable("the recorder has stopped".to_owned()))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(RecordError::Unavailable(
+                "the recorder has stopped".to_owned(),
+            ))
+        })
+    }
+}
+
+struct Writer {
+    pg: PgPool,
+    redis: RedisConn,
+    namespace: String,
+}
+
+/// The calls of one batch with the same org and request id: the first is recorded, the others compared with it.
+struct Group {
+    lead: Record,
+    replies: Vec<(Reply, String, u64)>,
+}
+
+impl Writer {
+    async fn run(self: Arc<Self>, rx: Arc<Mutex<mpsc::Receiver<(Record, Reply)>>>) {
+        loop {
+            let mut batch = Vec::new();
+            {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.write(batch).await;
+        }
+    }
+
+    async fn write(&self, batch: Vec<(Record, Reply)>) {
+        let mut groups: Vec<Group> = Vec::with_capacity(batch.len());
+        let mut index: HashMap<(i64, String), usize> = HashMap::new();
+        for (record, reply) in batch {
+            let id = (record.key.org_id, record.request_id.clone());
+            let metric = record.key.metric.as_str().to_owned();
+            let value = record.value;
+            match index.get(&id) {
+                Some(&i) => groups[i].replies.push((reply, metric, value)),
+                None => {
+                    index.insert(id, groups.len());
+                    groups.push(Group {
+                        lead: record,
+                        replies: vec![(reply, metric, value)],
+                    });
+                }
+            }
+        }
+        groups.sort_by(|a, b| {
+            (a.lead.key.org_id, &a.lead.request_id).cmp(&(b.lead.key.org_id, &b.lead.request_id))
+        });
+        let outcomes = match self.commit(&groups).await {
+            Ok(fresh) => self.answers(&groups, fresh).await,
+            Err(e) => {
+                tracing::warn!(error = %e, calls = groups.len(), "a usage batch failed; its calls may be retried");
+                Err(RecordError::Unavailable(e.to_string()))
+            }
+        };
+        for (i, group) in groups.into_iter().enumerate() {
+            let lead_metric = group.lead.key.metric.as_str();
+            let outcome = outcomes
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|o| o[i].clone());
+            for (reply, metric, value) in group.replies {
+                let answer = match &outcome {
+                    Ok(_) if metric != lead_metric || value != group.lead.value => {
+                        Err(RecordError::Conflict)
+                    }
+                    other => other.clone(),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Steps 1 to 4; returns the reply of each group whose event this batch stored.
+    async fn commit(&self, groups: &[Group]) -> Result<HashMap<usize, String>, CounterError> {
+        let mut tx = self.pg.begin().await?;
+        let value = |r: &Record| i64::try_from(r.value).unwrap_or(i64::MAX);
+        let inserted: Vec<(i64, String, i64)> = sqlx::query_as(
+            "INSERT INTO usage_events (org_id, request_id, metric, value, period_key, occurred_at, response)
+             SELECT o, r, m, v, p, t, '' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                                     $5::text[], $6::timestamptz[]) AS u(o, r, m, v, p, t)
+             ON CONFLICT (org_id, request_id) DO NOTHING RETURNING org_id, request_id, id",
+        )
+        .bind(groups.iter().map(|g| g.lead.key.org_id).collect::<Vec<_>>())
+        .bind(groups.iter().map(|g| g.lead.request_id.as_str()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|g| g.lead.key.metric.as_str()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|g| value(&g.lead)).collect::<Vec<_>>())
+        .bind(groups.iter().map(|g| g.lead.key.period.key().to_string()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|g| g.lead.occurred_at).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored: HashMap<(i64, &str), i64> = inserted
+            .iter()
+            .map(|(org, request, id)| ((*org, request.as_str()), *id))
+            .collect();
+        let mut redis = self.redis.clone();
+        let mut fresh = HashMap::new();
+        let (mut ids, mut bodies) = (Vec::new(), Vec::new());
+        let mut latest: HashMap<(i64, &str, DateTime<Utc>), Snapshot> = HashMap::new();
+        for (i, group) in groups.iter().enumerate() {
+            let r = &group.lead;
+            let Some(&id) = stored.get(&(r.key.org_id, r.request_id.as_str())) else {
+                continue;
+            };
+            // On the transaction's connection: a second one from the pool while holding the first could exhaust
+            // the pool under a burst.
+            let recorded = counters::record(
+                &mut redis,
+                &mut *tx,
+                &self.namespace,
+                &r.key,
+                &r.request_id,
+                r.value,
+            )
+            .await?;
+            let body = serde_json::to_string(&RecordedUsage {
+                period_key: r.key.period.key(),
+                used: recorded.used,
+                remaining: remaining(recorded.used, r.limit),
+            })
+            .map_err(|_| CounterError::Protocol)?;
+            latest.insert(
+                (r.key.org_id, r.key.metric.as_str(), r.key.period.start),
+                Snapshot {
+                    key: r.key.clone(),
+                    used: recorded.used,
+                    epoch: recorded.epoch,
+                },
+            );
+            ids.push(id);
+            bodies.push(body.clone());
+            fresh.insert(i, body);
+        }
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE usage_events e SET response = u.response
+                   FROM UNNEST($1::bigint[], $2::text[]) AS u(id, response) WHERE e.id = u.id",
+            )
+            .bind(&ids)
+            .bind(&bodies)
+            .execute(&mut *tx)
+            .await?;
+            // The control plane runs no write-back: it writes the durable copy itself, under the same epoch rules.
+            let snapshots: Vec<Snapshot> = latest.into_values().collect();
+            counters::write(&mut *tx, &snapshots).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Each group's answer: its fresh reply, or the stored one of an event recorded before.
+    async fn answers(
+        &self,
+        groups: &[Group],
+        mut fresh: HashMap<usize, String>,
+    ) -> Result<Vec<Result<String, RecordError>>, RecordError> {
+        let earlier: Vec<usize> = (0..groups.len())
+            .filter(|i| !fresh.contains_key(i))
+            .collect();
+        let mut stored: HashMap<(i64, String), (String, i64, String)> = HashMap::new();
+        if !earlier.is_empty() {
+            let rows: Vec<(i64, String, String, i64, String)> = sqlx::query_as(
+                "SELECT e.org_id, e.request_id, e.metric, e.value, e.response
+                   FROM usage_events e JOIN UNNEST($1::bigint[], $2::text[]) AS u(o, r)
+                     ON e.org_id = u.o AND e.request_id = u.r",
+            )
+            .bind(
+                earlier
+                    .iter()
+                    .map(|&i| groups[i].lead.key.org_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                earlier
+                    .iter()
+                    .map(|&i| groups[i].lead.request_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&self.pg)
+            .await
+            .map_err(|e| RecordError::Unavailable(e.to_string()))?;
+            for (org, request, metric, value, response) in rows {
+                stored.insert((org, request), (metric, value, response));
+            }
+        }
+        Ok(groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                if let Some(body) = fresh.remove(&i) {
+                    return Ok(body);
+                }
+                let r = &g.lead;
+                match stored.get(&(r.key.org_id, r.request_id.clone())) {
+                    Some((metric, value, response))
+                        if metric == r.key.metric.as_str()
+                            && u64::try_from(*value).ok() == Some(r.value) =>
+                    {
+                        Ok(response.clone())
+                    }
+                    Some(_) => Err(RecordError::Conflict),
+                    None => Err(RecordError::Unavailable(
+                        "the stored event could not be read back".to_owned(),
+                    )),
+                }
+            })
+            .collect())
+    }
+}
