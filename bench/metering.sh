@@ -71,7 +71,9 @@ request = function()
   local body = string.format(
     '{"metric":"api_call","value":1,"occurredAt":"%s","request_id":"bench-%s-%d"}',
     os.date("!%Y-%m-%dT%H:%M:%SZ"), thread_id, n)
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+  -- Headers passed to wrk.format replace wrk.headers (and with them the -H key): set them there instead.
+  wrk.headers["Content-Type"] = "application/json"
+  return wrk.format("POST", nil, nil, body)
 end
 LUA
 
@@ -96,6 +98,17 @@ cpu_us = (int(sys.argv[3]) - int(sys.argv[2])) * 1e6 / os.sysconf("SC_CLK_TCK") 
 print(f"{rps:.0f} {ms(50):.2f} {ms(99):.2f} {cpu_us:.0f} {bad.group(1) if bad else 0}")
 PY
 }
+
+# One call of each kind first: numbers of refusals would mean nothing.
+probe() {
+  local out code
+  out=$(curl -s -w '\n%{http_code}' -H "X-Api-Key: $key" -H 'content-type: application/json' "$cp$1" ${2:+-d "$2"})
+  code=${out##*$'\n'}
+  [ "${code:0:1}" = 2 ] || { echo "$1 answered $code: ${out%$'\n'*}" >&2; exit 1; }
+}
+probe /api/quota/check '{"metric":"api_call"}'
+probe /api/me/entitlements.read
+probe /api/usage/record "{\"metric\":\"api_call\",\"value\":1,\"occurredAt\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"request_id\":\"probe-$$\"}"
 
 log "warming up"
 run 4 /api/quota/check "$work/check.lua" >/dev/null

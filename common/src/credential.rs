@@ -10,6 +10,8 @@ use http::HeaderMap;
 
 /// The `X-Api-Key` header.
 pub const API_KEY_HEADER: &str = "x-api-key";
+/// [`API_KEY_HEADER`] as a header name, built once (a look-up by `&str` parses the name each time).
+pub const API_KEY: http::HeaderName = http::HeaderName::from_static(API_KEY_HEADER);
 
 /// What `Authorization` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +72,7 @@ impl<'a> Presented<'a> {
             bearer.map_or(Authorization::Other, Authorization::Bearer)
         });
         let api_key = headers
-            .get(API_KEY_HEADER)
+            .get(&API_KEY)
             .map(|v| v.to_str().map(str::trim).map_err(|_| ()));
         Self {
             authorization,

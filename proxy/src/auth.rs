@@ -120,8 +120,8 @@ pub fn select<'a>(
     headers: &'a HeaderMap,
     is_clerk: impl FnOnce(&str) -> bool,
 ) -> Result<Selected<'a>, AuthFailure> {
-    let repeated = |name: &str| headers.get_all(name).iter().nth(1).is_some();
-    if repeated(http::header::AUTHORIZATION.as_str()) || repeated(credential::API_KEY_HEADER) {
+    let repeated = |name: &http::HeaderName| headers.get_all(name).iter().nth(1).is_some();
+    if repeated(&http::header::AUTHORIZATION) || repeated(&credential::API_KEY) {
         return Err(AuthFailure::Malformed);
     }
     let presented = Presented::read(headers);

@@ -369,3 +369,279 @@ impl Batch {
         self.slots.iter().map(|s| s.key.clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The lease state machine against a model of the counter scripts (`APPLY_REPORT`, `LEASE`, `SETTLE` and
+    //! `RESET` in `tollgate_common::store::counters`), written out here step for step, so its invariants are
+    //! checked without Redis: a grant never takes `used + leased` past the limit, no replica admits more than it
+    //! was granted, a repeated settle changes nothing, and a reset voids every older lease.
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use tollgate_common::domain::{Metric, Period};
+
+    /// The counter hash in Redis: `u`, `l`, `e`, and per replica `c:`, `r:`, `h:`.
+    #[derive(Debug, Default)]
+    struct Counter {
+        used: u64,
+        leased: u64,
+        epoch: i64,
+        consumed: HashMap<usize, u64>,
+        refunded: HashMap<usize, u64>,
+        held: HashMap<usize, u64>,
+    }
+
+    impl Counter {
+        /// `APPLY_REPORT`.
+        fn apply(&mut self, rid: usize, r: &Report) -> bool {
+            let prev_held = self.held.get(&rid).copied().unwrap_or(0);
+            if r.epoch != self.epoch {
+                self.leased = self.leased.saturating_sub(prev_held);
+                self.held.insert(rid, 0);
+                return false;
+            }
+            let prev_c = self.consumed.get(&rid).copied().unwrap_or(r.acknowledged);
+            if r.consumed > prev_c {
+                self.used += r.consumed - prev_c;
+                self.consumed.insert(rid, r.consumed);
+            }
+            let prev_r = self
+                .refunded
+                .get(&rid)
+                .copied()
+                .unwrap_or(r.refunds_acknowledged);
+            if r.refunded > prev_r {
+                self.used = self.used.saturating_sub(r.refunded - prev_r);
+                self.refunded.insert(rid, r.refunded);
+            }
+            self.leased = self.leased.saturating_sub(prev_held) + r.held;
+            self.held.insert(rid, r.held);
+            true
+        }
+
+        /// `LEASE` (without the reclaiming of crashed replicas' holdings).
+        fn lease(&mut self, rid: usize, r: &Report, cost: u64, want: u64, limit: u64) -> Leased {
+            self.apply(rid, r);
+            let free = limit.saturating_sub(self.used + self.leased);
+            let (admitted, granted) = if cost <= free {
+                let want = want.min(free).max(cost);
+                let granted = want - want % cost;
+                self.leased += granted;
+                *self.held.entry(rid).or_default() += granted;
+                (true, granted)
+            } else {
+                (false, 0)
+            };
+            Leased {
+                admitted,
+                granted,
+                used: self.used,
+                leased: self.leased,
+                epoch: self.epoch,
+            }
+        }
+
+        /// `RESET`.
+        fn reset(&mut self) {
+            *self = Self {
+                epoch: self.epoch + 1,
+                ..Self::default()
+            };
+        }
+    }
+
+    fn slot() -> Slot {
+        let start = Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .single()
+            .expect("start");
+        let period = Period::containing(start, start);
+        Slot::new(
+            CounterKey {
+                org_id: 1,
+                metric: Metric::parse("api_call").expect("metric"),
+                period,
+            },
+            "t",
+        )
+    }
+
+    /// One request through a replica, as `service::meter` runs it.
+    fn request(
+        slot: &Slot,
+        counter: &mut Counter,
+        rid: usize,
+        cost: u64,
+        limit: u64,
+    ) -> Option<Admitted> {
+        if let Some(admitted) = slot.take_local(cost, 0) {
+            return Some(admitted);
+        }
+        let (report, want) = slot.begin_lease(cost);
+        let reply = counter.lease(rid, &report, cost, want, limit);
+        slot.finish_lease(&reply, report, cost, limit, 0)
+    }
+
+    fn settle(slot: &Slot, counter: &mut Counter, rid: usize, release: bool) -> Option<Report> {
+        let report = slot.begin_settle(0, i64::MAX, release)?;
+        let applied = counter.apply(rid, &report);
+        slot.finish_settle(applied, counter.epoch, report);
+        Some(report)
+    }
+
+    #[test]
+    fn a_lease_admits_exactly_what_it_was_granted() {
+        let (slot, mut counter) = (slot(), Counter::default());
+        // Cold, the replica knows nothing of the counter and asks for the cost alone.
+        let first = request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+        assert_eq!((counter.held[&0], first.left), (1, 999));
+        request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+        let granted = counter.held[&0];
+        assert_eq!(granted, 999 / 16, "a sixteenth of what is unreserved");
+        for _ in 1..granted {
+            assert!(slot.take_local(1, 0).is_some());
+        }
+        assert!(slot.take_local(1, 0).is_none(), "the lease is spent");
+    }
+
+    #[test]
+    fn a_repeated_settle_changes_nothing() {
+        let (slot, mut counter) = (slot(), Counter::default());
+        for _ in 0..5 {
+            request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+        }
+        let report = settle(&slot, &mut counter, 0, false).expect("consumption to report");
+        let (used, leased) = (counter.used, counter.leased);
+        assert_eq!(used, 5);
+        // The same report delivered again (a reply lost, the call retried) and the slot's own next pass.
+        assert!(counter.apply(0, &report));
+        assert_eq!((counter.used, counter.leased), (used, leased));
+        assert!(
+            settle(&slot, &mut counter, 0, false).is_none(),
+            "nothing new to report"
+        );
+    }
+
+    #[test]
+    fn a_reset_voids_older_leases_and_refunds() {
+        let (slot, mut counter) = (slot(), Counter::default());
+        let admitted = request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+        counter.reset();
+        slot.forfeit();
+        assert!(
+            slot.take_local(1, 0).is_none(),
+            "the voided lease admits nothing"
+        );
+        assert!(
+            !slot.refund(1, admitted.epoch),
+            "a refund from the old epoch does not apply"
+        );
+        let again = request(&slot, &mut counter, 0, 1, 1_000).expect("admitted in the new epoch");
+        assert_eq!(again.epoch, counter.epoch);
+        assert_eq!(counter.used + counter.leased, counter.held[&0]);
+    }
+
+    #[test]
+    fn a_refund_applies_once_within_its_epoch() {
+        let (slot, mut counter) = (slot(), Counter::default());
+        let admitted = request(&slot, &mut counter, 0, 3, 1_000).expect("admitted");
+        assert!(slot.refund(3, admitted.epoch));
+        assert!(
+            !slot.refund(3, admitted.epoch),
+            "only what was consumed can be given back"
+        );
+        settle(&slot, &mut counter, 0, true).expect("a report");
+        assert_eq!((counter.used, counter.leased), (0, 0));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request {
+            rid: usize,
+            cost: u64,
+        },
+        Refund {
+            rid: usize,
+        },
+        /// A settle pass, its report delivered `twice` when the first reply is lost and the call repeated.
+        Settle {
+            rid: usize,
+            release: bool,
+            twice: bool,
+        },
+        Reset {
+            announced_to: Vec<bool>,
+        },
+    }
+
+    const REPLICAS: usize = 3;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..REPLICAS, 1u64..5).prop_map(|(rid, cost)| Op::Request { rid, cost }),
+            1 => (0..REPLICAS).prop_map(|rid| Op::Refund { rid }),
+            3 => (0..REPLICAS, any::<bool>(), any::<bool>())
+                .prop_map(|(rid, release, twice)| Op::Settle { rid, release, twice }),
+            1 => proptest::collection::vec(any::<bool>(), REPLICAS)
+                .prop_map(|announced_to| Op::Reset { announced_to }),
+        ]
+    }
+
+    proptest! {
+        /// Several replicas on one counter, in any interleaving of requests, refunds, settles (some delivered
+        /// twice) and resets (whose announcement some replicas miss): Redis never has more than the limit out,
+        /// in every epoch the replicas admit, net of refunds, at most the limit, and a repeated report changes
+        /// nothing.
+        #[test]
+        fn never_over_admits(limit in 1u64..300, ops in proptest::collection::vec(op(), 1..300)) {
+            let slots: Vec<Slot> = (0..REPLICAS).map(|_| slot()).collect();
+            let mut counter = Counter::default();
+            let mut last: Vec<Option<(u64, Admitted)>> = vec![None; REPLICAS];
+            let mut net: HashMap<i64, i64> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Request { rid, cost } => {
+                        if let Some(a) = request(&slots[rid], &mut counter, rid, cost, limit) {
+                            *net.entry(a.epoch).or_default() += i64::try_from(cost).unwrap_or(i64::MAX);
+                            last[rid] = Some((cost, a));
+                        }
+                    }
+                    Op::Refund { rid } => {
+                        if let Some((cost, a)) = last[rid].take()
+                            && slots[rid].refund(cost, a.epoch)
+                        {
+                            *net.entry(a.epoch).or_default() -= i64::try_from(cost).unwrap_or(i64::MAX);
+                        }
+                    }
+                    Op::Settle { rid, release, twice } => {
+                        if let Some(report) = settle(&slots[rid], &mut counter, rid, release)
+                            && twice
+                        {
+                            let before = (counter.used, counter.leased);
+                            counter.apply(rid, &report);
+                            prop_assert_eq!((counter.used, counter.leased), before, "a repeated report");
+                        }
+                    }
+                    Op::Reset { announced_to } => {
+                        counter.reset();
+                        for (slot, heard) in slots.iter().zip(announced_to) {
+                            if heard {
+                                slot.forfeit();
+                            }
+                        }
+                    }
+                }
+                prop_assert!(counter.used + counter.leased <= limit,
+                    "used {} + leased {} > limit {limit}", counter.used, counter.leased);
+                // A replica that missed a reset may still spend its old lease, but that lease was granted in the
+                // old epoch, under the old epoch's limit.
+                for (epoch, n) in &net {
+                    prop_assert!(*n <= i64::try_from(limit).unwrap_or(i64::MAX),
+                        "epoch {epoch}: {n} admitted net of refunds, limit {limit}");
+                }
+            }
+        }
+    }
+}

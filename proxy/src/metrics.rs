@@ -4,7 +4,6 @@
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use std::collections::HashMap;
 use tollgate_common::domain::{Metric, PlanCatalog};
 
 /// Sub-millisecond buckets: the quota round trip lives well below a millisecond.
@@ -55,7 +54,8 @@ pub struct Metrics {
     request_children: [[IntCounter; 6]; 2],
     /// `tollgate_proxy_request_duration_seconds{class}`.
     pub duration: [Histogram; 2],
-    decisions: HashMap<Metric, DecisionCounters>,
+    /// By metric: a handful, so a scan beats hashing the name.
+    decisions: Vec<(Metric, DecisionCounters)>,
     /// `tollgate_proxy_auth_failures_total{reason}`.
     pub auth_failures: IntCounterVec,
     /// `tollgate_proxy_redis_seconds`: quota round-trip latency.
@@ -215,6 +215,8 @@ impl Metrics {
 
     /// The decision counters of `metric` (every route metric is in the catalogue, checked at start).
     pub fn decisions(&self, metric: &Metric) -> Option<&DecisionCounters> {
-        self.decisions.get(metric)
+        self.decisions
+            .iter()
+            .find_map(|(m, counters)| (m == metric).then_some(counters))
     }
 }

@@ -17,17 +17,50 @@ pub struct OrgEntry {
     pub id: i64,
     /// Clerk id.
     pub org: OrgId,
-    billing: RwLock<Billing>,
+    billing: RwLock<State>,
     slots: RwLock<Vec<Arc<Slot>>>,
+}
+
+/// The billing state and the terms last derived from it, kept until their period ends or the state changes (the
+/// period is calendar arithmetic; most requests of a period need not redo it).
+struct State {
+    billing: Billing,
+    terms: Option<Terms<'static>>,
+}
+
+impl State {
+    fn new(billing: Billing) -> Self {
+        Self {
+            billing,
+            terms: None,
+        }
+    }
 }
 
 impl OrgEntry {
     /// The plan and period in force at `now` (see [`Billing::terms`]), without cloning the state.
-    pub fn terms<'c>(&self, catalog: &'c PlanCatalog, now: DateTime<Utc>) -> Option<Terms<'c>> {
-        self.billing
+    pub fn terms(
+        &self,
+        catalog: &'static PlanCatalog,
+        now: DateTime<Utc>,
+    ) -> Option<Terms<'static>> {
+        let within = |t: &Terms<'_>| t.period.start <= now && now < t.period.end;
+        if let Some(terms) = self
+            .billing
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .terms(catalog, now)
+            .terms
+            .filter(within)
+        {
+            return Some(terms);
+        }
+        let mut state = self
+            .billing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let terms = state.billing.terms(catalog, now);
+        state.terms = terms;
+        terms
     }
 
     /// The slot of `metric` in `period`, created (and registered with `meter`) on first use.
@@ -97,7 +130,7 @@ impl OrgCache {
         let entry = Arc::new(OrgEntry {
             id,
             org: org.clone(),
-            billing: RwLock::new(billing::load(pg, id).await?),
+            billing: RwLock::new(State::new(billing::load(pg, id).await?)),
             slots: RwLock::new(Vec::new()),
         });
         // Two first requests may race: keep whichever entry landed first so slots are not split.
@@ -131,9 +164,9 @@ impl OrgCache {
                     .billing
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if *current != billing {
+                if current.billing != billing {
                     tracing::info!(org.id = %entry.org, "billing state changed");
-                    *current = billing;
+                    *current = State::new(billing);
                 }
             }
         }

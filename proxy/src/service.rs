@@ -385,7 +385,7 @@ impl ProxyHttp for MeteringProxy {
             upstream.remove_header(&http::header::AUTHORIZATION);
         }
         if ctx.strip.api_key {
-            upstream.remove_header(tollgate_common::credential::API_KEY_HEADER);
+            upstream.remove_header(&tollgate_common::credential::API_KEY);
         }
         // An absolute-form target (RFC 9112 §3.2.2; Pingora has checked that `Host` matches its authority) goes
         // upstream in origin form: the URI already holds only its path and query.
@@ -400,9 +400,10 @@ impl ProxyHttp for MeteringProxy {
             let origin = upstream.uri.clone();
             upstream.set_uri(origin);
         }
-        upstream.remove_header(ORG_HEADER);
-        if let Some(org) = &ctx.org {
-            upstream.insert_header(ORG_HEADER, org.org.as_str())?;
+        // Inserting replaces every client-sent value.
+        match &ctx.org {
+            Some(org) => upstream.insert_header(ORG_HEADER, org.org.as_str())?,
+            None => drop(upstream.remove_header(ORG_HEADER)),
         }
         Ok(())
     }

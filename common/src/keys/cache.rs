@@ -1,11 +1,13 @@
 //! Resolved credentials, cached per process: the proxy and the control plane resolve a warm key or session token
 //! without PostgreSQL or a signature check.
 //!
-//! * [`KeyCache`]: API keys by SHA-256 of the key (never the key itself), valid ones for ten minutes, unknown ones
-//!   for five seconds (a client hammering with a bad key costs one lookup per five seconds). Revocations evict at
-//!   once: [`KeyCache::follow`] listens for announcements and watches the revocation epoch (for announcements
-//!   missed while disconnected), and a generation counter keeps a lookup that raced with a revocation from
-//!   re-inserting the key it revoked.
+//! * [`KeyCache`]: valid API keys for ten minutes, unknown ones for five seconds (a client hammering with a bad key
+//!   costs one lookup per five seconds). Valid keys are found by the presented key itself, so a warm request costs
+//!   one hash-table probe and no SHA-256 (the key is held in this process's memory only, as it is while the
+//!   request is read; it is never logged or written anywhere); unknown ones by SHA-256, so a flood of made-up keys
+//!   keeps none of them. Revocations, which name a key by its SHA-256, evict at once: [`KeyCache::follow`] listens
+//!   for announcements and watches the revocation epoch (for announcements missed while disconnected), and a
+//!   generation counter keeps a lookup that raced with a revocation from re-inserting the key it revoked.
 //! * [`SessionCache`]: verified session tokens by SHA-256 of the token, until they expire.
 
 use super::{KeyHash, hash, looks_like_key, resolve, revocations_channel, revocations_epoch_key};
@@ -34,6 +36,8 @@ pub struct OrgRef {
 pub struct CachedKey {
     /// The key's id.
     pub key_id: Uuid,
+    /// SHA-256 of the key, as stored and as revocations name it.
+    digest: KeyHash,
     /// The org it belongs to.
     pub org: Arc<OrgRef>,
     /// When its use was last recorded (Unix seconds), so it is recorded at most once a minute per process.
@@ -66,7 +70,7 @@ pub enum ResolveError {
 
 /// Cache of resolved API keys.
 pub struct KeyCache {
-    valid: Cache<KeyHash, Arc<CachedKey>>,
+    valid: Cache<Box<str>, Arc<CachedKey>>,
     unknown: Cache<KeyHash, ()>,
     generation: AtomicU64,
 }
@@ -97,10 +101,10 @@ impl KeyCache {
         if !looks_like_key(presented) {
             return Err(ResolveError::Unknown);
         }
-        let digest = hash(presented);
-        if let Some(key) = self.valid.get(&digest) {
+        if let Some(key) = self.valid.get(presented) {
             return Ok(key);
         }
+        let digest = hash(presented);
         if self.unknown.contains_key(&digest) {
             return Err(ResolveError::Unknown);
         }
@@ -111,6 +115,7 @@ impl KeyCache {
         };
         let key = Arc::new(CachedKey {
             key_id: resolved.key_id,
+            digest,
             org: Arc::new(OrgRef {
                 id: resolved.org_id,
                 org: resolved.org,
@@ -119,15 +124,19 @@ impl KeyCache {
         });
         // A revocation that arrived while PostgreSQL answered may concern this very key: do not cache.
         if self.generation.load(Ordering::Acquire) == generation {
-            self.valid.insert(digest, Arc::clone(&key));
+            self.valid.insert(presented.into(), Arc::clone(&key));
         }
         Ok(key)
     }
 
-    /// Forgets one key.
+    /// Forgets one key. The cache is searched for it (revocations are rare; lookups must not hash).
     pub fn forget(&self, digest: &KeyHash) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.valid.invalidate(digest);
+        for (presented, key) in &self.valid {
+            if key.digest == *digest {
+                self.valid.invalidate(&*presented);
+            }
+        }
     }
 
     /// Forgets one key, by its hash hex-encoded as announced (anything else forgets every key).
@@ -260,10 +269,46 @@ mod tests {
         assert_eq!(cache.get(&hash("another"), 0), None);
     }
 
+    fn cached(cache: &KeyCache, presented: &str, id: i64) {
+        let key = Arc::new(CachedKey {
+            key_id: Uuid::nil(),
+            digest: hash(presented),
+            org: Arc::new(OrgRef {
+                id,
+                org: OrgId::parse("org_a").expect("org"),
+            }),
+            touched_at: AtomicI64::new(0),
+        });
+        cache.valid.insert(presented.into(), key);
+    }
+
+    #[test]
+    fn a_revocation_by_hash_forgets_exactly_that_key() {
+        let cache = KeyCache::default();
+        cached(&cache, "tg_one", 1);
+        cached(&cache, "tg_two", 2);
+        cache.revoke(&hex::encode(hash("tg_one")));
+        assert!(
+            cache.valid.get("tg_one").is_none(),
+            "the revoked key is gone"
+        );
+        assert_eq!(
+            cache.valid.get("tg_two").map(|k| k.org.id),
+            Some(2),
+            "the other stays"
+        );
+        cache.revoke("not hex");
+        assert!(
+            cache.valid.get("tg_two").is_none(),
+            "an unreadable announcement forgets every key"
+        );
+    }
+
     #[test]
     fn a_key_is_touched_at_most_once_a_minute() {
         let key = CachedKey {
             key_id: Uuid::nil(),
+            digest: hash("tg_x"),
             org: Arc::new(OrgRef {
                 id: 1,
                 org: OrgId::parse("org_a").expect("org"),

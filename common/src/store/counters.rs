@@ -670,25 +670,81 @@ pub async fn record<'e>(
     request_id: &str,
     value: u64,
 ) -> Result<Recorded, CounterError> {
-    use sha2::Digest;
     let counter = key.redis_key(namespace);
-    let marker = format!(
+    let marker = record_marker(namespace, key, request_id);
+    let reply = invoke_seeded(conn, pg, key, |seed| {
+        record_invocation(&counter, &marker, value, seed.map(|d| (d, key.expire_at())))
+    })
+    .await?;
+    recorded(&reply)
+}
+
+/// Records many usage events (each as [`record`] does) in one pipeline per hash slot, in order; the events whose
+/// counter is missing from Redis are then recorded one by one, rebuilding it from PostgreSQL.
+pub async fn record_many(
+    conn: &mut RedisConn,
+    pg: &mut sqlx::PgConnection,
+    namespace: &str,
+    events: &[(&CounterKey, &str, u64)],
+) -> Result<Vec<Recorded>, CounterError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    RECORD.prepare_invoke().load_async(conn).await?;
+    let names: Vec<(String, String)> = events
+        .iter()
+        .map(|(key, request_id, _)| {
+            (
+                key.redis_key(namespace),
+                record_marker(namespace, key, request_id),
+            )
+        })
+        .collect();
+    let orgs: Vec<i64> = events.iter().map(|(key, _, _)| key.org_id).collect();
+    let replies: Vec<Vec<i64>> = pipelined(conn, &orgs, |pipe, i| {
+        let (counter, marker) = &names[i];
+        pipe.invoke_script(&record_invocation(counter, marker, events[i].2, None));
+    })
+    .await?;
+    let mut out = Vec::with_capacity(events.len());
+    for ((key, request_id, value), reply) in events.iter().zip(replies) {
+        out.push(if reply.first() == Some(&-1) {
+            record(conn, &mut *pg, namespace, key, request_id, *value).await?
+        } else {
+            recorded(&reply)?
+        });
+    }
+    Ok(out)
+}
+
+/// The Redis key remembering that `request_id` was counted (by its SHA-256: request ids are the caller's).
+fn record_marker(namespace: &str, key: &CounterKey, request_id: &str) -> String {
+    use sha2::Digest;
+    format!(
         "{namespace}:{{o{}}}:r:{}",
         key.org_id,
         hex::encode(sha2::Sha256::digest(request_id.as_bytes()))
-    );
-    let reply = invoke_seeded(conn, pg, key, |seed| {
-        let mut invocation = RECORD.key(&counter);
-        invocation.key(&marker).arg(value);
-        match seed {
-            Some(d) => invocation.arg(d.used).arg(d.epoch).arg(key.expire_at()),
-            None => invocation.arg("").arg(0).arg(0),
-        };
-        invocation.arg(RECORD_MARKER_TTL_SECS);
-        invocation
-    })
-    .await?;
-    match reply.as_slice() {
+    )
+}
+
+fn record_invocation<'s>(
+    counter: &str,
+    marker: &str,
+    value: u64,
+    seed: Option<(Durable, i64)>,
+) -> redis::ScriptInvocation<'s> {
+    let mut invocation = RECORD.key(counter);
+    invocation.key(marker).arg(value);
+    match seed {
+        Some((d, expire_at)) => invocation.arg(d.used).arg(d.epoch).arg(expire_at),
+        None => invocation.arg("").arg(0).arg(0),
+    };
+    invocation.arg(RECORD_MARKER_TTL_SECS);
+    invocation
+}
+
+fn recorded(reply: &[i64]) -> Result<Recorded, CounterError> {
+    match reply {
         [1, used, epoch, fresh] => Ok(Recorded {
             used: u64::try_from(*used).unwrap_or(0),
             epoch: u64::try_from(*epoch).unwrap_or(0),

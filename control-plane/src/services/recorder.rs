@@ -6,8 +6,8 @@
 //!
 //! 1. insert every event, ordered by org and request id (two replicas' batches then take row locks in the same
 //!    order and cannot deadlock), `ON CONFLICT DO NOTHING`;
-//! 2. for each new event, the Redis increment (`counters::record`: at most once per request id, also across a
-//!    batch that rolled back and is retried);
+//! 2. the Redis increments of the new events, in one pipeline (`counters::record_many`: at most once per request
+//!    id, also across a batch that rolled back and is retried);
 //! 3. the stored replies, and the counters' durable copies (one epoch-guarded upsert for the batch);
 //! 4. commit.
 //!
@@ -203,22 +203,29 @@ impl Writer {
         let mut fresh = HashMap::new();
         let (mut ids, mut bodies) = (Vec::new(), Vec::new());
         let mut latest: HashMap<(i64, &str, DateTime<Utc>), Snapshot> = HashMap::new();
-        for (i, group) in groups.iter().enumerate() {
-            let r = &group.lead;
-            let Some(&id) = stored.get(&(r.key.org_id, r.request_id.as_str())) else {
-                continue;
-            };
-            // On the transaction's connection: a second one from the pool while holding the first could exhaust
-            // the pool under a burst.
-            let recorded = counters::record(
-                &mut redis,
-                &mut *tx,
-                &self.namespace,
-                &r.key,
-                &r.request_id,
-                r.value,
-            )
-            .await?;
+        // The new events, in the batch's order; one Redis pipeline counts them all.
+        let new: Vec<(usize, i64)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, group)| {
+                let r = &group.lead;
+                stored
+                    .get(&(r.key.org_id, r.request_id.as_str()))
+                    .map(|&id| (i, id))
+            })
+            .collect();
+        let events: Vec<_> = new
+            .iter()
+            .map(|&(i, _)| {
+                let r = &groups[i].lead;
+                (&r.key, r.request_id.as_str(), r.value)
+            })
+            .collect();
+        // On the transaction's connection: a second one from the pool while holding the first could exhaust the
+        // pool under a burst.
+        let counted = counters::record_many(&mut redis, &mut tx, &self.namespace, &events).await?;
+        for (&(i, id), recorded) in new.iter().zip(counted) {
+            let r = &groups[i].lead;
             let body = serde_json::to_string(&RecordedUsage {
                 period_key: r.key.period.key(),
                 used: recorded.used,
