@@ -6,7 +6,8 @@
 #   bash bench/metering.sh [seconds=8] [connections=32]
 #
 # Prints a table and appends it to bench/results.md. Numbers are measured here, never asserted in tests.
-# TOLLGATE_SKIP_BUILD=1 uses the release binary already built; CARGO_PROFILE=perf builds the quicker perf profile.
+# TOLLGATE_SKIP_BUILD=1 uses the release binary already built; CARGO_PROFILE=perf builds the quicker perf profile;
+# TOLLGATE_CP_WRAP prefixes the control plane (e.g. "valgrind --tool=callgrind" to profile it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/services.sh
@@ -48,7 +49,7 @@ env -i PATH="$PATH" HOME="$HOME" \
   TOLLGATE_REDIS_NAMESPACE="bm$$" TOLLGATE_PLANS="$work/plans.toml" TOLLGATE_ADMIN_TOKEN="$admin" \
   CLERK_JWKS_URL="http://127.0.0.1:9/jwks.json" TOLLGATE_CP_LISTEN="127.0.0.1:$cp_port" \
   TOLLGATE_DATABASE_MAX_CONNECTIONS="${TOLLGATE_DATABASE_MAX_CONNECTIONS:-16}" \
-  TOLLGATE_LOG_FORMAT=json RUST_LOG=warn "$bin" >"$work/cp.log" 2>&1 &
+  TOLLGATE_LOG_FORMAT=json RUST_LOG=warn ${TOLLGATE_CP_WRAP:-} "$bin" >"$work/cp.log" 2>&1 &
 pids+=($!)
 cp_pid=$!
 wait_port "$cp_port" "the control plane"
