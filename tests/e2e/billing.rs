@@ -417,16 +417,7 @@ async fn one_event_delivered_ten_times_is_stored_and_applied_once() {
 async fn two_control_planes_apply_each_event_of_a_backlog_once() {
     let (_stripe, m) = setup(50).await;
     let sub = sign_up(&m, "org_backlog").await;
-    let other = TestApp::builder()
-        .database(std::sync::Arc::clone(&m.app.db))
-        .env("TOLLGATE_REDIS_NAMESPACE", m.app.namespace())
-        .env(
-            "TOLLGATE_PLANS",
-            &m.dir.join("plans.toml").display().to_string(),
-        )
-        .stripe(&_stripe)
-        .start()
-        .await;
+    let other = m.replica().stripe(&_stripe).start().await;
     let deliveries = (0..60).map(|i| {
         let body = event(
             &format!("evt_backlog_{i}"),

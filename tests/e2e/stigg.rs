@@ -5,7 +5,7 @@ use crate::billing::{LONG, await_stored, owner, paying, setup_with, sign_up};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use tollgate_e2e::app::{Auth, TestApp};
+use tollgate_e2e::app::Auth;
 use tollgate_e2e::metering::Metering;
 use tollgate_e2e::stigg::{FakeStigg, Mode, StiggState};
 use tollgate_e2e::{metric_value, wait};
@@ -288,17 +288,7 @@ async fn two_control_planes_deliver_each_operation_once_and_in_order() {
     // Slow answers, so two replicas' workers would overlap on one org if they could.
     stigg.set_latency(Duration::from_millis(40));
     let (stripe, m) = setup_with(50, Some(&stigg)).await;
-    let other = TestApp::builder()
-        .database(std::sync::Arc::clone(&m.app.db))
-        .env("TOLLGATE_REDIS_NAMESPACE", m.app.namespace())
-        .env(
-            "TOLLGATE_PLANS",
-            &m.dir.join("plans.toml").display().to_string(),
-        )
-        .stripe(&stripe)
-        .stigg(&stigg)
-        .start()
-        .await;
+    let other = m.replica().stripe(&stripe).stigg(&stigg).start().await;
     let orgs = ["org_rep_a", "org_rep_b", "org_rep_c", "org_rep_d"];
     let subs = join_all(orgs.iter().map(|org| paying(&stripe, &m, org))).await;
     join_all(

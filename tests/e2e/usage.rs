@@ -17,6 +17,22 @@ fn record(request_id: &str, value: u64) -> Value {
     json!({"metric": "api_call", "value": value, "occurredAt": now().to_rfc3339(), "request_id": request_id})
 }
 
+/// `retry-<i>` for each `i`, 4 units each, all sent at once.
+async fn record_at_once(
+    app: &TestApp,
+    key: &str,
+    ids: std::ops::RangeInclusive<u32>,
+) -> Vec<tollgate_e2e::app::Resp> {
+    join_all(ids.map(|i| {
+        let body = record(&format!("retry-{i}"), 4);
+        async move {
+            app.post("/api/usage/record", Auth::ApiKey(key), &body)
+                .await
+        }
+    }))
+    .await
+}
+
 async fn entitlements(app: &TestApp, key: &str) -> Value {
     let r = app
         .get("/api/me/entitlements.read", Auth::ApiKey(key))
@@ -817,15 +833,7 @@ async fn two_control_planes_recording_the_same_ids_at_once_count_each_once() {
     })
     .await;
     let key = m.org_with_key("org_twice").await;
-    let other = TestApp::builder()
-        .database(std::sync::Arc::clone(&m.app.db))
-        .env("TOLLGATE_REDIS_NAMESPACE", m.app.namespace())
-        .env(
-            "TOLLGATE_PLANS",
-            &m.dir.join("plans.toml").display().to_string(),
-        )
-        .start()
-        .await;
+    let other = m.replica().start().await;
     // Each of 60 ids three times, spread over both replicas, all at once; and 10 ids sent with two different
     // values to the two replicas at once: one of each pair is recorded, the other refused.
     let mut calls = Vec::new();
@@ -903,15 +911,7 @@ async fn a_record_refused_while_redis_is_down_counts_once_when_retried() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     redis.stop();
-    let batch = join_all((1..=5).map(|i| {
-        let body = record(&format!("retry-{i}"), 4);
-        let (app, key) = (&m.app, key.clone());
-        async move {
-            app.post("/api/usage/record", Auth::ApiKey(&key), &body)
-                .await
-        }
-    }))
-    .await;
+    let batch = record_at_once(&m.app, &key, 1..=5).await;
     for r in &batch {
         r.problem(503);
     }
@@ -922,15 +922,7 @@ async fn a_record_refused_while_redis_is_down_counts_once_when_retried() {
     assert_eq!(stored, 1, "a failed batch stores none of its events");
     redis.restart().await;
     for _ in 0..2 {
-        let retried = join_all((0..=5).map(|i| {
-            let body = record(&format!("retry-{i}"), 4);
-            let (app, key) = (&m.app, key.clone());
-            async move {
-                app.post("/api/usage/record", Auth::ApiKey(&key), &body)
-                    .await
-            }
-        }))
-        .await;
+        let retried = record_at_once(&m.app, &key, 0..=5).await;
         for r in &retried {
             assert_eq!(r.status, 200, "{}", r.text);
         }

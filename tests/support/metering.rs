@@ -49,6 +49,17 @@ pub struct Metering {
 }
 
 impl Metering {
+    /// A builder for a second control plane on the same database, Redis namespace and plans: another replica.
+    pub fn replica(&self) -> crate::app::TestAppBuilder {
+        TestApp::builder()
+            .database(std::sync::Arc::clone(&self.app.db))
+            .env("TOLLGATE_REDIS_NAMESPACE", self.app.namespace())
+            .env(
+                "TOLLGATE_PLANS",
+                &self.dir.join("plans.toml").display().to_string(),
+            )
+    }
+
     /// Writes the config files and starts the control plane and the upstream (no proxy yet).
     pub async fn start(options: Options<'_>) -> Self {
         let dir =
