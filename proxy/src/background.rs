@@ -8,7 +8,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
-use tollgate_common::store::counters;
+use tollgate_common::store::counters::{self, ResetAnnouncement};
 use tollgate_common::store::redis::{RedisConn, listen};
 
 // === WriteBack ===
@@ -209,12 +209,16 @@ impl BackgroundService for Refresher {
     }
 }
 
-/// A reset was announced (`<periodKey>` or `<periodKey> <org id>`): drop the leases it voided.
+/// A reset was announced: drop the leases it voided. An announcement that cannot be read drops every lease (a
+/// lease dropped needlessly costs one round trip; one kept past a reset would be void at its next report anyway).
 fn forfeit(core: &Core, payload: &str) {
-    let mut parts = payload.split_whitespace();
-    let Some(period) = parts.next() else { return };
-    let org = parts.next().and_then(|id| id.parse::<i64>().ok());
-    let n = core.meter.forfeit(period, org);
+    let n = match ResetAnnouncement::parse(payload) {
+        Some(reset) => core.meter.forfeit(Some(reset.period), reset.org_id),
+        None => {
+            tracing::warn!("unreadable reset announcement; dropping every lease");
+            core.meter.forfeit(None, None)
+        }
+    };
     core.metrics.lease_forfeits.inc_by(n as u64);
     core.metrics.reset_announcements.inc();
 }

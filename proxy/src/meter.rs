@@ -27,6 +27,7 @@
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tollgate_common::domain::PeriodKey;
 use tollgate_common::store::counters::{CounterKey, Leased, Report};
 
 /// The largest block a replica leases at once.
@@ -313,12 +314,13 @@ impl Meter {
         self.lock().clone()
     }
 
-    /// Forfeits the leases of the counters of `period` (of one org, or all), after a reset was announced.
-    pub fn forfeit(&self, period: &str, org_id: Option<i64>) -> usize {
+    /// Forfeits the leases of the counters of `period` (every period when `None`), of one org or all, after a
+    /// reset was announced.
+    pub fn forfeit(&self, period: Option<PeriodKey>, org_id: Option<i64>) -> usize {
         let slots = self.lock();
         let mut n = 0;
         for slot in slots.iter() {
-            if slot.key.period.key().to_string() == period
+            if period.is_none_or(|p| slot.key.period.key() == p)
                 && org_id.is_none_or(|id| id == slot.key.org_id)
             {
                 slot.forfeit();

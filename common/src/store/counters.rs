@@ -25,7 +25,7 @@
 //! * **Reset** bumps the epoch in PostgreSQL first, then in Redis. A flush that read the counter before the reset
 //!   carries the old epoch and is ignored, so a late flush can never undo a reset.
 
-use crate::domain::{Metric, Period};
+use crate::domain::{Metric, Period, PeriodKey};
 use crate::store::redis::RedisConn;
 use chrono::{DateTime, Utc};
 use redis::Script;
@@ -201,10 +201,42 @@ return {1, tonumber(now[1]), tonumber(now[2] or 0), fresh and 1 or 0}
 /// How long Redis remembers a recorded `request_id` (PostgreSQL's unique index remembers it for good).
 const RECORD_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// The pub/sub channel on which resets are announced (`<periodKey>`, or `<periodKey> <org id>`), so proxies drop
-/// the leases a reset voided without waiting for their next round trip.
+/// The pub/sub channel on which resets are announced (see [`ResetAnnouncement`]), so proxies drop the leases a
+/// reset voided without waiting for their next round trip.
 pub fn resets_channel(namespace: &str) -> String {
     format!("{namespace}:counters:reset")
+}
+
+/// What a reset announcement says: which period's counters were reset, of one org (internal id) or of all.
+/// On the wire: `<periodKey>` or `<periodKey> <org id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetAnnouncement {
+    /// The period whose counters were reset.
+    pub period: PeriodKey,
+    /// The org, or `None` for every org.
+    pub org_id: Option<i64>,
+}
+
+impl ResetAnnouncement {
+    /// The message to publish.
+    pub fn payload(&self) -> String {
+        match self.org_id {
+            Some(id) => format!("{} {id}", self.period),
+            None => self.period.to_string(),
+        }
+    }
+
+    /// Reads a published message; `None` when it is not one.
+    pub fn parse(payload: &str) -> Option<Self> {
+        let (period, org_id) = match payload.trim().split_once(' ') {
+            Some((period, id)) => (period, Some(id.trim().parse().ok()?)),
+            None => (payload.trim(), None),
+        };
+        Some(Self {
+            period: PeriodKey::parse(period).ok()?,
+            org_id,
+        })
+    }
 }
 
 /// The Redis key of a counter.
@@ -874,6 +906,25 @@ pub async fn reset_many(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reset_announcement_reads_back_as_written() {
+        let period = PeriodKey::parse("2026-12").expect("period");
+        for a in [
+            ResetAnnouncement {
+                period,
+                org_id: None,
+            },
+            ResetAnnouncement {
+                period,
+                org_id: Some(42),
+            },
+        ] {
+            assert_eq!(ResetAnnouncement::parse(&a.payload()), Some(a));
+        }
+        assert_eq!(ResetAnnouncement::parse("2026-12 x"), None, "not an org id");
+        assert_eq!(ResetAnnouncement::parse("soon"), None, "not a period");
+    }
+
     use super::*;
 
     fn month(y: i32, m: u32) -> Period {

@@ -465,10 +465,14 @@ pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiR
     }
     // Proxies drop the leases the reset voided now rather than at their next round trip; a lost announcement only
     // delays that (their next settle sees the new epoch), so it does not fail the call.
-    let payload = match ids.as_slice() {
-        [id] if org.is_some() => format!("{period_key} {id}"),
-        _ => period_key.to_string(),
-    };
+    let payload = counters::ResetAnnouncement {
+        period: period_key,
+        org_id: match ids.as_slice() {
+            [id] if org.is_some() => Some(*id),
+            _ => None,
+        },
+    }
+    .payload();
     let announced: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
         .arg(counters::resets_channel(ns(app)))
         .arg(payload)
