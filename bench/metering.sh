@@ -23,7 +23,6 @@ if [ -z "${TOLLGATE_SKIP_BUILD:-}" ]; then
 fi
 bin="$target_dir/$profile/tollgate-control-plane"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 db="tg_bench_metering_$$" cp_port=$(free_port) work=$(mktemp -d)
 admin="tgop_bench_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 pids=()

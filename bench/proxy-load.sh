@@ -83,7 +83,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 # wait_http URL PID WHAT LOG: until URL answers 2xx; fails early when PID has exited
 wait_http() {
   for _ in $(seq 600); do

@@ -22,7 +22,6 @@ if [ -z "${TOLLGATE_SKIP_BUILD:-}" ]; then
 fi
 bin="$target_dir/release"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 db="tg_bench_hooks_$$" cp_port=$(free_port) stripe_port=$(free_port) stigg_port=$(free_port)
 admin="tgop_bench_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 secret="whsec_bench_secret" stripe_key="sk_test_bench" work=$(mktemp -d)

@@ -23,8 +23,8 @@ use subtle::ConstantTimeEq;
 use tollgate_common::credential::{self, Credential, CredentialError};
 use tollgate_common::domain::OrgId;
 use tollgate_common::jwt::{ClerkSession, JwtError};
+use tollgate_common::keys;
 use tollgate_common::keys::cache::{CachedKey, ResolveError};
-use tollgate_common::keys::{self};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
