@@ -3,7 +3,7 @@
 # the Stripe emulator answering, whether a flood of intake slows the metering endpoints, and what a Stigg outage
 # costs (sign-ups and quota/check with a Stigg that accepts connections and never answers, then the outbox's drain).
 #
-#   bash bench/webhooks.sh [seconds=8] [connections=32] [orgs=20]
+#   bash bench/webhooks.sh [seconds=8] [connections=32] [orgs=20] [steady events/s=500]
 #
 # Prints a table and appends it to bench/results.md. Numbers are measured here, never asserted in tests.
 # TOLLGATE_SKIP_BUILD=1 uses the release binaries already built.
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/services.sh
 
-seconds=${1:-8} connections=${2:-32} orgs=${3:-20}
+seconds=${1:-8} connections=${2:-32} orgs=${3:-20} steady=${4:-500}
 ensure_build_tools; ensure_postgres; ensure_redis; ensure_python; ensure_stripe_venv
 command -v wrk >/dev/null || apt_install wrk
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -124,13 +124,24 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp_pid/stat"; }
 log "quota/check alone (${seconds}s, $connections connections)"
 read -r base_rps base_p50 base_p99 < <(check)
 
-log "intake flood (${seconds}s, $connections connections) with quota/check beside it"
-"$bin/webhook-load" --url "$cp/api/webhooks/stripe.receive" --secret "$secret" --subscriptions "$subs_csv" \
-  --seconds "$seconds" --concurrency "$connections" --prefix "b$$" >"$work/load.json" &
+load() { # [--rate N]: signed events for $seconds s on $connections connections; prints the JSON summary
+  "$bin/webhook-load" --url "$cp/api/webhooks/stripe.receive" --secret "$secret" --subscriptions "$subs_csv" \
+    --seconds "$seconds" --concurrency "$connections" --prefix "b$$$1" "${@:2}"
+}
+log "intake flood alone (${seconds}s, $connections connections; the workers apply what arrives meanwhile)"
+intake=$(load a)
+log "quota/check beside intake at a steady $steady events/s"
+load s --rate "$steady" >"$work/steady.json" &
+load_pid=$!
+read -r steady_rps steady_p50 steady_p99 < <(check)
+wait "$load_pid"
+steady_intake=$(cat "$work/steady.json")
+log "quota/check beside an intake flood"
+load f >"$work/load.json" &
 load_pid=$!
 read -r flood_rps flood_p50 flood_p99 < <(check)
 wait "$load_pid"
-intake=$(cat "$work/load.json")
+flood_intake=$(cat "$work/load.json")
 backlog=$(queue)
 log "draining the backlog ($backlog events) with the emulator answering"
 start=$(date +%s.%N) ticks0=$(cpu_ticks)
@@ -154,23 +165,24 @@ start=$(now)
 while [ "$(outbox)" -gt 0 ]; do sleep 0.1; done
 outbox_drain_s=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
 
-report=$(python3 - "$intake" "$backlog" "$applied" "$failed" "$drain_s" "$base_rps" "$base_p50" "$base_p99" \
+report=$(python3 - "$intake" "$steady_intake" "$flood_intake" "$steady_rps" "$steady_p50" "$steady_p99" "$backlog" "$applied" "$failed" "$drain_s" "$base_rps" "$base_p50" "$base_p99" \
   "$flood_rps" "$flood_p50" "$flood_p99" "$ticks0" "$ticks1" "$seconds" "$connections" "$orgs" \
   "$signup_up_ms" "$signup_down_ms" "$down_rps" "$down_p50" "$down_p99" "$waiting" "$outbox_drain_s" <<'PY'
 import json, sys, os
-(intake, backlog, applied, failed, drain, brps, bp50, bp99, frps, fp50, fp99, t0, t1, secs, conns, orgs,
+(intake, sintake, fintake, srps, sp50, sp99, backlog, applied, failed, drain, brps, bp50, bp99, frps, fp50, fp99, t0, t1, secs, conns, orgs,
  su_up, su_down, drps, dp50, dp99, waiting, odrain) = sys.argv[1:]
-i = json.loads(intake)
+i, si, fi = (json.loads(x) for x in (intake, sintake, fintake))
 hz = os.sysconf("SC_CLK_TCK")
 cpu_ms = (int(t1) - int(t0)) * 1000 / hz
 print(f"""### webhooks ({secs} s, {conns} connections, {orgs} orgs)
 
 | measure | value |
 |---|---|
-| intake | {i['per_second']:.0f} events/s, p50 {i['p50_ms']} ms, p99 {i['p99_ms']} ms, {i['errors']} errors of {i['sent']} |
+| intake flood | {i['per_second']:.0f} events/s, p50 {i['p50_ms']} ms, p99 {i['p99_ms']} ms, {i['errors']} errors of {i['sent']} |
 | worker drain (4 tasks, the emulator answering) | a backlog of {int(backlog)} applied in {drain} s = {int(backlog)/max(float(drain), 0.01):.0f} events/s ({int(applied)} applied in all, {int(failed)} retried); control plane CPU {cpu_ms/max(int(backlog),1):.2f} ms per event while draining |
 | quota/check alone | {brps} req/s, p50 {bp50} ms, p99 {bp99} ms |
-| quota/check during the intake flood | {frps} req/s, p50 {fp50} ms, p99 {fp99} ms |
+| quota/check beside intake at a steady {si['per_second']:.0f} events/s (intake p99 {si['p99_ms']} ms) | {srps} req/s, p50 {sp50} ms, p99 {sp99} ms |
+| quota/check beside an intake flood ({fi['per_second']:.0f} events/s, p99 {fi['p99_ms']} ms) | {frps} req/s, p50 {fp50} ms, p99 {fp99} ms |
 | sign-up (org, customer, trial) with Stigg up / down | {su_up} ms / {su_down} ms per org |
 | quota/check with Stigg down, its outbox retrying | {drps} req/s, p50 {dp50} ms, p99 {dp99} ms |
 | outbox drain when Stigg returns | {waiting} operations in {odrain} s (retries wait at most 2 s here) |

@@ -84,7 +84,7 @@ pub async fn settle(
     }
     let entries: Vec<_> = work
         .iter()
-        .map(|(slot, report, _)| (slot.redis_key.as_str(), &slot.key, *report))
+        .map(|(slot, report, _)| (&slot.counter, *report))
         .collect();
     let result = match connection(core, conn).await {
         Ok(c) => counters::settle(c, &core.pg, &core.replica, &entries).await,

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tollgate_common::domain::PeriodKey;
-use tollgate_common::store::counters::{CounterKey, Leased, Report};
+use tollgate_common::store::counters::{Counter, CounterKey, Leased, Report};
 
 /// The largest block a replica leases at once.
 pub const MAX_BLOCK: u64 = 100;
@@ -106,10 +106,8 @@ impl Default for Lease {
 
 /// One counter the proxy meters.
 pub struct Slot {
-    /// Which counter.
-    pub key: CounterKey,
-    /// Its Redis key, formatted once.
-    pub redis_key: String,
+    /// Which counter, and its Redis key.
+    pub counter: Counter,
     dirty: AtomicBool,
     /// When the oldest unflushed change was made (ms since the epoch); 0 when clean.
     dirty_since_ms: AtomicI64,
@@ -121,8 +119,7 @@ pub struct Slot {
 impl Slot {
     fn new(key: CounterKey, namespace: &str) -> Self {
         Self {
-            redis_key: key.redis_key(namespace),
-            key,
+            counter: Counter::new(namespace, key),
             dirty: AtomicBool::new(false),
             dirty_since_ms: AtomicI64::new(0),
             lease: Mutex::new(Lease::default()),
@@ -303,7 +300,7 @@ impl Meter {
                 batch.slots.push(Arc::clone(slot));
                 true
             } else {
-                slot.key.period.end >= forget_before || Arc::strong_count(slot) > 1
+                slot.counter.key().period.end >= forget_before || Arc::strong_count(slot) > 1
             }
         });
         batch
@@ -320,8 +317,8 @@ impl Meter {
         let slots = self.lock();
         let mut n = 0;
         for slot in slots.iter() {
-            if period.is_none_or(|p| slot.key.period.key() == p)
-                && org_id.is_none_or(|id| id == slot.key.org_id)
+            if period.is_none_or(|p| slot.counter.key().period.key() == p)
+                && org_id.is_none_or(|id| id == slot.counter.key().org_id)
             {
                 slot.forfeit();
                 n += 1;
@@ -368,16 +365,16 @@ impl Batch {
 
     /// The counters to write.
     pub fn keys(&self) -> Vec<CounterKey> {
-        self.slots.iter().map(|s| s.key.clone()).collect()
+        self.slots.iter().map(|s| s.counter.key().clone()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! The lease state machine against a model of the counter scripts (`APPLY_REPORT`, `LEASE`, `SETTLE` and
-    //! `RESET` in `tollgate_common::store::counters`), written out here step for step, so its invariants are
-    //! checked without Redis: a grant never takes `used + leased` past the limit, no replica admits more than it
-    //! was granted, a repeated settle changes nothing, and a reset voids every older lease.
+    //! The lease state machine against a model of the counter scripts (`apply_report.lua`, `lease.lua`,
+    //! `settle.lua` and `reset.lua` of `tollgate_common::store::counters`), written out here step for step, so its
+    //! invariants are checked without Redis: a grant never takes `used + leased` past the limit, no replica admits
+    //! more than it was granted, a repeated settle changes nothing, and a reset voids every older lease.
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;
@@ -396,7 +393,7 @@ mod tests {
     }
 
     impl Counter {
-        /// `APPLY_REPORT`.
+        /// `apply_report.lua`.
         fn apply(&mut self, rid: usize, r: &Report) -> bool {
             let prev_held = self.held.get(&rid).copied().unwrap_or(0);
             if r.epoch != self.epoch {

@@ -68,7 +68,10 @@ impl OrgEntry {
         let find = |slots: &[Arc<Slot>]| {
             slots
                 .iter()
-                .find(|s| s.key.period.start == period.start && s.key.metric == *metric)
+                .find(|s| {
+                    s.counter.key().period.start == period.start
+                        && s.counter.key().metric == *metric
+                })
                 .cloned()
         };
         if let Some(slot) = find(
@@ -87,7 +90,7 @@ impl OrgEntry {
             return slot;
         }
         // A new period for this org: the previous periods' slots stay registered with the meter until flushed.
-        slots.retain(|s| s.key.period.end > period.start);
+        slots.retain(|s| s.counter.key().period.end > period.start);
         let slot = meter.slot(CounterKey {
             org_id: self.id,
             metric: metric.clone(),

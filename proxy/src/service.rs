@@ -208,8 +208,7 @@ impl MeteringProxy {
                 counters::lease(
                     &mut conn,
                     &core.pg,
-                    &slot.redis_key,
-                    &slot.key,
+                    &slot.counter,
                     &core.replica,
                     report,
                     cost,

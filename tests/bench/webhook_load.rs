@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! webhook-load --url http://127.0.0.1:8080/api/webhooks/stripe.receive --secret whsec_… \
-//!              --subscriptions sub_a,sub_b --seconds 8 --concurrency 32 [--prefix run1]
+//!              --subscriptions sub_a,sub_b --seconds 8 --concurrency 32 [--prefix run1] [--rate 500]
 //! ```
+//!
+//! Without `--rate` every connection sends its next event as soon as the last is answered (a flood); with it the
+//! connections together send at most that many events per second, evenly spaced.
 //!
 //! Events are `customer.subscription.updated` for the given subscriptions in turn, so processing them reads real
 //! objects back from Stripe.
@@ -23,6 +26,8 @@ struct Args {
     seconds: u64,
     concurrency: usize,
     prefix: String,
+    /// Events per second across all connections; 0: as fast as answered.
+    rate: f64,
 }
 
 fn args() -> Result<Args, String> {
@@ -33,6 +38,7 @@ fn args() -> Result<Args, String> {
         seconds: 8,
         concurrency: 32,
         prefix: format!("{:x}", SystemClock.now().timestamp()),
+        rate: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +52,11 @@ fn args() -> Result<Args, String> {
                 a.concurrency = value.parse().map_err(|_| "--concurrency: a number")?
             }
             "--prefix" => a.prefix = value,
+            "--rate" => {
+                a.rate = value
+                    .parse()
+                    .map_err(|_| "--rate: a number of events per second")?
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -71,7 +82,15 @@ async fn main() -> Result<(), String> {
             let (a, http, next, errors) = (Arc::clone(&a), http.clone(), Arc::clone(&next), Arc::clone(&errors));
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut pace = (a.rate > 0.0).then(|| {
+                    let mut every = tokio::time::interval(Duration::from_secs_f64(a.concurrency as f64 / a.rate));
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    every
+                });
                 while Instant::now() < deadline {
+                    if let Some(pace) = pace.as_mut() {
+                        pace.tick().await;
+                    }
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let sub = &a.subscriptions[(n as usize) % a.subscriptions.len()];
                     let now = SystemClock.now().timestamp();

@@ -8,7 +8,7 @@ use tollgate_control_plane::stripe::signature;
 use tollgate_e2e::app::{Auth, TestApp};
 use tollgate_e2e::metering::{Metering, Options};
 use tollgate_e2e::stripe::{StripeEmulator, WEBHOOK_SECRET};
-use tollgate_e2e::wait;
+use tollgate_e2e::{metric_value, wait};
 
 pub(crate) const LONG: Duration = Duration::from_secs(30);
 
@@ -419,6 +419,52 @@ async fn one_event_delivered_ten_times_is_stored_and_applied_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_be_stored_fails_alone_among_concurrent_deliveries() {
+    let (_stripe, m) = setup(50).await;
+    // PostgreSQL's jsonb refuses \u0000: a body that is valid JSON, correctly signed, and cannot be stored.
+    let poisoned = json!({
+        "id": "evt_poisoned", "object": "event", "created": now(), "type": "customer.updated",
+        "data": {"object": {"id": "cus_x", "object": "customer", "description": "\u{0}"}},
+    })
+    .to_string();
+    let mut bodies: Vec<String> = (0..30)
+        .map(|i| {
+            event(
+                &format!("evt_neighbour_{i}"),
+                "charge.succeeded",
+                &format!("ch_{i}"),
+                "charge",
+            )
+        })
+        .collect();
+    bodies.insert(15, poisoned);
+    let deliveries = bodies.iter().map(|body| async {
+        let header = signature::sign(body.as_bytes(), WEBHOOK_SECRET, now());
+        deliver(&m.app, body, Some(header)).await
+    });
+    let replies = join_all(deliveries).await;
+    for (body, r) in bodies.iter().zip(&replies) {
+        if body.contains("evt_poisoned") {
+            assert_eq!(r.problem(400)["field"], "body", "{}", r.text);
+        } else {
+            assert_eq!(
+                r.status, 202,
+                "a neighbour of the bad event failed with it: {}",
+                r.text
+            );
+        }
+    }
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stripe_events WHERE event_id LIKE 'evt_neighbour_%'",
+    )
+    .fetch_one(&m.app.state.pg)
+    .await
+    .unwrap();
+    assert_eq!(stored, 30);
+    assert_eq!(events_count(&m.app, "evt_poisoned").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_apply_each_event_of_a_backlog_once() {
     let (_stripe, m) = setup(50).await;
     let sub = sign_up(&m, "org_backlog").await;
@@ -453,6 +499,69 @@ async fn two_control_planes_apply_each_event_of_a_backlog_once() {
     assert!(
         rows.iter().all(|(_, attempts)| *attempts == 1),
         "each processed once: {rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_about_one_subscription_costs_a_stripe_read_per_worker_not_per_event() {
+    let (_stripe, m) = setup(50).await;
+    let sub = sign_up(&m, "org_coalesce").await;
+    let reads = || async {
+        let metrics = m.app.get("/metrics", Auth::None).await.text;
+        metric_value(
+            &metrics,
+            r#"tollgate_cp_stripe_requests_total{operation="subscriptions.retrieve",outcome="ok"}"#,
+        )
+    };
+    // Sign-up's own events settled first, so what follows counts only the backlog's reads.
+    wait::until(LONG, "sign-up's events to be processed", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE status NOT IN ('applied', 'ignored')",
+        )
+        .fetch_one(&m.app.state.pg)
+        .await
+        .unwrap();
+        (waiting == 0).then_some(())
+    })
+    .await;
+    let before = reads().await;
+    // A backlog as an outage leaves it: 40 updates of one subscription, all stored before any is claimed.
+    let ids: Vec<String> = (0..40).map(|i| format!("evt_coalesce_{i}")).collect();
+    let bodies: Vec<String> = ids
+        .iter()
+        .map(|id| event(id, "customer.subscription.updated", &sub, "subscription"))
+        .collect();
+    sqlx::query(
+        "INSERT INTO stripe_events (event_id, event_type, payload, stripe_created, object_type, object_id)
+         SELECT e, 'customer.subscription.updated', p::jsonb, now(), 'subscription', $3
+           FROM UNNEST($1::text[], $2::text[]) AS u(e, p)",
+    )
+    .bind(&ids)
+    .bind(&bodies)
+    .bind(&sub)
+    .execute(&m.app.state.pg)
+    .await
+    .unwrap();
+    let attempts: Vec<i32> = wait::until(LONG, "the backlog to drain", || async {
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT status, attempts FROM stripe_events WHERE event_id LIKE 'evt_coalesce_%'",
+        )
+        .fetch_all(&m.app.state.pg)
+        .await
+        .unwrap();
+        (rows.len() == 40 && rows.iter().all(|(s, _)| s == "applied"))
+            .then(|| rows.into_iter().map(|(_, a)| a).collect())
+    })
+    .await;
+    assert!(
+        attempts.iter().all(|a| *a == 1),
+        "each settled once: {attempts:?}"
+    );
+    let spent = reads().await - before;
+    let workers = u64::try_from(m.app.state.config.stripe.as_ref().unwrap().workers).unwrap();
+    assert!(
+        (1..=workers).contains(&spent),
+        "40 waiting events about one subscription took {spent} Stripe reads (at most one per worker: {workers})"
     );
 }
 

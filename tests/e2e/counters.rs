@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tollgate_common::clock::{Clock, SystemClock};
 use tollgate_common::domain::{Metric, Period};
-use tollgate_common::store::counters::{self, CounterKey};
+use tollgate_common::store::counters::{self, Counter, CounterKey};
 use tollgate_e2e::app::TestApp;
 
 async fn setup() -> (TestApp, CounterKey) {
@@ -32,10 +32,10 @@ async fn durable(app: &TestApp, key: &CounterKey) -> (u64, u64) {
 async fn a_reset_is_never_undone_by_a_stale_or_concurrent_flush() {
     let (app, key) = setup().await;
     let ns = app.namespace().to_owned();
-    let redis_key = key.redis_key(&ns);
+    let counter = Counter::new(&ns, key.clone());
     let mut conn = app.state.redis.clone();
     for _ in 0..100 {
-        let c = counters::consume(&mut conn, &app.state.pg, &redis_key, &key, 1, 1000)
+        let c = counters::consume(&mut conn, &app.state.pg, &counter, 1, 1000)
             .await
             .unwrap();
         assert!(c.allowed);
@@ -94,7 +94,7 @@ async fn a_reset_is_never_undone_by_a_stale_or_concurrent_flush() {
 
     // Usage after the reset counts in the new epoch and flushes normally.
     for _ in 0..5 {
-        counters::consume(&mut conn, &app.state.pg, &redis_key, &key, 1, 1000)
+        counters::consume(&mut conn, &app.state.pg, &counter, 1, 1000)
             .await
             .unwrap();
     }
@@ -109,10 +109,10 @@ async fn a_reset_is_never_undone_by_a_stale_or_concurrent_flush() {
 async fn a_missing_counter_is_rebuilt_from_postgres_once_under_concurrency() {
     let (app, key) = setup().await;
     let ns = app.namespace().to_owned();
-    let redis_key = key.redis_key(&ns);
+    let counter = Counter::new(&ns, key.clone());
     let mut conn = app.state.redis.clone();
     for _ in 0..40 {
-        counters::consume(&mut conn, &app.state.pg, &redis_key, &key, 1, 100)
+        counters::consume(&mut conn, &app.state.pg, &counter, 1, 100)
             .await
             .unwrap();
     }
@@ -120,21 +120,20 @@ async fn a_missing_counter_is_rebuilt_from_postgres_once_under_concurrency() {
         .await
         .unwrap();
     redis::cmd("DEL")
-        .arg(&redis_key)
+        .arg(counter.redis_key())
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
 
     // 100 concurrent consumers all find the counter missing; it is seeded once from 40 and admits exactly 60.
     let calls = (0..100).map(|_| {
-        let (mut conn, pg, redis_key, key) = (
+        let (mut conn, pg, counter) = (
             app.state.redis.clone(),
             app.state.pg.clone(),
-            redis_key.clone(),
-            key.clone(),
+            counter.clone(),
         );
         async move {
-            counters::consume(&mut conn, &pg, &redis_key, &key, 1, 100)
+            counters::consume(&mut conn, &pg, &counter, 1, 100)
                 .await
                 .unwrap()
         }
@@ -155,7 +154,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
     use counters::Report;
     let (app, key) = setup().await;
     let ns = app.namespace().to_owned();
-    let redis_key = key.redis_key(&ns);
+    let counter = Counter::new(&ns, key.clone());
     let mut conn = app.state.redis.clone();
     let pg = &app.state.pg;
     let fresh = Report {
@@ -165,7 +164,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         acknowledged: 0,
         ..Report::default()
     };
-    let first = counters::lease(&mut conn, pg, &redis_key, &key, "r1", fresh, 1, 10, 100)
+    let first = counters::lease(&mut conn, pg, &counter, "r1", fresh, 1, 10, 100)
         .await
         .unwrap();
     assert!(first.admitted);
@@ -183,7 +182,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         ..Report::default()
     };
     for _ in 0..2 {
-        let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, report)])
+        let s = counters::settle(&mut conn, pg, "r1", &[(&counter, report)])
             .await
             .unwrap();
         assert_eq!(s, vec![(true, 0)]);
@@ -203,11 +202,11 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         acknowledged: 7,
         ..Report::default()
     };
-    let granted = counters::lease(&mut conn, pg, &redis_key, &key, "r1", lost, 1, 10, 100)
+    let granted = counters::lease(&mut conn, pg, &counter, "r1", lost, 1, 10, 100)
         .await
         .unwrap();
     assert_eq!(granted.leased, 10);
-    let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, lost)])
+    let s = counters::settle(&mut conn, pg, "r1", &[(&counter, lost)])
         .await
         .unwrap();
     assert_eq!(s, vec![(true, 0)]);
@@ -222,7 +221,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         .await
         .unwrap();
     redis::cmd("DEL")
-        .arg(&redis_key)
+        .arg(counter.redis_key())
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
@@ -233,7 +232,7 @@ async fn lease_reports_are_idempotent_and_survive_a_rebuild() {
         acknowledged: 7,
         ..Report::default()
     };
-    let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, after)])
+    let s = counters::settle(&mut conn, pg, "r1", &[(&counter, after)])
         .await
         .unwrap();
     assert_eq!(s, vec![(true, 0)]);
@@ -248,14 +247,13 @@ async fn refund_reports_give_units_back_once_and_never_below_zero() {
     use counters::Report;
     let (app, key) = setup().await;
     let ns = app.namespace().to_owned();
-    let redis_key = key.redis_key(&ns);
+    let counter = Counter::new(&ns, key.clone());
     let mut conn = app.state.redis.clone();
     let pg = &app.state.pg;
     let first = counters::lease(
         &mut conn,
         pg,
-        &redis_key,
-        &key,
+        &counter,
         "r1",
         Report {
             epoch: -1,
@@ -275,7 +273,7 @@ async fn refund_reports_give_units_back_once_and_never_below_zero() {
         held: 5,
         ..Report::default()
     };
-    counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, used)])
+    counters::settle(&mut conn, pg, "r1", &[(&counter, used)])
         .await
         .unwrap();
     assert_eq!(
@@ -293,7 +291,7 @@ async fn refund_reports_give_units_back_once_and_never_below_zero() {
         refunds_acknowledged: 0,
     };
     for _ in 0..2 {
-        let s = counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, refunded)])
+        let s = counters::settle(&mut conn, pg, "r1", &[(&counter, refunded)])
             .await
             .unwrap();
         assert_eq!(s, vec![(true, 0)]);
@@ -312,7 +310,7 @@ async fn refund_reports_give_units_back_once_and_never_below_zero() {
         refunded: 1,
         refunds_acknowledged: 0,
     };
-    counters::settle(&mut conn, pg, "r1", &[(&redis_key, &key, stale)])
+    counters::settle(&mut conn, pg, "r1", &[(&counter, stale)])
         .await
         .unwrap();
     assert_eq!(
@@ -326,14 +324,13 @@ async fn replicas_leasing_concurrently_never_over_admit() {
     use counters::Report;
     let (app, key) = setup().await;
     let ns = app.namespace().to_owned();
-    let redis_key = key.redis_key(&ns);
+    let counter = Counter::new(&ns, key.clone());
     // Eight replicas, each asking for blocks of up to 7 units until refused, against a limit of 100.
     let replicas = (0..8).map(|r| {
-        let (mut conn, pg, redis_key, key) = (
+        let (mut conn, pg, counter) = (
             app.state.redis.clone(),
             app.state.pg.clone(),
-            redis_key.clone(),
-            key.clone(),
+            counter.clone(),
         );
         async move {
             let rid = format!("r{r}");
@@ -346,10 +343,9 @@ async fn replicas_leasing_concurrently_never_over_admit() {
             };
             let mut admitted = 0;
             loop {
-                let reply =
-                    counters::lease(&mut conn, &pg, &redis_key, &key, &rid, report, 1, 7, 100)
-                        .await
-                        .unwrap();
+                let reply = counters::lease(&mut conn, &pg, &counter, &rid, report, 1, 7, 100)
+                    .await
+                    .unwrap();
                 if !reply.admitted {
                     return admitted;
                 }

@@ -40,163 +40,41 @@ const RETAIN_AFTER_PERIOD_SECS: i64 = 40 * 24 * 3600;
 /// Exact check and consume, one step: admits iff `u + l + cost <= limit` (`l`: units leased to proxies and not
 /// yet consumed or returned), and only then adds `cost` to `u`. A counter is live once it has an epoch field; a
 /// missing one answers `-1` and the caller calls again with the durable copy as the seed.
-static CONSUME: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
-if not h[3] then
-  if ARGV[3] == nil then return {-1, 0, 0} end
-  redis.call('HSET', KEYS[1], 'u', ARGV[3], 'l', 0, 'e', ARGV[4])
-  redis.call('EXPIREAT', KEYS[1], ARGV[5])
-  h = {ARGV[3], '0', ARGV[4]}
-end
-local u = tonumber(h[1])
-local l = tonumber(h[2] or '0')
-local cost = tonumber(ARGV[1])
-if cost > 0 and u + l + cost > tonumber(ARGV[2]) then return {0, u, l} end
-if cost > 0 then u = redis.call('HINCRBY', KEYS[1], 'u', cost) end
-return {1, u, l}
-",
-    )
-});
+static CONSUME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/consume.lua")));
 
-/// Shared by `LEASE` and `SETTLE`: applies a replica's report. Reports are absolute — the replica's total
-/// consumption in this epoch (`c:<rid>`), its total refunds (`r:<rid>`: units given back for requests the upstream
-/// never answered) and what it holds now (`h:<rid>`) — so a call whose reply was lost can be repeated, or
-/// superseded by the next report, without counting anything twice or leaking a lease. Both totals only grow, so a
-/// stale report can never move the counter backwards.
-/// ARGV: rid, epoch, consumed total, held, acknowledged consumed, refunded total, acknowledged refunds.
-const APPLY_REPORT: &str = r"
-local k = KEYS[1]
-local rid = ARGV[1]
-local f = redis.call('HMGET', k, 'u', 'l', 'e', 'c:' .. rid, 'h:' .. rid, 'r:' .. rid)
-local u = tonumber(f[1])
-local l = tonumber(f[2] or '0')
-local e = tonumber(f[3])
-local applied = 0
-local held = 0
-if tonumber(ARGV[2]) == e then
-  applied = 1
-  local c = tonumber(ARGV[3])
-  -- Without a stored total (first contact, or Redis lost the counter and it was rebuilt from PostgreSQL), what
-  -- the replica saw acknowledged is already inside the counter's value.
-  local prev_c = tonumber(f[4] or ARGV[5])
-  if c > prev_c then
-    u = u + (c - prev_c)
-    redis.call('HSET', k, 'c:' .. rid, c)
-  end
-  local r = tonumber(ARGV[6])
-  local prev_r = tonumber(f[6] or ARGV[7])
-  if r > prev_r then
-    u = math.max(0, u - (r - prev_r))
-    redis.call('HSET', k, 'r:' .. rid, r)
-  end
-  held = tonumber(ARGV[4])
-  l = math.max(0, l - tonumber(f[5] or '0') + held)
-else
-  l = math.max(0, l - tonumber(f[5] or '0'))
-end
-local t = redis.call('TIME')
-redis.call('HSET', k, 'u', u, 'l', l, 'h:' .. rid, held, 't:' .. rid, t[1])
-";
-
-/// Seeds a missing counter from the durable copy passed after the report arguments, or answers `-1`.
-fn seed_prelude(first_seed_arg: usize) -> String {
-    format!(
-        r"
-if redis.call('HEXISTS', KEYS[1], 'e') == 0 then
-  if ARGV[{s}] == nil then return {{-1, 0, 0, 0, 0}} end
-  redis.call('HSET', KEYS[1], 'u', ARGV[{s}], 'l', 0, 'e', ARGV[{e}])
-  redis.call('EXPIREAT', KEYS[1], ARGV[{x}])
-end
-",
-        s = first_seed_arg,
-        e = first_seed_arg + 1,
-        x = first_seed_arg + 2
-    )
-}
+// The scripts live in `lua/`, beside this file, and are built in. `apply_report.lua`, shared by `LEASE` and
+// `SETTLE`, applies a replica's report. Reports are absolute — the replica's total consumption in this epoch
+// (`c:<rid>`), its total refunds (`r:<rid>`: units given back for requests the upstream never answered) and what it
+// holds now (`h:<rid>`) — so a call whose reply was lost can be repeated, or superseded by the next report, without
+// counting anything twice or leaking a lease. Both totals only grow, so a stale report can never move the counter
+// backwards. `seed.lua` rebuilds a missing counter from the durable copy passed after the other arguments.
 
 /// A proxy's round trip: applies its report (it hands back everything it held), then admits `cost` and grants a
 /// block if `u + l + cost <= limit`. Before refusing, holdings of replicas silent for 30 s (crashed) are reclaimed.
-/// ARGV: the report (7, see `APPLY_REPORT`; held is 0), cost, want, limit, [seed used, seed epoch, expire-at].
+/// ARGV: the report (7, see `apply_report.lua`; held is 0), cost, want, limit, [seed used, seed epoch, expire-at].
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{seed}{apply}
-local cost = tonumber(ARGV[8])
-local limit = tonumber(ARGV[10])
-if cost > limit - u - l then
-  local all = redis.call('HGETALL', k)
-  for i = 1, #all, 2 do
-    local name = all[i]
-    if string.sub(name, 1, 2) == 't:' and tonumber(all[i + 1]) < tonumber(t[1]) - 30 then
-      local other = string.sub(name, 3)
-      local h = tonumber(redis.call('HGET', k, 'h:' .. other) or '0')
-      l = math.max(0, l - h)
-      redis.call('HDEL', k, 'h:' .. other, 't:' .. other)
-    end
-  end
-  redis.call('HSET', k, 'l', l)
-end
-local admitted = 0
-local granted = 0
-if cost <= limit - u - l then
-  admitted = 1
-  if cost > 0 then
-    local want = math.max(cost, math.min(tonumber(ARGV[9]), limit - u - l))
-    granted = want - (want % cost)
-    l = l + granted
-    redis.call('HSET', k, 'l', l, 'h:' .. rid, held + granted)
-  end
-end
-return {{admitted, granted, u, l, e}}
-",
-        seed = seed_prelude(11),
-        apply = APPLY_REPORT
+    Script::new(concat!(
+        "local seed_at = 11\n",
+        include_str!("lua/seed.lua"),
+        include_str!("lua/apply_report.lua"),
+        include_str!("lua/lease.lua"),
     ))
 });
 
 /// The background half of leasing: applies a replica's report (consumption, and what it still holds).
-/// ARGV: the report (7, see `APPLY_REPORT`), [seed used, seed epoch, expire-at].
+/// ARGV: the report (7, see `apply_report.lua`), [seed used, seed epoch, expire-at].
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{seed}{apply}
-return {{applied, u, l, e}}
-",
-        seed = seed_prelude(8),
-        apply = APPLY_REPORT
+    Script::new(concat!(
+        "local seed_at = 8\n",
+        include_str!("lua/seed.lua"),
+        include_str!("lua/apply_report.lua"),
+        include_str!("lua/settle.lua"),
     ))
 });
 
-static RESET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local prev = redis.call('HMGET', KEYS[1], 'u', 'e')
-if prev[2] and tonumber(prev[2]) >= tonumber(ARGV[1]) then return -2 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'u', 0, 'l', 0, 'e', ARGV[1])
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
-if prev[1] then return tonumber(prev[1]) end
-return -1
-",
-    )
-});
+static RESET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reset.lua")));
 
-static RECORD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local used = redis.call('HGET', KEYS[1], 'u')
-if not used then
-  if ARGV[2] == '' then return {-1, 0, 0, 0} end
-  redis.call('HSET', KEYS[1], 'u', ARGV[2], 'e', ARGV[3])
-  redis.call('EXPIREAT', KEYS[1], ARGV[4])
-end
-local fresh = redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5])
-if fresh then redis.call('HINCRBY', KEYS[1], 'u', ARGV[1]) end
-local now = redis.call('HMGET', KEYS[1], 'u', 'e')
-return {1, tonumber(now[1]), tonumber(now[2] or 0), fresh and 1 or 0}
-",
-    )
-});
+static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/record.lua")));
 
 /// How long Redis remembers a recorded `request_id` (PostgreSQL's unique index remembers it for good).
 const RECORD_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -267,6 +145,34 @@ impl CounterKey {
 
     fn expire_at(&self) -> i64 {
         self.period.end.timestamp() + RETAIN_AFTER_PERIOD_SECS
+    }
+}
+
+/// A counter as the scripts' callers hold it: which counter, and its Redis key, formatted once. The scripts take
+/// this one handle, so the key they run on and the counter a missing one is rebuilt from cannot disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    key: CounterKey,
+    redis_key: String,
+}
+
+impl Counter {
+    /// The counter `key` in `namespace`.
+    pub fn new(namespace: &str, key: CounterKey) -> Self {
+        Self {
+            redis_key: key.redis_key(namespace),
+            key,
+        }
+    }
+
+    /// Which counter.
+    pub fn key(&self) -> &CounterKey {
+        &self.key
+    }
+
+    /// Its Redis key.
+    pub fn redis_key(&self) -> &str {
+        &self.redis_key
     }
 }
 
@@ -389,14 +295,14 @@ where
 pub async fn consume(
     conn: &mut RedisConn,
     pg: &PgPool,
-    redis_key: &str,
-    key: &CounterKey,
+    counter: &Counter,
     cost: u64,
     limit: u64,
 ) -> Result<Consumed, CounterError> {
     let limit = limit.min(MAX_LIMIT);
+    let key = counter.key();
     let reply = invoke_seeded(conn, pg, key, |seed| {
-        let mut inv = CONSUME.key(redis_key);
+        let mut inv = CONSUME.key(counter.redis_key());
         inv.arg(cost).arg(limit);
         if let Some(d) = seed {
             inv.arg(d.used).arg(d.epoch).arg(key.expire_at());
@@ -424,8 +330,7 @@ pub async fn consume(
 pub async fn lease(
     conn: &mut RedisConn,
     pg: &PgPool,
-    redis_key: &str,
-    key: &CounterKey,
+    counter: &Counter,
     replica: &str,
     report: Report,
     cost: u64,
@@ -433,8 +338,9 @@ pub async fn lease(
     limit: u64,
 ) -> Result<Leased, CounterError> {
     let limit = limit.min(MAX_LIMIT);
+    let key = counter.key();
     let reply = invoke_seeded(conn, pg, key, |seed| {
-        let mut inv = LEASE.key(redis_key);
+        let mut inv = LEASE.key(counter.redis_key());
         report.args(&mut inv, replica);
         inv.arg(cost).arg(want).arg(limit);
         if let Some(d) = seed {
@@ -495,25 +401,26 @@ pub async fn settle(
     conn: &mut RedisConn,
     pg: &PgPool,
     replica: &str,
-    entries: &[(&str, &CounterKey, Report)],
+    entries: &[(&Counter, Report)],
 ) -> Result<Vec<(bool, i64)>, CounterError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
     SETTLE.prepare_invoke().load_async(conn).await?;
-    let orgs: Vec<i64> = entries.iter().map(|(_, key, _)| key.org_id).collect();
+    let orgs: Vec<i64> = entries.iter().map(|(c, _)| c.key().org_id).collect();
     let replies: Vec<Vec<i64>> = pipelined(conn, &orgs, |pipe, i| {
-        let (redis_key, _, r) = &entries[i];
-        let mut inv = SETTLE.key(*redis_key);
+        let (counter, r) = &entries[i];
+        let mut inv = SETTLE.key(counter.redis_key());
         r.args(&mut inv, replica);
         pipe.invoke_script(&inv);
     })
     .await?;
     let mut out = Vec::with_capacity(entries.len());
-    for ((redis_key, key, r), mut reply) in entries.iter().zip(replies) {
+    for ((counter, r), mut reply) in entries.iter().zip(replies) {
         if reply.first() == Some(&-1) {
+            let key = counter.key();
             let d = load(pg, key).await?;
-            let mut inv = SETTLE.key(*redis_key);
+            let mut inv = SETTLE.key(counter.redis_key());
             r.args(&mut inv, replica);
             reply = inv
                 .arg(d.used)
@@ -805,11 +712,8 @@ pub async fn ensure(
     .bind(key.period.end)
     .execute(pg)
     .await?;
-    Ok(
-        consume(conn, pg, &key.redis_key(namespace), key, 0, MAX_LIMIT)
-            .await?
-            .used,
-    )
+    let counter = Counter::new(namespace, key.clone());
+    Ok(consume(conn, pg, &counter, 0, MAX_LIMIT).await?.used)
 }
 
 /// Resets many counters (see the module docs): one PostgreSQL transaction, then one Redis pipeline. Returns how

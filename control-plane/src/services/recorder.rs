@@ -15,12 +15,11 @@
 //! the batch has committed, or refused with 409 when the metric or value differs. A failed batch answers each of its
 //! calls with the failure; retrying them counts nothing twice.
 
+use super::batch::{Batcher, Write};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::{Mutex, mpsc, oneshot};
 use tollgate_common::domain::remaining;
 use tollgate_common::store::counters::{self, CounterError, CounterKey, Snapshot};
 use tollgate_common::store::redis::RedisConn;
@@ -62,37 +61,29 @@ pub struct RecordedUsage {
     pub remaining: u64,
 }
 
-type Reply = oneshot::Sender<Result<String, RecordError>>;
+type Answer = Result<String, RecordError>;
 
 /// The queue in front of the batch writers.
 pub struct Recorder {
-    queue: mpsc::Sender<(Record, Reply)>,
+    batcher: Batcher<Writer>,
 }
 
 impl Recorder {
     /// Starts [`WORKERS`] batch writers on the current runtime.
     pub fn start(pg: PgPool, redis: RedisConn, namespace: String) -> Self {
-        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        let rx = Arc::new(Mutex::new(rx));
-        let writer = Arc::new(Writer {
+        let writer = Writer {
             pg,
             redis,
             namespace,
-        });
-        for _ in 0..WORKERS {
-            tokio::spawn(Arc::clone(&writer).run(Arc::clone(&rx)));
+        };
+        Self {
+            batcher: Batcher::start(writer, WORKERS, MAX_BATCH),
         }
-        Self { queue }
     }
 
     /// Records one call (with whatever else arrives meanwhile); returns the reply body.
-    pub async fn record(&self, record: Record) -> Result<String, RecordError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((record, reply))
-            .await
-            .map_err(|_| RecordError::Unavailable("the recorder has stopped".to_owned()))?;
-        answer.await.unwrap_or_else(|_| {
+    pub async fn record(&self, record: Record) -> Answer {
+        self.batcher.submit(record).await.unwrap_or_else(|_| {
             Err(RecordError::Unavailable(
                 "the recorder has stopped".to_owned(),
             ))
@@ -109,42 +100,28 @@ struct Writer {
 /// The calls of one batch with the same org and request id: the first is recorded, the others compared with it.
 struct Group {
     lead: Record,
-    replies: Vec<(Reply, String, u64)>,
+    /// Each call's place in the batch, metric and value.
+    calls: Vec<(usize, String, u64)>,
 }
 
-impl Writer {
-    async fn run(self: Arc<Self>, rx: Arc<Mutex<mpsc::Receiver<(Record, Reply)>>>) {
-        loop {
-            let mut batch = Vec::new();
-            {
-                let mut rx = rx.lock().await;
-                let Some(first) = rx.recv().await else { return };
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-            }
-            self.write(batch).await;
-        }
-    }
+impl Write for Writer {
+    type Item = Record;
+    type Reply = Answer;
 
-    async fn write(&self, batch: Vec<(Record, Reply)>) {
-        let mut groups: Vec<Group> = Vec::with_capacity(batch.len());
+    async fn write(&self, batch: Vec<Record>) -> Vec<Answer> {
+        let calls = batch.len();
+        let mut groups: Vec<Group> = Vec::with_capacity(calls);
         let mut index: HashMap<(i64, String), usize> = HashMap::new();
-        for (record, reply) in batch {
+        for (at, record) in batch.into_iter().enumerate() {
             let id = (record.key.org_id, record.request_id.clone());
-            let metric = record.key.metric.as_str().to_owned();
-            let value = record.value;
+            let call = (at, record.key.metric.as_str().to_owned(), record.value);
             match index.get(&id) {
-                Some(&i) => groups[i].replies.push((reply, metric, value)),
+                Some(&i) => groups[i].calls.push(call),
                 None => {
                     index.insert(id, groups.len());
                     groups.push(Group {
                         lead: record,
-                        replies: vec![(reply, metric, value)],
+                        calls: vec![call],
                     });
                 }
             }
@@ -159,24 +136,30 @@ impl Writer {
                 Err(RecordError::Unavailable(e.to_string()))
             }
         };
+        let mut answers: Vec<Option<Answer>> = vec![None; calls];
         for (i, group) in groups.into_iter().enumerate() {
             let lead_metric = group.lead.key.metric.as_str();
             let outcome = outcomes
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(|o| o[i].clone());
-            for (reply, metric, value) in group.replies {
-                let answer = match &outcome {
+            for (at, metric, value) in group.calls {
+                answers[at] = Some(match &outcome {
                     Ok(_) if metric != lead_metric || value != group.lead.value => {
                         Err(RecordError::Conflict)
                     }
                     other => other.clone(),
-                };
-                let _ = reply.send(answer);
+                });
             }
         }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(RecordError::Unavailable("unanswered".to_owned()))))
+            .collect()
     }
+}
 
+impl Writer {
     /// Steps 1 to 4; returns the reply of each group whose event this batch stored.
     async fn commit(&self, groups: &[Group]) -> Result<HashMap<usize, String>, CounterError> {
         let mut tx = self.pg.begin().await?;

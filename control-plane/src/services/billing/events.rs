@@ -12,11 +12,13 @@
 //!   So replays (8.1), duplicates and out-of-order events all converge on what Stripe says now.
 
 use super::{Billing, BillingError, subscriptions::Synced};
+use crate::services::batch::Write;
 use crate::stripe::Op;
 use crate::stripe::signature;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use sqlx::{Acquire, PgConnection};
+use sqlx::{Acquire, PgConnection, PgPool};
+use std::collections::HashSet;
 use stripe_billing::invoice::RetrieveInvoice;
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
@@ -69,7 +71,45 @@ struct StoredEvent {
     event_type: String,
     object_id: String,
     attempts: i32,
+    /// When it was claimed (PostgreSQL's clock): before its object is read back from Stripe.
+    claimed_at: DateTime<Utc>,
 }
+
+/// How an event type is processed: which object is read back from Stripe, and what is mirrored from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handling {
+    Subscription,
+    Schedule,
+    Invoice,
+    Customer,
+    /// Stored and acknowledged, nothing to do.
+    None,
+}
+
+impl Handling {
+    fn of(kind: &str) -> Self {
+        if kind.starts_with("customer.subscription.") {
+            return Self::Subscription;
+        }
+        if kind.starts_with("subscription_schedule.") {
+            return Self::Schedule;
+        }
+        match kind {
+            "invoice.paid"
+            | "invoice.payment_failed"
+            | "invoice.payment_succeeded"
+            | "invoice.finalized"
+            | "invoice.created"
+            | "invoice.updated"
+            | "invoice.marked_uncollectible" => Self::Invoice,
+            "customer.updated" | "customer.created" => Self::Customer,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Most waiting events one processed event settles with it.
+const MAX_COALESCED: i64 = 10_000;
 
 /// Whether `id` is an event id the `stripe_events` table accepts.
 pub fn is_event_id(id: &str) -> bool {
@@ -85,6 +125,84 @@ fn retry_delay_secs(attempts: i32) -> i64 {
     2_i64
         .saturating_pow(u32::try_from(attempts.clamp(1, 9)).unwrap_or(9))
         .min(300)
+}
+
+/// A verified delivery, as intake stores it.
+pub(super) struct Incoming {
+    event_id: String,
+    kind: String,
+    /// The body exactly as Stripe signed it (stored as `jsonb`).
+    payload: String,
+    created: DateTime<Utc>,
+    object_type: String,
+    object_id: String,
+}
+
+/// Intake's group commit: the deliveries that arrive together are inserted by one statement in one transaction.
+/// Each reply says whether that delivery stored the event (`false`: it was stored before, or by an earlier
+/// delivery of the same batch). A batch that fails is retried one delivery at a time, so one bad event fails
+/// only its own delivery.
+pub(super) struct Intake {
+    pub(super) pg: PgPool,
+}
+
+/// Most deliveries one intake batch takes, and the intake writers per process.
+pub(super) const INTAKE_BATCH: usize = 128;
+pub(super) const INTAKE_WRITERS: usize = 2;
+
+const INSERT_EVENTS: &str = "INSERT INTO stripe_events (event_id, event_type, payload, stripe_created, object_type, object_id)
+     SELECT e, t, p::jsonb, c, ot, oi
+       FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
+         AS u(e, t, p, c, ot, oi)
+     ON CONFLICT (event_id) DO NOTHING RETURNING event_id";
+
+impl Intake {
+    /// Inserts `events` (distinct ids); returns the ids this statement stored.
+    async fn insert(&self, events: &[&Incoming]) -> Result<HashSet<String>, sqlx::Error> {
+        let column = |f: fn(&Incoming) -> &str| events.iter().map(|e| f(e)).collect::<Vec<_>>();
+        let stored: Vec<String> = sqlx::query_scalar(INSERT_EVENTS)
+            .bind(column(|e| &e.event_id))
+            .bind(column(|e| &e.kind))
+            .bind(column(|e| &e.payload))
+            .bind(events.iter().map(|e| e.created).collect::<Vec<_>>())
+            .bind(column(|e| &e.object_type))
+            .bind(column(|e| &e.object_id))
+            .fetch_all(&self.pg)
+            .await?;
+        Ok(stored.into_iter().collect())
+    }
+}
+
+impl Write for Intake {
+    type Item = Incoming;
+    type Reply = Result<bool, sqlx::Error>;
+
+    async fn write(&self, batch: Vec<Incoming>) -> Vec<Self::Reply> {
+        let mut first: HashSet<&str> = HashSet::with_capacity(batch.len());
+        let distinct: Vec<&Incoming> = batch
+            .iter()
+            .filter(|e| first.insert(e.event_id.as_str()))
+            .collect();
+        match self.insert(&distinct).await {
+            Ok(mut stored) => batch
+                .iter()
+                .map(|e| Ok(stored.remove(&e.event_id)))
+                .collect(),
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, deliveries = batch.len(), "an intake batch failed; storing its events one by one");
+                let mut replies = Vec::with_capacity(batch.len());
+                for event in &batch {
+                    replies.push(
+                        self.insert(&[event])
+                            .await
+                            .map(|mut s| s.remove(&event.event_id)),
+                    );
+                }
+                replies
+            }
+            Err(e) => vec![Err(e)],
+        }
+    }
 }
 
 impl Billing {
@@ -116,10 +234,18 @@ impl Billing {
             field: "body",
             detail: detail.to_owned(),
         };
-        let payload: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| bad("not a JSON event"))?;
-        let event: Envelope = serde_json::from_value(payload.clone())
-            .map_err(|_| bad("not a Stripe event (id, type, created, data.object)"))?;
+        let payload = std::str::from_utf8(body).map_err(|_| bad("not a JSON event"))?;
+        let event: Envelope = serde_json::from_str(payload).map_err(|e| {
+            bad(if e.is_data() {
+                "not a Stripe event (id, type, created, data.object)"
+            } else {
+                "not a JSON event"
+            })
+        })?;
+        if payload.contains("\\u0000") {
+            // PostgreSQL's jsonb cannot hold NUL; Stripe never sends it.
+            return Err(bad("contains \\u0000, which cannot be stored"));
+        }
         if !is_event_id(&event.id) {
             return Err(bad("id: not a Stripe event id (evt_…)"));
         }
@@ -133,19 +259,19 @@ impl Billing {
         if object_id.len() > 255 || object_type.len() > 100 {
             return Err(bad("data.object: id or object too long"));
         }
-        let inserted: Option<String> = sqlx::query_scalar(
-            "INSERT INTO stripe_events (event_id, event_type, payload, stripe_created, object_type, object_id)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-        )
-        .bind(&event.id)
-        .bind(&event.kind)
-        .bind(sqlx::types::Json(&payload))
-        .bind(created)
-        .bind(&object_type)
-        .bind(&object_id)
-        .fetch_optional(&self.pg)
-        .await?;
-        let duplicate = inserted.is_none();
+        let stored = self
+            .intake
+            .submit(Incoming {
+                event_id: event.id.clone(),
+                kind: event.kind,
+                payload: payload.to_owned(),
+                created,
+                object_type,
+                object_id,
+            })
+            .await
+            .map_err(|_| BillingError::Database(sqlx::Error::PoolClosed))??;
+        let duplicate = !stored;
         self.metrics
             .events
             .with_label_values(&[if duplicate { "duplicate" } else { "received" }])
@@ -164,7 +290,8 @@ impl Billing {
     pub async fn process_event(&self, event_id: &str) -> Result<Processed, BillingError> {
         let mut tx = self.pg.begin().await?;
         let event: Option<StoredEvent> = sqlx::query_as(
-            "SELECT event_id, event_type, object_id, attempts FROM stripe_events WHERE event_id = $1 FOR UPDATE",
+            "SELECT event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at
+               FROM stripe_events WHERE event_id = $1 FOR UPDATE",
         )
         .bind(event_id)
         .fetch_optional(&mut *tx)
@@ -185,7 +312,7 @@ impl Billing {
     ) -> Result<Option<(String, Result<Processed, String>)>, BillingError> {
         let mut tx = self.pg.begin().await?;
         let event: Option<StoredEvent> = sqlx::query_as(
-            "SELECT event_id, event_type, object_id, attempts FROM stripe_events
+            "SELECT event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at FROM stripe_events
               WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
               ORDER BY next_attempt_at, stripe_created
               LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -210,23 +337,16 @@ impl Billing {
         match self.apply_event(&mut savepoint, event).await {
             Ok(processed) => {
                 savepoint.commit().await?;
-                sqlx::query(
-                    "UPDATE stripe_events SET status = $2, attempts = attempts + 1, last_error = NULL,
-                            processed_at = now() WHERE event_id = $1",
-                )
-                .bind(&event.event_id)
-                .bind(match processed {
-                    Processed::Applied => "applied",
-                    Processed::Ignored => "ignored",
-                })
-                .execute(&mut *tx)
-                .await?;
                 let outcome = if processed == Processed::Applied {
                     "applied"
                 } else {
                     "ignored"
                 };
-                self.metrics.events.with_label_values(&[outcome]).inc();
+                let settled = self.settle_with(tx, event, outcome).await?;
+                self.metrics
+                    .events
+                    .with_label_values(&[outcome])
+                    .inc_by(settled);
                 Ok(processed)
             }
             Err(e) => {
@@ -256,44 +376,78 @@ impl Billing {
         }
     }
 
+    /// Marks `event` processed with `outcome`, and with it every other waiting event about the same object that is
+    /// processed the same way and arrived before `event` was claimed: Stripe had sent them before the object was
+    /// read back, so what was just mirrored already includes them (a backlog of one subscription's updates costs
+    /// one Stripe read, not one per event). Events another worker holds are left to it. Returns how many events
+    /// were marked, `event` included.
+    async fn settle_with(
+        &self,
+        tx: &mut PgConnection,
+        event: &StoredEvent,
+        outcome: &str,
+    ) -> Result<u64, BillingError> {
+        let handling = Handling::of(&event.event_type);
+        let mut ids = vec![event.event_id.clone()];
+        if handling != Handling::None && !event.object_id.is_empty() {
+            let waiting: Vec<(String, String)> = sqlx::query_as(
+                "SELECT event_id, event_type FROM stripe_events
+                  WHERE object_id = $1 AND status IN ('pending', 'failed') AND received_at < $2 AND event_id <> $3
+                  LIMIT $4 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(&event.object_id)
+            .bind(event.claimed_at)
+            .bind(&event.event_id)
+            .bind(MAX_COALESCED)
+            .fetch_all(&mut *tx)
+            .await?;
+            ids.extend(
+                waiting
+                    .into_iter()
+                    .filter(|(_, kind)| Handling::of(kind) == handling)
+                    .map(|(id, _)| id),
+            );
+        }
+        let marked = sqlx::query(
+            "UPDATE stripe_events SET status = $2, attempts = attempts + 1, last_error = NULL, processed_at = now()
+              WHERE event_id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await?;
+        Ok(marked.rows_affected())
+    }
+
     /// Reads the event's object back from Stripe and mirrors it.
     async fn apply_event(
         &self,
         conn: &mut PgConnection,
         event: &StoredEvent,
     ) -> Result<Processed, BillingError> {
-        let kind = event.event_type.as_str();
         let id = event.object_id.as_str();
-        if kind.starts_with("customer.subscription.") {
-            return self.sync_or_gone(conn, id).await;
-        }
-        if kind.starts_with("subscription_schedule.") {
-            let schedule = self
-                .stripe
-                .send(
-                    Op::ScheduleRetrieve,
-                    &RetrieveSubscriptionSchedule::new(id),
-                    None,
-                )
-                .await?;
-            let subscription = schedule
-                .subscription
-                .as_ref()
-                .map(|s| s.id().as_str().to_owned())
-                .or(schedule.released_subscription);
-            return match subscription {
-                Some(sub) => self.sync_or_gone(conn, &sub).await,
-                None => Ok(Processed::Ignored),
-            };
-        }
-        match kind {
-            "invoice.paid"
-            | "invoice.payment_failed"
-            | "invoice.payment_succeeded"
-            | "invoice.finalized"
-            | "invoice.created"
-            | "invoice.updated"
-            | "invoice.marked_uncollectible" => {
+        match Handling::of(&event.event_type) {
+            Handling::Subscription => self.sync_or_gone(conn, id).await,
+            Handling::Schedule => {
+                let schedule = self
+                    .stripe
+                    .send(
+                        Op::ScheduleRetrieve,
+                        &RetrieveSubscriptionSchedule::new(id),
+                        None,
+                    )
+                    .await?;
+                let subscription = schedule
+                    .subscription
+                    .as_ref()
+                    .map(|s| s.id().as_str().to_owned())
+                    .or(schedule.released_subscription);
+                match subscription {
+                    Some(sub) => self.sync_or_gone(conn, &sub).await,
+                    None => Ok(Processed::Ignored),
+                }
+            }
+            Handling::Invoice => {
                 let invoice = self
                     .stripe
                     .send(Op::InvoiceRetrieve, &RetrieveInvoice::new(id), None)
@@ -308,7 +462,7 @@ impl Billing {
                     None => Ok(Processed::Ignored),
                 }
             }
-            "customer.updated" | "customer.created" => {
+            Handling::Customer => {
                 let customer = match self
                     .stripe
                     .send(Op::CustomerRetrieve, &RetrieveCustomer::new(id), None)
@@ -332,7 +486,7 @@ impl Billing {
                 .await?;
                 Ok(Processed::Applied)
             }
-            _ => Ok(Processed::Ignored),
+            Handling::None => Ok(Processed::Ignored),
         }
     }
 

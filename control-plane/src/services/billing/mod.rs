@@ -29,6 +29,7 @@ pub mod plans;
 pub mod subscriptions;
 
 use crate::config::StripeSettings;
+use crate::services::batch::Batcher;
 use crate::stripe::{Op, StripeClient, StripeError};
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -165,6 +166,8 @@ pub struct Billing {
     prices: RwLock<Option<(Instant, HashMap<PlanCode, PriceInfo>)>>,
     /// Woken by intake so a local worker picks an event up at once.
     pub wake: Notify,
+    /// Intake's group commit.
+    intake: Batcher<events::Intake>,
     /// The Stigg mirror, whose outbox billing writes to.
     stigg: Arc<crate::services::stigg::Stigg>,
     /// Metrics.
@@ -172,7 +175,7 @@ pub struct Billing {
 }
 
 impl Billing {
-    /// Billing over `stripe`.
+    /// Billing over `stripe`. Starts intake's writers on the current runtime.
     pub fn new(
         pg: PgPool,
         stripe: StripeClient,
@@ -182,12 +185,18 @@ impl Billing {
         metrics: BillingMetrics,
         stigg: Arc<crate::services::stigg::Stigg>,
     ) -> Self {
+        let intake = Batcher::start(
+            events::Intake { pg: pg.clone() },
+            events::INTAKE_WRITERS,
+            events::INTAKE_BATCH,
+        );
         Self {
             pg,
             stripe,
             catalog,
             clock,
             settings,
+            intake,
             prices: RwLock::new(None),
             wake: Notify::new(),
             stigg,
