@@ -6,12 +6,15 @@
 #   bash bench/webhooks.sh [seconds=8] [connections=32] [orgs=20] [steady events/s=500]
 #
 # Prints a table and appends it to bench/results.md. Numbers are measured here, never asserted in tests.
-# TOLLGATE_SKIP_BUILD=1 uses the release binaries already built.
+# TOLLGATE_SKIP_BUILD=1 uses the release binaries already built. DRAIN_EVENTS and DRAIN_DISTINCT size the two
+# backlogs; WEBHOOK_LOAD_NICE=19 runs the webhook load generator at that nice level, to tell its own CPU use on a
+# shared box from the control plane's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/services.sh
 
 seconds=${1:-8} connections=${2:-32} orgs=${3:-20} steady=${4:-500}
+rounds=${ROUNDS:-3} drain_events=${DRAIN_EVENTS:-20000} drain_distinct=${DRAIN_DISTINCT:-2000}
 ensure_build_tools; ensure_postgres; ensure_redis; ensure_python; ensure_stripe_venv
 command -v wrk >/dev/null || apt_install wrk
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -60,6 +63,7 @@ stigg_mode() { curl -sf -X POST "http://127.0.0.1:$stigg_port/_$1" >/dev/null; }
 
 "$target_dir/py/bin/python" tests/stripe/run.py --port "$stripe_port" --log-level warning >/dev/null 2>"$work/stripe.log" &
 pids+=($!)
+stripe_pid=$!
 wait_port "$stripe_port" "the Stripe emulator"
 stripe="http://127.0.0.1:$stripe_port"
 sapi() { curl -sf -H "Authorization: Bearer $stripe_key" "$stripe$1" "${@:2}"; }
@@ -119,37 +123,79 @@ PY
 }
 queue() { psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE status IN ('pending','failed')" "$db"; }
 outbox() { psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stigg_outbox WHERE status IN ('pending','failed')" "$db"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp_pid/stat"; }
-
-log "quota/check alone (${seconds}s, $connections connections)"
-read -r base_rps base_p50 base_p99 < <(check)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-$cp_pid}/stat"; }
 
 load() { # [--rate N]: signed events for $seconds s on $connections connections; prints the JSON summary
-  "$bin/webhook-load" --url "$cp/api/webhooks/stripe.receive" --secret "$secret" --subscriptions "$subs_csv" \
+  ${WEBHOOK_LOAD_NICE:+nice -n "$WEBHOOK_LOAD_NICE"} "$bin/webhook-load" --url "$cp/api/webhooks/stripe.receive" --secret "$secret" --subscriptions "$subs_csv" \
     --seconds "$seconds" --concurrency "$connections" --prefix "b$$$1" "${@:2}"
 }
 log "intake flood alone (${seconds}s, $connections connections; the workers apply what arrives meanwhile)"
 intake=$(load a)
-log "quota/check beside intake at a steady $steady events/s"
-load s --rate "$steady" >"$work/steady.json" &
-load_pid=$!
-read -r steady_rps steady_p50 steady_p99 < <(check)
-wait "$load_pid"
-steady_intake=$(cat "$work/steady.json")
-log "quota/check beside an intake flood"
-load f >"$work/load.json" &
-load_pid=$!
-read -r flood_rps flood_p50 flood_p99 < <(check)
-wait "$load_pid"
-flood_intake=$(cat "$work/load.json")
-backlog=$(queue)
-log "draining the backlog ($backlog events) with the emulator answering"
-start=$(date +%s.%N) ticks0=$(cpu_ticks)
-while [ "$(queue)" -gt 0 ]; do sleep 0.2; done
-drain_s=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
-ticks1=$(cpu_ticks)
-applied=$(psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE status = 'applied' AND event_id LIKE 'evt_bench_b$$%'" "$db")
+# check beside LOAD-ARGS...: quota/check while the webhook load runs (none: alone); appends "rps p50 p99" to
+# $work/<name>.txt and the load's summary to $work/<name>.json.
+beside() {
+  local name=$1 c0 e0 t0; shift
+  c0=$(cpu_ticks) e0=$(cpu_ticks "$stripe_pid") t0=$(now)
+  if [ $# -gt 0 ]; then
+    load "$name$round" "$@" >>"$work/$name.json" &
+    local load_pid=$!
+    check >>"$work/$name.txt"
+    wait "$load_pid"
+  else
+    check >>"$work/$name.txt"
+  fi
+  # CPU of the control plane and of the emulator over the round, in % of one core
+  python3 -c "import os, time; d = (time.time() - $t0) * os.sysconf('SC_CLK_TCK') / 100
+print(f'{($(cpu_ticks) - $c0) / d:.0f} {($(cpu_ticks "$stripe_pid") - $e0) / d:.0f}')" >>"$work/$name.cpu"
+}
+for round in $(seq "$rounds"); do
+  log "round $round of $rounds: quota/check alone, beside intake at a steady $steady events/s, beside an intake flood"
+  beside alone
+  beside steady --rate "$steady"
+  beside flood --rate 0
+done
+# median NAME: "rps p50 p99 (p99 min–max)" over the rounds
+median() {
+  python3 - "$work/$1.txt" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+med = [statistics.median(c) for c in zip(*rows)]
+p99 = [r[2] for r in rows]
+print(f"{med[0]:.0f} {med[1]:.2f} {med[2]:.2f} {min(p99):.2f}–{max(p99):.2f}")
+PY
+}
+# cpu NAME: median "control-plane% emulator%" over the rounds
+cpu() { python3 -c "import statistics, sys; rows = [l.split() for l in open('$work/$1.cpu') if l.strip()]; print('/'.join(str(statistics.median(int(r[i]) for r in rows)) for i in (0, 1)))"; }
+cpu_alone=$(cpu alone) cpu_steady=$(cpu steady) cpu_flood=$(cpu flood)
+read -r base_rps base_p50 base_p99 base_range < <(median alone)
+read -r steady_rps steady_p50 steady_p99 steady_range < <(median steady)
+read -r flood_rps flood_p50 flood_p99 flood_range < <(median flood)
+steady_intake=$(tail -1 "$work/steady.json")
+flood_intake=$(tail -1 "$work/flood.json")
+live_backlog=$(queue)
+live_applied=$(psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE status = 'applied' AND event_id LIKE 'evt_bench_b$$%'" "$db")
 failed=$(psql -h 127.0.0.1 -U postgres -tAc "SELECT count(*) FROM stripe_events WHERE attempts > 1" "$db")
+while [ "$(queue)" -gt 0 ]; do sleep 0.2; done
+
+reads() { curl -sf "$cp/metrics" | awk '/^tollgate_cp_stripe_requests_total\{operation="subscriptions.retrieve"/ {n += $2} END {print n + 0}'; }
+# drain NAME COUNT SUBSCRIPTION-SQL: a backlog as an outage leaves it (COUNT events stored in one transaction, the
+# n-th about SUBSCRIPTION-SQL), then the time until the workers have processed all of it. Prints
+# "seconds stripe-reads cpu-ms-per-event".
+drain() {
+  local r0 t0 start
+  r0=$(reads) t0=$(cpu_ticks) start=$(now)
+  psql -q -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 "$db" -c "
+    INSERT INTO stripe_events (event_id, event_type, payload, stripe_created, object_type, object_id)
+    SELECT 'evt_drain_$1_' || n, 'customer.subscription.updated',
+           jsonb_build_object('id', 'evt_drain_$1_' || n, 'object', 'event'), now(), 'subscription', $3
+      FROM generate_series(1, $2) AS n, LATERAL (SELECT ('{$subs_csv}'::text[])) AS s(subs)"
+  while [ "$(queue)" -gt 0 ]; do sleep 0.05; done
+  python3 -c "import os, time; print(f'{time.time() - $start:.2f}', $(reads) - $r0, f'{($(cpu_ticks) - $t0) * 1000 / os.sysconf(\"SC_CLK_TCK\") / $2:.3f}')"
+}
+log "a backlog of $drain_events updates over the $orgs subscriptions (as an outage leaves it), drained"
+read -r drain_s drain_reads drain_cpu < <(drain same "$drain_events" "subs[1 + n % array_length(subs, 1)]")
+log "a backlog of $drain_distinct events about $drain_distinct subscriptions Stripe no longer has (one read each)"
+read -r distinct_s distinct_reads distinct_cpu < <(drain distinct "$drain_distinct" "'sub_gone_' || n")
 
 while [ "$(outbox)" -gt 0 ]; do sleep 0.2; done
 log "Stigg down (accepting, never answering): $orgs more sign-ups, then quota/check"
@@ -165,24 +211,26 @@ start=$(now)
 while [ "$(outbox)" -gt 0 ]; do sleep 0.1; done
 outbox_drain_s=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
 
-report=$(python3 - "$intake" "$steady_intake" "$flood_intake" "$steady_rps" "$steady_p50" "$steady_p99" "$backlog" "$applied" "$failed" "$drain_s" "$base_rps" "$base_p50" "$base_p99" \
-  "$flood_rps" "$flood_p50" "$flood_p99" "$ticks0" "$ticks1" "$seconds" "$connections" "$orgs" \
+report=$(python3 - "$intake" "$steady_intake" "$flood_intake" "$steady_rps" "$steady_p50" "$steady_p99" "$live_backlog" "$live_applied" "$failed" "$drain_s" "$drain_events" "$drain_reads" "$drain_cpu" "$drain_distinct" "$distinct_s" "$distinct_reads" "$distinct_cpu" "$base_rps" "$base_p50" "$base_p99" \
+  "$flood_rps" "$flood_p50" "$flood_p99" "$base_range|$cpu_alone" "$steady_range|$flood_range|$rounds|$cpu_steady|$cpu_flood" "$seconds" "$connections" "$orgs" \
   "$signup_up_ms" "$signup_down_ms" "$down_rps" "$down_p50" "$down_p99" "$waiting" "$outbox_drain_s" <<'PY'
 import json, sys, os
-(intake, sintake, fintake, srps, sp50, sp99, backlog, applied, failed, drain, brps, bp50, bp99, frps, fp50, fp99, t0, t1, secs, conns, orgs,
+(intake, sintake, fintake, srps, sp50, sp99, backlog, applied, failed, drain, dn, dreads, dcpu, xn, xs, xreads, xcpu, brps, bp50, bp99, frps, fp50, fp99, t0, t1, secs, conns, orgs,
  su_up, su_down, drps, dp50, dp99, waiting, odrain) = sys.argv[1:]
 i, si, fi = (json.loads(x) for x in (intake, sintake, fintake))
-hz = os.sysconf("SC_CLK_TCK")
-cpu_ms = (int(t1) - int(t0)) * 1000 / hz
+srange, frange, rounds, csteady, cflood = t1.split("|")
+t0, calone = t0.split("|")
 print(f"""### webhooks ({secs} s, {conns} connections, {orgs} orgs)
 
 | measure | value |
 |---|---|
 | intake flood | {i['per_second']:.0f} events/s, p50 {i['p50_ms']} ms, p99 {i['p99_ms']} ms, {i['errors']} errors of {i['sent']} |
-| worker drain (4 tasks, the emulator answering) | a backlog of {int(backlog)} applied in {drain} s = {int(backlog)/max(float(drain), 0.01):.0f} events/s ({int(applied)} applied in all, {int(failed)} retried); control plane CPU {cpu_ms/max(int(backlog),1):.2f} ms per event while draining |
-| quota/check alone | {brps} req/s, p50 {bp50} ms, p99 {bp99} ms |
-| quota/check beside intake at a steady {si['per_second']:.0f} events/s (intake p99 {si['p99_ms']} ms) | {srps} req/s, p50 {sp50} ms, p99 {sp99} ms |
-| quota/check beside an intake flood ({fi['per_second']:.0f} events/s, p99 {fi['p99_ms']} ms) | {frps} req/s, p50 {fp50} ms, p99 {fp99} ms |
+| workers during the intake rounds (4 tasks, the emulator answering) | {int(applied)} of the rounds' events applied as they arrived, {int(backlog)} waiting when the last round ended, {int(failed)} retried |
+| worker drain: {int(dn)} waiting updates of the {orgs} subscriptions | {drain} s = {int(dn)/max(float(drain), 0.01):,.0f} events/s, {dreads} Stripe reads (a read settles the waiting events about its object); {dcpu} ms control-plane CPU per event |
+| worker drain: {int(xn)} events about {int(xn)} distinct (deleted) subscriptions | {xs} s = {int(xn)/max(float(xs), 0.01):,.0f} events/s, {xreads} Stripe reads (one per event: the emulator's pace); {xcpu} ms control-plane CPU per event |
+| quota/check alone (median of {rounds} interleaved rounds) | {brps} req/s, p50 {bp50} ms, p99 {bp99} ms (rounds {t0}); CPU control plane/emulator {calone} % of a core |
+| quota/check beside intake at a steady {si['per_second']:.0f} events/s (intake p99 {si['p99_ms']} ms, load generator CPU {si.get('cpu_ms', 0) / 10 / si['seconds']:.0f} %, last round) | {srps} req/s, p50 {sp50} ms, p99 {sp99} ms (rounds {srange}); CPU {csteady} % |
+| quota/check beside an intake flood ({fi['per_second']:.0f} events/s, p99 {fi['p99_ms']} ms, load generator CPU {fi.get('cpu_ms', 0) / 10 / fi['seconds']:.0f} %, last round) | {frps} req/s, p50 {fp50} ms, p99 {fp99} ms (rounds {frange}); CPU {cflood} % |
 | sign-up (org, customer, trial) with Stigg up / down | {su_up} ms / {su_down} ms per org |
 | quota/check with Stigg down, its outbox retrying | {drps} req/s, p50 {dp50} ms, p99 {dp99} ms |
 | outbox drain when Stigg returns | {waiting} operations in {odrain} s (retries wait at most 2 s here) |

@@ -127,8 +127,23 @@ async fn main() -> Result<(), String> {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
+    // This process's own CPU (user + system, in clock ticks of 10 ms), so a bench on a shared box can tell it apart.
+    let cpu_ms = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<u64> = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(fields.iter().sum::<u64>() * 10)
+        })
+        .unwrap_or(0);
     println!(
-        r#"{{"sent":{},"errors":{},"seconds":{elapsed:.2},"per_second":{:.0},"p50_ms":{:.2},"p99_ms":{:.2}}}"#,
+        r#"{{"sent":{},"errors":{},"seconds":{elapsed:.2},"per_second":{:.0},"p50_ms":{:.2},"p99_ms":{:.2},"cpu_ms":{cpu_ms}}}"#,
         all.len(),
         errors.load(Ordering::Relaxed),
         all.len() as f64 / elapsed,

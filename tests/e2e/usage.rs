@@ -159,6 +159,62 @@ async fn recording_is_accounting_not_admission() {
 }
 
 #[tokio::test]
+async fn a_check_rebuilds_a_missing_counter_once_and_then_reads_redis() {
+    let m = Metering::start(Options {
+        limit: 10,
+        ..Options::default()
+    })
+    .await;
+    let key = m.org_with_key("org_rebuild").await;
+    let r = m
+        .app
+        .post(
+            "/api/usage/record",
+            Auth::ApiKey(&key),
+            &record("before", 4),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Redis loses the counter (a restart); PostgreSQL's durable copy says 4.
+    let org_id: i64 = sqlx::query_scalar("SELECT id FROM orgs WHERE clerk_org_id = 'org_rebuild'")
+        .fetch_one(&m.app.state.pg)
+        .await
+        .unwrap();
+    let mut redis = m.app.state.redis.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{o{org_id}}}:c:*", m.app.namespace()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis::cmd("DEL")
+        .arg(&keys)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let check = || async {
+        let r = m
+            .app
+            .post(
+                "/api/quota/check",
+                Auth::ApiKey(&key),
+                &json!({"metric": "api_call"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["remaining"].clone()
+    };
+    assert_eq!(check().await, 6, "rebuilt from the durable copy");
+    // Were the next check to read PostgreSQL again, it would now answer 10.
+    sqlx::query("UPDATE usage_counters SET used = 0 WHERE org_id = $1")
+        .bind(org_id)
+        .execute(&m.app.state.pg)
+        .await
+        .unwrap();
+    assert_eq!(check().await, 6, "the rebuilt counter is read from Redis");
+}
+
+#[tokio::test]
 async fn quota_check_consumes_nothing_and_answers_the_envelope_at_the_limit() {
     let m = Metering::start(Options {
         limit: 3,
