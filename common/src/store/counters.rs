@@ -446,9 +446,9 @@ pub async fn live(
     namespace: &str,
     key: &CounterKey,
 ) -> Result<(u64, u64), CounterError> {
-    let counter = Counter::new(namespace, key.clone());
+    let redis_key = key.redis_key(namespace);
     let (used, leased, epoch): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-        .arg(counter.redis_key())
+        .arg(&redis_key)
         .arg("u")
         .arg("l")
         .arg("e")
@@ -457,6 +457,10 @@ pub async fn live(
     match (used, epoch) {
         (Some(used), Some(_)) => Ok((used, leased.unwrap_or(0))),
         _ => {
+            let counter = Counter {
+                key: key.clone(),
+                redis_key,
+            };
             let seeded = consume(conn, pg, &counter, 0, MAX_LIMIT).await?;
             Ok((seeded.used, seeded.leased))
         }

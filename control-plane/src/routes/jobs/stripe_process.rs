@@ -5,7 +5,7 @@ use crate::auth::{Caller, OperatorOnly};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
-use crate::services::billing::events::{Processed, is_event_id};
+use crate::services::billing::events::is_event_id;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -54,9 +54,6 @@ pub async fn process_stripe_event(
     app.accounts.invalidate_all();
     Ok(Json(ProcessResponse {
         converged: true,
-        outcome: match processed {
-            Processed::Applied => "applied",
-            Processed::Ignored => "ignored",
-        },
+        outcome: processed.as_str(),
     }))
 }

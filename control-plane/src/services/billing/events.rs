@@ -41,6 +41,16 @@ pub enum Processed {
     Ignored,
 }
 
+impl Processed {
+    /// The event's stored status, and its `tollgate_cp_webhook_events_total` outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
 /// The parts of an event intake and processing need.
 #[derive(Deserialize)]
 struct Envelope {
@@ -337,11 +347,7 @@ impl Billing {
         match self.apply_event(&mut savepoint, event).await {
             Ok(processed) => {
                 savepoint.commit().await?;
-                let outcome = if processed == Processed::Applied {
-                    "applied"
-                } else {
-                    "ignored"
-                };
+                let outcome = processed.as_str();
                 let settled = self.settle_with(tx, event, outcome).await?;
                 self.metrics
                     .events
