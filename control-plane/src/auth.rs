@@ -213,7 +213,7 @@ fn is_operator(token: &str, app: &AppState) -> bool {
 async fn api_key(token: &str, app: &AppState) -> Result<Principal, ApiError> {
     let key = app
         .keys
-        .resolve(&app.pg, token)
+        .resolve(&app.pg, token, std::time::Instant::now())
         .await
         .map_err(|e| match e {
             ResolveError::Unknown => ApiError::Unauthenticated("the API key is invalid or revoked"),

@@ -3,10 +3,11 @@
 
 use crate::meter::{Meter, Slot};
 use chrono::{DateTime, Utc};
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use sqlx::PgPool;
+use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tollgate_common::domain::{Billing, Metric, OrgId, Period, PlanCatalog, Terms};
 use tollgate_common::store::billing;
 use tollgate_common::store::counters::CounterKey;
@@ -101,20 +102,20 @@ impl OrgEntry {
     }
 }
 
-/// The cache of orgs by internal id, plus Clerk id → internal id for session tokens.
+/// How long a Clerk org id → internal id mapping is used before it is read again.
+const CLERK_ID_FOR: Duration = Duration::from_secs(3600);
+
+/// The cache of orgs by internal id, plus Clerk id → internal id (and until when) for session tokens.
 pub struct OrgCache {
     by_id: Cache<i64, Arc<OrgEntry>>,
-    by_clerk: Cache<OrgId, i64>,
+    by_clerk: Cache<OrgId, (i64, Instant)>,
 }
 
 impl Default for OrgCache {
     fn default() -> Self {
         Self {
-            by_id: Cache::builder().max_capacity(100_000).build(),
-            by_clerk: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
+            by_id: Cache::new(100_000),
+            by_clerk: Cache::new(100_000),
         }
     }
 }
@@ -137,12 +138,18 @@ impl OrgCache {
             slots: RwLock::new(Vec::new()),
         });
         // Two first requests may race: keep whichever entry landed first so slots are not split.
-        Ok(self.by_id.get_with(id, || entry))
+        let Ok(entry) = self
+            .by_id
+            .get_or_insert_with(&id, || Ok::<_, Infallible>(entry));
+        Ok(entry)
     }
 
     /// The internal id of a Clerk org, `None` when Tollgate does not know it.
     pub async fn id_of(&self, pg: &PgPool, org: &OrgId) -> Result<Option<i64>, sqlx::Error> {
-        if let Some(id) = self.by_clerk.get(org) {
+        let now = Instant::now();
+        if let Some((id, until)) = self.by_clerk.get(org)
+            && now < until
+        {
             return Ok(Some(id));
         }
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM orgs WHERE clerk_org_id = $1")
@@ -150,14 +157,14 @@ impl OrgCache {
             .fetch_optional(pg)
             .await?;
         if let Some(id) = id {
-            self.by_clerk.insert(org.clone(), id);
+            self.by_clerk.insert(org.clone(), (id, now + CLERK_ID_FOR));
         }
         Ok(id)
     }
 
     /// Reloads the billing state of every cached org in one query.
     pub async fn refresh(&self, pg: &PgPool) -> Result<usize, sqlx::Error> {
-        let ids: Vec<i64> = self.by_id.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<i64> = self.by_id.iter().map(|(id, _)| id).collect();
         if ids.is_empty() {
             return Ok(0);
         }
@@ -178,6 +185,6 @@ impl OrgCache {
 
     /// How many orgs are cached.
     pub fn len(&self) -> u64 {
-        self.by_id.entry_count()
+        self.by_id.len() as u64
     }
 }

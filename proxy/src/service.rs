@@ -16,7 +16,7 @@ use crate::metrics::{Decision, DecisionCounters};
 use crate::respond::{self, Refusal};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{RequestHeader, ResponseHeader, StaticHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
@@ -30,6 +30,11 @@ use tollgate_common::store::redis::RedisConn;
 
 /// The header that tells the upstream which org made the call (client-supplied values are replaced).
 pub const ORG_HEADER: &str = "x-tollgate-org";
+static ORG: StaticHeader = StaticHeader::new(ORG_HEADER, "X-Tollgate-Org");
+static RATELIMIT_LIMIT: StaticHeader = StaticHeader::new("ratelimit-limit", "RateLimit-Limit");
+static RATELIMIT_REMAINING: StaticHeader =
+    StaticHeader::new("ratelimit-remaining", "RateLimit-Remaining");
+static RATELIMIT_RESET: StaticHeader = StaticHeader::new("ratelimit-reset", "RateLimit-Reset");
 
 /// The metering proxy.
 pub struct MeteringProxy {
@@ -101,10 +106,11 @@ impl MeteringProxy {
     /// Step 3: the org behind the request's Tollgate credential, and which headers to strip.
     async fn identify(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<Arc<OrgRef>, Refusal> {
         let core = &*self.core;
+        let start = ctx.start;
         let identified = async {
             let selected = crate::auth::select(&req.headers, |t| core.clerk.claims_our_issuer(t))?;
             let org = match selected.credential {
-                Credential::ApiKey(key) => match core.keys.resolve(&core.pg, key).await {
+                Credential::ApiKey(key) => match core.keys.resolve(&core.pg, key, start).await {
                     Ok(key) => Arc::clone(&key.org),
                     Err(ResolveError::Unknown) => return Err(AuthFailure::BadKey),
                     Err(ResolveError::Database(e)) => {
@@ -151,7 +157,7 @@ impl MeteringProxy {
             .await
             .map_err(|_| AuthFailure::Unavailable)?
             .ok_or(AuthFailure::UnknownOrg)?;
-        let org = Arc::new(OrgRef { id, org });
+        let org = Arc::new(OrgRef::new(id, org));
         core.sessions
             .insert(token_hash, Arc::clone(&org), session.expires_at);
         Ok(org)
@@ -401,8 +407,8 @@ impl ProxyHttp for MeteringProxy {
         }
         // Inserting replaces every client-sent value.
         match &ctx.org {
-            Some(org) => upstream.insert_header(ORG_HEADER, org.org.as_str())?,
-            None => drop(upstream.remove_header(ORG_HEADER)),
+            Some(org) => upstream.insert_static_header(&ORG, org.header.clone())?,
+            None => drop(upstream.remove_header(ORG.name())),
         }
         Ok(())
     }
@@ -424,9 +430,9 @@ impl ProxyHttp for MeteringProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(rate) = ctx.rate {
-            response.insert_header("ratelimit-limit", rate.limit)?;
-            response.insert_header("ratelimit-remaining", rate.remaining)?;
-            response.insert_header("ratelimit-reset", rate.reset)?;
+            response.insert_static_header(&RATELIMIT_LIMIT, rate.limit.into())?;
+            response.insert_static_header(&RATELIMIT_REMAINING, rate.remaining.into())?;
+            response.insert_static_header(&RATELIMIT_RESET, rate.reset.into())?;
         }
         Ok(())
     }
@@ -514,6 +520,39 @@ mod tests {
             req.append_header("host", *h).unwrap();
         }
         req
+    }
+
+    fn wire(write: impl FnOnce(&mut bytes::BytesMut)) -> String {
+        let mut buf = bytes::BytesMut::new();
+        write(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[test]
+    fn static_headers_replace_client_values_and_keep_their_case() {
+        let mut req = request(http::Version::HTTP_11, &["api.example"]);
+        req.append_header("x-tollgate-org", "org_forged").unwrap();
+        req.insert_static_header(&ORG, http::HeaderValue::from_static("org_real"))
+            .unwrap();
+        let sent = wire(|b| req.header_to_h1_wire(b));
+        assert!(sent.contains("X-Tollgate-Org: org_real\r\n"), "{sent}");
+        assert!(!sent.contains("org_forged"), "{sent}");
+
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        resp.append_header("Content-Type", "text/plain").unwrap();
+        for (name, value) in [
+            (&RATELIMIT_LIMIT, 100u64),
+            (&RATELIMIT_REMAINING, 99),
+            (&RATELIMIT_RESET, 3600),
+        ] {
+            resp.insert_static_header(name, value.into()).unwrap();
+        }
+        let written = wire(|b| resp.header_to_h1_wire(b));
+        assert_eq!(
+            written,
+            "Content-Type: text/plain\r\nRateLimit-Limit: 100\r\nRateLimit-Remaining: 99\r\nRateLimit-Reset: 3600\r\n"
+        );
+        assert_eq!(resp.headers["ratelimit-remaining"], "99");
     }
 
     #[test]

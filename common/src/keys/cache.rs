@@ -3,7 +3,7 @@
 //!
 //! * [`KeyCache`]: valid API keys for ten minutes, unknown ones for five seconds (a client hammering with a bad key
 //!   costs one lookup per five seconds). Valid keys are found by the presented key itself, so a warm request costs
-//!   one hash-table probe and no SHA-256 (the key is held in this process's memory only, as it is while the
+//!   one probe of a sharded hash table (`quick_cache`: a read lock and no bookkeeping queue) and no SHA-256 (the key is held in this process's memory only, as it is while the
 //!   request is read; it is never logged or written anywhere); unknown ones by SHA-256, so a flood of made-up keys
 //!   keeps none of them. Revocations, which name a key by its SHA-256, evict at once: [`KeyCache::follow`] listens
 //!   for announcements and watches the revocation epoch (for announcements missed while disconnected), and a
@@ -14,12 +14,12 @@ use super::{KeyHash, hash, looks_like_key, resolve, revocations_channel, revocat
 use crate::config::RedisSettings;
 use crate::domain::OrgId;
 use crate::store::redis::{RedisConn, listen};
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// An org as a credential names it.
@@ -29,6 +29,18 @@ pub struct OrgRef {
     pub id: i64,
     /// Clerk id.
     pub org: OrgId,
+    /// The Clerk id as a header value, built once (the proxy sends it upstream on every request).
+    pub header: http::HeaderValue,
+}
+
+impl OrgRef {
+    /// The org with internal id `id` and Clerk id `org`.
+    pub fn new(id: i64, org: OrgId) -> Self {
+        // An `OrgId` is `org_` and letters, digits and `_`: always a valid header value.
+        let header = http::HeaderValue::from_str(org.as_str())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        Self { id, org, header }
+    }
 }
 
 /// A valid key, as cached.
@@ -42,6 +54,8 @@ pub struct CachedKey {
     pub org: Arc<OrgRef>,
     /// When its use was last recorded (Unix seconds), so it is recorded at most once a minute per process.
     touched_at: AtomicI64,
+    /// When the cache must look it up again.
+    expires: Instant,
 }
 
 impl CachedKey {
@@ -68,59 +82,65 @@ pub enum ResolveError {
     Database(#[from] sqlx::Error),
 }
 
+/// How long a valid key is used without asking PostgreSQL (revocations evict at once; this bounds a missed one).
+const VALID_FOR: Duration = Duration::from_secs(600);
+/// How long an unknown key is refused without asking PostgreSQL.
+const UNKNOWN_FOR: Duration = Duration::from_secs(5);
+/// How long a verified session token is used at most, whatever its own expiry.
+const SESSION_FOR: Duration = Duration::from_secs(300);
+
 /// Cache of resolved API keys.
 pub struct KeyCache {
     valid: Cache<Box<str>, Arc<CachedKey>>,
-    unknown: Cache<KeyHash, ()>,
+    /// SHA-256 of unknown keys, and until when they are refused unasked.
+    unknown: Cache<KeyHash, Instant>,
     generation: AtomicU64,
 }
 
 impl Default for KeyCache {
     fn default() -> Self {
         Self {
-            valid: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            unknown: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(5))
-                .build(),
+            valid: Cache::new(100_000),
+            unknown: Cache::new(10_000),
             generation: AtomicU64::new(0),
         }
     }
 }
 
 impl KeyCache {
-    /// The key behind `presented`, from the cache or PostgreSQL.
+    /// The key behind `presented`, from the cache or PostgreSQL; `now` is this process's monotonic time (the
+    /// request's start will do), against which cached entries expire.
     pub async fn resolve(
         &self,
         pg: &PgPool,
         presented: &str,
+        now: Instant,
     ) -> Result<Arc<CachedKey>, ResolveError> {
+        // Only valid keys are cached, so a hit needs no shape check.
+        if let Some(key) = self.valid.get(presented) {
+            if now < key.expires {
+                return Ok(key);
+            }
+            self.valid.remove(presented);
+        }
         if !looks_like_key(presented) {
             return Err(ResolveError::Unknown);
         }
-        if let Some(key) = self.valid.get(presented) {
-            return Ok(key);
-        }
         let digest = hash(presented);
-        if self.unknown.contains_key(&digest) {
+        if self.unknown.get(&digest).is_some_and(|until| now < until) {
             return Err(ResolveError::Unknown);
         }
         let generation = self.generation.load(Ordering::Acquire);
         let Some(resolved) = resolve(pg, presented).await? else {
-            self.unknown.insert(digest, ());
+            self.unknown.insert(digest, now + UNKNOWN_FOR);
             return Err(ResolveError::Unknown);
         };
         let key = Arc::new(CachedKey {
             key_id: resolved.key_id,
             digest,
-            org: Arc::new(OrgRef {
-                id: resolved.org_id,
-                org: resolved.org,
-            }),
+            org: Arc::new(OrgRef::new(resolved.org_id, resolved.org)),
             touched_at: AtomicI64::new(i64::MIN / 2),
+            expires: now + VALID_FOR,
         });
         // A revocation that arrived while PostgreSQL answered may concern this very key: do not cache.
         if self.generation.load(Ordering::Acquire) == generation {
@@ -132,11 +152,7 @@ impl KeyCache {
     /// Forgets one key. The cache is searched for it (revocations are rare; lookups must not hash).
     pub fn forget(&self, digest: &KeyHash) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        for (presented, key) in &self.valid {
-            if key.digest == *digest {
-                self.valid.invalidate(&*presented);
-            }
-        }
+        self.valid.retain(|_, key| key.digest != *digest);
     }
 
     /// Forgets one key, by its hash hex-encoded as announced (anything else forgets every key).
@@ -152,12 +168,12 @@ impl KeyCache {
     /// Forgets every key (after missing announcements).
     pub fn revoke_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.valid.invalidate_all();
+        self.valid.clear();
     }
 
     /// How many valid keys are cached.
     pub fn len(&self) -> u64 {
-        self.valid.entry_count()
+        self.valid.len() as u64
     }
 
     /// Whether no valid key is cached.
@@ -224,19 +240,26 @@ impl KeyCache {
     }
 }
 
-/// Verified session tokens by SHA-256 of the token, until they expire: an RS256 verification costs tens of
-/// microseconds, and a browser sends the same token on every call of its minute-long life.
+/// Verified session tokens by SHA-256 of the token, until they expire (and for five minutes at most): an RS256
+/// verification costs tens of microseconds, and a browser sends the same token on every call of its minute-long
+/// life.
 pub struct SessionCache<V> {
-    verified: Cache<KeyHash, (V, i64)>,
+    verified: Cache<KeyHash, Verified<V>>,
+}
+
+#[derive(Clone)]
+struct Verified<V> {
+    value: V,
+    /// The token's own expiry (Unix seconds).
+    expires_at: i64,
+    /// When this process verifies it again.
+    reverify: Instant,
 }
 
 impl<V: Clone + Send + Sync + 'static> Default for SessionCache<V> {
     fn default() -> Self {
         Self {
-            verified: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(300))
-                .build(),
+            verified: Cache::new(100_000),
         }
     }
 }
@@ -246,12 +269,21 @@ impl<V: Clone + Send + Sync + 'static> SessionCache<V> {
     pub fn get(&self, token_hash: &KeyHash, now_secs: i64) -> Option<V> {
         self.verified
             .get(token_hash)
-            .and_then(|(v, expires_at)| (now_secs < expires_at).then_some(v))
+            .filter(|v| now_secs < v.expires_at && Instant::now() < v.reverify)
+            .map(|v| v.value)
     }
 
     /// Remembers a verified token until `expires_at` (Unix seconds).
     pub fn insert(&self, token_hash: KeyHash, value: V, expires_at: i64) {
-        self.verified.insert(token_hash, (value, expires_at));
+        let reverify = Instant::now() + SESSION_FOR;
+        self.verified.insert(
+            token_hash,
+            Verified {
+                value,
+                expires_at,
+                reverify,
+            },
+        );
     }
 }
 
@@ -273,11 +305,9 @@ mod tests {
         let key = Arc::new(CachedKey {
             key_id: Uuid::nil(),
             digest: hash(presented),
-            org: Arc::new(OrgRef {
-                id,
-                org: OrgId::parse("org_a").expect("org"),
-            }),
+            org: Arc::new(OrgRef::new(id, OrgId::parse("org_a").expect("org"))),
             touched_at: AtomicI64::new(0),
+            expires: Instant::now() + VALID_FOR,
         });
         cache.valid.insert(presented.into(), key);
     }
@@ -309,11 +339,9 @@ mod tests {
         let key = CachedKey {
             key_id: Uuid::nil(),
             digest: hash("tg_x"),
-            org: Arc::new(OrgRef {
-                id: 1,
-                org: OrgId::parse("org_a").expect("org"),
-            }),
+            org: Arc::new(OrgRef::new(1, OrgId::parse("org_a").expect("org"))),
             touched_at: AtomicI64::new(i64::MIN / 2),
+            expires: Instant::now(),
         };
         assert!(key.due_for_touch(1_000));
         assert!(!key.due_for_touch(1_000));

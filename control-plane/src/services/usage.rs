@@ -6,11 +6,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::services::orgs;
 use crate::services::recorder::{Record, RecordError};
 use chrono::{DateTime, Duration, Utc};
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tollgate_common::domain::{
     Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, Terms, decide, remaining,
 };
@@ -57,7 +58,9 @@ pub async fn account(app: &App, org: OrgId) -> ApiResult<Arc<Account>> {
 /// once when PostgreSQL announces a change of the org's subscriptions (`jobs::billing_changes`), so a warm
 /// `quota/check` or `entitlements.read` costs no query.
 pub struct Accounts {
-    cache: Cache<OrgId, Arc<Account>>,
+    /// Each account with the moment it must be loaded again.
+    cache: Cache<OrgId, (Arc<Account>, Instant)>,
+    ttl: std::time::Duration,
     /// Bumped by every invalidation, so a load that raced with one is not cached.
     generation: AtomicU64,
 }
@@ -66,18 +69,18 @@ impl Accounts {
     /// A cache keeping each org for at most `ttl`.
     pub fn new(ttl: std::time::Duration) -> Self {
         Self {
-            cache: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .support_invalidation_closures()
-                .build(),
+            cache: Cache::new(100_000),
+            ttl,
             generation: AtomicU64::new(0),
         }
     }
 
     /// The org and its billing state: cached, or loaded (404 naming `orgId` for an unknown org).
     pub async fn get(&self, pg: &PgPool, org: OrgId) -> ApiResult<Arc<Account>> {
-        if let Some(account) = self.cache.get(&org) {
+        let now = Instant::now();
+        if let Some((account, until)) = self.cache.get(&org)
+            && now < until
+        {
             return Ok(account);
         }
         let generation = self.generation.load(Ordering::Acquire);
@@ -85,7 +88,8 @@ impl Accounts {
         let billing = billing::load(pg, id).await?;
         let account = Arc::new(Account { org, id, billing });
         if self.generation.load(Ordering::Acquire) == generation {
-            self.cache.insert(account.org.clone(), Arc::clone(&account));
+            self.cache
+                .insert(account.org.clone(), (Arc::clone(&account), now + self.ttl));
         }
         Ok(account)
     }
@@ -94,33 +98,27 @@ impl Accounts {
     pub fn cached(&self, org_id: i64) -> Option<Arc<Account>> {
         self.cache
             .iter()
-            .find(|(_, account)| account.id == org_id)
-            .map(|(_, account)| account)
+            .find(|(_, (account, until))| account.id == org_id && Instant::now() < *until)
+            .map(|(_, (account, _))| account)
     }
 
     /// Drops `org`: its billing changed in this process, so the next request must see it (PostgreSQL's
     /// announcement of the same change reaches the other replicas).
     pub fn forget(&self, org: &OrgId) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate(org);
+        self.cache.remove(org);
     }
 
     /// Drops the org with internal id `org_id`.
     pub fn invalidate(&self, org_id: i64) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if self
-            .cache
-            .invalidate_entries_if(move |_, account| account.id == org_id)
-            .is_err()
-        {
-            self.cache.invalidate_all();
-        }
+        self.cache.retain(|_, (account, _)| account.id != org_id);
     }
 
     /// Drops every org (after announcements may have been missed).
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 }
 
