@@ -30,6 +30,8 @@ pub struct Presented<'a> {
     pub authorization: Option<Authorization<'a>>,
     /// `X-Api-Key`, trimmed, when present; `Err(())` when it is not a valid header string.
     pub api_key: Option<Result<&'a str, ()>>,
+    /// Whether either header was sent more than once (only the first value is read above).
+    pub repeated: bool,
 }
 
 /// The one credential a request authenticates with (control plane rule).
@@ -63,7 +65,12 @@ pub enum CredentialError {
 impl<'a> Presented<'a> {
     /// Reads both headers. Only the first value of each counts.
     pub fn read(headers: &'a HeaderMap) -> Self {
-        let authorization = headers.get(http::header::AUTHORIZATION).map(|value| {
+        // One look-up per header: its first value, and whether a second follows.
+        let mut authorization = headers.get_all(http::header::AUTHORIZATION).iter();
+        let mut api_key = headers.get_all(&API_KEY).iter();
+        let (first_authorization, first_api_key) = (authorization.next(), api_key.next());
+        let repeated = authorization.next().is_some() || api_key.next().is_some();
+        let authorization = first_authorization.map(|value| {
             let bearer = value.to_str().ok().and_then(|v| {
                 let (scheme, token) = v.split_once(' ')?;
                 let token = token.trim();
@@ -71,12 +78,11 @@ impl<'a> Presented<'a> {
             });
             bearer.map_or(Authorization::Other, Authorization::Bearer)
         });
-        let api_key = headers
-            .get(&API_KEY)
-            .map(|v| v.to_str().map(str::trim).map_err(|_| ()));
+        let api_key = first_api_key.map(|v| v.to_str().map(str::trim).map_err(|_| ()));
         Self {
             authorization,
             api_key,
+            repeated,
         }
     }
 
@@ -184,6 +190,24 @@ mod tests {
         let p = Presented::read(&h);
         assert_eq!(p.authorization, Some(Authorization::Other));
         assert_eq!(p.bearer(), None);
+    }
+
+    #[test]
+    fn a_repeated_credential_header_is_noticed_and_its_first_value_read() {
+        for pairs in [
+            &[("x-api-key", "tg_a"), ("x-api-key", "tg_b")][..],
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")][..],
+        ] {
+            let h = headers(pairs);
+            let presented = Presented::read(&h);
+            assert!(presented.repeated, "{pairs:?}");
+            assert!(
+                presented.api_key == Some(Ok("tg_a")) || presented.bearer() == Some("a"),
+                "{pairs:?}"
+            );
+        }
+        let h = headers(&[("authorization", "Bearer a"), ("x-api-key", "tg_a")]);
+        assert!(!Presented::read(&h).repeated);
     }
 
     #[test]

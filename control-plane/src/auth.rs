@@ -183,23 +183,27 @@ async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Principal, 
 
 /// A Clerk session: from the cache, or verified (and cached until it expires).
 async fn session(token: &str, app: &AppState) -> Result<Principal, ApiError> {
-    let token_hash = keys::hash(token);
-    if let Some(session) = app.sessions.get(&token_hash, app.clock.now().timestamp()) {
-        return Ok(Principal::User(session));
-    }
-    let session = app.clerk.verify(token).await.map_err(|e| match e {
-        JwtError::KeysUnavailable => ApiError::Unavailable(
-            "session tokens cannot be verified right now; retry later".to_owned(),
-        ),
-        JwtError::Expired => ApiError::Unauthenticated("the session token has expired"),
-        JwtError::NotYetValid => ApiError::Unauthenticated("the session token is not valid yet"),
-        JwtError::WrongIssuer => {
-            ApiError::Unauthenticated("the session token's issuer is not accepted")
-        }
-        _ => ApiError::Unauthenticated("the session token is invalid"),
-    })?;
-    app.sessions
-        .insert(token_hash, session.clone(), session.expires_at);
+    let now_secs = app.clock.now().timestamp();
+    let session = app
+        .sessions
+        .get_or_verify(token, now_secs, || async {
+            let session = app.clerk.verify(token).await.map_err(|e| match e {
+                JwtError::KeysUnavailable => ApiError::Unavailable(
+                    "session tokens cannot be verified right now; retry later".to_owned(),
+                ),
+                JwtError::Expired => ApiError::Unauthenticated("the session token has expired"),
+                JwtError::NotYetValid => {
+                    ApiError::Unauthenticated("the session token is not valid yet")
+                }
+                JwtError::WrongIssuer => {
+                    ApiError::Unauthenticated("the session token's issuer is not accepted")
+                }
+                _ => ApiError::Unauthenticated("the session token is invalid"),
+            })?;
+            let expires_at = session.expires_at;
+            Ok::<_, ApiError>((session, expires_at))
+        })
+        .await?;
     Ok(Principal::User(session))
 }
 

@@ -2,7 +2,7 @@
 //! session tokens are then resolved through the caches of `tollgate_common::keys::cache`.
 
 use http::HeaderMap;
-use tollgate_common::credential::{self, Presented};
+use tollgate_common::credential::Presented;
 use tollgate_common::keys;
 
 /// The Tollgate credential a request presented.
@@ -120,11 +120,10 @@ pub fn select<'a>(
     headers: &'a HeaderMap,
     is_clerk: impl FnOnce(&str) -> bool,
 ) -> Result<Selected<'a>, AuthFailure> {
-    let repeated = |name: &http::HeaderName| headers.get_all(name).iter().nth(1).is_some();
-    if repeated(&http::header::AUTHORIZATION) || repeated(&credential::API_KEY) {
+    let presented = Presented::read(headers);
+    if presented.repeated {
         return Err(AuthFailure::Malformed);
     }
-    let presented = Presented::read(headers);
     let header_key = match presented.api_key {
         Some(Ok(key)) if key.starts_with(keys::KEY_PREFIX) => Some(key),
         _ => None,

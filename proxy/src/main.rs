@@ -90,16 +90,12 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .with_context(|| format!("TOLLGATE_UPSTREAM: cannot resolve {}", config.upstream.addr))?;
-    let mut peer = HttpPeer::new(
-        upstream_addr,
-        config.upstream.tls,
-        config.upstream.sni.clone(),
-    );
-    let timeouts = config.upstream.timeouts;
-    peer.options.connection_timeout = Some(timeouts.connect);
-    peer.options.total_connection_timeout = Some(timeouts.total_connect);
-    peer.options.read_timeout = Some(timeouts.read);
-    peer.options.write_timeout = Some(timeouts.write);
+    let upstream = service::Upstream {
+        addr: upstream_addr,
+        tls: config.upstream.tls,
+        sni: config.upstream.sni.clone(),
+        timeouts: config.upstream.timeouts,
+    };
 
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::register(&registry, &config.common.plans)
@@ -129,6 +125,11 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         threads: core.config.threads,
         grace_period_seconds: Some(core.config.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(2),
+        // The upstream and downstream timeouts are long and nearly always cancelled (the answer comes first):
+        // Pingora's fast timers would keep each one in a per-thread tree until its deadline, where Tokio's timer
+        // drops a cancelled one at once (Pingora's own advice for long, usually cancelled timeouts). Durations over
+        // a second use Tokio's.
+        fast_timeout_to_tokio_threshold_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Option::<Opt>::None, conf);
@@ -136,7 +137,7 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
 
     let mut proxy = http_proxy_service(
         &server.configuration,
-        service::MeteringProxy::new(Arc::clone(&core), peer),
+        service::MeteringProxy::new(Arc::clone(&core), upstream),
     );
     proxy.add_tcp(&core.config.listen.to_string());
     server.add_service(proxy);

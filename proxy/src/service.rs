@@ -9,7 +9,7 @@
 //! failures at a level that says whose fault they were.
 
 use crate::auth::{AuthFailure, Credential, Strip};
-use crate::config::FailurePolicy;
+use crate::config::{FailurePolicy, UpstreamTimeouts};
 use crate::core::Core;
 use crate::meter::{Admitted, Slot};
 use crate::metrics::{Decision, DecisionCounters};
@@ -39,8 +39,34 @@ static RATELIMIT_RESET: StaticHeader = StaticHeader::new("ratelimit-reset", "Rat
 /// The metering proxy.
 pub struct MeteringProxy {
     core: Arc<Core>,
-    peer: HttpPeer,
+    upstream: Upstream,
     redis: tokio::sync::OnceCell<RedisConn>,
+}
+
+/// Where admitted requests go. Pingora takes a fresh boxed peer per request; building one from these is cheaper
+/// than cloning a configured one (whose options carry maps and optional parts).
+pub struct Upstream {
+    /// The resolved address.
+    pub addr: std::net::SocketAddr,
+    /// Whether to speak TLS to it.
+    pub tls: bool,
+    /// The TLS server name.
+    pub sni: String,
+    /// Connect, read and write timeouts.
+    pub timeouts: UpstreamTimeouts,
+}
+
+impl Upstream {
+    /// The peer for one request.
+    pub fn peer(&self) -> HttpPeer {
+        let mut peer = HttpPeer::new(self.addr, self.tls, self.sni.clone());
+        let (options, timeouts) = (&mut peer.options, self.timeouts);
+        options.connection_timeout = Some(timeouts.connect);
+        options.total_connection_timeout = Some(timeouts.total_connect);
+        options.read_timeout = Some(timeouts.read);
+        options.write_timeout = Some(timeouts.write);
+        peer
+    }
 }
 
 /// Per-request state.
@@ -72,11 +98,11 @@ struct Charge {
 }
 
 impl MeteringProxy {
-    /// A proxy sending admitted requests to `peer`.
-    pub fn new(core: Arc<Core>, peer: HttpPeer) -> Self {
+    /// A proxy sending admitted requests to `upstream`.
+    pub fn new(core: Arc<Core>, upstream: Upstream) -> Self {
         Self {
             core,
-            peer,
+            upstream,
             redis: tokio::sync::OnceCell::new(),
         }
     }
@@ -141,26 +167,23 @@ impl MeteringProxy {
     /// The org of a Clerk session token, from the session cache or by verifying it.
     async fn session(&self, token: &str) -> Result<Arc<OrgRef>, AuthFailure> {
         let core = &*self.core;
-        let token_hash = tollgate_common::keys::hash(token);
         let now_secs = core.clock.now().timestamp();
-        if let Some(org) = core.sessions.get(&token_hash, now_secs) {
-            return Ok(org);
-        }
-        let session = core.clerk.verify(token).await.map_err(|e| match e {
-            JwtError::KeysUnavailable => AuthFailure::Unavailable,
-            _ => AuthFailure::BadToken,
-        })?;
-        let org = session.org.ok_or(AuthFailure::NoOrg)?;
-        let id = core
-            .orgs
-            .id_of(&core.pg, &org)
-            .await
-            .map_err(|_| AuthFailure::Unavailable)?
-            .ok_or(AuthFailure::UnknownOrg)?;
-        let org = Arc::new(OrgRef::new(id, org));
         core.sessions
-            .insert(token_hash, Arc::clone(&org), session.expires_at);
-        Ok(org)
+            .get_or_verify(token, now_secs, || async {
+                let session = core.clerk.verify(token).await.map_err(|e| match e {
+                    JwtError::KeysUnavailable => AuthFailure::Unavailable,
+                    _ => AuthFailure::BadToken,
+                })?;
+                let org = session.org.ok_or(AuthFailure::NoOrg)?;
+                let id = core
+                    .orgs
+                    .id_of(&core.pg, &org)
+                    .await
+                    .map_err(|_| AuthFailure::Unavailable)?
+                    .ok_or(AuthFailure::UnknownOrg)?;
+                Ok((Arc::new(OrgRef::new(id, org)), session.expires_at))
+            })
+            .await
     }
 
     /// Step 4: admit `cost` units of `metric` from the org's counter of the current period.
@@ -377,7 +400,7 @@ impl ProxyHttp for MeteringProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.peer.clone()))
+        Ok(Box::new(self.upstream.peer()))
     }
 
     async fn upstream_request_filter(

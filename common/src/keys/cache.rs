@@ -273,6 +273,26 @@ impl<V: Clone + Send + Sync + 'static> SessionCache<V> {
             .map(|v| v.value)
     }
 
+    /// What `token` stands for: from the cache, or from `verify` (the value and the token's expiry, Unix seconds),
+    /// which is then remembered. A failed verification is not cached.
+    pub async fn get_or_verify<E, Fut>(
+        &self,
+        token: &str,
+        now_secs: i64,
+        verify: impl FnOnce() -> Fut,
+    ) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<(V, i64), E>>,
+    {
+        let token_hash = hash(token);
+        if let Some(value) = self.get(&token_hash, now_secs) {
+            return Ok(value);
+        }
+        let (value, expires_at) = verify().await?;
+        self.insert(token_hash, value.clone(), expires_at);
+        Ok(value)
+    }
+
     /// Remembers a verified token until `expires_at` (Unix seconds).
     pub fn insert(&self, token_hash: KeyHash, value: V, expires_at: i64) {
         let reverify = Instant::now() + SESSION_FOR;
@@ -299,6 +319,27 @@ mod tests {
         assert_eq!(cache.get(&token, 999), Some(7));
         assert_eq!(cache.get(&token, 1_000), None);
         assert_eq!(cache.get(&hash("another"), 0), None);
+    }
+
+    #[test]
+    fn a_session_is_verified_once_and_a_failure_is_not_remembered() {
+        use futures_util::FutureExt;
+        let cache = SessionCache::<u32>::default();
+        let calls = std::cell::Cell::new(0);
+        let verify = |outcome: Result<(u32, i64), &'static str>| {
+            calls.set(calls.get() + 1);
+            async move { outcome }
+        };
+        let lookup = |outcome| {
+            cache
+                .get_or_verify("h.c.s", 10, || verify(outcome))
+                .now_or_never()
+                .expect("no I/O")
+        };
+        assert_eq!(lookup(Err("bad")), Err("bad"));
+        assert_eq!(lookup(Ok((7, 1_000))), Ok(7), "the failure was not cached");
+        assert_eq!(lookup(Err("not called")), Ok(7), "the success was");
+        assert_eq!(calls.get(), 2);
     }
 
     fn cached(cache: &KeyCache, presented: &str, id: i64) {

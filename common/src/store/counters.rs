@@ -361,6 +361,27 @@ pub async fn lease(
     }
 }
 
+/// [`pipelined`] for calls of `script`, loading it only when Redis answers that it does not know it (its first use
+/// since Redis started or flushed its scripts), not before every pipeline. Running the pipeline again is safe: the
+/// scripts used this way are idempotent (a settle report is absolute, a record is marked by its request id), so a
+/// call that did run the first time changes nothing the second.
+async fn pipelined_script<T: redis::FromRedisValue>(
+    conn: &mut RedisConn,
+    script: &Script,
+    orgs: &[i64],
+    add: impl Fn(&mut redis::Pipeline, usize),
+) -> Result<Vec<T>, CounterError> {
+    match pipelined(conn, orgs, &add).await {
+        Err(CounterError::Redis(e))
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.prepare_invoke().load_async(conn).await?;
+            pipelined(conn, orgs, &add).await
+        }
+        result => result,
+    }
+}
+
 /// Runs one command per item in pipelines Redis Cluster accepts: a single pipeline on one node, one per org (one
 /// hash slot, thanks to the `{o<org>}` tag) on a cluster. Replies come back in item order.
 async fn pipelined<T: redis::FromRedisValue>(
@@ -406,9 +427,8 @@ pub async fn settle(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    SETTLE.prepare_invoke().load_async(conn).await?;
     let orgs: Vec<i64> = entries.iter().map(|(c, _)| c.key().org_id).collect();
-    let replies: Vec<Vec<i64>> = pipelined(conn, &orgs, |pipe, i| {
+    let replies: Vec<Vec<i64>> = pipelined_script(conn, &SETTLE, &orgs, |pipe, i| {
         let (counter, r) = &entries[i];
         let mut inv = SETTLE.key(counter.redis_key());
         r.args(&mut inv, replica);
@@ -639,7 +659,6 @@ pub async fn record_many(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    RECORD.prepare_invoke().load_async(conn).await?;
     let names: Vec<(String, String)> = events
         .iter()
         .map(|(key, request_id, _)| {
@@ -650,7 +669,7 @@ pub async fn record_many(
         })
         .collect();
     let orgs: Vec<i64> = events.iter().map(|(key, _, _)| key.org_id).collect();
-    let replies: Vec<Vec<i64>> = pipelined(conn, &orgs, |pipe, i| {
+    let replies: Vec<Vec<i64>> = pipelined_script(conn, &RECORD, &orgs, |pipe, i| {
         let (counter, marker) = &names[i];
         pipe.invoke_script(&record_invocation(counter, marker, events[i].2, None));
     })

@@ -84,6 +84,10 @@ impl StaticHeader {
 /// off the wire), so the few a proxy adds do not make both maps grow and rehash.
 const PROXY_HEADROOM: usize = 4;
 
+fn with_headroom(size_hint: Option<usize>) -> Option<usize> {
+    size_hint.map(|n| n + PROXY_HEADROOM)
+}
+
 pub mod prelude {
     pub use crate::RequestHeader;
     pub use crate::ResponseHeader;
@@ -188,7 +192,7 @@ impl Deref for RequestHeader {
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
-        base.headers.reserve(http_header_map_upper_bound(size_hint));
+        base.headers.reserve(http_header_map_upper_bound(with_headroom(size_hint)));
         RequestHeader {
             base,
             header_name_map: None,
@@ -207,7 +211,7 @@ impl RequestHeader {
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
         req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
+            with_headroom(size_hint),
         )));
         Ok(req)
     }
@@ -552,14 +556,14 @@ impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
         resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
+            with_headroom(size_hint),
         )));
         resp_header
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
-        base.headers.reserve(http_header_map_upper_bound(size_hint));
+        base.headers.reserve(http_header_map_upper_bound(with_headroom(size_hint)));
         ResponseHeader {
             base,
             header_name_map: None,
@@ -889,7 +893,7 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     // We select the size hint or the max size here, ensuring that we pick a value substantially lower
     // than 1 << 15 with room to grow the header map.
     std::cmp::min(
-        size_hint.map_or(INIT_HEADER_SIZE, |n| n + PROXY_HEADROOM),
+        size_hint.unwrap_or(INIT_HEADER_SIZE),
         PINGORA_MAX_HEADER_COUNT,
     )
 }
