@@ -353,6 +353,27 @@ mod tests {
         cache.valid.insert(presented.into(), key);
     }
 
+    #[tokio::test]
+    async fn a_cached_key_is_used_until_it_expires() {
+        let cache = KeyCache::default();
+        // Never connected to: a hit must not need it, and the expired key below fails its shape check first.
+        let pg =
+            sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("lazy pool");
+        cached(&cache, "tg_one", 1);
+        let now = Instant::now();
+        let hit = cache.resolve(&pg, "tg_one", now).await.expect("cached");
+        assert_eq!(hit.org.id, 1);
+        let later = now + VALID_FOR + Duration::from_secs(1);
+        assert!(
+            matches!(
+                cache.resolve(&pg, "tg_one", later).await,
+                Err(ResolveError::Unknown)
+            ),
+            "an expired entry is not used"
+        );
+        assert!(cache.valid.get("tg_one").is_none(), "and is dropped");
+    }
+
     #[test]
     fn a_revocation_by_hash_forgets_exactly_that_key() {
         let cache = KeyCache::default();
