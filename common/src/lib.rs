@@ -14,6 +14,7 @@
 //! * [`telemetry`] — `tracing` subscriber and Sentry set-up.
 //! * [`clock`] — the injectable source of "now" for code at the edges.
 
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod credential;

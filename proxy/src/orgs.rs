@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tollgate_common::cache::ExpiringCache;
 use tollgate_common::domain::{Billing, Metric, OrgId, Period, PlanCatalog, Terms};
 use tollgate_common::store::billing;
 use tollgate_common::store::counters::CounterKey;
@@ -105,17 +106,17 @@ impl OrgEntry {
 /// How long a Clerk org id → internal id mapping is used before it is read again.
 const CLERK_ID_FOR: Duration = Duration::from_secs(3600);
 
-/// The cache of orgs by internal id, plus Clerk id → internal id (and until when) for session tokens.
+/// The cache of orgs by internal id, plus Clerk id → internal id for session tokens.
 pub struct OrgCache {
     by_id: Cache<i64, Arc<OrgEntry>>,
-    by_clerk: Cache<OrgId, (i64, Instant)>,
+    by_clerk: ExpiringCache<OrgId, i64>,
 }
 
 impl Default for OrgCache {
     fn default() -> Self {
         Self {
             by_id: Cache::new(100_000),
-            by_clerk: Cache::new(100_000),
+            by_clerk: ExpiringCache::new(100_000, CLERK_ID_FOR),
         }
     }
 }
@@ -147,9 +148,7 @@ impl OrgCache {
     /// The internal id of a Clerk org, `None` when Tollgate does not know it.
     pub async fn id_of(&self, pg: &PgPool, org: &OrgId) -> Result<Option<i64>, sqlx::Error> {
         let now = Instant::now();
-        if let Some((id, until)) = self.by_clerk.get(org)
-            && now < until
-        {
+        if let Some(id) = self.by_clerk.get(org, now) {
             return Ok(Some(id));
         }
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM orgs WHERE clerk_org_id = $1")
@@ -157,7 +156,7 @@ impl OrgCache {
             .fetch_optional(pg)
             .await?;
         if let Some(id) = id {
-            self.by_clerk.insert(org.clone(), (id, now + CLERK_ID_FOR));
+            self.by_clerk.insert(org.clone(), id, now);
         }
         Ok(id)
     }

@@ -11,10 +11,10 @@
 //! * [`SessionCache`]: verified session tokens by SHA-256 of the token, until they expire.
 
 use super::{KeyHash, hash, looks_like_key, resolve, revocations_channel, revocations_epoch_key};
+use crate::cache::ExpiringCache;
 use crate::config::RedisSettings;
 use crate::domain::OrgId;
 use crate::store::redis::{RedisConn, listen};
-use quick_cache::sync::Cache;
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,8 +54,6 @@ pub struct CachedKey {
     pub org: Arc<OrgRef>,
     /// When its use was last recorded (Unix seconds), so it is recorded at most once a minute per process.
     touched_at: AtomicI64,
-    /// When the cache must look it up again.
-    expires: Instant,
 }
 
 impl CachedKey {
@@ -91,17 +89,17 @@ const SESSION_FOR: Duration = Duration::from_secs(300);
 
 /// Cache of resolved API keys.
 pub struct KeyCache {
-    valid: Cache<Box<str>, Arc<CachedKey>>,
-    /// SHA-256 of unknown keys, and until when they are refused unasked.
-    unknown: Cache<KeyHash, Instant>,
+    valid: ExpiringCache<Box<str>, Arc<CachedKey>>,
+    /// SHA-256 of unknown keys.
+    unknown: ExpiringCache<KeyHash, ()>,
     generation: AtomicU64,
 }
 
 impl Default for KeyCache {
     fn default() -> Self {
         Self {
-            valid: Cache::new(100_000),
-            unknown: Cache::new(10_000),
+            valid: ExpiringCache::new(100_000, VALID_FOR),
+            unknown: ExpiringCache::new(10_000, UNKNOWN_FOR),
             generation: AtomicU64::new(0),
         }
     }
@@ -117,22 +115,19 @@ impl KeyCache {
         now: Instant,
     ) -> Result<Arc<CachedKey>, ResolveError> {
         // Only valid keys are cached, so a hit needs no shape check.
-        if let Some(key) = self.valid.get(presented) {
-            if now < key.expires {
-                return Ok(key);
-            }
-            self.valid.remove(presented);
+        if let Some(key) = self.valid.get(presented, now) {
+            return Ok(key);
         }
         if !looks_like_key(presented) {
             return Err(ResolveError::Unknown);
         }
         let digest = hash(presented);
-        if self.unknown.get(&digest).is_some_and(|until| now < until) {
+        if self.unknown.get(&digest, now).is_some() {
             return Err(ResolveError::Unknown);
         }
         let generation = self.generation.load(Ordering::Acquire);
         let Some(resolved) = resolve(pg, presented).await? else {
-            self.unknown.insert(digest, now + UNKNOWN_FOR);
+            self.unknown.insert(digest, (), now);
             return Err(ResolveError::Unknown);
         };
         let key = Arc::new(CachedKey {
@@ -140,11 +135,10 @@ impl KeyCache {
             digest,
             org: Arc::new(OrgRef::new(resolved.org_id, resolved.org)),
             touched_at: AtomicI64::new(i64::MIN / 2),
-            expires: now + VALID_FOR,
         });
         // A revocation that arrived while PostgreSQL answered may concern this very key: do not cache.
         if self.generation.load(Ordering::Acquire) == generation {
-            self.valid.insert(presented.into(), Arc::clone(&key));
+            self.valid.insert(presented.into(), Arc::clone(&key), now);
         }
         Ok(key)
     }
@@ -244,22 +238,14 @@ impl KeyCache {
 /// verification costs tens of microseconds, and a browser sends the same token on every call of its minute-long
 /// life.
 pub struct SessionCache<V> {
-    verified: Cache<KeyHash, Verified<V>>,
-}
-
-#[derive(Clone)]
-struct Verified<V> {
-    value: V,
-    /// The token's own expiry (Unix seconds).
-    expires_at: i64,
-    /// When this process verifies it again.
-    reverify: Instant,
+    /// Each value with its token's own expiry (Unix seconds).
+    verified: ExpiringCache<KeyHash, (V, i64)>,
 }
 
 impl<V: Clone + Send + Sync + 'static> Default for SessionCache<V> {
     fn default() -> Self {
         Self {
-            verified: Cache::new(100_000),
+            verified: ExpiringCache::new(100_000, SESSION_FOR),
         }
     }
 }
@@ -268,9 +254,8 @@ impl<V: Clone + Send + Sync + 'static> SessionCache<V> {
     /// What an already verified, unexpired token stands for.
     pub fn get(&self, token_hash: &KeyHash, now_secs: i64) -> Option<V> {
         self.verified
-            .get(token_hash)
-            .filter(|v| now_secs < v.expires_at && Instant::now() < v.reverify)
-            .map(|v| v.value)
+            .get(token_hash, Instant::now())
+            .and_then(|(v, expires_at)| (now_secs < expires_at).then_some(v))
     }
 
     /// What `token` stands for: from the cache, or from `verify` (the value and the token's expiry, Unix seconds),
@@ -295,15 +280,8 @@ impl<V: Clone + Send + Sync + 'static> SessionCache<V> {
 
     /// Remembers a verified token until `expires_at` (Unix seconds).
     pub fn insert(&self, token_hash: KeyHash, value: V, expires_at: i64) {
-        let reverify = Instant::now() + SESSION_FOR;
-        self.verified.insert(
-            token_hash,
-            Verified {
-                value,
-                expires_at,
-                reverify,
-            },
-        );
+        self.verified
+            .insert(token_hash, (value, expires_at), Instant::now());
     }
 }
 
@@ -348,9 +326,8 @@ mod tests {
             digest: hash(presented),
             org: Arc::new(OrgRef::new(id, OrgId::parse("org_a").expect("org"))),
             touched_at: AtomicI64::new(0),
-            expires: Instant::now() + VALID_FOR,
         });
-        cache.valid.insert(presented.into(), key);
+        cache.valid.insert(presented.into(), key, Instant::now());
     }
 
     #[tokio::test]
@@ -371,7 +348,7 @@ mod tests {
             ),
             "an expired entry is not used"
         );
-        assert!(cache.valid.get("tg_one").is_none(), "and is dropped");
+        assert!(cache.valid.is_empty(), "and is dropped");
     }
 
     #[test]
@@ -381,17 +358,17 @@ mod tests {
         cached(&cache, "tg_two", 2);
         cache.revoke(&hex::encode(hash("tg_one")));
         assert!(
-            cache.valid.get("tg_one").is_none(),
+            cache.valid.get("tg_one", Instant::now()).is_none(),
             "the revoked key is gone"
         );
         assert_eq!(
-            cache.valid.get("tg_two").map(|k| k.org.id),
+            cache.valid.get("tg_two", Instant::now()).map(|k| k.org.id),
             Some(2),
             "the other stays"
         );
         cache.revoke("not hex");
         assert!(
-            cache.valid.get("tg_two").is_none(),
+            cache.valid.get("tg_two", Instant::now()).is_none(),
             "an unreadable announcement forgets every key"
         );
     }
@@ -403,7 +380,6 @@ mod tests {
             digest: hash("tg_x"),
             org: Arc::new(OrgRef::new(1, OrgId::parse("org_a").expect("org"))),
             touched_at: AtomicI64::new(i64::MIN / 2),
-            expires: Instant::now(),
         };
         assert!(key.due_for_touch(1_000));
         assert!(!key.due_for_touch(1_000));

@@ -6,12 +6,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::services::orgs;
 use crate::services::recorder::{Record, RecordError};
 use chrono::{DateTime, Duration, Utc};
-use quick_cache::sync::Cache;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use tollgate_common::cache::ExpiringCache;
 use tollgate_common::domain::{
     Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, Terms, decide, remaining,
 };
@@ -58,9 +58,7 @@ pub async fn account(app: &App, org: OrgId) -> ApiResult<Arc<Account>> {
 /// once when PostgreSQL announces a change of the org's subscriptions (`jobs::billing_changes`), so a warm
 /// `quota/check` or `entitlements.read` costs no query.
 pub struct Accounts {
-    /// Each account with the moment it must be loaded again.
-    cache: Cache<OrgId, (Arc<Account>, Instant)>,
-    ttl: std::time::Duration,
+    cache: ExpiringCache<OrgId, Arc<Account>>,
     /// Bumped by every invalidation, so a load that raced with one is not cached.
     generation: AtomicU64,
 }
@@ -69,8 +67,7 @@ impl Accounts {
     /// A cache keeping each org for at most `ttl`.
     pub fn new(ttl: std::time::Duration) -> Self {
         Self {
-            cache: Cache::new(100_000),
-            ttl,
+            cache: ExpiringCache::new(100_000, ttl),
             generation: AtomicU64::new(0),
         }
     }
@@ -78,9 +75,7 @@ impl Accounts {
     /// The org and its billing state: cached, or loaded (404 naming `orgId` for an unknown org).
     pub async fn get(&self, pg: &PgPool, org: OrgId) -> ApiResult<Arc<Account>> {
         let now = Instant::now();
-        if let Some((account, until)) = self.cache.get(&org)
-            && now < until
-        {
+        if let Some(account) = self.cache.get(&org, now) {
             return Ok(account);
         }
         let generation = self.generation.load(Ordering::Acquire);
@@ -89,7 +84,7 @@ impl Accounts {
         let account = Arc::new(Account { org, id, billing });
         if self.generation.load(Ordering::Acquire) == generation {
             self.cache
-                .insert(account.org.clone(), (Arc::clone(&account), now + self.ttl));
+                .insert(account.org.clone(), Arc::clone(&account), now);
         }
         Ok(account)
     }
@@ -97,9 +92,7 @@ impl Accounts {
     /// What is cached for the org with internal id `org_id`, if anything (for tests and diagnostics).
     pub fn cached(&self, org_id: i64) -> Option<Arc<Account>> {
         self.cache
-            .iter()
-            .find(|(_, (account, until))| account.id == org_id && Instant::now() < *until)
-            .map(|(_, (account, _))| account)
+            .find(Instant::now(), |account| account.id == org_id)
     }
 
     /// Drops `org`: its billing changed in this process, so the next request must see it (PostgreSQL's
@@ -112,7 +105,7 @@ impl Accounts {
     /// Drops the org with internal id `org_id`.
     pub fn invalidate(&self, org_id: i64) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.retain(|_, (account, _)| account.id != org_id);
+        self.cache.retain(|_, account| account.id != org_id);
     }
 
     /// Drops every org (after announcements may have been missed).
