@@ -13,14 +13,67 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// [`API_KEY_HEADER`] as a header name, built once (a look-up by `&str` parses the name each time).
 pub const API_KEY: http::HeaderName = http::HeaderName::from_static(API_KEY_HEADER);
 
+/// The header that tells the upstream which org made the call; the proxy sets it, replacing any client value.
+pub const ORG_HEADER: &str = "x-tollgate-org";
+
+/// Whether a header name (lower case, as `http` stores names) is another spelling of one of Tollgate's own,
+/// `X-Api-Key` or `X-Tollgate-Org`: equal to it once `_` and `-` are taken as one character and case is ignored
+/// (`X_Tollgate_Org`, `x_api_key`, `X-Api_Key`). CGI-style servers (WSGI, older Rack) read `X_Tollgate_Org` and
+/// `X-Tollgate-Org` both as `HTTP_X_TOLLGATE_ORG`, so such a header must never reach the upstream. The names
+/// themselves are not aliases: they follow their own rules.
+pub fn is_alias_of_ours(name: &str) -> bool {
+    fn fold(b: u8) -> u8 {
+        match b {
+            b'_' => b'-',
+            other => other.to_ascii_lowercase(),
+        }
+    }
+    fn same(name: &str, ours: &str) -> bool {
+        name.len() == ours.len() && name.bytes().zip(ours.bytes()).all(|(a, b)| fold(a) == b)
+    }
+    name.contains('_') && (same(name, API_KEY_HEADER) || same(name, ORG_HEADER))
+}
+
 /// What `Authorization` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Authorization<'a> {
-    /// `Bearer <token>`, the token trimmed.
+    /// `Bearer <token>`: the scheme in any case, one or more spaces or tabs, the token (trimmed).
     Bearer(&'a str),
-    /// Another scheme (`Basic …`, `Digest …`), an empty bearer, or a value that is not visible ASCII: not a
-    /// credential Tollgate issues, possibly the customer's own.
+    /// The `Bearer` scheme without a readable token: nothing after it, or bytes that are not visible ASCII. Meant
+    /// as a bearer credential, so never taken for the customer's own header.
+    MalformedBearer,
+    /// Another scheme (`Basic …`, `Digest …`): not a credential Tollgate issues, possibly the customer's own.
     Other,
+}
+
+/// Spaces and tabs: what separates an auth scheme from its credentials (RFC 9110 §11.4 writes `1*SP`; servers and
+/// clients accept tabs too, so both are read as a separator here, or `Bearer<TAB>tg_…` would pass for a foreign
+/// scheme).
+const fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+// === impl Authorization ===
+
+impl<'a> Authorization<'a> {
+    /// Reads an `Authorization` value (RFC 9110 §11.6.2): `auth-scheme 1*( SP / HTAB ) credentials`, the scheme
+    /// compared without regard to case.
+    pub fn parse(value: &'a [u8]) -> Self {
+        let value = value.trim_ascii();
+        let scheme_end = value
+            .iter()
+            .position(|&b| is_blank(b))
+            .unwrap_or(value.len());
+        let (scheme, rest) = value.split_at(scheme_end);
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
+            return Self::Other;
+        }
+        let token = rest.trim_ascii();
+        if token.is_empty() || !token.iter().all(|b| b.is_ascii_graphic()) {
+            return Self::MalformedBearer;
+        }
+        std::str::from_utf8(token).map_or(Self::MalformedBearer, Self::Bearer)
+    }
 }
 
 /// The credential headers of a request, as sent.
@@ -70,14 +123,7 @@ impl<'a> Presented<'a> {
         let mut api_key = headers.get_all(&API_KEY).iter();
         let (first_authorization, first_api_key) = (authorization.next(), api_key.next());
         let repeated = authorization.next().is_some() || api_key.next().is_some();
-        let authorization = first_authorization.map(|value| {
-            let bearer = value.to_str().ok().and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                let token = token.trim();
-                (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-            });
-            bearer.map_or(Authorization::Other, Authorization::Bearer)
-        });
+        let authorization = first_authorization.map(|value| Authorization::parse(value.as_bytes()));
         let api_key = first_api_key.map(|v| v.to_str().map(str::trim).map_err(|_| ()));
         Self {
             authorization,
@@ -108,7 +154,9 @@ impl<'a> Presented<'a> {
                 Err(CredentialError::Conflicting)
             }
             (Some(Authorization::Bearer(token)), _) => Ok(Credential::Bearer(token)),
-            (Some(Authorization::Other), _) => Err(CredentialError::MalformedAuthorization),
+            (Some(Authorization::Other | Authorization::MalformedBearer), _) => {
+                Err(CredentialError::MalformedAuthorization)
+            }
             (None, Some(key)) => Ok(Credential::XApiKey(key)),
             (None, None) => Err(CredentialError::Missing),
         }
@@ -156,6 +204,69 @@ mod tests {
                 Err(CredentialError::MalformedAuthorization),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_spaces_or_tabs_follow_it() {
+        for value in [
+            &b"Bearer tg_abc"[..],
+            b"bearer tg_abc",
+            b"BEARER\ttg_abc",
+            b"Bearer\t tg_abc",
+            b"Bearer  tg_abc ",
+            b" Bearer tg_abc\t",
+        ] {
+            assert_eq!(
+                Authorization::parse(value),
+                Authorization::Bearer("tg_abc"),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        for value in [
+            &b"Bearer"[..],
+            b"Bearer \t",
+            b"Bearer tg_a\tb",
+            b"Bearer tg_\xff",
+        ] {
+            assert_eq!(
+                Authorization::parse(value),
+                Authorization::MalformedBearer,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        for value in [
+            &b"Basic dXNlcjpwdw=="[..],
+            b"Bearertg_abc",
+            b"",
+            b"Digest\tx",
+        ] {
+            assert_eq!(Authorization::parse(value), Authorization::Other);
+        }
+    }
+
+    #[test]
+    fn other_spellings_of_our_header_names_are_aliases() {
+        for alias in [
+            "x_tollgate_org",
+            "x-tollgate_org",
+            "x_api_key",
+            "x-api_key",
+            "X_Api_Key",
+        ] {
+            assert!(is_alias_of_ours(alias), "{alias}");
+        }
+        for name in [
+            "x-tollgate-org",
+            "x-api-key",
+            "x_api_keys",
+            "x_tollgate_orgs",
+            "x_request_id",
+            "authorization",
+        ] {
+            assert!(!is_alias_of_ours(name), "{name}");
         }
     }
 

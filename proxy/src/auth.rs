@@ -2,7 +2,7 @@
 //! session tokens are then resolved through the caches of `tollgate_common::keys::cache`.
 
 use http::HeaderMap;
-use tollgate_common::credential::Presented;
+use tollgate_common::credential::{Authorization, Presented};
 use tollgate_common::keys;
 
 /// The Tollgate credential a request presented.
@@ -121,7 +121,9 @@ pub fn select<'a>(
     is_clerk: impl FnOnce(&str) -> bool,
 ) -> Result<Selected<'a>, AuthFailure> {
     let presented = Presented::read(headers);
-    if presented.repeated {
+    // A repeated header could carry a second value past the strip; a `Bearer` scheme without a readable token is
+    // meant for us and must not pass for the customer's own header.
+    if presented.repeated || presented.authorization == Some(Authorization::MalformedBearer) {
         return Err(AuthFailure::Malformed);
     }
     let header_key = match presented.api_key {
@@ -255,6 +257,36 @@ mod tests {
             selected(&[("x-api-key", KEY), ("x-api-key", OTHER)], false),
             Err(AuthFailure::Malformed),
             "a second X-Api-Key line cannot slip past the strip"
+        );
+    }
+
+    #[test]
+    fn a_tab_after_the_scheme_is_the_same_credential() {
+        let tab = format!("Bearer\t{KEY}");
+        assert_eq!(
+            selected(&[("authorization", &tab), ("x-api-key", OTHER)], false),
+            Err(AuthFailure::Ambiguous),
+            "a second key after a tab is a second credential, not the customer's own header"
+        );
+        assert_eq!(
+            selected(&[("authorization", &tab), ("x-api-key", KEY)], false),
+            Ok(Selected {
+                credential: Credential::ApiKey(KEY),
+                strip: Strip {
+                    authorization: true,
+                    api_key: true
+                }
+            })
+        );
+        let spaces = format!("BEARER  {OTHER}");
+        assert_eq!(
+            selected(&[("authorization", &spaces), ("x-api-key", KEY)], false),
+            Err(AuthFailure::Ambiguous)
+        );
+        assert_eq!(
+            selected(&[("authorization", "Bearer"), ("x-api-key", KEY)], false),
+            Err(AuthFailure::Malformed),
+            "a bearer without a token is ours and malformed, not the customer's"
         );
     }
 

@@ -6,7 +6,7 @@ use crate::auth::AuthFailure;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use tollgate_common::domain::DenyEnvelope;
+use tollgate_common::domain::{DenyEnvelope, TargetError};
 use tollgate_common::problem::{self, CONTENT_TYPE, Kind, Problem};
 
 /// Why the proxy answers a request itself instead of proxying it.
@@ -14,6 +14,8 @@ use tollgate_common::problem::{self, CONTENT_TYPE, Kind, Problem};
 pub enum Refusal {
     /// The request breaks HTTP/1.1 in a way the proxy must refuse (400).
     BadRequest(&'static str),
+    /// The request target stays ambiguous after canonicalisation (400): nothing charged, nothing forwarded.
+    BadTarget(TargetError),
     /// No org could be identified (401, 403, 503).
     Auth(AuthFailure),
     /// The org's billing state cannot be loaded (503).
@@ -37,6 +39,7 @@ impl Refusal {
     fn parts(&self) -> (u16, Kind, &'static str) {
         match self {
             Self::BadRequest(detail) => (400, problem::BAD_REQUEST, detail),
+            Self::BadTarget(e) => (400, problem::BAD_REQUEST, e.detail()),
             Self::Auth(failure) => {
                 let (status, detail) = failure.response();
                 let kind = match status {
@@ -102,13 +105,11 @@ pub async fn refuse(session: &mut Session, refusal: &Refusal) -> Result<()> {
         503 => headers.push(("retry-after", "1".to_owned())),
         _ => {}
     }
-    send(
-        session,
-        status,
-        &headers,
-        Problem::of(status, kind, detail).to_json(),
-    )
-    .await
+    let mut problem = Problem::of(status, kind, detail);
+    if let Refusal::BadTarget(_) = refusal {
+        problem = problem.with("field", "target");
+    }
+    send(session, status, &headers, problem.to_json()).await
 }
 
 /// Writes a complete response with `body`, closing the exchange.

@@ -22,15 +22,17 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
-use tollgate_common::domain::{DenyEnvelope, Metric, Period, RouteClass, Terms};
+use tollgate_common::credential;
+use tollgate_common::domain::{
+    Canonical, DenyEnvelope, Metric, Period, RouteClass, Terms, canonicalize,
+};
 use tollgate_common::jwt::JwtError;
 use tollgate_common::keys::cache::{OrgRef, ResolveError};
 use tollgate_common::store::counters::{self, CounterError};
 use tollgate_common::store::redis::RedisConn;
 
 /// The header that tells the upstream which org made the call (client-supplied values are replaced).
-pub const ORG_HEADER: &str = "x-tollgate-org";
-static ORG: StaticHeader = StaticHeader::new(ORG_HEADER, "X-Tollgate-Org");
+static ORG: StaticHeader = StaticHeader::new(credential::ORG_HEADER, "X-Tollgate-Org");
 static RATELIMIT_LIMIT: StaticHeader = StaticHeader::new("ratelimit-limit", "RateLimit-Limit");
 static RATELIMIT_REMAINING: StaticHeader =
     StaticHeader::new("ratelimit-remaining", "RateLimit-Remaining");
@@ -117,10 +119,27 @@ impl MeteringProxy {
         Ok(conn.clone())
     }
 
-    /// Step 1 to 4 of a request; `Ok` lets it through.
-    async fn admit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<(), Refusal> {
+    /// Step 1 to 4 of a request; `Ok` lets it through, and says the target to forward when it is not the one
+    /// received.
+    async fn admit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<Option<String>, Refusal> {
         check_request(req)?;
-        let class = self.core.routes.classify(req.uri.path());
+        let options = req.method == http::Method::OPTIONS;
+        let target = canonicalize(options, req.raw_path()).map_err(Refusal::BadTarget)?;
+        self.price_and_meter(req, target.path(), ctx).await?;
+        Ok(match target {
+            Canonical::AsReceived(_) => None,
+            Canonical::Rewritten { target, .. } => Some(target),
+        })
+    }
+
+    /// Steps 2 to 4 for the canonical `path`.
+    async fn price_and_meter(
+        &self,
+        req: &RequestHeader,
+        path: &str,
+        ctx: &mut Ctx,
+    ) -> Result<(), Refusal> {
+        let class = self.core.routes.classify(path);
         ctx.metered = matches!(class, RouteClass::Metered { .. });
         let org = self.identify(req, ctx).await?;
         match class {
@@ -361,6 +380,20 @@ fn check_request(req: &RequestHeader) -> Result<(), Refusal> {
     }
 }
 
+/// Removes every header that spells one of Tollgate's own names another way (`X_Tollgate_Org`, `x_api_key`): a
+/// CGI-style upstream would read it as ours. One pass over the names; nothing allocated unless one is found.
+fn strip_aliases(req: &mut RequestHeader) {
+    let aliases: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| credential::is_alias_of_ours(name.as_str()))
+        .cloned()
+        .collect();
+    for name in aliases {
+        req.remove_header(&name);
+    }
+}
+
 /// Whether an upstream failure means the upstream could not have done the work: it was never reached, or it never
 /// answered. Such requests are not charged.
 fn unanswered(e: &Error, upstream_answered: bool) -> bool {
@@ -391,7 +424,13 @@ impl ProxyHttp for MeteringProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         match self.admit(session.req_header(), ctx).await {
-            Ok(()) => Ok(false),
+            Ok(None) => Ok(false),
+            Ok(Some(target)) => {
+                // The upstream gets the target that was priced. Canonical targets are ASCII origin-form paths,
+                // which the request header always takes.
+                session.req_header_mut().set_raw_path(target.as_bytes())?;
+                Ok(false)
+            }
             Err(refusal) => {
                 respond::refuse(session, &refusal).await?;
                 Ok(true)
@@ -415,19 +454,7 @@ impl ProxyHttp for MeteringProxy {
         if ctx.strip.api_key {
             upstream.remove_header(&tollgate_common::credential::API_KEY);
         }
-        // An absolute-form target (RFC 9112 §3.2.2; Pingora has checked that `Host` matches its authority) goes
-        // upstream in origin form: the URI already holds only its path and query.
-        let raw = upstream.raw_path();
-        if raw
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
-            || raw
-                .get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"https://"))
-        {
-            let origin = upstream.uri.clone();
-            upstream.set_uri(origin);
-        }
+        strip_aliases(upstream);
         // Inserting replaces every client-sent value.
         match &ctx.org {
             Some(org) => upstream.insert_static_header(&ORG, org.header.clone())?,

@@ -48,6 +48,12 @@ ensure_redis() {
   wait_port 6379 Redis
 }
 
+# nginx, the real upstream of the request-target tests (tests/support/nginx.rs starts its own on a free port).
+# apt's package starts a system nginx on port 80 where an init system runs; the tests never use that one.
+ensure_nginx() {
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+}
+
 ensure_build_tools() {
   command -v cmake >/dev/null || apt_install cmake
   command -v cc >/dev/null || apt_install build-essential

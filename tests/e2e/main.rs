@@ -15,4 +15,5 @@ mod proxy_failures;
 mod proxy_http;
 mod stigg;
 mod support_selftest;
+mod targets;
 mod usage;

@@ -14,6 +14,7 @@
 //! * [`upstream`] — the customer API behind the proxy, recording what reaches it.
 //! * [`proxy`] — the `tollgate-proxy` binary as a child process.
 //! * [`metering`] — a control plane, an upstream and proxies wired to one database and Redis.
+//! * [`nginx`] — a real nginx as the upstream, answering with the path it resolved.
 //! * [`wait`] — waiting on a condition instead of sleeping.
 
 pub mod app;
@@ -21,6 +22,7 @@ pub mod clerk;
 pub mod db;
 pub mod forwarder;
 pub mod metering;
+pub mod nginx;
 pub mod proxy;
 pub mod raw;
 pub mod redis_cluster;

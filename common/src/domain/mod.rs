@@ -11,8 +11,9 @@
 //! * [`period`]: Stripe-style monthly billing periods ([`Period`]) and their `YYYY-MM` key
 //!   ([`PeriodKey`]).
 //! * [`plan`]: PLANS_CONFIG (`config/plans.toml`) parsed into a validated [`PlanCatalog`].
+//! * [`target`]: the canonical request target ([`canonicalize`]) that the proxy prices and forwards.
 //! * [`routes`]: the routes file (`config/routes.toml`) parsed into a [`RouteTable`] that prices a
-//!   request path.
+//!   canonical request path.
 //! * [`quota`]: [`decide`] and [`remaining`], the check-and-consume arithmetic.
 //! * [`envelope`]: the standard 429 body, [`DenyEnvelope`].
 //! * [`billing`]: which plan and period apply to an org, from its subscription state ([`Billing`]).
@@ -29,6 +30,7 @@ pub mod plan;
 pub mod quota;
 pub mod routes;
 pub mod subscription;
+pub mod target;
 
 pub use billing::{Billing, PendingPlan, SubscriptionStatus, Terms};
 pub use envelope::DenyEnvelope;
@@ -38,6 +40,7 @@ pub use plan::{Plan, PlanCatalog, PriceRef};
 pub use quota::{Decision, decide, remaining};
 pub use routes::{RouteClass, RouteTable};
 pub use subscription::{PlanChange, StripePrice, StripeSubscription, SubscriptionState};
+pub use target::{Canonical, TargetError, canonicalize};
 
 /// Why a value or a configuration file was rejected.
 ///

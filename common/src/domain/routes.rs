@@ -1,14 +1,17 @@
 //! The routes file: which request paths cost what.
 //!
 //! `[[routes]]` entries are tried in file order and the first whose prefix matches wins; `default`
-//! prices everything else.
+//! prices everything else. Paths are matched in their canonical form ([`super::target`]) with escapes decoded,
+//! case-sensitively unless the file says `case_sensitive = false` (for upstreams that route that way: ASP.NET,
+//! Express's default).
 
 use super::DomainError;
 use super::ids::Metric;
 use super::plan::PlanCatalog;
+use super::target;
 use super::toml_table::{self, Fields};
 
-const ROOT_KEYS: &[&str] = &["default", "routes"];
+const ROOT_KEYS: &[&str] = &["default", "routes", "case_sensitive"];
 const DEFAULT_KEYS: &[&str] = &["metric", "cost", "metered"];
 const ROUTE_KEYS: &[&str] = &["prefix", "metric", "cost", "metered"];
 const COST: std::ops::RangeInclusive<i64> = 1..=1_000_000;
@@ -67,18 +70,23 @@ impl Pricing {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {
+    /// As written in the file: the route's label.
     prefix: String,
+    /// What paths are matched against: the prefix with its escapes decoded.
+    decoded: Vec<u8>,
     pricing: Pricing,
 }
 
 /// The validated routes file.
 ///
-/// Invariants: every prefix starts with `/` and holds no whitespace, `?` or `#`; every metric is
-/// known to the [`PlanCatalog`] it was checked against; no route is shadowed by an earlier one.
+/// Invariants: every prefix is a canonical path ([`super::target`]) without whitespace, `?` or `#`;
+/// every metric is known to the [`PlanCatalog`] it was checked against; no route is shadowed by an
+/// earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
     routes: Vec<Route>,
     default: Pricing,
+    case_sensitive: bool,
 }
 
 // === impl RouteTable ===
@@ -92,6 +100,7 @@ impl RouteTable {
         let doc = toml_table::parse(text)?;
         let root = Fields::new(String::new(), &doc, ROOT_KEYS)?;
 
+        let case_sensitive = root.boolean("case_sensitive")?.unwrap_or(true);
         let default = match doc.get(DEFAULT_ROUTE) {
             Some(value) => {
                 let fields = Fields::of_value(root.key(DEFAULT_ROUTE), value, DEFAULT_KEYS)?;
@@ -118,12 +127,13 @@ impl RouteTable {
             let prefix = fields
                 .string("prefix")?
                 .ok_or_else(|| toml_table::error(prefix_key.clone(), "required"))?;
-            check_prefix(prefix).map_err(|reason| toml_table::error(prefix_key.clone(), reason))?;
+            let decoded = check_prefix(prefix)
+                .map_err(|reason| toml_table::error(prefix_key.clone(), reason))?;
             // A prefix that an earlier prefix matches can never be reached: first match wins.
             let shadowing = routes
                 .iter()
                 .enumerate()
-                .find(|(_, earlier)| prefix_matches(&earlier.prefix, prefix));
+                .find(|(_, earlier)| prefix_matches(&earlier.decoded, &decoded, case_sensitive));
             if let Some((index, earlier)) = shadowing {
                 let reason = format!(
                     "unreachable: routes[{index}] (`{}`) comes first and matches every path under `{prefix}`",
@@ -134,23 +144,38 @@ impl RouteTable {
             let pricing = parse_pricing(&fields, catalog)?;
             routes.push(Route {
                 prefix: prefix.to_owned(),
+                decoded,
                 pricing,
             });
         }
-        Ok(Self { routes, default })
+        Ok(Self {
+            routes,
+            default,
+            case_sensitive,
+        })
     }
 
-    /// Prices a request path (no query string): the first route in file order whose prefix matches,
-    /// else the default.
+    /// Prices a canonical request path (no query string; see [`super::target::canonicalize`]): the
+    /// first route in file order whose prefix matches, else the default.
     ///
-    /// Matching is segment-aware: `/v1/embeddings` matches `/v1/embeddings` and `/v1/embeddings/x`
-    /// but not `/v1/embeddingsx`; a prefix ending in `/` matches every path under it, so `/`
-    /// matches everything.
+    /// Matching is segment-aware: `/v1/embeddings` matches `/v1/embeddings`, `/v1/embeddings/x` and
+    /// `/v1/embeddings;x` (a path parameter) but not `/v1/embeddingsx`; a prefix ending in `/`
+    /// matches every path under it, so `/` matches everything. Escapes are decoded first, so
+    /// `/v1/a%3Ab` matches the prefix `/v1/a:b`.
     pub fn classify(&self, path: &str) -> RouteClass<'_> {
-        // Hot path: one linear scan over a handful of prefixes, no allocation.
+        // Hot path: one linear scan over a handful of prefixes, no allocation unless the path holds
+        // an escape.
+        match target::decoded_path(path) {
+            None => self.classify_decoded(path.as_bytes()),
+            Some(decoded) => self.classify_decoded(&decoded),
+        }
+    }
+
+    /// Prices a path whose escapes are already decoded.
+    pub fn classify_decoded(&self, path: &[u8]) -> RouteClass<'_> {
         self.routes
             .iter()
-            .find(|route| prefix_matches(&route.prefix, path))
+            .find(|route| prefix_matches(&route.decoded, path, self.case_sensitive))
             .map_or_else(
                 || self.default.class(DEFAULT_ROUTE),
                 |route| route.pricing.class(&route.prefix),
@@ -158,25 +183,38 @@ impl RouteTable {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix)
-        && (prefix.ends_with('/')
-            || match path.as_bytes().get(prefix.len()) {
-                None | Some(b'/') => true,
-                Some(_) => false,
-            })
+fn prefix_matches(prefix: &[u8], path: &[u8], case_sensitive: bool) -> bool {
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let equal = match case_sensitive {
+        true => head == prefix,
+        false => head.eq_ignore_ascii_case(prefix),
+    };
+    equal && (prefix.ends_with(b"/") || matches!(path.get(prefix.len()), None | Some(b'/' | b';')))
 }
 
-fn check_prefix(prefix: &str) -> Result<(), &'static str> {
+/// Checks that a prefix is a canonical path and returns it decoded, as paths are matched.
+fn check_prefix(prefix: &str) -> Result<Vec<u8>, &'static str> {
     if !prefix.starts_with('/') {
-        Err("must start with /")
-    } else if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Err("must not contain whitespace")
-    } else if prefix.contains(['?', '#']) {
-        Err("must be a path only, without ? or #")
-    } else {
-        Ok(())
+        return Err("must start with /");
     }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace");
+    }
+    if prefix.contains(['?', '#']) {
+        return Err("must be a path only, without ? or #");
+    }
+    match target::canonicalize(false, prefix.as_bytes()) {
+        Ok(canonical) if canonical.path() == prefix => {}
+        Ok(_) => {
+            return Err(
+                "must be a canonical path: no //, no . or .. segments, no escapes of unreserved characters, escapes upper-case",
+            );
+        }
+        Err(e) => return Err(e.detail()),
+    }
+    Ok(target::decoded_path(prefix).unwrap_or_else(|| prefix.as_bytes().to_vec()))
 }
 
 /// `{ metric, cost }`, `{ metric, cost, metered = true }` or `{ metered = false }`.
@@ -361,6 +399,216 @@ metered = false
                 RouteTable::from_toml_str(&text, &catalog()).is_ok(),
                 "{text}"
             );
+        }
+    }
+
+    const PRICED: &str = r#"
+default = { metric = "api_call", cost = 1 }
+
+[[routes]]
+prefix = "/v1/embeddings"
+metric = "api_call"
+cost = 10
+
+[[routes]]
+prefix = "/v1/a:b"
+metric = "api_call"
+cost = 5
+
+[[routes]]
+prefix = "/v1/caf%C3%A9"
+metric = "api_call"
+cost = 7
+
+[[routes]]
+prefix = "/health"
+metered = false
+"#;
+
+    #[test]
+    fn escapes_and_path_parameters_match_as_servers_route_them() {
+        let routes = table(PRICED);
+        for (path, route) in [
+            ("/v1/a%3Ab", "/v1/a:b"),
+            ("/v1/a:b/x", "/v1/a:b"),
+            ("/v1/caf%C3%A9", "/v1/caf%C3%A9"),
+            ("/v1/embeddings;jsessionid=1", "/v1/embeddings"),
+            ("/v1/embeddings;x/y", "/v1/embeddings"),
+            ("/v1/Embeddings", "default"),
+            ("/HEALTH", "default"),
+        ] {
+            assert_eq!(routes.classify(path).route(), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn case_matching_is_a_choice_of_the_file() {
+        let routes = table(&format!("case_sensitive = false\n{PRICED}"));
+        for (path, route) in [
+            ("/v1/Embeddings", "/v1/embeddings"),
+            ("/V1/EMBEDDINGS/x", "/v1/embeddings"),
+            ("/HEALTH", "/health"),
+            ("/v1/A%3aB", "/v1/a:b"),
+        ] {
+            assert_eq!(routes.classify(path).route(), route, "{path}");
+        }
+        // Shadowing is judged the same way.
+        let text = "case_sensitive = false\n[[routes]]\nprefix = \"/v1\"\nmetered = false\n[[routes]]\nprefix = \"/V1/x\"\nmetered = false\n";
+        let err = RouteTable::from_toml_str(text, &catalog()).expect_err("shadowed");
+        assert_eq!(err.key(), Some("routes[1].prefix"), "{err}");
+        let err = RouteTable::from_toml_str("case_sensitive = \"no\"\n", &catalog())
+            .expect_err("not a boolean");
+        assert_eq!(err.key(), Some("case_sensitive"), "{err}");
+    }
+
+    #[test]
+    fn prefixes_must_be_canonical() {
+        for prefix in [
+            "/v1//x", "/v1/./x", "/v1/../x", "/v1/%65", "/v1/%3a", "/v1%2Fx", "/v1\\\\x", "/%zz",
+        ] {
+            let text = format!("[[routes]]\nprefix = \"{prefix}\"\nmetered = false\n");
+            let err = RouteTable::from_toml_str(&text, &catalog()).expect_err(prefix);
+            assert_eq!(err.key(), Some("routes[0].prefix"), "{prefix}: {err}");
+        }
+    }
+
+    /// How a server that decodes, merges slashes and removes dot segments (nginx) resolves a path; `None` where
+    /// it would refuse the request.
+    fn served_path(raw: &[u8]) -> Option<Vec<u8>> {
+        let path = raw.split(|&b| b == b'?').next()?;
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while let Some(&b) = path.get(i) {
+            if b == b'%' {
+                let hex = std::str::from_utf8(path.get(i + 1..i + 3)?).ok()?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+        let mut stack: Vec<&[u8]> = Vec::new();
+        let segments: Vec<&[u8]> = decoded.split(|&b| b == b'/').skip(1).collect();
+        let mut trailing = false;
+        for (n, segment) in segments.iter().enumerate() {
+            let last = n + 1 == segments.len();
+            match *segment {
+                b"" => trailing = last,
+                b"." => trailing = true,
+                b".." => {
+                    stack.pop()?;
+                    trailing = true;
+                }
+                other => {
+                    stack.push(other);
+                    trailing = false;
+                }
+            }
+        }
+        let mut served = b"/".to_vec();
+        served.extend(stack.join(&b'/'));
+        if trailing && served.len() > 1 {
+            served.push(b'/');
+        }
+        Some(served)
+    }
+
+    fn spelled_target() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop::sample::select(vec![
+            &b"/"[..],
+            b"//",
+            b".",
+            b"..",
+            b"%2e",
+            b"%2E",
+            b"%2f",
+            b"%5C",
+            b"\\",
+            b"v1",
+            b"V1",
+            b"embeddings",
+            b"%65mbeddings",
+            b"EMBEDDINGS",
+            b"health",
+            b"a:b",
+            b"a%3Ab",
+            b"a%3ab",
+            b";x",
+            b"%00",
+            b"caf%c3%a9",
+            b"caf\xc3\xa9",
+            b"?",
+            b"q=1",
+            b"%",
+            b"%4",
+            b"e",
+            b"%41",
+            b"%25",
+            b"..;",
+            b"x",
+        ]);
+        (
+            prop::sample::select(vec![
+                &b"/"[..],
+                b"//",
+                b"http://h/",
+                b"http://h",
+                b"x:/",
+                b"",
+            ]),
+            prop::collection::vec(token, 0..12),
+        )
+            .prop_map(|(start, tokens)| {
+                let mut target = start.to_vec();
+                for token in tokens {
+                    target.extend_from_slice(token);
+                }
+                target
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The price of the canonical target is the price of the path a decoding, slash-merging, dot-removing
+        /// server serves for it — and for the target as the client spelled it.
+        #[test]
+        fn no_spelling_is_priced_below_the_path_served(raw in spelled_target(), insensitive in any::<bool>()) {
+            let text = match insensitive {
+                true => format!("case_sensitive = false\n{PRICED}"),
+                false => PRICED.to_owned(),
+            };
+            let routes = table(&text);
+            if let Ok(canonical) = target::canonicalize(false, &raw) {
+                let priced = routes.classify(canonical.path()).route();
+                let forwarded = canonical.rewritten().map_or_else(|| raw.clone(), |t| t.as_bytes().to_vec());
+                let served = served_path(&forwarded).expect("a canonical target is served");
+                prop_assert_eq!(priced, routes.classify_decoded(&served).route());
+                // The client's own spelling, served directly, costs what the canonical one costs.
+                if raw.starts_with(b"/")
+                    && let Some(spelled) = served_path(&raw)
+                {
+                    prop_assert_eq!(priced, routes.classify_decoded(&spelled).route());
+                }
+            }
+        }
+
+        #[test]
+        fn canonicalisation_is_idempotent(raw in spelled_target(), options in any::<bool>()) {
+            if let Ok(canonical) = target::canonicalize(options, &raw) {
+                let forwarded = canonical.rewritten().map_or_else(|| raw.clone(), |t| t.as_bytes().to_vec());
+                let again = target::canonicalize(options, &forwarded).expect("canonical targets are accepted");
+                prop_assert!(matches!(again, target::Canonical::AsReceived(_)), "{:?} -> {:?}", raw, again);
+                prop_assert_eq!(again.path(), canonical.path());
+            }
+        }
+
+        #[test]
+        fn canonicalisation_never_panics(raw in prop::collection::vec(any::<u8>(), 0..64), options in any::<bool>()) {
+            if let Ok(canonical) = target::canonicalize(options, &raw) {
+                prop_assert!(canonical.path().is_ascii());
+            }
         }
     }
 
