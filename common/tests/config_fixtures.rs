@@ -62,6 +62,8 @@ const ROUTES_CASES: &[(&str, Expect)] = &[
     ("routes_missing_prefix.toml", Key("routes[0].prefix")),
     ("routes_bad_prefix.toml", Key("routes[0].prefix")),
     ("routes_prefix_with_query.toml", Key("routes[0].prefix")),
+    ("routes_prefix_not_canonical.toml", Key("routes[0].prefix")),
+    ("routes_case_not_boolean.toml", Key("case_sensitive")),
     (
         "routes_prefix_with_whitespace.toml",
         Key("routes[0].prefix"),
