@@ -117,20 +117,21 @@ impl Default for RetentionSettings {
 impl RetentionSettings {
     /// Reads the retention keys; bad ones are recorded in `r`.
     pub fn read(r: &mut Reader<'_>) -> Self {
-        let mut days = |key: &str, default: u32, range: std::ops::RangeInclusive<u32>, why: &str| {
-            let d = r.parse_or(key, default, "a number of days");
-            if !range.contains(&d) {
-                r.error(
-                    key,
-                    format_args!(
-                        "must be between {} and {} days{why}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-            }
-            Duration::from_secs(u64::from(d) * 86_400)
-        };
+        let mut days =
+            |key: &str, default: u32, range: std::ops::RangeInclusive<u32>, why: &str| {
+                let d = r.parse_or(key, default, "a number of days");
+                if !range.contains(&d) {
+                    r.error(
+                        key,
+                        format_args!(
+                            "must be between {} and {} days{why}",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                }
+                Duration::from_secs(u64::from(d) * 86_400)
+            };
         let stripe_events = days(
             ENV_RETENTION_STRIPE_EVENTS_DAYS,
             DEFAULT_RETENTION_STRIPE_EVENTS_DAYS,

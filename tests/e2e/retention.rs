@@ -100,7 +100,10 @@ async fn provision_repeatedly(
     let token = owner(m, org);
     let body = json!({"stripeCustomerId": customer_of(m, org).await, "stripeSubscriptionId": subscription,
                       "planCode": "starter"});
-    let provision = || m.app.post("/api/stigg/provision", Auth::Bearer(&token), &body);
+    let provision = || {
+        m.app
+            .post("/api/stigg/provision", Auth::Bearer(&token), &body)
+    };
     let first = provision().await;
     let mut repeats = Vec::new();
     for _ in 0..sequential {
@@ -324,12 +327,11 @@ async fn old_and_new_rows(pg: &sqlx::PgPool, org_id: i64, scale: i64) -> [(Table
 
 /// What the purge must leave: per table, the rows that are not old and finished.
 async fn kept(pg: &sqlx::PgPool) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let events = sqlx::query_scalar(
-        "SELECT event_id || ':' || status FROM stripe_events ORDER BY event_id",
-    )
-    .fetch_all(pg)
-    .await
-    .expect("read events");
+    let events =
+        sqlx::query_scalar("SELECT event_id || ':' || status FROM stripe_events ORDER BY event_id")
+            .fetch_all(pg)
+            .await
+            .expect("read events");
     let outbox = sqlx::query_scalar(
         "SELECT subject || ':' || status FROM stigg_outbox ORDER BY subject, status, id",
     )
@@ -405,7 +407,10 @@ async fn the_purge_deletes_only_old_finished_rows_in_batches() {
         assert_eq!(
             metric_value(
                 &metrics,
-                &format!(r#"tollgate_cp_purged_rows_total{{table="{}"}}"#, table.as_str())
+                &format!(
+                    r#"tollgate_cp_purged_rows_total{{table="{}"}}"#,
+                    table.as_str()
+                )
             ),
             u64::try_from(deleted).expect("count"),
             "{metrics}"
@@ -413,10 +418,7 @@ async fn the_purge_deletes_only_old_finished_rows_in_batches() {
     }
 
     // A second pass finds nothing more: the purge is idempotent.
-    assert_eq!(
-        app.state.purger.pass(&mut stop).await.expect("purge"),
-        0
-    );
+    assert_eq!(app.state.purger.pass(&mut stop).await.expect("purge"), 0);
     assert_eq!(kept(&app.state.pg).await, expected_kept());
 }
 
@@ -452,14 +454,20 @@ async fn every_replica_purges_by_itself_and_each_row_is_deleted_once() {
         total
     };
     for (table, deleted) in purge {
-        let series = format!(r#"tollgate_cp_purged_rows_total{{table="{}"}}"#, table.as_str());
+        let series = format!(
+            r#"tollgate_cp_purged_rows_total{{table="{}"}}"#,
+            table.as_str()
+        );
         let deleted = u64::try_from(deleted).expect("count");
         let total = wait::until(LONG, "the replicas' counts", || async {
             let total = counted(series.clone()).await;
             (total >= deleted).then_some(total)
         })
         .await;
-        assert_eq!(total, deleted, "{series}: the replicas' counts add up to the rows deleted");
+        assert_eq!(
+            total, deleted,
+            "{series}: the replicas' counts add up to the rows deleted"
+        );
     }
 }
 
@@ -625,7 +633,11 @@ async fn every_key_a_record_into_an_old_period_writes_expires() {
             request_id,
         )
     };
-    for (request_id, p) in [("old-1", period), ("old-2", period), ("older", older_period)] {
+    for (request_id, p) in [
+        ("old-1", period),
+        ("old-2", period),
+        ("older", older_period),
+    ] {
         let marker = marker_of(request_id, p);
         wait::until(LONG, "a committed event's marker to go", || async {
             (redis_ttl(&app, &marker).await == -2).then_some(())

@@ -227,14 +227,9 @@ impl Writer {
             .collect();
         // On the transaction's connection: a second one from the pool while holding the first could exhaust the
         // pool under a burst.
-        let counted = counters::record_many(
-            &mut redis,
-            &mut tx,
-            &self.namespace,
-            &events,
-            self.remember,
-        )
-        .await?;
+        let counted =
+            counters::record_many(&mut redis, &mut tx, &self.namespace, &events, self.remember)
+                .await?;
         for (&(i, id), recorded) in new.iter().zip(counted) {
             let r = &groups[i].lead;
             let body = serde_json::to_string(&RecordedUsage {

@@ -33,7 +33,10 @@ pub const MAX_HISTORY_PERIODS: u32 = 24;
 /// (the request ids' idempotency rows) may be purged, so a record then could count a request id a second time.
 pub fn recordable(period: &Period, now: DateTime<Utc>, retention: std::time::Duration) -> bool {
     match Duration::from_std(retention) {
-        Ok(retention) => period.end.checked_add_signed(retention).is_none_or(|until| now <= until),
+        Ok(retention) => period
+            .end
+            .checked_add_signed(retention)
+            .is_none_or(|until| now <= until),
         Err(_) => true,
     }
 }
@@ -523,7 +526,11 @@ mod tests {
             retention
         ));
         assert!(
-            recordable(&period, end + Duration::days(10_000), std::time::Duration::MAX),
+            recordable(
+                &period,
+                end + Duration::days(10_000),
+                std::time::Duration::MAX
+            ),
             "a retention past chrono's range never ends"
         );
     }

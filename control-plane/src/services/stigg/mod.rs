@@ -94,12 +94,7 @@ impl OutboxMetrics {
 /// same operation and subject that it follows (`None`: the first), and whether it is queued for delivery or recorded
 /// as skipped. Two writers queueing the same change after the same row derive the same key; a change back to an
 /// earlier content follows a different row, so it gets a new key.
-pub fn dedup_key(
-    org_id: i64,
-    item: &Queued,
-    follows: Option<i64>,
-    configured: bool,
-) -> String {
+pub fn dedup_key(org_id: i64, item: &Queued, follows: Option<i64>, configured: bool) -> String {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     let follows = follows.map_or_else(|| "-".to_owned(), |id| id.to_string());
@@ -536,7 +531,11 @@ mod tests {
         let a = item(json!({"refId": "sub_1", "trialEndDate": null, "billingPeriod": "MONTHLY"}));
         let key = dedup_key(7, &a, Some(41), true);
         assert!(key.starts_with("v2:") && key.len() == 3 + 64, "{key}");
-        assert_eq!(key, dedup_key(7, &a.clone(), Some(41), true), "deterministic");
+        assert_eq!(
+            key,
+            dedup_key(7, &a.clone(), Some(41), true),
+            "deterministic"
+        );
 
         let mut reordered = Map::new();
         reordered.insert("billingPeriod".into(), json!("MONTHLY"));
@@ -548,18 +547,26 @@ mod tests {
             "the same content in another key order"
         );
 
-        let b = item(json!({"refId": "sub_1", "trialEndDate": "2026-12-15T00:00:00Z", "billingPeriod": "MONTHLY"}));
+        let b = item(
+            json!({"refId": "sub_1", "trialEndDate": "2026-12-15T00:00:00Z", "billingPeriod": "MONTHLY"}),
+        );
         let mut other_subject = a.clone();
         other_subject.subject = "sub_2".to_owned();
         let mut other_op = a.clone();
         other_op.op = StiggOp::ImportSubscription;
         for (other, what) in [
             (dedup_key(7, &b, Some(41), true), "other content"),
-            (dedup_key(7, &a, Some(42), true), "after another row (A → B → A)"),
+            (
+                dedup_key(7, &a, Some(42), true),
+                "after another row (A → B → A)",
+            ),
             (dedup_key(7, &a, None, true), "the first of its kind"),
             (dedup_key(7, &a, Some(41), false), "recorded as skipped"),
             (dedup_key(8, &a, Some(41), true), "another org"),
-            (dedup_key(7, &other_subject, Some(41), true), "another subject"),
+            (
+                dedup_key(7, &other_subject, Some(41), true),
+                "another subject",
+            ),
             (dedup_key(7, &other_op, Some(41), true), "another operation"),
         ] {
             assert_ne!(key, other, "{what}");
