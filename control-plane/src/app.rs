@@ -5,6 +5,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::services::billing::{Billing, BillingMetrics};
 use crate::services::recorder::Recorder;
+use crate::services::retention::{PurgeMetrics, Purger};
 use crate::services::stigg::{OutboxMetrics, Stigg};
 use crate::services::usage::Accounts;
 use crate::stigg::{StiggClient, StiggMetrics};
@@ -46,6 +47,8 @@ pub struct App {
     pub accounts: Accounts,
     /// `usage/record`'s batch writer.
     pub recorder: Recorder,
+    /// Deletes finished rows past their retention (run by `jobs::purge`).
+    pub purger: Arc<Purger>,
 }
 
 /// The axum state type.
@@ -82,6 +85,7 @@ impl App {
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
         let outbox_metrics = OutboxMetrics::register(&registry).context("registering metrics")?;
+        let purge_metrics = PurgeMetrics::register(&registry).context("registering metrics")?;
         let stigg_client = config
             .stigg
             .as_ref()
@@ -123,7 +127,14 @@ impl App {
             pg.clone(),
             redis.clone(),
             config.common.redis.namespace.clone(),
+            config.retention.usage_records + crate::services::retention::USAGE_MARGIN,
         );
+        let purger = Arc::new(Purger::new(
+            pg.clone(),
+            config.retention.clone(),
+            Arc::clone(&clock),
+            purge_metrics,
+        ));
         Ok(Arc::new(Self {
             pg,
             redis,
@@ -137,6 +148,7 @@ impl App {
             sessions: SessionCache::default(),
             accounts: Accounts::new(config.refresh_interval),
             recorder,
+            purger,
             config,
         }))
     }

@@ -25,6 +25,11 @@ pub const ENV_STIGG_API_KEY: &str = "STIGG_API_KEY";
 pub const ENV_STIGG_API_URL: &str = "STIGG_API_URL";
 pub const ENV_STIGG_BUDGET_MS: &str = "TOLLGATE_STIGG_BUDGET_MS";
 pub const ENV_STIGG_RETRY_MAX_MS: &str = "TOLLGATE_STIGG_RETRY_MAX_MS";
+pub const ENV_RETENTION_STRIPE_EVENTS_DAYS: &str = "TOLLGATE_RETENTION_STRIPE_EVENTS_DAYS";
+pub const ENV_RETENTION_STIGG_OUTBOX_DAYS: &str = "TOLLGATE_RETENTION_STIGG_OUTBOX_DAYS";
+pub const ENV_RETENTION_USAGE_RECORDS_DAYS: &str = "TOLLGATE_RETENTION_USAGE_RECORDS_DAYS";
+pub const ENV_RETENTION_PURGE_INTERVAL_MS: &str = "TOLLGATE_RETENTION_PURGE_INTERVAL_MS";
+pub const ENV_RETENTION_PURGE_BATCH: &str = "TOLLGATE_RETENTION_PURGE_BATCH";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -40,6 +45,16 @@ pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
 pub const DEFAULT_STIGG_BUDGET_MS: u64 = 3_000;
 pub const DEFAULT_STIGG_RETRY_MAX_MS: u64 = 300_000;
+/// Stripe redelivers an event for up to 3 days and lets it be fetched for 30: past that a stored event can neither
+/// come again nor be replayed from Stripe, so the row has done its work.
+pub const DEFAULT_RETENTION_STRIPE_EVENTS_DAYS: u32 = 30;
+/// Delivered outbox rows only serve an operator looking back at what Stigg was sent; a week covers an incident.
+pub const DEFAULT_RETENTION_STIGG_OUTBOX_DAYS: u32 = 7;
+/// How long after its period ends a period still takes usage records (and their request ids are remembered):
+/// Stripe's Billing Meters take events up to 35 days old, so late usage can still reach the invoice's meter.
+pub const DEFAULT_RETENTION_USAGE_RECORDS_DAYS: u32 = 35;
+pub const DEFAULT_RETENTION_PURGE_INTERVAL_MS: u64 = 600_000;
+pub const DEFAULT_RETENTION_PURGE_BATCH: u32 = 1_000;
 
 /// Stripe access. Without `STRIPE_SECRET_KEY` the billing endpoints answer 503 naming it; everything else works.
 #[derive(Debug, Clone)]
@@ -68,6 +83,96 @@ pub struct StiggSettings {
     pub retry_max: Duration,
 }
 
+/// How long finished rows are kept before `jobs::purge` deletes them, and how it deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Applied and ignored Stripe events, after they were processed (`TOLLGATE_RETENTION_STRIPE_EVENTS_DAYS`).
+    /// Pending and failed ones are never purged.
+    pub stripe_events: Duration,
+    /// Delivered, skipped and superseded Stigg operations, after they finished
+    /// (`TOLLGATE_RETENTION_STIGG_OUTBOX_DAYS`). Waiting and failing ones are never purged.
+    pub stigg_outbox: Duration,
+    /// How long after its period ends a period takes usage records, and `usage/record`'s idempotency rows of it are
+    /// kept (`TOLLGATE_RETENTION_USAGE_RECORDS_DAYS`).
+    pub usage_records: Duration,
+    /// How often each replica runs a purge pass (`TOLLGATE_RETENTION_PURGE_INTERVAL_MS`).
+    pub purge_interval: Duration,
+    /// Most rows one purge statement deletes (`TOLLGATE_RETENTION_PURGE_BATCH`).
+    pub purge_batch: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
+        Self {
+            stripe_events: days(DEFAULT_RETENTION_STRIPE_EVENTS_DAYS),
+            stigg_outbox: days(DEFAULT_RETENTION_STIGG_OUTBOX_DAYS),
+            usage_records: days(DEFAULT_RETENTION_USAGE_RECORDS_DAYS),
+            purge_interval: Duration::from_millis(DEFAULT_RETENTION_PURGE_INTERVAL_MS),
+            purge_batch: DEFAULT_RETENTION_PURGE_BATCH,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// Reads the retention keys; bad ones are recorded in `r`.
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let mut days =
+            |key: &str, default: u32, range: std::ops::RangeInclusive<u32>, why: &str| {
+                let d = r.parse_or(key, default, "a number of days");
+                if !range.contains(&d) {
+                    r.error(
+                        key,
+                        format_args!(
+                            "must be between {} and {} days{why}",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                }
+                Duration::from_secs(u64::from(d) * 86_400)
+            };
+        let stripe_events = days(
+            ENV_RETENTION_STRIPE_EVENTS_DAYS,
+            DEFAULT_RETENTION_STRIPE_EVENTS_DAYS,
+            3..=3650,
+            " (Stripe redelivers events for 3 days)",
+        );
+        let stigg_outbox = days(
+            ENV_RETENTION_STIGG_OUTBOX_DAYS,
+            DEFAULT_RETENTION_STIGG_OUTBOX_DAYS,
+            1..=3650,
+            "",
+        );
+        let usage_records = days(
+            ENV_RETENTION_USAGE_RECORDS_DAYS,
+            DEFAULT_RETENTION_USAGE_RECORDS_DAYS,
+            1..=3650,
+            "",
+        );
+        let purge_interval = r.millis(
+            ENV_RETENTION_PURGE_INTERVAL_MS,
+            DEFAULT_RETENTION_PURGE_INTERVAL_MS,
+            100..=86_400_000,
+        );
+        let purge_batch = r.parse_or(
+            ENV_RETENTION_PURGE_BATCH,
+            DEFAULT_RETENTION_PURGE_BATCH,
+            "a number of rows",
+        );
+        if !(1..=100_000).contains(&purge_batch) {
+            r.error(ENV_RETENTION_PURGE_BATCH, "must be between 1 and 100000");
+        }
+        Self {
+            stripe_events,
+            stigg_outbox,
+            usage_records,
+            purge_interval,
+            purge_batch,
+        }
+    }
+}
+
 /// Everything the control plane is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -84,6 +189,8 @@ pub struct Config {
     pub refresh_interval: Duration,
     pub stripe: Option<StripeSettings>,
     pub stigg: Option<StiggSettings>,
+    /// What is purged when.
+    pub retention: RetentionSettings,
 }
 
 impl Config {
@@ -110,6 +217,7 @@ impl Config {
         );
         let stripe = read_stripe(&mut r);
         let stigg = read_stigg(&mut r);
+        let retention = RetentionSettings::read(&mut r);
         r.finish()?;
         match (common, admin_token) {
             (Some(common), Some(admin_token)) => Ok(Self {
@@ -122,6 +230,7 @@ impl Config {
                 refresh_interval,
                 stripe,
                 stigg,
+                retention,
             }),
             // `finish` reported every missing part already; this arm is unreachable in practice.
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),
@@ -219,4 +328,66 @@ fn read_stigg(r: &mut Reader<'_>) -> Option<StiggSettings> {
         budget,
         retry_max,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn retention(env: &[(&str, &str)]) -> Result<RetentionSettings, String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut r = Reader::new(&env);
+        let settings = RetentionSettings::read(&mut r);
+        r.finish().map(|()| settings).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn retention_defaults_and_overrides() {
+        assert_eq!(retention(&[]), Ok(RetentionSettings::default()));
+        let day = Duration::from_secs(86_400);
+        let defaults = RetentionSettings::default();
+        assert_eq!(
+            (
+                defaults.stripe_events,
+                defaults.stigg_outbox,
+                defaults.usage_records,
+                defaults.purge_batch
+            ),
+            (30 * day, 7 * day, 35 * day, 1000)
+        );
+        let set = retention(&[
+            (ENV_RETENTION_USAGE_RECORDS_DAYS, "400"),
+            (ENV_RETENTION_PURGE_INTERVAL_MS, "250"),
+            (ENV_RETENTION_PURGE_BATCH, "10"),
+        ])
+        .expect("valid");
+        assert_eq!(set.usage_records, 400 * day);
+        assert_eq!(set.purge_interval, Duration::from_millis(250));
+        assert_eq!(set.purge_batch, 10);
+    }
+
+    #[test]
+    fn every_bad_retention_key_is_named() {
+        let e = retention(&[
+            (ENV_RETENTION_STRIPE_EVENTS_DAYS, "2"),
+            (ENV_RETENTION_STIGG_OUTBOX_DAYS, "0"),
+            (ENV_RETENTION_USAGE_RECORDS_DAYS, "-1"),
+            (ENV_RETENTION_PURGE_INTERVAL_MS, "10"),
+            (ENV_RETENTION_PURGE_BATCH, "0"),
+        ])
+        .expect_err("all bad");
+        for key in [
+            ENV_RETENTION_STRIPE_EVENTS_DAYS,
+            ENV_RETENTION_STIGG_OUTBOX_DAYS,
+            ENV_RETENTION_USAGE_RECORDS_DAYS,
+            ENV_RETENTION_PURGE_INTERVAL_MS,
+            ENV_RETENTION_PURGE_BATCH,
+        ] {
+            assert!(e.contains(key), "{key} not named in: {e}");
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //! * [`services`] — the work behind the handlers (SQL, Redis, Stripe), each with its own dependencies and errors.
 //! * [`stripe`] — the Stripe client and webhook signatures.
 //! * [`stigg`] — the Stigg GraphQL client (the SDKs' four mirroring operations).
-//! * [`jobs`] — background work: the Stripe webhook worker and the Stigg outbox drain.
+//! * [`jobs`] — background work: the Stripe webhook worker, the Stigg outbox drain and the retention purge.
 //! * [`error`] — [`error::ApiError`], the one error type, mapped once to problem+json.
 //! * [`extract`] — body and query extractors whose errors name the field.
 //! * [`validate`] — field rules several routes share.
@@ -56,6 +56,7 @@ pub async fn run(
     });
     let outbox = tokio::spawn(jobs::stigg_outbox::run(app.stigg.clone(), stopped.clone()));
     let caches = tokio::spawn(jobs::caches::run(app.clone(), stopped.clone()));
+    let purge = tokio::spawn(jobs::purge::run(app.purger.clone(), stopped.clone()));
     let mut server_stop = stopped.clone();
     let server = tokio::spawn(serve(app, listener, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -68,6 +69,7 @@ pub async fn run(
     }
     let _ = outbox.await;
     let _ = caches.await;
+    let _ = purge.await;
     served
 }
 

@@ -40,7 +40,12 @@ const RETAIN_AFTER_PERIOD_SECS: i64 = 40 * 24 * 3600;
 /// Exact check and consume, one step: admits iff `u + l + cost <= limit` (`l`: units leased to proxies and not
 /// yet consumed or returned), and only then adds `cost` to `u`. A counter is live once it has an epoch field; a
 /// missing one answers `-1` and the caller calls again with the durable copy as the seed.
-static CONSUME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/consume.lua")));
+static CONSUME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/expire.lua"),
+        include_str!("lua/consume.lua")
+    ))
+});
 
 // The scripts live in `lua/`, beside this file, and are built in. `apply_report.lua`, shared by `LEASE` and
 // `SETTLE`, applies a replica's report. Reports are absolute — the replica's total consumption in this epoch
@@ -48,6 +53,7 @@ static CONSUME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 // holds now (`h:<rid>`) — so a call whose reply was lost can be repeated, or superseded by the next report, without
 // counting anything twice or leaking a lease. Both totals only grow, so a stale report can never move the counter
 // backwards. `seed.lua` rebuilds a missing counter from the durable copy passed after the other arguments.
+// `expire.lua`, part of every script that writes, is why no script leaves a key without an expiry.
 
 /// A proxy's round trip: applies its report (it hands back everything it held), then admits `cost` and grants a
 /// block if `u + l + cost <= limit`. Before refusing, holdings of replicas silent for 30 s (crashed) are reclaimed.
@@ -55,6 +61,7 @@ static CONSUME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         "local seed_at = 11\n",
+        include_str!("lua/expire.lua"),
         include_str!("lua/seed.lua"),
         include_str!("lua/apply_report.lua"),
         include_str!("lua/lease.lua"),
@@ -66,18 +73,26 @@ static LEASE: LazyLock<Script> = LazyLock::new(|| {
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         "local seed_at = 8\n",
+        include_str!("lua/expire.lua"),
         include_str!("lua/seed.lua"),
         include_str!("lua/apply_report.lua"),
         include_str!("lua/settle.lua"),
     ))
 });
 
-static RESET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reset.lua")));
+static RESET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/expire.lua"),
+        include_str!("lua/reset.lua")
+    ))
+});
 
-static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/record.lua")));
-
-/// How long Redis remembers a recorded `request_id` (PostgreSQL's unique index remembers it for good).
-const RECORD_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/expire.lua"),
+        include_str!("lua/record.lua")
+    ))
+});
 
 /// The pub/sub channel on which resets are announced (see [`ResetAnnouncement`]), so proxies drop the leases a
 /// reset voided without waiting for their next round trip.
@@ -631,6 +646,10 @@ pub struct Recorded {
 
 /// Adds `value` unconditionally (accounting, not admission), at most once per `request_id`: the script records the
 /// id beside the counter (same hash slot) and adds only if it was new, so a retried call never counts twice.
+///
+/// The id's marker is kept until `remember` after the counter's period ends: as long as the caller still accepts
+/// records of that period, so a retry of a call whose database write failed after this counted it (the only case
+/// the marker decides; see `control-plane::services::recorder`) is never counted again. Both keys expire.
 pub async fn record<'e>(
     conn: &mut RedisConn,
     pg: impl PgExecutor<'e>,
@@ -638,11 +657,12 @@ pub async fn record<'e>(
     key: &CounterKey,
     request_id: &str,
     value: u64,
+    remember: std::time::Duration,
 ) -> Result<Recorded, CounterError> {
     let counter = key.redis_key(namespace);
     let marker = record_marker(namespace, key, request_id);
     let reply = invoke_seeded(conn, pg, key, |seed| {
-        record_invocation(&counter, &marker, value, seed.map(|d| (d, key.expire_at())))
+        record_invocation(&counter, &marker, value, seed, key, remember)
     })
     .await?;
     recorded(&reply)
@@ -655,6 +675,7 @@ pub async fn record_many(
     pg: &mut sqlx::PgConnection,
     namespace: &str,
     events: &[(&CounterKey, &str, u64)],
+    remember: std::time::Duration,
 ) -> Result<Vec<Recorded>, CounterError> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -671,13 +692,20 @@ pub async fn record_many(
     let orgs: Vec<i64> = events.iter().map(|(key, _, _)| key.org_id).collect();
     let replies: Vec<Vec<i64>> = pipelined_script(conn, &RECORD, &orgs, |pipe, i| {
         let (counter, marker) = &names[i];
-        pipe.invoke_script(&record_invocation(counter, marker, events[i].2, None));
+        pipe.invoke_script(&record_invocation(
+            counter,
+            marker,
+            events[i].2,
+            None,
+            events[i].0,
+            remember,
+        ));
     })
     .await?;
     let mut out = Vec::with_capacity(events.len());
     for ((key, request_id, value), reply) in events.iter().zip(replies) {
         out.push(if reply.first() == Some(&-1) {
-            record(conn, &mut *pg, namespace, key, request_id, *value).await?
+            record(conn, &mut *pg, namespace, key, request_id, *value, remember).await?
         } else {
             recorded(&reply)?
         });
@@ -686,7 +714,7 @@ pub async fn record_many(
 }
 
 /// The Redis key remembering that `request_id` was counted (by its SHA-256: request ids are the caller's).
-fn record_marker(namespace: &str, key: &CounterKey, request_id: &str) -> String {
+pub fn record_marker(namespace: &str, key: &CounterKey, request_id: &str) -> String {
     use sha2::Digest;
     format!(
         "{namespace}:{{o{}}}:r:{}",
@@ -695,19 +723,49 @@ fn record_marker(namespace: &str, key: &CounterKey, request_id: &str) -> String 
     )
 }
 
+/// Forgets the markers of request ids whose events PostgreSQL now holds (its unique index counts them once from
+/// then on), so Redis keeps markers only for calls that failed after counting. One pipeline per hash slot.
+pub async fn forget_recorded(
+    conn: &mut RedisConn,
+    namespace: &str,
+    ids: &[(&CounterKey, &str)],
+) -> Result<(), CounterError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<i64> = ids.iter().map(|(key, _)| key.org_id).collect();
+    let _: Vec<i64> = pipelined(conn, &orgs, |pipe, i| {
+        let (key, request_id) = ids[i];
+        pipe.cmd("UNLINK")
+            .arg(record_marker(namespace, key, request_id));
+    })
+    .await?;
+    Ok(())
+}
+
+/// When a recorded id's marker expires: `remember` after the counter's period ends.
+fn marker_expire_at(key: &CounterKey, remember: std::time::Duration) -> i64 {
+    let remember = i64::try_from(remember.as_secs()).unwrap_or(i64::MAX);
+    key.period.end.timestamp().saturating_add(remember)
+}
+
 fn record_invocation<'s>(
     counter: &str,
     marker: &str,
     value: u64,
-    seed: Option<(Durable, i64)>,
+    seed: Option<Durable>,
+    key: &CounterKey,
+    remember: std::time::Duration,
 ) -> redis::ScriptInvocation<'s> {
     let mut invocation = RECORD.key(counter);
     invocation.key(marker).arg(value);
     match seed {
-        Some((d, expire_at)) => invocation.arg(d.used).arg(d.epoch).arg(expire_at),
-        None => invocation.arg("").arg(0).arg(0),
+        Some(d) => invocation.arg(d.used).arg(d.epoch),
+        None => invocation.arg("").arg(0),
     };
-    invocation.arg(RECORD_MARKER_TTL_SECS);
+    invocation
+        .arg(key.expire_at())
+        .arg(marker_expire_at(key, remember));
     invocation
 }
 
@@ -879,6 +937,26 @@ mod tests {
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&a), "{o42}");
         assert_eq!(tag(&a), tag(&b), "one hash tag, one slot");
+    }
+
+    #[test]
+    fn a_recorded_id_is_remembered_until_its_period_stops_taking_records() {
+        let period = month(2026, 11);
+        let key = CounterKey {
+            org_id: 42,
+            metric: Metric::parse("api_call").unwrap(),
+            period,
+        };
+        let remember = std::time::Duration::from_secs(36 * 86_400);
+        assert_eq!(
+            marker_expire_at(&key, remember),
+            period.end.timestamp() + 36 * 86_400
+        );
+        assert_eq!(
+            record_marker("tg", &key, "req-1"),
+            "tg:{o42}:r:9456bdfa12ea76959c94a3572f5d91c73d838622df0a8d9b4e815c276c6b7880",
+            "the id's SHA-256, in the org's slot"
+        );
     }
 
     #[test]

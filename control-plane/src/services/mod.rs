@@ -6,5 +6,6 @@ pub mod diag;
 pub mod keys;
 pub mod orgs;
 pub mod recorder;
+pub mod retention;
 pub mod stigg;
 pub mod usage;

@@ -14,6 +14,16 @@
 //! Events already stored (a repeat, or the same id from another replica) are answered from their stored reply once
 //! the batch has committed, or refused with 409 when the metric or value differs. A failed batch answers each of its
 //! calls with the failure; retrying them counts nothing twice.
+//!
+//! # Who guarantees exactly once
+//!
+//! The stored event (`usage_events`, unique per org and request id): a call whose id is stored never reaches
+//! Redis. It is kept until its period stopped taking records (`services::usage::recordable`, purged by
+//! `services::retention`), so a retry after the purge is refused, never counted. Redis's marker of the id decides
+//! only for a batch that counted in Redis and then failed to commit: its retry inserts the event afresh and the
+//! marker stops a second increment. So the marker lives as long as such a retry can be accepted (until the period's
+//! retention ends), and is deleted once the event is committed, when it is no longer needed: Redis holds markers only
+//! for failed batches.
 
 use super::batch::{Batcher, Write};
 use chrono::{DateTime, Utc};
@@ -69,12 +79,19 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts [`WORKERS`] batch writers on the current runtime.
-    pub fn start(pg: PgPool, redis: RedisConn, namespace: String) -> Self {
+    /// Starts [`WORKERS`] batch writers on the current runtime. `remember` is how long after a period ends its
+    /// records are still accepted (and a request id's marker must outlive a failed batch's retry).
+    pub fn start(
+        pg: PgPool,
+        redis: RedisConn,
+        namespace: String,
+        remember: std::time::Duration,
+    ) -> Self {
         let writer = Writer {
             pg,
             redis,
             namespace,
+            remember,
         };
         Self {
             batcher: Batcher::start(writer, WORKERS, MAX_BATCH),
@@ -95,6 +112,7 @@ struct Writer {
     pg: PgPool,
     redis: RedisConn,
     namespace: String,
+    remember: std::time::Duration,
 }
 
 /// The calls of one batch with the same org and request id: the first is recorded, the others compared with it.
@@ -165,9 +183,11 @@ impl Writer {
         let mut tx = self.pg.begin().await?;
         let value = |r: &Record| i64::try_from(r.value).unwrap_or(i64::MAX);
         let inserted: Vec<(i64, String, i64)> = sqlx::query_as(
-            "INSERT INTO usage_events (org_id, request_id, metric, value, period_key, occurred_at, response)
-             SELECT o, r, m, v, p, t, '' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[],
-                                                     $5::text[], $6::timestamptz[]) AS u(o, r, m, v, p, t)
+            "INSERT INTO usage_events (org_id, request_id, metric, value, period_key, occurred_at, period_end,
+                                       response)
+             SELECT o, r, m, v, p, t, e, '' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                                        $5::text[], $6::timestamptz[], $7::timestamptz[])
+                                                 AS u(o, r, m, v, p, t, e)
              ON CONFLICT (org_id, request_id) DO NOTHING RETURNING org_id, request_id, id",
         )
         .bind(groups.iter().map(|g| g.lead.key.org_id).collect::<Vec<_>>())
@@ -176,6 +196,7 @@ impl Writer {
         .bind(groups.iter().map(|g| value(&g.lead)).collect::<Vec<_>>())
         .bind(groups.iter().map(|g| g.lead.key.period.key().to_string()).collect::<Vec<_>>())
         .bind(groups.iter().map(|g| g.lead.occurred_at).collect::<Vec<_>>())
+        .bind(groups.iter().map(|g| g.lead.key.period.end).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         let stored: HashMap<(i64, &str), i64> = inserted
@@ -206,7 +227,9 @@ impl Writer {
             .collect();
         // On the transaction's connection: a second one from the pool while holding the first could exhaust the
         // pool under a burst.
-        let counted = counters::record_many(&mut redis, &mut tx, &self.namespace, &events).await?;
+        let counted =
+            counters::record_many(&mut redis, &mut tx, &self.namespace, &events, self.remember)
+                .await?;
         for (&(i, id), recorded) in new.iter().zip(counted) {
             let r = &groups[i].lead;
             let body = serde_json::to_string(&RecordedUsage {
@@ -241,7 +264,29 @@ impl Writer {
             counters::write(&mut *tx, &snapshots).await?;
         }
         tx.commit().await?;
+        self.forget_markers(
+            events
+                .iter()
+                .map(|(key, request_id, _)| ((*key).clone(), (*request_id).to_owned()))
+                .collect(),
+        );
         Ok(fresh)
+    }
+
+    /// Deletes the Redis markers of events just committed (see the module docs), off the reply's path. A failure
+    /// leaves them to expire.
+    fn forget_markers(&self, ids: Vec<(CounterKey, String)>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut redis = self.redis.clone();
+        let namespace = self.namespace.clone();
+        tokio::spawn(async move {
+            let ids: Vec<(&CounterKey, &str)> = ids.iter().map(|(k, r)| (k, r.as_str())).collect();
+            if let Err(e) = counters::forget_recorded(&mut redis, &namespace, &ids).await {
+                tracing::debug!(error = %e, "recorded ids' markers not deleted; they expire");
+            }
+        });
     }
 
     /// Each group's answer: its fresh reply, or the stored one of an event recorded before.

@@ -29,6 +29,18 @@ pub const EARLIEST_OCCURRED_YEAR: i32 = 2000;
 /// Most periods `usage/history` returns.
 pub const MAX_HISTORY_PERIODS: u32 = 24;
 
+/// Whether `period` still takes usage records at `now`: until `retention` after it ends. Past that its events
+/// (the request ids' idempotency rows) may be purged, so a record then could count a request id a second time.
+pub fn recordable(period: &Period, now: DateTime<Utc>, retention: std::time::Duration) -> bool {
+    match Duration::from_std(retention) {
+        Ok(retention) => period
+            .end
+            .checked_add_signed(retention)
+            .is_none_or(|until| now <= until),
+        Err(_) => true,
+    }
+}
+
 impl From<CounterError> for ApiError {
     fn from(e: CounterError) -> Self {
         match e {
@@ -336,6 +348,17 @@ pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResu
     }
     let Terms { plan, .. } = account.terms(app, now)?;
     let period = account.billing.period_at(record.occurred_at, now);
+    let retention = app.config.retention.usage_records;
+    if !recordable(&period, now, retention) {
+        return Err(ApiError::invalid(
+            "occurredAt",
+            format!(
+                "falls in the period {} that ended more than {} days ago; usage that old is no longer accepted",
+                period.key(),
+                retention.as_secs() / 86_400
+            ),
+        ));
+    }
     let body = app
         .recorder
         .record(Record {
@@ -474,4 +497,41 @@ pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiR
     }
     tracing::info!(usage.reset = updated, "counters reset");
     Ok(updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recordable;
+    use chrono::{Duration, TimeZone, Utc};
+    use tollgate_common::domain::Period;
+
+    #[test]
+    fn a_period_takes_records_until_its_retention_after_it_ends() {
+        let start = Utc
+            .with_ymd_and_hms(2026, 10, 1, 0, 0, 0)
+            .single()
+            .expect("instant");
+        let period = Period::calendar_month(start);
+        let retention = std::time::Duration::from_secs(35 * 86_400);
+        let end = period.end;
+        assert!(recordable(&period, start, retention), "the period itself");
+        assert!(recordable(&period, end, retention), "its end");
+        assert!(
+            recordable(&period, end + Duration::days(35), retention),
+            "the last instant of the retention"
+        );
+        assert!(!recordable(
+            &period,
+            end + Duration::days(35) + Duration::seconds(1),
+            retention
+        ));
+        assert!(
+            recordable(
+                &period,
+                end + Duration::days(10_000),
+                std::time::Duration::MAX
+            ),
+            "a retention past chrono's range never ends"
+        );
+    }
 }

@@ -5,7 +5,7 @@ local h = redis.call('HMGET', KEYS[1], 'u', 'l', 'e')
 if not h[3] then
   if ARGV[3] == nil then return {-1, 0, 0} end
   redis.call('HSET', KEYS[1], 'u', ARGV[3], 'l', 0, 'e', ARGV[4])
-  redis.call('EXPIREAT', KEYS[1], ARGV[5])
+  redis.call('EXPIREAT', KEYS[1], expire_at(ARGV[5]))
   h = {ARGV[3], '0', ARGV[4]}
 end
 local u = tonumber(h[1])

@@ -4,5 +4,5 @@
 if redis.call('HEXISTS', KEYS[1], 'e') == 0 then
   if ARGV[seed_at] == nil then return {-1, 0, 0, 0, 0} end
   redis.call('HSET', KEYS[1], 'u', ARGV[seed_at], 'l', 0, 'e', ARGV[seed_at + 1])
-  redis.call('EXPIREAT', KEYS[1], ARGV[seed_at + 2])
+  redis.call('EXPIREAT', KEYS[1], expire_at(ARGV[seed_at + 2]))
 end

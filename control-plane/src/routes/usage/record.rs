@@ -29,7 +29,8 @@ pub struct RecordRequest {
     #[serde(deserialize_with = "crate::extract::integral")]
     pub value: u64,
     /// When the usage happened (RFC 3339, year 2000 or later); decides the period. More than 5 minutes ahead of
-    /// the server's clock is a 409.
+    /// the server's clock is a 409; in a period that ended more than `TOLLGATE_RETENTION_USAGE_RECORDS_DAYS` ago
+    /// (default 35), a 422.
     #[schema(pattern = "^[2-9][0-9]{3}-")]
     pub occurred_at: DateTime<Utc>,
     /// The caller's idempotency key, unique per org (`requestId` is accepted too).
@@ -67,7 +68,7 @@ impl RecordRequest {
         (status = 401, description = "No or bad credentials", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Another org", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "request_id already used for another metric or value, or occurredAt ahead of the server's clock", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "A field is missing or invalid", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing or invalid, or occurredAt is in a period past its retention", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("apiKey" = []), ("operator" = []))
 )]

@@ -11,6 +11,12 @@
 //!   error and the next attempt's time (2 s doubling to 5 min) and holds only that org's queue.
 //! * **Coalescing**: an update carries the subscription's whole state, so queueing one supersedes the same
 //!   subscription's updates still waiting.
+//! * **Nothing queued twice**: an operation is queued only when its content differs from the newest row of the same
+//!   operation on the same subject (customer or subscription) that is waiting, failing or delivered (or skipped,
+//!   while Stigg is not configured). So repeating 1.4 adds nothing — also while Stigg is down, when the first call's
+//!   rows are still failing — while A → B → A queues A again, because B is newer. Writers that race past the
+//!   comparison (neither sees the other's uncommitted row) insert the same [`dedup_key`] — it names the row compared
+//!   with — and the unique index keeps one.
 //! * **Idempotent delivery**: imports and updates set state; Stigg's "already exists" / "already cancelled" answers
 //!   count as delivered. A repeated delivery leaves Stigg as it was.
 //! * Without `STIGG_API_KEY`, operations are recorded as `skipped` (and counted), never an error.
@@ -84,15 +90,64 @@ impl OutboxMetrics {
     }
 }
 
-/// Queues `items` for `org_id` in the caller's transaction. With `configured` false they are recorded as skipped.
+/// The outbox row's `dedup_key`: the org, the operation, its subject and content, the id of the newest row of the
+/// same operation and subject that it follows (`None`: the first), and whether it is queued for delivery or recorded
+/// as skipped. Two writers queueing the same change after the same row derive the same key; a change back to an
+/// earlier content follows a different row, so it gets a new key.
+pub fn dedup_key(org_id: i64, item: &Queued, follows: Option<i64>, configured: bool) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let follows = follows.map_or_else(|| "-".to_owned(), |id| id.to_string());
+    let class = if configured { "queued" } else { "skipped" };
+    // serde_json writes objects with sorted keys: equal content, equal bytes.
+    for part in [
+        org_id.to_string().as_str(),
+        item.op.as_str(),
+        item.subject.as_str(),
+        follows.as_str(),
+        class,
+        item.input.to_string().as_str(),
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0u8]);
+    }
+    format!("v2:{}", hex::encode(hash.finalize()))
+}
+
+/// Queues `items` for `org_id` in the caller's transaction, each unless the newest row of its operation on its
+/// subject has the same content (see the module docs). With `configured` false they are recorded as skipped.
+/// Returns how many rows were added.
 async fn enqueue(
     conn: &mut PgConnection,
     org_id: i64,
     items: &[Queued],
     configured: bool,
     metrics: &StiggMetrics,
-) -> Result<(), sqlx::Error> {
+) -> Result<usize, sqlx::Error> {
+    // The rows a new operation is compared with: what Stigg has or will get. Superseded rows never reach it, and
+    // skipped ones only stand while Stigg is not configured (once it is, they are queued for real).
+    let standing: &[&str] = if configured {
+        &["pending", "failed", "done"]
+    } else {
+        &["pending", "failed", "done", "skipped"]
+    };
+    let mut added = 0;
     for item in items {
+        let newest: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT id, payload = $4 FROM stigg_outbox
+              WHERE org_id = $1 AND subject = $2 AND operation = $3 AND status = ANY($5)
+              ORDER BY id DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(&item.subject)
+        .bind(item.op.as_str())
+        .bind(sqlx::types::Json(&item.input))
+        .bind(standing)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((_, true)) = newest {
+            continue;
+        }
         if item.op == StiggOp::UpdateSubscription {
             sqlx::query(
                 "UPDATE stigg_outbox SET status = 'superseded', done_at = now()
@@ -106,18 +161,29 @@ async fn enqueue(
             .execute(&mut *conn)
             .await?;
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO stigg_outbox (org_id, operation, subject, payload, dedup_key, status, done_at)
-             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'skipped' THEN now() END)",
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'skipped' THEN now() END)
+             ON CONFLICT (dedup_key) DO NOTHING",
         )
         .bind(org_id)
         .bind(item.op.as_str())
         .bind(&item.subject)
         .bind(sqlx::types::Json(&item.input))
-        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(dedup_key(
+            org_id,
+            item,
+            newest.map(|(id, _)| id),
+            configured,
+        ))
         .bind(if configured { "pending" } else { "skipped" })
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            continue;
+        }
+        added += 1;
         if !configured {
             metrics
                 .deliveries
@@ -125,7 +191,7 @@ async fn enqueue(
                 .inc();
         }
     }
-    Ok(())
+    Ok(added)
 }
 
 /// How long after its `attempts`-th failure an operation is tried again: 2 s, doubling, at most `max`.
@@ -225,8 +291,9 @@ impl Stigg {
         if items.is_empty() {
             return Ok(());
         }
-        enqueue(conn, org_id, items, self.configured(), &self.metrics).await?;
-        self.wake.notify_one();
+        if enqueue(conn, org_id, items, self.configured(), &self.metrics).await? > 0 {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -331,7 +398,9 @@ impl Stigg {
 
     /// 1.4: checks that the Stripe ids are the org's own and `plan` is the subscription's plan, queues the customer
     /// and the subscription for Stigg in the same transaction as recording the provisioning, and delivers them at
-    /// once.
+    /// once. Idempotent: what is already waiting or delivered with the same content is not queued again (calls for
+    /// one org queue on its row, so concurrent ones compare with each other's rows), and the answer says whether
+    /// the org's queue is delivered.
     #[tracing::instrument(skip_all, fields(org.id = %org))]
     pub async fn provision(
         &self,
@@ -446,8 +515,63 @@ impl Stigg {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay;
+    use super::{dedup_key, retry_delay};
+    use crate::services::stigg::ops::Queued;
+    use crate::stigg::StiggOp;
+    use serde_json::{Map, Value, json};
     use std::time::Duration;
+
+    #[test]
+    fn the_dedup_key_names_the_change_and_the_row_it_follows() {
+        let item = |input: Value| Queued {
+            op: StiggOp::UpdateSubscription,
+            subject: "sub_1".to_owned(),
+            input,
+        };
+        let a = item(json!({"refId": "sub_1", "trialEndDate": null, "billingPeriod": "MONTHLY"}));
+        let key = dedup_key(7, &a, Some(41), true);
+        assert!(key.starts_with("v2:") && key.len() == 3 + 64, "{key}");
+        assert_eq!(
+            key,
+            dedup_key(7, &a.clone(), Some(41), true),
+            "deterministic"
+        );
+
+        let mut reordered = Map::new();
+        reordered.insert("billingPeriod".into(), json!("MONTHLY"));
+        reordered.insert("trialEndDate".into(), Value::Null);
+        reordered.insert("refId".into(), json!("sub_1"));
+        assert_eq!(
+            key,
+            dedup_key(7, &item(Value::Object(reordered)), Some(41), true),
+            "the same content in another key order"
+        );
+
+        let b = item(
+            json!({"refId": "sub_1", "trialEndDate": "2026-12-15T00:00:00Z", "billingPeriod": "MONTHLY"}),
+        );
+        let mut other_subject = a.clone();
+        other_subject.subject = "sub_2".to_owned();
+        let mut other_op = a.clone();
+        other_op.op = StiggOp::ImportSubscription;
+        for (other, what) in [
+            (dedup_key(7, &b, Some(41), true), "other content"),
+            (
+                dedup_key(7, &a, Some(42), true),
+                "after another row (A → B → A)",
+            ),
+            (dedup_key(7, &a, None, true), "the first of its kind"),
+            (dedup_key(7, &a, Some(41), false), "recorded as skipped"),
+            (dedup_key(8, &a, Some(41), true), "another org"),
+            (
+                dedup_key(7, &other_subject, Some(41), true),
+                "another subject",
+            ),
+            (dedup_key(7, &other_op, Some(41), true), "another operation"),
+        ] {
+            assert_ne!(key, other, "{what}");
+        }
+    }
 
     #[test]
     fn retries_back_off_from_two_seconds_to_the_cap() {
