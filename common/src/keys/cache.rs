@@ -296,18 +296,30 @@ impl KeyCache {
             org: Arc::new(OrgRef::new(resolved.org_id, resolved.org)),
             touched_at: AtomicI64::new(i64::MIN / 2),
         });
+        self.admit(presented, digest, Arc::clone(&key), generation, now);
+        Ok(key)
+    }
+
+    /// Caches a key PostgreSQL found valid, unless an eviction since `generation` (read before asking) may concern
+    /// it: a revocation that arrived while PostgreSQL answered may name this very key, and may have looked for it
+    /// before it was inserted. Insert, then check: an eviction bumps the generation before it looks, so either it
+    /// found the entry or the generation moved here (both sides are sequentially consistent).
+    fn admit(
+        &self,
+        presented: &str,
+        digest: KeyHash,
+        key: Arc<CachedKey>,
+        generation: u64,
+        now: Instant,
+    ) {
         let name = EntryName {
             key: presented.into(),
             digest,
         };
-        self.valid.insert(name, Arc::clone(&key), now);
-        // A revocation that arrived while PostgreSQL answered may concern this very key, and may have looked for it
-        // before it was inserted. Insert, then check: an eviction bumps the generation before it looks, so either
-        // it found the entry or the generation moved here (both sides are sequentially consistent).
+        self.valid.insert(name, key, now);
         if self.generation.load(Ordering::SeqCst) != generation {
             self.valid.remove(&Presented(presented));
         }
-        Ok(key)
     }
 
     /// Forgets one key: one probe.
@@ -646,6 +658,42 @@ mod tests {
         assert_eq!(org_of(&cache, &other), Some(3), "the other stays");
         assert_eq!(cache.metrics.announcements.get(), 1);
         assert!(cache.metrics.flushes.iter().all(|f| f.get() == 0));
+    }
+
+    /// A look-up whose PostgreSQL answer predates a revocation racing with it never leaves the key cached, in
+    /// whichever order the insert and the eviction run.
+    #[test]
+    fn a_lookup_racing_a_revocation_never_leaves_the_key_cached() {
+        let cache = cache();
+        let presented = generate().secret.expose_secret().to_owned();
+        let digest = hash(&presented);
+        let revocation = Revocation::new(bucket(&presented), digest).expect("a key");
+        let value = || {
+            Arc::new(CachedKey {
+                key_id: Uuid::nil(),
+                org: Arc::new(OrgRef::new(1, OrgId::parse("org_a").expect("org"))),
+                touched_at: AtomicI64::new(0),
+            })
+        };
+        for round in 0..10_000 {
+            let generation = cache.generation.load(Ordering::SeqCst);
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    barrier.wait();
+                    cache.admit(&presented, digest, value(), generation, Instant::now());
+                });
+                s.spawn(|| {
+                    barrier.wait();
+                    cache.forget(&revocation);
+                });
+            });
+            assert_eq!(org_of(&cache, &presented), None, "round {round}");
+        }
+        // Without a revocation the key is cached.
+        let generation = cache.generation.load(Ordering::SeqCst);
+        cache.admit(&presented, digest, value(), generation, Instant::now());
+        assert_eq!(org_of(&cache, &presented), Some(1));
     }
 
     #[test]
