@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_common::clock::{SharedClock, SystemClock};
 use tollgate_common::jwt::{ClerkSession, ClerkVerifier};
-use tollgate_common::keys::cache::{KeyCache, KeyCacheMetrics, SessionCache};
+use tollgate_common::keys::cache::{KeyCache, SessionCache};
 use tollgate_common::store::{pg, redis::RedisConn};
 
 /// Shared state; cheap to clone through [`AppState`].
@@ -78,12 +78,11 @@ impl App {
             ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry).context("registering metrics")?;
+        let keys = KeyCache::new(metrics.keys.clone());
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
         let outbox_metrics = OutboxMetrics::register(&registry).context("registering metrics")?;
-        let key_metrics =
-            KeyCacheMetrics::register(&registry, "tollgate_cp").context("registering metrics")?;
         let stigg_client = config
             .stigg
             .as_ref()
@@ -135,7 +134,7 @@ impl App {
             clock,
             billing,
             stigg,
-            keys: KeyCache::new(key_metrics),
+            keys,
             sessions: SessionCache::default(),
             accounts: Accounts::new(config.refresh_interval),
             recorder,

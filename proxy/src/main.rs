@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use tollgate_common::clock::SystemClock;
 use tollgate_common::config::ProcessEnv;
 use tollgate_common::jwt::ClerkVerifier;
-use tollgate_common::keys::cache::{KeyCache, KeyCacheMetrics};
+use tollgate_common::keys::cache::KeyCache;
 use tollgate_common::store::pg;
 use tollgate_common::telemetry;
 
@@ -101,8 +101,6 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::register(&registry, &config.common.plans)
         .context("registering metrics")?;
-    let key_metrics =
-        KeyCacheMetrics::register(&registry, "tollgate_proxy").context("registering metrics")?;
     // Plans and routes live as long as the process; 'static references keep them out of per-request clones.
     let catalog = &**Box::leak(Box::new(Arc::clone(&config.common.plans)));
     let routes = &**Box::leak(Box::new(Arc::clone(&config.routes)));
@@ -112,7 +110,7 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         routes,
         clerk: ClerkVerifier::new(config.common.clerk.clone())
             .context("building the JWKS client")?,
-        keys: KeyCache::new(key_metrics),
+        keys: KeyCache::new(metrics.keys.clone()),
         sessions: Default::default(),
         orgs: orgs::OrgCache::default(),
         meter: meter::Meter::new(&config.common.redis.namespace),
