@@ -81,6 +81,7 @@ impl App {
             ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry).context("registering metrics")?;
+        let keys = KeyCache::new(metrics.keys.clone());
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
@@ -144,7 +145,7 @@ impl App {
             clock,
             billing,
             stigg,
-            keys: KeyCache::default(),
+            keys,
             sessions: SessionCache::default(),
             accounts: Accounts::new(config.refresh_interval),
             recorder,

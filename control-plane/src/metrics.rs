@@ -3,6 +3,7 @@
 //! No label ever carries an org id, key or user: cardinality stays bounded and nothing identifying leaks.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tollgate_common::keys::cache::KeyCacheMetrics;
 
 /// The `dependency` label values of `tollgate_cp_dependency_errors_total`.
 pub const DEPENDENCIES: [&str; 2] = ["postgres", "redis"];
@@ -18,6 +19,9 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `tollgate_cp_dependency_errors_total{dependency}` (`postgres`, `redis`).
     pub dependency_errors: IntCounterVec,
+    /// The key cache's: `tollgate_cp_key_resolutions_total{outcome}`, `tollgate_cp_key_cache_flushes_total{reason}`,
+    /// `tollgate_cp_revocation_announcements_total`.
+    pub keys: KeyCacheMetrics,
 }
 
 impl Metrics {
@@ -55,6 +59,7 @@ impl Metrics {
                 ),
                 &["dependency"],
             )?,
+            keys: KeyCacheMetrics::register(registry, "tollgate_cp")?,
         };
         // Known label values exist from the start, so dashboards and alerts see the series before the first error.
         for dependency in DEPENDENCIES {

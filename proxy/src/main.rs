@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use tollgate_common::clock::SystemClock;
 use tollgate_common::config::ProcessEnv;
 use tollgate_common::jwt::ClerkVerifier;
+use tollgate_common::keys::cache::KeyCache;
 use tollgate_common::store::pg;
 use tollgate_common::telemetry;
 
@@ -109,7 +110,7 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         routes,
         clerk: ClerkVerifier::new(config.common.clerk.clone())
             .context("building the JWKS client")?,
-        keys: Default::default(),
+        keys: KeyCache::new(metrics.keys.clone()),
         sessions: Default::default(),
         orgs: orgs::OrgCache::default(),
         meter: meter::Meter::new(&config.common.redis.namespace),

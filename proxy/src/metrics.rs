@@ -5,6 +5,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use tollgate_common::domain::{Metric, PlanCatalog};
+use tollgate_common::keys::cache::KeyCacheMetrics;
 
 /// Sub-millisecond buckets: the quota round trip lives well below a millisecond.
 const FAST_BUCKETS: &[f64] = &[
@@ -81,6 +82,9 @@ pub struct Metrics {
     /// `tollgate_proxy_refunds_total`: admitted requests whose units were given back because the upstream never
     /// answered.
     pub refunds: IntCounter,
+    /// The key cache's: `tollgate_proxy_key_resolutions_total{outcome}`, `tollgate_proxy_key_cache_flushes_total{reason}`,
+    /// `tollgate_proxy_revocation_announcements_total`.
+    pub keys: KeyCacheMetrics,
 }
 
 impl Metrics {
@@ -185,6 +189,7 @@ impl Metrics {
                 "tollgate_proxy_refunds_total",
                 "Admitted requests whose units were given back because the upstream never answered.",
             )?,
+            keys: KeyCacheMetrics::register(registry, "tollgate_proxy")?,
         };
         for reason in crate::auth::AuthFailure::LABELS {
             m.auth_failures.with_label_values(&[reason]);

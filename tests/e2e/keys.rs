@@ -86,7 +86,15 @@ async fn a_revoked_key_is_refused_by_the_shared_resolution_and_announced() {
         .expect("the revocation is announced")
         .unwrap();
     let payload: String = message.get_payload().unwrap();
-    assert_eq!(payload, hex::encode(keys::hash(&key)));
+    let revocation = keys::Revocation::new(&key[..keys::DISPLAY_PREFIX_LEN], keys::hash(&key))
+        .expect("a key's prefix");
+    assert_eq!(
+        keys::Announcement::parse(&payload),
+        Some(keys::Announcement {
+            revocation,
+            epoch: 1
+        })
+    );
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let epoch: i64 = redis::cmd("GET")
         .arg(keys::revocations_epoch_key(app.namespace()))
@@ -103,6 +111,13 @@ async fn a_revoked_key_is_refused_by_the_shared_resolution_and_announced() {
         )
         .await;
     assert_eq!(again.status, 200, "revoking twice is fine: {}", again.text);
+    assert_eq!(again.json, json!({"revoked": true}));
+    let epoch: i64 = redis::cmd("GET")
+        .arg(keys::revocations_epoch_key(app.namespace()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(epoch, 1, "and announces nothing");
     let list = app.get("/api/keys.list", Auth::Bearer(&token)).await;
     assert_eq!(list.json, json!([]));
 }

@@ -14,6 +14,7 @@ mod proxy_exactness;
 mod proxy_failures;
 mod proxy_http;
 mod retention;
+mod revocation;
 mod stigg;
 mod support_selftest;
 mod targets;

@@ -5,11 +5,12 @@
 //! entropy a slow password hash buys nothing, and a fast one keeps resolution cheap. The first characters are
 //! kept in clear as a display prefix so owners can tell keys apart.
 //!
-//! Revocation is written to PostgreSQL first (the truth), then announced on Redis: a `PUBLISH` on
-//! [`revocations_channel`] carrying the key's hash for replicas that are listening, and an `INCR` of
-//! [`revocations_epoch_key`] for replicas that were disconnected when the message went out and so must drop
-//! their whole cache when they notice the epoch moved. Both steps are idempotent, so a failed announce is
-//! retried by revoking again.
+//! Revocation is written to PostgreSQL first (the truth), then announced on Redis, once per revocation: an `INCR`
+//! of [`revocations_epoch_key`], then a `PUBLISH` on [`revocations_channel`] of an [`Announcement`] (the key's
+//! display prefix and hash, and the epoch it moved to) for replicas that are listening. A replica keeps track of
+//! which moves of the epoch it heard; one that did not hear a move by the time the epoch shows the next reading
+//! missed it (while disconnected) and drops its whole cache. Revoking an already revoked key announces nothing,
+//! so repeats cannot make every replica re-resolve every key.
 
 pub mod cache;
 
@@ -133,33 +134,112 @@ pub async fn touch(pool: &PgPool, key_id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The pub/sub channel on which revoked key hashes (hex) are announced.
+/// The pub/sub channel on which revocations are announced (payload: [`Announcement::encode`]).
 pub fn revocations_channel(namespace: &str) -> String {
     format!("{namespace}:keys:revoked")
 }
 
-/// The counter bumped on every revocation.
+/// The counter bumped by every announced revocation.
 pub fn revocations_epoch_key(namespace: &str) -> String {
     format!("{namespace}:keys:epoch")
 }
 
-/// Announces a revocation to every replica (see the module docs).
+/// Whether `s` has the shape of a display prefix (`tg_` and 8 alphanumerics).
+pub fn looks_like_prefix(s: &str) -> bool {
+    s.len() == DISPLAY_PREFIX_LEN
+        && s.starts_with(KEY_PREFIX)
+        && s.as_bytes()[KEY_PREFIX.len()..]
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+}
+
+/// A revoked key: its display prefix, by which the caches hash their entries (so the key is found in one probe),
+/// and its SHA-256, which identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    prefix: String,
+    hash: KeyHash,
+}
+
+impl Revocation {
+    /// The revocation of the key whose display prefix is `prefix` and SHA-256 `hash`; `None` if the prefix does not
+    /// have a prefix's shape.
+    pub fn new(prefix: &str, hash: KeyHash) -> Option<Self> {
+        looks_like_prefix(prefix).then(|| Self {
+            prefix: prefix.to_owned(),
+            hash,
+        })
+    }
+
+    /// The key's display prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key's SHA-256.
+    pub fn hash(&self) -> &KeyHash {
+        &self.hash
+    }
+}
+
+/// A revocation as published on [`revocations_channel`]: the key, and the value its announcement moved the epoch
+/// to, so a replica knows which moves of the epoch it heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The revoked key.
+    pub revocation: Revocation,
+    /// The epoch after this announcement's `INCR`.
+    pub epoch: i64,
+}
+
+impl Announcement {
+    /// The payload: `<prefix>:<hash in hex>:<epoch>`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.revocation.prefix,
+            hex::encode(self.revocation.hash),
+            self.epoch
+        )
+    }
+
+    /// Reads a payload written by [`Announcement::encode`].
+    pub fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.trim().splitn(3, ':');
+        let (prefix, hash_hex, epoch) = (parts.next()?, parts.next()?, parts.next()?);
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hash_hex, &mut hash).ok()?;
+        Some(Self {
+            revocation: Revocation::new(prefix, hash)?,
+            epoch: epoch.parse().ok()?,
+        })
+    }
+}
+
+/// Announces a revocation to every replica (see the module docs); returns the epoch it moved the counter to. Call
+/// it once per revocation: every call moves the epoch, and every replica that hears it evicts the key.
 pub async fn announce_revocation<C: redis::aio::ConnectionLike + Send>(
     conn: &mut C,
     namespace: &str,
-    hash: &KeyHash,
-) -> redis::RedisResult<()> {
+    revocation: &Revocation,
+) -> redis::RedisResult<i64> {
     // Two plain commands rather than MULTI: in a cluster the epoch key and the channel live on different nodes.
-    // Order matters: a replica that misses the message still sees the epoch move.
-    redis::cmd("INCR")
+    // Order matters: a replica that misses the message still sees the epoch move, and the message carries the
+    // value it moved to.
+    let epoch: i64 = redis::cmd("INCR")
         .arg(revocations_epoch_key(namespace))
-        .query_async::<()>(conn)
+        .query_async(conn)
         .await?;
+    let announcement = Announcement {
+        revocation: revocation.clone(),
+        epoch,
+    };
     redis::cmd("PUBLISH")
         .arg(revocations_channel(namespace))
-        .arg(hex::encode(hash))
+        .arg(announcement.encode())
         .query_async::<()>(conn)
-        .await
+        .await?;
+    Ok(epoch)
 }
 
 #[cfg(test)]
@@ -189,6 +269,31 @@ mod tests {
             "tg_{}",
             "-".repeat(KEY_RANDOM_LEN)
         )));
+    }
+
+    #[test]
+    fn an_announcement_reads_back_what_it_writes() {
+        let k = generate();
+        let revocation = Revocation::new(&k.display_prefix, k.hash).expect("a generated prefix");
+        let a = Announcement {
+            revocation,
+            epoch: 42,
+        };
+        let payload = a.encode();
+        let hash_hex = hex::encode(k.hash);
+        assert_eq!(payload, format!("{}:{hash_hex}:42", k.display_prefix));
+        assert_eq!(Announcement::parse(&payload), Some(a));
+        for bad in [
+            hash_hex.clone(),
+            format!("{}:{hash_hex}", k.display_prefix),
+            format!("tg_short:{hash_hex}:1"),
+            format!("{}:abc:1", k.display_prefix),
+            format!("{}:{hash_hex}:x", k.display_prefix),
+            format!("{}:{hash_hex}:1:2", k.display_prefix),
+        ] {
+            assert_eq!(Announcement::parse(&bad), None, "{bad}");
+        }
+        assert!(Revocation::new("tg_abcdefg!", k.hash).is_none());
     }
 
     #[test]

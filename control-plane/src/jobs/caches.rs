@@ -1,9 +1,11 @@
 //! Keeps the per-process caches in step with changes made elsewhere: key revocations (Redis announcements and the
 //! revocation epoch, `KeyCache::follow`) and billing changes (PostgreSQL's `NOTIFY` on
 //! `store::billing::CHANGES_CHANNEL`). Both caches also expire by themselves, so a lost announcement costs at most
-//! their time-to-live.
+//! their time-to-live. It also announces the revocations still owed (`services::keys::announce_owed`), so every
+//! replica's cache hears of a revocation whose announce failed even if nobody repeats the call.
 
 use crate::app::App;
+use crate::services::keys;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,35 @@ pub async fn run(app: Arc<App>, shutdown: watch::Receiver<bool>) {
             () = stopped(shutdown.clone()) => {}
         }
     };
-    tokio::join!(keys, billing);
+    let owed = async {
+        tokio::select! {
+            () = announce_owed(&app) => {}
+            () = stopped(shutdown.clone()) => {}
+        }
+    };
+    tokio::join!(keys, billing, owed);
+}
+
+/// Every refresh interval, announces the revocations whose announcement is owed (one indexed query when none is).
+async fn announce_owed(app: &App) {
+    let mut ticker = tokio::time::interval(app.config.refresh_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        match keys::announce_owed(app).await {
+            Ok(_) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("owed key revocations announced again");
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %e, "cannot announce owed key revocations; retrying every interval");
+                }
+            }
+        }
+    }
 }
 
 /// Drops an org's cached billing state when PostgreSQL announces a change; every org after a reconnect.
