@@ -2,6 +2,7 @@
 
 use crate::config::{Config, DEFAULT_STIGG_RETRY_MAX_MS};
 use crate::error::ApiError;
+use crate::limits::{LimitMetrics, Limits};
 use crate::metrics::Metrics;
 use crate::services::billing::{Billing, BillingMetrics};
 use crate::services::recorder::Recorder;
@@ -46,6 +47,8 @@ pub struct App {
     pub accounts: Accounts,
     /// `usage/record`'s batch writer.
     pub recorder: Recorder,
+    /// Per-org rate limits of the endpoints that call Stripe or change keys.
+    pub limits: Limits,
 }
 
 /// The axum state type.
@@ -82,6 +85,7 @@ impl App {
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
         let outbox_metrics = OutboxMetrics::register(&registry).context("registering metrics")?;
+        let limit_metrics = LimitMetrics::register(&registry).context("registering metrics")?;
         let stigg_client = config
             .stigg
             .as_ref()
@@ -124,7 +128,14 @@ impl App {
             redis.clone(),
             config.common.redis.namespace.clone(),
         );
+        let limits = Limits::new(
+            redis.clone(),
+            config.common.redis.namespace.clone(),
+            config.rate_limits,
+            limit_metrics,
+        );
         Ok(Arc::new(Self {
+            limits,
             pg,
             redis,
             clerk,
