@@ -326,7 +326,8 @@ impl Billing {
     /// within the Stripe budget even while Stripe is down. Unknown id: 404 naming `eventId`.
     pub async fn process_event(&self, event_id: &str) -> Result<Processed, BillingError> {
         let event: Option<StoredEvent> = sqlx::query_as(
-            "UPDATE stripe_events SET lease_token = $2, lease_until = now() + make_interval(secs => $3)
+            "UPDATE stripe_events SET lease_token = $2, lease_until = now() + make_interval(secs => $3),
+                    next_attempt_at = now() + make_interval(secs => $3)
               WHERE event_id = $1
              RETURNING event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at, lease_token",
         )
