@@ -1,7 +1,7 @@
 //! 1.3 `subscription.create`, and mirroring a subscription from Stripe — the one path by which the
 //! `subscriptions` table changes (the webhook worker, 2.4, and every plan change use it): read back from Stripe
-//! with no connection held ([`Billing::read_subscription`]), then written in one short transaction
-//! ([`Billing::write_read`]), ordered by read tickets so a stale read never overwrites a newer one.
+//! with no connection held (`Billing::read_subscription`), then written in one short transaction
+//! (`Billing::write_read`), ordered by read tickets so a stale read never overwrites a newer one.
 
 use super::{Billing, BillingError, instant, org};
 use crate::stripe::{IdempotencyKey, Op};
