@@ -47,6 +47,8 @@ kinds! {
     SUBSCRIPTION_REQUIRED = "/problems/subscription-required", "Subscription required";
     /// Over quota (429): the standard denial envelope.
     QUOTA_EXCEEDED = "/problems/quota-exceeded", "Quota exceeded";
+    /// Too many calls of one org to an endpoint group (429): the rate-limit envelope.
+    RATE_LIMITED = "/problems/rate-limited", "Too many requests";
     /// A card was declined or a payment failed at Stripe (402).
     PAYMENT_FAILED = "/problems/payment-failed", "Payment failed";
     /// Stripe refused a request on the caller's behalf (422): its message says why.

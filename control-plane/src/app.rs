@@ -2,6 +2,7 @@
 
 use crate::config::{Config, DEFAULT_STIGG_RETRY_MAX_MS};
 use crate::error::ApiError;
+use crate::limits::{LimitMetrics, Limits};
 use crate::metrics::Metrics;
 use crate::services::billing::{Billing, BillingMetrics};
 use crate::services::recorder::Recorder;
@@ -49,6 +50,8 @@ pub struct App {
     pub recorder: Recorder,
     /// Deletes finished rows past their retention (run by `jobs::purge`).
     pub purger: Arc<Purger>,
+    /// Per-org rate limits of the endpoints that call Stripe or change keys.
+    pub limits: Limits,
 }
 
 /// The axum state type.
@@ -87,6 +90,7 @@ impl App {
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
         let outbox_metrics = OutboxMetrics::register(&registry).context("registering metrics")?;
         let purge_metrics = PurgeMetrics::register(&registry).context("registering metrics")?;
+        let limit_metrics = LimitMetrics::register(&registry).context("registering metrics")?;
         let stigg_client = config
             .stigg
             .as_ref()
@@ -136,7 +140,14 @@ impl App {
             Arc::clone(&clock),
             purge_metrics,
         ));
+        let limits = Limits::new(
+            redis.clone(),
+            config.common.redis.namespace.clone(),
+            config.rate_limits,
+            limit_metrics,
+        );
         Ok(Arc::new(Self {
+            limits,
             pg,
             redis,
             clerk,

@@ -4,6 +4,7 @@ use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tollgate_common::config::{CommonSettings, ConfigErrors, Env, Reader};
+use tollgate_common::domain::RateLimit;
 use url::Url;
 
 pub const ENV_CP_LISTEN: &str = "TOLLGATE_CP_LISTEN";
@@ -30,6 +31,10 @@ pub const ENV_RETENTION_STIGG_OUTBOX_DAYS: &str = "TOLLGATE_RETENTION_STIGG_OUTB
 pub const ENV_RETENTION_USAGE_RECORDS_DAYS: &str = "TOLLGATE_RETENTION_USAGE_RECORDS_DAYS";
 pub const ENV_RETENTION_PURGE_INTERVAL_MS: &str = "TOLLGATE_RETENTION_PURGE_INTERVAL_MS";
 pub const ENV_RETENTION_PURGE_BATCH: &str = "TOLLGATE_RETENTION_PURGE_BATCH";
+pub const ENV_BILLING_CHANGE_TIMEOUT_MS: &str = "TOLLGATE_BILLING_CHANGE_TIMEOUT_MS";
+pub const ENV_BILLING_RATE_LIMIT: &str = "TOLLGATE_CP_BILLING_RATE_LIMIT";
+pub const ENV_KEYS_RATE_LIMIT: &str = "TOLLGATE_CP_KEYS_RATE_LIMIT";
+pub const ENV_STIGG_RATE_LIMIT: &str = "TOLLGATE_CP_STIGG_RATE_LIMIT";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -55,6 +60,15 @@ pub const DEFAULT_RETENTION_STIGG_OUTBOX_DAYS: u32 = 7;
 pub const DEFAULT_RETENTION_USAGE_RECORDS_DAYS: u32 = 35;
 pub const DEFAULT_RETENTION_PURGE_INTERVAL_MS: u64 = 600_000;
 pub const DEFAULT_RETENTION_PURGE_BATCH: u32 = 1_000;
+/// The longest one billing change (its Stripe calls and its mirror) may take; its claim on the org lasts a little
+/// longer, so a second change can never overlap a live one.
+pub const DEFAULT_BILLING_CHANGE_TIMEOUT_MS: u64 = 60_000;
+/// Per org: setup-intent, portal, preview, plan changes, subscription.create, customer.ensure (all call Stripe).
+pub const DEFAULT_BILLING_RATE_LIMIT: &str = "30/60s";
+/// Per org: keys.create and keys.revoke.
+pub const DEFAULT_KEYS_RATE_LIMIT: &str = "20/60s";
+/// Per org: stigg/provision.
+pub const DEFAULT_STIGG_RATE_LIMIT: &str = "10/60s";
 
 /// Stripe access. Without `STRIPE_SECRET_KEY` the billing endpoints answer 503 naming it; everything else works.
 #[derive(Debug, Clone)]
@@ -70,6 +84,8 @@ pub struct StripeSettings {
     pub workers: usize,
     /// Largest webhook body in bytes.
     pub webhook_body_limit: usize,
+    /// The longest one billing change may take (`TOLLGATE_BILLING_CHANGE_TIMEOUT_MS`, at least the Stripe budget).
+    pub change_timeout: Duration,
 }
 
 /// Stigg access, for the mirror.
@@ -191,6 +207,19 @@ pub struct Config {
     pub stigg: Option<StiggSettings>,
     /// What is purged when.
     pub retention: RetentionSettings,
+    /// Per-org limits of the endpoints that call Stripe or change keys.
+    pub rate_limits: RateLimits,
+}
+
+/// Per-org rate limits by endpoint group (`None`: that group is not limited). The operator is never limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `TOLLGATE_CP_BILLING_RATE_LIMIT`.
+    pub billing: Option<RateLimit>,
+    /// `TOLLGATE_CP_KEYS_RATE_LIMIT`.
+    pub keys: Option<RateLimit>,
+    /// `TOLLGATE_CP_STIGG_RATE_LIMIT`.
+    pub stigg: Option<RateLimit>,
 }
 
 impl Config {
@@ -218,6 +247,11 @@ impl Config {
         let stripe = read_stripe(&mut r);
         let stigg = read_stigg(&mut r);
         let retention = RetentionSettings::read(&mut r);
+        let rate_limits = RateLimits {
+            billing: rate_limit(&mut r, ENV_BILLING_RATE_LIMIT, DEFAULT_BILLING_RATE_LIMIT),
+            keys: rate_limit(&mut r, ENV_KEYS_RATE_LIMIT, DEFAULT_KEYS_RATE_LIMIT),
+            stigg: rate_limit(&mut r, ENV_STIGG_RATE_LIMIT, DEFAULT_STIGG_RATE_LIMIT),
+        };
         r.finish()?;
         match (common, admin_token) {
             (Some(common), Some(admin_token)) => Ok(Self {
@@ -231,6 +265,7 @@ impl Config {
                 stripe,
                 stigg,
                 retention,
+                rate_limits,
             }),
             // `finish` reported every missing part already; this arm is unreachable in practice.
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),
@@ -286,6 +321,17 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
             "must be between 1024 and 67108864 bytes",
         );
     }
+    let change_timeout = r.millis(
+        ENV_BILLING_CHANGE_TIMEOUT_MS,
+        DEFAULT_BILLING_CHANGE_TIMEOUT_MS,
+        1_000..=600_000,
+    );
+    if change_timeout < budget {
+        r.error(
+            ENV_BILLING_CHANGE_TIMEOUT_MS,
+            format_args!("must be at least {ENV_STRIPE_BUDGET_MS}"),
+        );
+    }
     let secret_key = secret_key?;
     if !(secret_key.expose_secret().starts_with("sk_")
         || secret_key.expose_secret().starts_with("rk_"))
@@ -310,6 +356,16 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
         return_url,
         workers,
         webhook_body_limit,
+        change_timeout,
+    })
+}
+
+/// A rate-limit setting (`<calls>/<window>` or `off`), `default` when unset.
+fn rate_limit(r: &mut Reader<'_>, key: &str, default: &str) -> Option<RateLimit> {
+    let raw = r.optional(key).unwrap_or_else(|| default.to_owned());
+    RateLimit::parse_setting(&raw).unwrap_or_else(|problem| {
+        r.error(key, problem);
+        None
     })
 }
 

@@ -5,6 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tollgate_common::domain::RateLimitEnvelope;
 use tollgate_common::problem::{self, CONTENT_TYPE, Problem};
 
 /// Every way a control-plane request can fail.
@@ -46,6 +47,9 @@ pub enum ApiError {
     /// The request conflicts with stored state.
     #[error("{field}: {detail}")]
     Conflict { field: &'static str, detail: String },
+    /// The org called an endpoint group more often than its rate limit allows (429, the rate-limit envelope).
+    #[error("rate limited")]
+    RateLimited(RateLimitEnvelope),
     /// A dependency is down; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
@@ -105,6 +109,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Redis(_) | Self::NotConfigured(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -147,6 +152,11 @@ impl ApiError {
             Self::Conflict { field, .. } => {
                 p(problem::CONFLICT, self.to_string()).with("field", *field)
             }
+            // Sent as its own envelope by `into_response`; this form only serves callers of `problem`.
+            Self::RateLimited(envelope) => p(
+                problem::RATE_LIMITED,
+                format!("retry in {} s", envelope.retry_after),
+            ),
             Self::Unavailable(d) => p(problem::UNAVAILABLE, d.clone()),
             Self::NotConfigured(setting) => {
                 p(problem::UNAVAILABLE, self.to_string()).with("setting", *setting)
@@ -197,7 +207,11 @@ impl IntoResponse for ApiError {
             _ if status.is_server_error() => tracing::warn!(error = %self, "request failed"),
             _ => tracing::debug!(http.status = status.as_u16(), error = %self, "request refused"),
         }
-        let mut response = (status, self.problem().to_json()).into_response();
+        let body = match &self {
+            Self::RateLimited(envelope) => envelope.to_json().into_bytes(),
+            _ => self.problem().to_json(),
+        };
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if status == StatusCode::UNAUTHORIZED {
@@ -205,6 +219,9 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::RateLimited(envelope) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(envelope.retry_after));
         }
         if status == StatusCode::REQUEST_TIMEOUT {
             // RFC 9110 §15.5.9: the server closes a connection whose request it timed out.
@@ -231,6 +248,11 @@ impl From<crate::services::billing::BillingError> for ApiError {
             },
             B::Invalid { field, detail } => Self::invalid(field, detail),
             B::Conflict { field, detail } => Self::Conflict { field, detail },
+            e @ B::ChangeInProgress => Self::Conflict {
+                field: "orgId",
+                detail: e.to_string().trim_start_matches("orgId: ").to_owned(),
+            },
+            e @ B::TooSlow => Self::Unavailable(e.to_string()),
             B::NotFound { field, detail } => Self::NotFound { field, detail },
             B::BadWebhook { field, detail } => Self::BadRequest { field, detail },
             B::Stripe(S::Refused { kind, message, .. }) if kind == "card_error" => {

@@ -6,6 +6,7 @@
 //! * [`app`] — the shared state: pools, verifier, metrics, clock; migrations run here at start.
 //! * [`http`] — the router and its middleware.
 //! * [`auth`] — principals and per-route policies ([`auth::Caller`]).
+//! * [`limits`] — per-org rate limits of the endpoints that call Stripe or change keys.
 //! * [`routes`] — one module per endpoint (`routes/<domain>/<action>.rs`), annotated for OpenAPI.
 //! * [`services`] — the work behind the handlers (SQL, Redis, Stripe), each with its own dependencies and errors.
 //! * [`stripe`] — the Stripe client and webhook signatures.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod services;

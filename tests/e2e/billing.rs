@@ -223,7 +223,7 @@ async fn sign_up_starts_a_trial_with_trial_limits_and_the_proxy_meters_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_concurrent_ensures_make_one_customer() {
+async fn twenty_concurrent_ensures_make_one_customer_and_overlapping_ones_are_told_so() {
     let (stripe, m) = setup(50).await;
     m.app.create_org("org_twenty").await;
     let body = json!({"orgId": "org_twenty", "email": "billing@twenty.test"});
@@ -232,13 +232,25 @@ async fn twenty_concurrent_ensures_make_one_customer() {
             .post("/api/stripe/customer.ensure", Auth::Operator, &body)
     });
     let answers = join_all(calls).await;
-    let ids: std::collections::BTreeSet<String> = answers
+    // The first call claims the org and makes the customer; calls that overlap it are told so at once (409), and
+    // none makes another.
+    let mut ids: std::collections::BTreeSet<String> = answers
         .iter()
-        .map(|r| {
-            assert_eq!(r.status, 200, "{}", r.text);
-            r.json["stripeCustomerId"].as_str().unwrap().to_owned()
+        .filter_map(|r| match r.status {
+            200 => Some(r.json["stripeCustomerId"].as_str().unwrap().to_owned()),
+            _ => {
+                assert_eq!(r.problem(409)["field"], "orgId", "{}", r.text);
+                None
+            }
         })
         .collect();
+    assert!(!ids.is_empty(), "one call made the customer");
+    let after = m
+        .app
+        .post("/api/stripe/customer.ensure", Auth::Operator, &body)
+        .await;
+    assert_eq!(after.status, 200, "{}", after.text);
+    ids.insert(after.json["stripeCustomerId"].as_str().unwrap().to_owned());
     assert_eq!(ids.len(), 1, "{ids:?}");
     let found = stripe
         .get("/v1/customers/search?query=metadata%5B%27orgId%27%5D%3A%27org_twenty%27")

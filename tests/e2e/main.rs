@@ -15,6 +15,7 @@ mod proxy_failures;
 mod proxy_http;
 mod retention;
 mod revocation;
+mod starvation;
 mod stigg;
 mod support_selftest;
 mod targets;

@@ -16,6 +16,8 @@
 //!   canonical request path.
 //! * [`quota`]: [`decide`] and [`remaining`], the check-and-consume arithmetic.
 //! * [`envelope`]: the standard 429 body, [`DenyEnvelope`].
+//! * [`ratelimit`]: per-org rate limits of the control plane's expensive endpoints ([`RateLimit`]) and their 429
+//!   body ([`RateLimitEnvelope`], a sibling of the envelope).
 //! * [`billing`]: which plan and period apply to an org, from its subscription state ([`Billing`]).
 //! * [`subscription`]: a Stripe subscription as Tollgate keeps it, and plan changes ([`PlanChange`]).
 //!
@@ -28,6 +30,7 @@ pub mod ids;
 pub mod period;
 pub mod plan;
 pub mod quota;
+pub mod ratelimit;
 pub mod routes;
 pub mod subscription;
 pub mod target;
@@ -38,6 +41,7 @@ pub use ids::{Metric, OrgId, PlanCode};
 pub use period::{Period, PeriodKey};
 pub use plan::{Plan, PlanCatalog, PriceRef};
 pub use quota::{Decision, decide, remaining};
+pub use ratelimit::{RateLimit, RateLimitEnvelope};
 pub use routes::{RouteClass, RouteTable};
 pub use subscription::{PlanChange, StripePrice, StripeSubscription, SubscriptionState};
 pub use target::{Canonical, TargetError, canonicalize};

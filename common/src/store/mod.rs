@@ -3,5 +3,6 @@
 pub mod billing;
 pub mod counters;
 pub mod pg;
+pub mod ratelimit;
 pub mod redis;
 pub mod subscriptions;

@@ -1,13 +1,15 @@
 //! The `subscriptions` table: Tollgate's mirror of Stripe subscriptions. This module is the only writer.
 //!
 //! Rows are written from what Stripe says ([`SubscriptionState`], resolved from a subscription read back from
-//! Stripe), in the caller's transaction, under the caller's per-customer lock (`lock_customer`), so that two
-//! writers never interleave a read from Stripe and a write here.
+//! Stripe), in the caller's short transaction, under the caller's per-customer lock (`lock_customer`). No lock or
+//! connection is held while Stripe is read: instead every read is ordered by a ticket ([`read_ticket`], taken
+//! before the read) and written only if it is newer than the last read written ([`newer_read`]), so a stale read
+//! never overwrites a newer one.
 
 use crate::domain::subscription::{Pending, SubscriptionState};
 use crate::domain::{Period, PlanCode, SubscriptionStatus};
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgExecutor};
 
 /// A stored subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +78,43 @@ impl Row {
     }
 }
 
-/// Serialises every writer of one customer's billing state until the transaction ends: webhook workers on any
-/// replica, plan changes, subscription creation. Each reads from Stripe and writes here under this lock, so an
-/// older read can never overwrite a newer one.
+/// A ticket to take *before* reading an object back from Stripe: tickets only grow, across every replica.
+pub async fn read_ticket(pg: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT nextval('stripe_read_seq')")
+        .fetch_one(pg)
+        .await
+}
+
+/// Records that what was read of `object_id` (a Stripe id) with `ticket` is being written, iff no read with a later
+/// ticket has been written already; `false` means this read is stale and must not be written. Call it in the
+/// transaction that writes the read: the row stays locked until that transaction ends, so two writers of one
+/// object are ordered by their tickets.
+///
+/// Why this order is right: a read that started after another read *finished* has the later ticket and sees at
+/// least what the earlier one saw, so a stale read can never replace it. Two reads that overlap may be written in
+/// either order — each is what Stripe said during the overlap — and a change Stripe made during it sends a webhook
+/// whose processing reads again, with a later ticket, so the mirror converges on Stripe.
+pub async fn newer_read(
+    conn: &mut PgConnection,
+    object_id: &str,
+    ticket: i64,
+) -> Result<bool, sqlx::Error> {
+    let written: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO stripe_reads (object_id, read_seq) VALUES ($1, $2)
+         ON CONFLICT (object_id) DO UPDATE SET read_seq = EXCLUDED.read_seq, written_at = now()
+          WHERE stripe_reads.read_seq < EXCLUDED.read_seq
+         RETURNING 1",
+    )
+    .bind(object_id)
+    .bind(ticket)
+    .fetch_optional(conn)
+    .await?;
+    Ok(written.is_some())
+}
+
+/// Serialises the short transactions that write one customer's billing state (the subscription rows of its org,
+/// their Stigg operations) until the transaction ends. Never held across a Stripe call: the reads happen before,
+/// and [`newer_read`] orders them.
 pub async fn lock_customer(conn: &mut PgConnection, customer: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended('tollgate.stripe.customer:' || $1, 0))",

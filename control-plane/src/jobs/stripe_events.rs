@@ -1,7 +1,9 @@
 //! The webhook worker: processes received Stripe events without anyone calling 2.4 (CONTRACT §8).
 //!
-//! `TOLLGATE_STRIPE_WORKERS` tasks per replica each claim one due event at a time (`FOR UPDATE SKIP LOCKED`, so
-//! replicas and tasks never take the same event) and process it with the same code as `/api/jobs/stripe.process`.
+//! `TOLLGATE_STRIPE_WORKERS` tasks per replica each claim one due event at a time with a lease (one short statement,
+//! `FOR UPDATE SKIP LOCKED`, so replicas and tasks never take the same event) and process it with the same code as
+//! `/api/jobs/stripe.process`: no connection is held while Stripe is read, so a backlog during a Stripe outage
+//! costs the pool nothing but the short claim and record statements.
 //! Intake wakes a local task at once; the others poll every [`POLL`], so an event received by another replica is
 //! picked up within that. Failures are recorded on the event and retried with backoff (2 s doubling to 5 min).
 

@@ -129,12 +129,27 @@ pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value 
         .cloned()
         .unwrap_or_else(|| json!({}));
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        for operation in paths
-            .values_mut()
-            .filter_map(Value::as_object_mut)
-            .flat_map(|methods| methods.values_mut())
-        {
-            constrain_operation(operation, &schemas, catalog);
+        for (path, methods) in paths.iter_mut() {
+            let limited = crate::limits::ROUTES.iter().any(|(p, _)| p == path);
+            for operation in methods
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|methods| methods.values_mut())
+            {
+                constrain_operation(operation, &schemas, catalog);
+                if limited
+                    && let Some(responses) = operation
+                        .get_mut("responses")
+                        .and_then(Value::as_object_mut)
+                {
+                    responses.entry("429").or_insert_with(|| {
+                        problem(
+                            "Too many calls of this org to this group of endpoints: the rate-limit envelope, \
+                             with Retry-After",
+                        )
+                    });
+                }
+            }
         }
     }
     doc

@@ -4,6 +4,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -58,6 +59,7 @@ fn email(value: &str) -> ApiResult<&str> {
     request_body = EnsureCustomerRequest,
     responses(
         (status = 200, description = "The customer (created now or before)", body = EnsureCustomerResponse),
+        (status = 409, description = "Another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("operator" = []))
@@ -68,6 +70,7 @@ pub async fn ensure_customer(
     JsonBody(req): JsonBody<EnsureCustomerRequest>,
 ) -> ApiResult<Json<EnsureCustomerResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let email = email(&req.email)?;
     let customer = app.billing()?.ensure_customer(&org, email).await?;
     Ok(Json(EnsureCustomerResponse {

@@ -4,6 +4,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -39,7 +40,7 @@ pub struct DefaultMethodResponse {
     request_body = DefaultMethodRequest,
     responses(
         (status = 200, description = "The payment method is the default", body = DefaultMethodResponse),
-        (status = 409, description = "The org has no Stripe customer yet", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The org has no Stripe customer yet; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("operator" = []))
@@ -50,6 +51,7 @@ pub async fn set_default_method(
     JsonBody(req): JsonBody<DefaultMethodRequest>,
 ) -> ApiResult<Json<DefaultMethodResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let pm = &req.payment_method_id;
     let well_formed = pm.strip_prefix("pm_").is_some_and(|rest| {
         (1..=250).contains(&rest.len())

@@ -4,6 +4,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -66,6 +67,7 @@ pub async fn list_invoices(
     QueryParams(query): QueryParams<InvoicesQuery>,
 ) -> ApiResult<Json<Vec<InvoiceItem>>> {
     let org = caller.principal.org_scope(query.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let limit = crate::validate::page_limit(query.limit, DEFAULT_LIMIT)?;
     if let Some(cursor) = &query.cursor {
         let ok = cursor.strip_prefix("in_").is_some_and(|rest| {

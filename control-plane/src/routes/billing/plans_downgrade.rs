@@ -5,6 +5,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -28,7 +29,7 @@ pub struct DowngradeResponse {
     request_body = PlanChangeRequest,
     responses(
         (status = 200, description = "Scheduled", body = DowngradeResponse),
-        (status = 409, description = "No live subscription, or already on this plan", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No live subscription, or already on this plan; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("operator" = []))
@@ -39,6 +40,7 @@ pub async fn schedule_downgrade(
     JsonBody(req): JsonBody<PlanChangeRequest>,
 ) -> ApiResult<Json<DowngradeResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let scheduled = app
         .billing()?
         .schedule_downgrade(&org, &req.new_plan_code)

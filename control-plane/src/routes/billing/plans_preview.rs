@@ -5,6 +5,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -51,6 +52,7 @@ pub async fn preview_plan_change(
     JsonBody(req): JsonBody<PlanChangeRequest>,
 ) -> ApiResult<Json<PreviewResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let preview = app.billing()?.preview(&org, &req.new_plan_code).await?;
     Ok(Json(PreviewResponse {
         amount: preview.amount,

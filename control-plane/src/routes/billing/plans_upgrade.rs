@@ -5,6 +5,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -29,7 +30,7 @@ pub struct UpgradeResponse {
     responses(
         (status = 200, description = "Upgraded", body = UpgradeResponse),
         (status = 402, description = "Stripe declined the payment; nothing changed", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "No live subscription, or already on this plan", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No live subscription, or already on this plan; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("operator" = []))
@@ -40,6 +41,7 @@ pub async fn upgrade_now(
     JsonBody(req): JsonBody<PlanChangeRequest>,
 ) -> ApiResult<Json<UpgradeResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let plan = app.billing()?.upgrade_now(&org, &req.new_plan_code).await?;
     app.accounts.forget(&org);
     Ok(Json(UpgradeResponse {

@@ -5,6 +5,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -36,6 +37,7 @@ pub async fn create_portal_session(
     JsonBody(req): JsonBody<OrgRequest>,
 ) -> ApiResult<Json<PortalResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let url = app.billing()?.create_portal_session(&org).await?;
     Ok(Json(PortalResponse { url }))
 }

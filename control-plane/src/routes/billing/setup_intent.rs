@@ -5,6 +5,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -37,6 +38,7 @@ pub async fn create_setup_intent(
     JsonBody(req): JsonBody<OrgRequest>,
 ) -> ApiResult<Json<SetupIntentResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let client_secret = app.billing()?.create_setup_intent(&org).await?;
     Ok(Json(SetupIntentResponse { client_secret }))
 }

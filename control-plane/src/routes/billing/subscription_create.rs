@@ -4,6 +4,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::limits::Group;
 use crate::routes::ProblemDoc;
 use axum::Json;
 use axum::extract::State;
@@ -44,7 +45,7 @@ pub struct CreateSubscriptionResponse {
     request_body = CreateSubscriptionRequest,
     responses(
         (status = 200, description = "The live subscription (created now, or the one the org has)", body = CreateSubscriptionResponse),
-        (status = 409, description = "The org has no Stripe customer yet", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The org has no Stripe customer yet; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("clerk" = []), ("operator" = []))
@@ -55,6 +56,7 @@ pub async fn create_subscription(
     JsonBody(req): JsonBody<CreateSubscriptionRequest>,
 ) -> ApiResult<Json<CreateSubscriptionResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits.admit(&caller.principal, Group::Billing).await?;
     let created = app
         .billing()?
         .create_subscription(&org, &req.price_lookup)

@@ -61,6 +61,9 @@ pub async fn create_key(
     JsonBody(req): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<Json<CreateKeyResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits
+        .admit(&caller.principal, crate::limits::Group::Keys)
+        .await?;
     let name = crate::validate::label("name", &req.name, 100)?;
     let org_id = orgs::internal_id(&app.pg, &org).await?;
     let issued = keys::create(&app.pg, org_id, name).await?;

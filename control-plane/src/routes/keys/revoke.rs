@@ -50,6 +50,9 @@ pub async fn revoke_key(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<RevokeKeyRequest>,
 ) -> ApiResult<Json<RevokeKeyResponse>> {
+    app.limits
+        .admit(&caller.principal, crate::limits::Group::Keys)
+        .await?;
     let scope = match (&caller.principal, &req.org_id) {
         (Principal::Operator, None) => None,
         (principal, requested) => {

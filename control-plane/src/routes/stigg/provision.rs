@@ -65,6 +65,9 @@ pub async fn provision(
     JsonBody(req): JsonBody<ProvisionRequest>,
 ) -> ApiResult<(StatusCode, Json<ProvisionResponse>)> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
+    app.limits
+        .admit(&caller.principal, crate::limits::Group::Stigg)
+        .await?;
     let outcome = app
         .stigg
         .provision(

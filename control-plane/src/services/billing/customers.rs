@@ -9,57 +9,74 @@ use tollgate_common::domain::OrgId;
 impl Billing {
     /// The org's Stripe customer: ours if we have it, else the one Stripe has for `metadata.orgId`, else a new one.
     ///
-    /// Concurrent calls for one org queue on the org's row (`FOR UPDATE`) for the whole exchange with Stripe, so
-    /// the first creates and stores and the others find the stored id. Stripe's search can lag behind a create by a
-    /// moment; the create's idempotency key (derived from the org alone) covers that gap: a second create within
-    /// Stripe's 24 h window replays the first customer instead of making another.
+    /// An org that has one gets it from one short query. Otherwise finding or making one is a billing change, run
+    /// under the org's claim: a concurrent call gets 409 at once, so two calls never both create. Stripe's search
+    /// can lag behind a create by a moment; the create's idempotency key (derived from the org alone) covers that
+    /// gap: a second create within Stripe's 24 h window replays the first customer instead of making another.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn ensure_customer(
         &self,
         org_id: &OrgId,
         email: &str,
     ) -> Result<String, BillingError> {
-        let mut tx = self.pg.begin().await?;
-        let org = org(&mut tx, org_id, true).await?;
+        let org = org(&self.pg, org_id).await?;
         if let Some(customer) = org.customer {
             return Ok(customer);
         }
-        let query = format!("metadata['orgId']:'{}'", org_id.as_str());
-        let found = self
-            .stripe
-            .send(
-                Op::CustomerSearch,
-                &SearchCustomer::new(query).limit(2),
-                None,
-            )
-            .await?;
-        let customer = match found.data.into_iter().next() {
-            Some(existing) => existing.id.as_str().to_owned(),
-            None => {
-                let request = CreateCustomer::new().email(email).metadata(HashMap::from([(
-                    "orgId".to_owned(),
-                    org_id.as_str().to_owned(),
-                )]));
-                let key = IdempotencyKey::derive(Op::CustomerCreate, &[org_id.as_str()]);
-                self.stripe
-                    .send(Op::CustomerCreate, &request, Some(&key))
-                    .await?
-                    .id
-                    .as_str()
-                    .to_owned()
+        self.changing(&org, "customer.ensure", async {
+            // A change that ended between the read above and the claim may have linked one.
+            if let Some(customer) = super::org(&self.pg, org_id).await?.customer {
+                return Ok(customer);
             }
-        };
-        let name: String = sqlx::query_scalar(
-            "UPDATE orgs SET stripe_customer_id = $2, updated_at = now() WHERE id = $1 RETURNING name",
-        )
-        .bind(org.id)
-        .bind(&customer)
-        .fetch_one(&mut *tx)
-        .await?;
-        let import = crate::services::stigg::ops::customer(org_id, &customer, &name, Some(email));
-        self.stigg.queue(&mut tx, org.id, &[import]).await?;
-        tx.commit().await?;
-        tracing::info!("stripe customer linked");
-        Ok(customer)
+            let query = format!("metadata['orgId']:'{}'", org_id.as_str());
+            let found = self
+                .stripe
+                .send(
+                    Op::CustomerSearch,
+                    &SearchCustomer::new(query).limit(2),
+                    None,
+                )
+                .await?;
+            let customer = match found.data.into_iter().next() {
+                Some(existing) => existing.id.as_str().to_owned(),
+                None => {
+                    let request = CreateCustomer::new().email(email).metadata(HashMap::from([(
+                        "orgId".to_owned(),
+                        org_id.as_str().to_owned(),
+                    )]));
+                    let key = IdempotencyKey::derive(Op::CustomerCreate, &[org_id.as_str()]);
+                    self.stripe
+                        .send(Op::CustomerCreate, &request, Some(&key))
+                        .await?
+                        .id
+                        .as_str()
+                        .to_owned()
+                }
+            };
+            let mut tx = self.pg.begin().await?;
+            let linked: Option<String> = sqlx::query_scalar(
+                "UPDATE orgs SET stripe_customer_id = $2, updated_at = now()
+                  WHERE id = $1 AND stripe_customer_id IS NULL RETURNING name",
+            )
+            .bind(org.id)
+            .bind(&customer)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(name) = linked else {
+                // The webhook worker linked it meanwhile (a subscription's `metadata.orgId`): that one is the org's.
+                drop(tx);
+                return super::org(&self.pg, org_id)
+                    .await?
+                    .customer
+                    .ok_or(BillingError::UnknownOrg);
+            };
+            let import =
+                crate::services::stigg::ops::customer(org_id, &customer, &name, Some(email));
+            self.stigg.queue(&mut tx, org.id, &[import]).await?;
+            tx.commit().await?;
+            tracing::info!("stripe customer linked");
+            Ok(customer)
+        })
+        .await
     }
 }

@@ -4,24 +4,29 @@
 //!
 //! * **Intake** verifies the signature on the raw body, then inserts the event by its id (`ON CONFLICT DO NOTHING`):
 //!   a repeated delivery stores nothing new and gets the same answer.
-//! * **Processing** claims an event row with `FOR UPDATE` (`SKIP LOCKED` for the worker, so replicas take different
-//!   events), reads the object the event concerns back from Stripe — never trusting the event's copy or its order —
-//!   and mirrors it, all in one transaction; the row is marked applied in the same transaction. A failure rolls the
-//!   mirroring back to a savepoint and records the attempt, the error and the next attempt's time instead.
+//! * **Processing** claims an event with a lease in one short statement (`FOR UPDATE SKIP LOCKED` picks it, so
+//!   replicas take different events; its next attempt moves to the lease's end, so no other worker takes it
+//!   meanwhile), reads the object the event concerns back from Stripe with no connection held — never trusting the
+//!   event's copy or its order — and then mirrors it and marks the event applied in one short transaction. Only the
+//!   lease's holder marks it: a worker that dies leaves an event that is taken again when its lease ends, and a
+//!   worker whose lease was taken over marks nothing. A failure writes nothing and records the attempt, the error
+//!   and the next attempt's time instead.
 //! * **Applying twice changes nothing**: the mirror writes Stripe's current state, and the same state is no change.
 //!   So replays (8.1), duplicates and out-of-order events all converge on what Stripe says now.
 
-use super::{Billing, BillingError, subscriptions::Synced};
+use super::{Billing, BillingError, subscriptions::SubscriptionRead};
 use crate::services::batch::Write;
 use crate::stripe::Op;
 use crate::stripe::signature;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
 use stripe_billing::invoice::RetrieveInvoice;
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
+use tollgate_common::store::subscriptions as store;
+use uuid::Uuid;
 
 /// What intake did with a delivery.
 #[derive(Debug, Clone)]
@@ -74,7 +79,7 @@ struct ObjectRef {
     object: Option<String>,
 }
 
-/// A stored event, as processing reads it.
+/// A claimed event, as processing reads it.
 #[derive(sqlx::FromRow)]
 struct StoredEvent {
     event_id: String,
@@ -83,6 +88,22 @@ struct StoredEvent {
     attempts: i32,
     /// When it was claimed (PostgreSQL's clock): before its object is read back from Stripe.
     claimed_at: DateTime<Utc>,
+    /// This claim's lease: only its holder marks the event.
+    lease_token: Uuid,
+}
+
+/// What reading an event's object back from Stripe found, to be written in one short transaction.
+enum Observed {
+    /// The subscription the event concerns.
+    Subscription(Box<SubscriptionRead>),
+    /// A customer's default payment method.
+    Customer {
+        ticket: i64,
+        id: String,
+        default_method: Option<String>,
+    },
+    /// Nothing to mirror: an event type Tollgate does not act on, or an object Stripe no longer has.
+    Nothing,
 }
 
 /// How an event type is processed: which object is read back from Stripe, and what is mirrored from it.
@@ -120,6 +141,11 @@ impl Handling {
 
 /// Most waiting events one processed event settles with it.
 const MAX_COALESCED: i64 = 10_000;
+
+/// A claimed event's lease, in Stripe budgets (processing makes at most a few Stripe reads, each within the budget),
+/// and at least [`MIN_LEASE`].
+const LEASE_BUDGETS: u32 = 6;
+const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether `id` is an event id the `stripe_events` table accepts.
 pub fn is_event_id(id: &str) -> bool {
@@ -295,79 +321,94 @@ impl Billing {
         })
     }
 
-    /// 2.4: processes one stored event now, whatever its status (processing is idempotent). Waits for a worker
-    /// that holds it. Unknown id: 404 naming `eventId`.
+    /// 2.4: processes one stored event now, whatever its status (processing is idempotent). It never waits for a
+    /// worker: it takes the event's lease over (the worker's later mark then changes nothing), so it answers
+    /// within the Stripe budget even while Stripe is down. Unknown id: 404 naming `eventId`.
     pub async fn process_event(&self, event_id: &str) -> Result<Processed, BillingError> {
-        let mut tx = self.pg.begin().await?;
         let event: Option<StoredEvent> = sqlx::query_as(
-            "SELECT event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at
-               FROM stripe_events WHERE event_id = $1 FOR UPDATE",
+            "UPDATE stripe_events SET lease_token = $2, lease_until = now() + make_interval(secs => $3),
+                    next_attempt_at = now() + make_interval(secs => $3)
+              WHERE event_id = $1
+             RETURNING event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at, lease_token",
         )
         .bind(event_id)
-        .fetch_optional(&mut *tx)
+        .bind(Uuid::new_v4())
+        .bind(self.event_lease().as_secs_f64())
+        .fetch_optional(&self.pg)
         .await?;
         let event = event.ok_or_else(|| BillingError::NotFound {
             field: "eventId",
             detail: "no such event has been received".to_owned(),
         })?;
-        let outcome = self.process_claimed(&mut tx, &event).await;
-        tx.commit().await?;
-        outcome
+        self.process_claimed(&event).await?
     }
 
-    /// The worker's step: claims the next due event no other replica holds and processes it. `Ok(None)` when none
+    /// The worker's step: claims the next due event no other worker holds and processes it. `Ok(None)` when none
     /// is due. A processing failure is recorded on the event (and is `Ok`): the caller moves on.
     pub async fn process_next(
         &self,
     ) -> Result<Option<(String, Result<Processed, String>)>, BillingError> {
-        let mut tx = self.pg.begin().await?;
+        // The claim is one statement, committed at once: the event's next attempt moves to the lease's end, so
+        // other workers skip it while this one reads Stripe, and take it again if this one dies.
         let event: Option<StoredEvent> = sqlx::query_as(
-            "SELECT event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at FROM stripe_events
-              WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
-              ORDER BY next_attempt_at, stripe_created
-              LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "UPDATE stripe_events SET lease_token = $1, lease_until = now() + make_interval(secs => $2),
+                    next_attempt_at = now() + make_interval(secs => $2)
+              WHERE event_id = (SELECT event_id FROM stripe_events
+                                 WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+                                 ORDER BY next_attempt_at, stripe_created
+                                 LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at, lease_token",
         )
-        .fetch_optional(&mut *tx)
+        .bind(Uuid::new_v4())
+        .bind(self.event_lease().as_secs_f64())
+        .fetch_optional(&self.pg)
         .await?;
         let Some(event) = event else {
             return Ok(None);
         };
-        let outcome = self.process_claimed(&mut tx, &event).await;
-        tx.commit().await?;
+        let outcome = self.process_claimed(&event).await?;
         Ok(Some((event.event_id, outcome.map_err(|e| e.to_string()))))
     }
 
-    /// Processes an event whose row `tx` holds, recording the outcome on it.
+    /// How long a claimed event stays invisible to other workers: longer than any processing (a few Stripe reads,
+    /// each within the budget), so only a dead worker's events are taken again.
+    fn event_lease(&self) -> std::time::Duration {
+        (self.settings.api.budget * LEASE_BUDGETS).max(MIN_LEASE)
+    }
+
+    /// Processes an event this caller holds the lease of: reads its object back from Stripe with no connection
+    /// held, then mirrors it and marks the event in one short transaction; a failure is recorded on the event. The
+    /// outer error: the failure could not be recorded (the lease ends and the event is taken again).
     async fn process_claimed(
         &self,
-        tx: &mut PgConnection,
         event: &StoredEvent,
-    ) -> Result<Processed, BillingError> {
-        let mut savepoint = tx.begin().await?;
-        match self.apply_event(&mut savepoint, event).await {
-            Ok(processed) => {
-                savepoint.commit().await?;
-                let outcome = processed.as_str();
-                let settled = self.settle_with(tx, event, outcome).await?;
+    ) -> Result<Result<Processed, BillingError>, BillingError> {
+        let applied = match self.observe(event).await {
+            Ok(observed) => self.apply(event, &observed).await,
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok((processed, settled)) => {
                 self.metrics
                     .events
-                    .with_label_values(&[outcome])
+                    .with_label_values(&[processed.as_str()])
                     .inc_by(settled);
-                Ok(processed)
+                Ok(Ok(processed))
             }
             Err(e) => {
-                savepoint.rollback().await?;
                 let attempts = event.attempts + 1;
                 sqlx::query(
-                    "UPDATE stripe_events SET status = 'failed', attempts = $2, last_error = $3,
-                            next_attempt_at = now() + make_interval(secs => $4), processed_at = NULL
-                      WHERE event_id = $1",
+                    "UPDATE stripe_events SET status = 'failed', attempts = $3, last_error = $4,
+                            next_attempt_at = now() + make_interval(secs => $5), processed_at = NULL,
+                            lease_token = NULL, lease_until = NULL
+                      WHERE event_id = $1 AND lease_token = $2",
                 )
                 .bind(&event.event_id)
+                .bind(event.lease_token)
                 .bind(attempts)
                 .bind(truncate(&e.to_string(), 1000))
                 .bind(retry_delay_secs(attempts) as f64)
-                .execute(&mut *tx)
+                .execute(&self.pg)
                 .await?;
                 self.metrics.events.with_label_values(&["failed"]).inc();
                 tracing::warn!(
@@ -377,63 +418,113 @@ impl Billing {
                     error = %e,
                     "stripe event failed; retrying with backoff"
                 );
-                Err(e)
+                Ok(Err(e))
             }
         }
     }
 
-    /// Marks `event` processed with `outcome`, and with it every other waiting event about the same object that is
-    /// processed the same way and arrived before `event` was claimed: Stripe had sent them before the object was
-    /// read back, so what was just mirrored already includes them (a backlog of one subscription's updates costs
-    /// one Stripe read, not one per event). Events another worker holds are left to it. Returns how many events
-    /// were marked, `event` included.
+    /// Writes what was observed and marks the event (and the waiting events it settles) in one short transaction.
+    /// Returns the outcome and how many events were marked.
+    async fn apply(
+        &self,
+        event: &StoredEvent,
+        observed: &Observed,
+    ) -> Result<(Processed, u64), BillingError> {
+        let mut tx = self.pg.begin().await?;
+        let processed = match observed {
+            Observed::Subscription(read) => {
+                self.write_read(&mut tx, read).await?;
+                Processed::Applied
+            }
+            Observed::Customer {
+                ticket,
+                id,
+                default_method,
+            } => {
+                if store::newer_read(&mut tx, id, *ticket).await? {
+                    sqlx::query(
+                        "UPDATE orgs SET stripe_default_payment_method = $2, updated_at = now()
+                          WHERE stripe_customer_id = $1 AND stripe_default_payment_method IS DISTINCT FROM $2",
+                    )
+                    .bind(id)
+                    .bind(default_method.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Processed::Applied
+            }
+            Observed::Nothing => Processed::Ignored,
+        };
+        let settled = self.settle_with(&mut tx, event, processed.as_str()).await?;
+        tx.commit().await?;
+        Ok((processed, settled))
+    }
+
+    /// Marks `event` processed with `outcome` — only if this caller still holds its lease: one that ran out and was
+    /// taken by another worker (or by 2.4) is theirs to mark, and what was mirrored here was idempotent — and with
+    /// it every other waiting event about the same object that is processed the same way, arrived before `event`
+    /// was claimed, and is not leased to another worker: Stripe had sent them before the object was read back, so
+    /// what was just mirrored already includes them (a backlog of one subscription's updates costs one Stripe
+    /// read, not one per event). Returns how many events were marked.
     async fn settle_with(
         &self,
         tx: &mut PgConnection,
         event: &StoredEvent,
         outcome: &str,
     ) -> Result<u64, BillingError> {
+        let own = sqlx::query(
+            "UPDATE stripe_events SET status = $3, attempts = attempts + 1, last_error = NULL, processed_at = now(),
+                    lease_token = NULL, lease_until = NULL
+              WHERE event_id = $1 AND lease_token = $2",
+        )
+        .bind(&event.event_id)
+        .bind(event.lease_token)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let handling = Handling::of(&event.event_type);
-        let mut ids = vec![event.event_id.clone()];
-        if handling != Handling::None && !event.object_id.is_empty() {
-            let waiting: Vec<(String, String)> = sqlx::query_as(
-                "SELECT event_id, event_type FROM stripe_events
-                  WHERE object_id = $1 AND status IN ('pending', 'failed') AND received_at < $2 AND event_id <> $3
-                  LIMIT $4 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(&event.object_id)
-            .bind(event.claimed_at)
-            .bind(&event.event_id)
-            .bind(MAX_COALESCED)
-            .fetch_all(&mut *tx)
-            .await?;
-            ids.extend(
-                waiting
-                    .into_iter()
-                    .filter(|(_, kind)| Handling::of(kind) == handling)
-                    .map(|(id, _)| id),
-            );
+        if handling == Handling::None || event.object_id.is_empty() {
+            return Ok(own);
+        }
+        let waiting: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_id, event_type FROM stripe_events
+              WHERE object_id = $1 AND status IN ('pending', 'failed') AND received_at < $2 AND event_id <> $3
+                AND (lease_until IS NULL OR lease_until <= now())
+              LIMIT $4 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&event.object_id)
+        .bind(event.claimed_at)
+        .bind(&event.event_id)
+        .bind(MAX_COALESCED)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids: Vec<String> = waiting
+            .into_iter()
+            .filter(|(_, kind)| Handling::of(kind) == handling)
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(own);
         }
         let marked = sqlx::query(
-            "UPDATE stripe_events SET status = $2, attempts = attempts + 1, last_error = NULL, processed_at = now()
+            "UPDATE stripe_events SET status = $2, attempts = attempts + 1, last_error = NULL, processed_at = now(),
+                    lease_token = NULL, lease_until = NULL
               WHERE event_id = ANY($1)",
         )
         .bind(&ids)
         .bind(outcome)
         .execute(&mut *tx)
         .await?;
-        Ok(marked.rows_affected())
+        Ok(own + marked.rows_affected())
     }
 
-    /// Reads the event's object back from Stripe and mirrors it.
-    async fn apply_event(
-        &self,
-        conn: &mut PgConnection,
-        event: &StoredEvent,
-    ) -> Result<Processed, BillingError> {
+    /// Reads the event's object back from Stripe (no connection held but for the read's ticket): what the mirror
+    /// will write.
+    async fn observe(&self, event: &StoredEvent) -> Result<Observed, BillingError> {
         let id = event.object_id.as_str();
-        match Handling::of(&event.event_type) {
-            Handling::Subscription => self.sync_or_gone(conn, id).await,
+        let subscription = match Handling::of(&event.event_type) {
+            Handling::Subscription => Some(id.to_owned()),
             Handling::Schedule => {
                 let schedule = self
                     .stripe
@@ -443,68 +534,53 @@ impl Billing {
                         None,
                     )
                     .await?;
-                let subscription = schedule
+                schedule
                     .subscription
                     .as_ref()
                     .map(|s| s.id().as_str().to_owned())
-                    .or(schedule.released_subscription);
-                match subscription {
-                    Some(sub) => self.sync_or_gone(conn, &sub).await,
-                    None => Ok(Processed::Ignored),
-                }
+                    .or(schedule.released_subscription)
             }
             Handling::Invoice => {
                 let invoice = self
                     .stripe
                     .send(Op::InvoiceRetrieve, &RetrieveInvoice::new(id), None)
                     .await?;
-                let subscription = invoice
+                invoice
                     .parent
                     .as_ref()
                     .and_then(|p| p.subscription_details.as_ref())
-                    .map(|d| d.subscription.id().as_str().to_owned());
-                match subscription {
-                    Some(sub) => self.sync_or_gone(conn, &sub).await,
-                    None => Ok(Processed::Ignored),
-                }
+                    .map(|d| d.subscription.id().as_str().to_owned())
             }
             Handling::Customer => {
+                let ticket = store::read_ticket(&self.pg).await?;
                 let customer = match self
                     .stripe
                     .send(Op::CustomerRetrieve, &RetrieveCustomer::new(id), None)
                     .await?
                 {
                     RetrieveCustomerReturned::Customer(customer) => customer,
-                    RetrieveCustomerReturned::DeletedCustomer(_) => return Ok(Processed::Ignored),
+                    RetrieveCustomerReturned::DeletedCustomer(_) => return Ok(Observed::Nothing),
                 };
-                let default = customer
+                let default_method = customer
                     .invoice_settings
                     .as_ref()
                     .and_then(|s| s.default_payment_method.as_ref())
                     .map(|pm| pm.id().as_str().to_owned());
-                sqlx::query(
-                    "UPDATE orgs SET stripe_default_payment_method = $2, updated_at = now()
-                      WHERE stripe_customer_id = $1 AND stripe_default_payment_method IS DISTINCT FROM $2",
-                )
-                .bind(id)
-                .bind(default)
-                .execute(&mut *conn)
-                .await?;
-                Ok(Processed::Applied)
+                return Ok(Observed::Customer {
+                    ticket,
+                    id: id.to_owned(),
+                    default_method,
+                });
             }
-            Handling::None => Ok(Processed::Ignored),
-        }
-    }
-
-    /// Mirrors a subscription; one Stripe no longer has is nothing to mirror.
-    async fn sync_or_gone(
-        &self,
-        conn: &mut PgConnection,
-        id: &str,
-    ) -> Result<Processed, BillingError> {
-        match self.sync_subscription(conn, id).await {
-            Ok(Synced { .. }) => Ok(Processed::Applied),
-            Err(BillingError::Stripe(e)) if e.is_missing() => Ok(Processed::Ignored),
+            Handling::None => None,
+        };
+        let Some(subscription) = subscription else {
+            return Ok(Observed::Nothing);
+        };
+        match self.read_subscription(&subscription).await {
+            Ok(read) => Ok(Observed::Subscription(Box::new(read))),
+            // One Stripe no longer has is nothing to mirror.
+            Err(BillingError::Stripe(e)) if e.is_missing() => Ok(Observed::Nothing),
             Err(e) => Err(e),
         }
     }
@@ -512,7 +588,8 @@ impl Billing {
     /// 8.1: puts stored events back in the queue. Returns the ids that were found; the rest are unknown.
     pub async fn replay(&self, event_ids: &[String]) -> Result<Vec<String>, BillingError> {
         let found: Vec<String> = sqlx::query_scalar(
-            "UPDATE stripe_events SET status = 'pending', next_attempt_at = now(), processed_at = NULL
+            "UPDATE stripe_events SET status = 'pending', next_attempt_at = now(), processed_at = NULL,
+                    lease_token = NULL, lease_until = NULL
               WHERE event_id = ANY($1) RETURNING event_id",
         )
         .bind(event_ids)

@@ -31,7 +31,7 @@ impl Billing {
         cursor: Option<&str>,
         limit: u8,
     ) -> Result<Vec<InvoiceView>, BillingError> {
-        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?;
         let mut request = ListInvoice::new()
             .customer(customer)

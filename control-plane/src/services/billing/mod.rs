@@ -10,17 +10,34 @@
 //! * [`plans`] — 5.1 preview, 5.2 upgrade now, 5.3 downgrade at period end.
 //! * [`invoices`] — 6.1.
 //! * [`events`] — 2.3 intake, 2.4 processing (the worker and the endpoint), 8.1 replay.
+//! * [`claims`] — the per-org "billing change in progress" claim every change runs under.
 //!
 //! Everything here takes a [`Billing`] — its own dependencies, not the whole app — and returns [`BillingError`],
 //! so the webhook worker runs the same code as the handlers. `error.rs` maps [`BillingError`] to problem+json once.
 //!
-//! # Order of writes
+//! # No connection or lock across a Stripe call
 //!
-//! Stripe first, then the database, in one transaction under the customer's lock
-//! (`store::subscriptions::lock_customer`): a Stripe call that fails writes nothing; a database write that fails after
-//! Stripe succeeded is repaired by the retry (idempotency keys replay Stripe's answer) or by the webhook the change
-//! causes.
+//! Stripe may take its whole budget to answer (or not answer). Nothing here holds a pooled PostgreSQL connection, a
+//! transaction, a row lock or an advisory lock while it waits, so a slow Stripe, or one org's flood of billing
+//! calls, cannot take the connections that every other org's metering needs. Every change has the same shape:
+//!
+//! 1. **Claim** the org ([`claims`]): a row taken and committed in one short statement; a second concurrent change
+//!    of the org gets 409 at once instead of queueing. The claim expires a little after
+//!    `TOLLGATE_BILLING_CHANGE_TIMEOUT_MS`, the longest a change may run, so a replica that dies holding it does not
+//!    wedge the org.
+//! 2. **Read** what is stored with short queries (the connection goes back to the pool at once).
+//! 3. **Call Stripe**, with no connection held.
+//! 4. **Write the mirror** in one short transaction: the subscription read back from Stripe (ordered by its read
+//!    ticket, `store::subscriptions::newer_read`, so a stale read never overwrites a newer one) and its Stigg
+//!    operations in the same transaction — Stripe → database → Stigg.
+//! 5. **Release** the claim.
+//!
+//! A Stripe call that fails writes nothing. If the holder dies between Stripe and the database (a crash, the change
+//! timing out, the client gone), Stripe has changed and the database not: the webhook Stripe sends for the change
+//! is processed by the worker, which reads the object back from Stripe and mirrors it, so the database converges
+//! without anyone retrying; retrying the call is safe too (idempotency keys replay Stripe's first answer).
 
+pub mod claims;
 pub mod customers;
 pub mod events;
 pub mod invoices;
@@ -33,7 +50,7 @@ use crate::services::batch::Batcher;
 use crate::stripe::{Op, StripeClient, StripeError};
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgExecutor, PgPool};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -59,6 +76,17 @@ pub enum BillingError {
     /// The request conflicts with the billing state (409).
     #[error("{field}: {detail}")]
     Conflict { field: &'static str, detail: String },
+    /// Another billing change of the org holds its claim (409, at once).
+    #[error(
+        "orgId: a billing change for this organization is in progress; retry when it has finished"
+    )]
+    ChangeInProgress,
+    /// The change did not finish within `TOLLGATE_BILLING_CHANGE_TIMEOUT_MS` (503). It may have been made in
+    /// Stripe; the webhook it causes brings the database in step.
+    #[error(
+        "the billing change did not finish in time; Stripe may have made it, and the mirror follows Stripe's webhook"
+    )]
+    TooSlow,
     /// The thing named does not exist (404).
     #[error("{field}: {detail}")]
     NotFound { field: &'static str, detail: String },
@@ -102,6 +130,9 @@ pub struct BillingMetrics {
     pub queue_depth: IntGauge,
     /// `tollgate_cp_webhook_oldest_pending_seconds`: age of the oldest of them.
     pub oldest_pending: IntGauge,
+    /// `tollgate_cp_billing_claims_total{outcome}`: `taken`, `taken_over` (an expired claim: its holder died or
+    /// hung), `busy` (409).
+    pub claims: IntCounterVec,
 }
 
 impl BillingMetrics {
@@ -134,13 +165,24 @@ impl BillingMetrics {
                 "tollgate_cp_webhook_oldest_pending_seconds",
                 "Age in seconds of the oldest Stripe event waiting to be processed.",
             )?,
+            claims: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_billing_claims_total",
+                    "Per-org billing-change claims: taken, taken_over (an expired one), busy (answered 409).",
+                ),
+                &["outcome"],
+            )?,
         };
         for outcome in Self::OUTCOMES {
             m.events.with_label_values(&[outcome]);
         }
+        for outcome in claims::OUTCOMES {
+            m.claims.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.oldest_pending.clone()))?;
+        registry.register(Box::new(m.claims.clone()))?;
         Ok(m)
     }
 }
@@ -334,20 +376,13 @@ impl OrgBilling {
     }
 }
 
-/// Loads the org (optionally locking its row until the transaction ends).
-async fn org(
-    conn: &mut PgConnection,
-    org: &OrgId,
-    for_update: bool,
-) -> Result<OrgBilling, BillingError> {
-    let row: Option<(i64, Option<String>)> = sqlx::query_as(if for_update {
-        "SELECT id, stripe_customer_id FROM orgs WHERE clerk_org_id = $1 FOR UPDATE"
-    } else {
-        "SELECT id, stripe_customer_id FROM orgs WHERE clerk_org_id = $1"
-    })
-    .bind(org.as_str())
-    .fetch_optional(conn)
-    .await?;
+/// Loads the org: one short query.
+async fn org(pg: impl PgExecutor<'_>, org: &OrgId) -> Result<OrgBilling, BillingError> {
+    let row: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, stripe_customer_id FROM orgs WHERE clerk_org_id = $1")
+            .bind(org.as_str())
+            .fetch_optional(pg)
+            .await?;
     let (id, customer) = row.ok_or(BillingError::UnknownOrg)?;
     Ok(OrgBilling { id, customer })
 }

@@ -7,12 +7,13 @@ use stripe_core::customer::{UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
 use tollgate_common::domain::OrgId;
+use tollgate_common::store::subscriptions as store;
 
 impl Billing {
     /// 2.1: a SetupIntent for collecting a card to charge later (`usage: off_session`); its client secret.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn create_setup_intent(&self, org_id: &OrgId) -> Result<String, BillingError> {
-        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?;
         let request = CreateSetupIntent::new()
             .customer(customer)
@@ -29,87 +30,99 @@ impl Billing {
     }
 
     /// 2.2: attaches `payment_method` to the org's customer and makes it the default for invoices and renewals.
-    /// An unknown payment method, or one attached to another customer, is a 4xx naming `paymentMethodId`.
+    /// An unknown payment method, or one attached to another customer, is a 4xx naming `paymentMethodId`. A
+    /// billing change: under the org's claim, no connection held across Stripe.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn set_default_payment_method(
         &self,
         org_id: &OrgId,
         payment_method: &str,
     ) -> Result<(), BillingError> {
-        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?.to_owned();
-        let pm = match self
-            .stripe
-            .send(
-                Op::PaymentMethodRetrieve,
-                &RetrievePaymentMethod::new(payment_method),
-                None,
-            )
-            .await
-        {
-            Ok(pm) => pm,
-            Err(e) if e.is_missing() => {
-                return Err(BillingError::NotFound {
-                    field: "paymentMethodId",
-                    detail: "no such payment method in Stripe".to_owned(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match pm.customer.as_ref().map(|c| c.id().as_str().to_owned()) {
-            Some(owner) if owner != customer => {
-                return Err(BillingError::invalid(
-                    "paymentMethodId",
-                    "belongs to another customer",
-                ));
-            }
-            Some(_) => {}
-            None => {
-                let key =
-                    IdempotencyKey::derive(Op::PaymentMethodAttach, &[payment_method, &customer]);
-                self.stripe
-                    .send(
+        self.changing(&org, "default-method.set", async {
+            let pm = match self
+                .stripe
+                .send(
+                    Op::PaymentMethodRetrieve,
+                    &RetrievePaymentMethod::new(payment_method),
+                    None,
+                )
+                .await
+            {
+                Ok(pm) => pm,
+                Err(e) if e.is_missing() => {
+                    return Err(BillingError::NotFound {
+                        field: "paymentMethodId",
+                        detail: "no such payment method in Stripe".to_owned(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match pm.customer.as_ref().map(|c| c.id().as_str().to_owned()) {
+                Some(owner) if owner != customer => {
+                    return Err(BillingError::invalid(
+                        "paymentMethodId",
+                        "belongs to another customer",
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    let key = IdempotencyKey::derive(
                         Op::PaymentMethodAttach,
-                        &AttachPaymentMethod::new(payment_method).customer(customer.as_str()),
-                        Some(&key),
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        StripeError::Refused { message, .. } => {
-                            BillingError::invalid("paymentMethodId", message)
-                        }
-                        other => other.into(),
-                    })?;
+                        &[payment_method, &customer],
+                    );
+                    self.stripe
+                        .send(
+                            Op::PaymentMethodAttach,
+                            &AttachPaymentMethod::new(payment_method).customer(customer.as_str()),
+                            Some(&key),
+                        )
+                        .await
+                        .map_err(|e| match e {
+                            StripeError::Refused { message, .. } => {
+                                BillingError::invalid("paymentMethodId", message)
+                            }
+                            other => other.into(),
+                        })?;
+                }
             }
-        }
-        let request = UpdateCustomer::new(customer.as_str()).invoice_settings(
-            UpdateCustomerInvoiceSettings {
-                default_payment_method: Some(payment_method.to_owned()),
-                ..UpdateCustomerInvoiceSettings::new()
-            },
-        );
-        let key = IdempotencyKey::derive(
-            Op::CustomerUpdate,
-            &["default_payment_method", &customer, payment_method],
-        );
-        self.stripe
-            .send(Op::CustomerUpdate, &request, Some(&key))
-            .await?;
-        sqlx::query(
-            "UPDATE orgs SET stripe_default_payment_method = $2, updated_at = now() WHERE id = $1",
-        )
-        .bind(org.id)
-        .bind(payment_method)
-        .execute(&self.pg)
-        .await?;
-        tracing::info!("default payment method set");
-        Ok(())
+            let request = UpdateCustomer::new(customer.as_str()).invoice_settings(
+                UpdateCustomerInvoiceSettings {
+                    default_payment_method: Some(payment_method.to_owned()),
+                    ..UpdateCustomerInvoiceSettings::new()
+                },
+            );
+            let key = IdempotencyKey::derive(
+                Op::CustomerUpdate,
+                &["default_payment_method", &customer, payment_method],
+            );
+            // Stripe's answer is a read of the customer: its ticket orders it against the worker's reads.
+            let ticket = store::read_ticket(&self.pg).await?;
+            self.stripe
+                .send(Op::CustomerUpdate, &request, Some(&key))
+                .await?;
+            let mut tx = self.pg.begin().await?;
+            if store::newer_read(&mut tx, &customer, ticket).await? {
+                sqlx::query(
+                    "UPDATE orgs SET stripe_default_payment_method = $2, updated_at = now() WHERE id = $1",
+                )
+                .bind(org.id)
+                .bind(payment_method)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            tracing::info!("default payment method set");
+            Ok(())
+        })
+        .await
     }
 
     /// 6.2: a customer portal session returning to `TOLLGATE_BILLING_RETURN_URL`; its URL.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn create_portal_session(&self, org_id: &OrgId) -> Result<String, BillingError> {
-        let org = org(&mut *self.pg.acquire().await?, org_id, false).await?;
+        let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?;
         let request = CreateBillingPortalSession::new()
             .customer(customer)

@@ -8,7 +8,7 @@
 //! minute (never before the period's start), so a preview shown to a user is exactly what an upgrade made within
 //! the same minute invoices.
 
-use super::{Billing, BillingError, PriceInfo, org};
+use super::{Billing, BillingError, OrgBilling, PriceInfo, org};
 use crate::stripe::{IdempotencyKey, Op};
 use chrono::{DateTime, Utc};
 use stripe_billing::invoice::{
@@ -73,17 +73,12 @@ struct Change {
 }
 
 impl Billing {
-    async fn change(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        org_id: &OrgId,
-        new_plan: &str,
-    ) -> Result<Change, BillingError> {
+    /// Resolves a change of `org` to `new_plan`: the stored live subscription (one short query) and the plans'
+    /// prices (from Stripe, no connection held).
+    async fn change(&self, org: &OrgBilling, new_plan: &str) -> Result<Change, BillingError> {
         let next = self.paid_plan("newPlanCode", new_plan)?.code.clone();
-        let org = org(&mut *conn, org_id, false).await?;
         let customer = org.customer()?.to_owned();
-        store::lock_customer(&mut *conn, &customer).await?;
-        let stored = store::current(&mut *conn, org.id)
+        let stored = store::current(&mut *self.pg.acquire().await?, org.id)
             .await?
             .filter(|s| s.state.status.is_live())
             .ok_or_else(|| {
@@ -146,9 +141,9 @@ impl Billing {
     /// first renewal at the new price.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn preview(&self, org_id: &OrgId, new_plan: &str) -> Result<Preview, BillingError> {
-        let mut tx = self.pg.begin().await?;
-        let c = self.change(&mut tx, org_id, new_plan).await?;
-        tx.commit().await?;
+        self.paid_plan("newPlanCode", new_plan)?;
+        let org = org(&self.pg, org_id).await?;
+        let c = self.change(&org, new_plan).await?;
         let item = self.item_id(&c.stored.id).await?;
         let upgrade = c.change == PlanChange::Upgrade;
         let details = CreatePreviewInvoiceSubscriptionDetails {
@@ -206,52 +201,56 @@ impl Billing {
         org_id: &OrgId,
         new_plan: &str,
     ) -> Result<PlanCode, BillingError> {
-        let mut tx = self.pg.begin().await?;
-        let c = self.change(&mut tx, org_id, new_plan).await?;
-        if c.change != PlanChange::Upgrade {
-            return Err(BillingError::invalid(
-                "newPlanCode",
-                format!(
-                    "`{}` is a downgrade; schedule it with /api/plans/downgrade.schedule",
-                    c.next
-                ),
-            ));
-        }
-        if let Some(schedule) = &c.stored.schedule {
-            self.release_schedule(schedule).await?;
-        }
-        let item = self.item_id(&c.stored.id).await?;
-        let proration_date = self.proration_date(&c.stored);
-        let request = UpdateSubscription::new(c.stored.id.as_str())
-            .items(vec![UpdateSubscriptionItems {
-                id: Some(item.clone()),
-                price: Some(c.next_price.id.clone()),
-                ..UpdateSubscriptionItems::new()
-            }])
-            .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
-            .proration_date(proration_date)
-            // A declined card leaves the subscription as it was and answers with Stripe's card error.
-            .payment_behavior(UpdateSubscriptionPaymentBehavior::ErrorIfIncomplete);
-        // The inputs, including the proration minute: a retry within it replays Stripe's answer; a later attempt
-        // finds the subscription already upgraded (409) rather than upgrading twice.
-        let key = IdempotencyKey::derive(
-            Op::SubscriptionUpdate,
-            &[
-                "upgrade",
-                &c.stored.id,
-                &item,
-                &c.stored.price_id,
-                &c.next_price.id,
-                &proration_date.to_string(),
-            ],
-        );
-        self.stripe
-            .send(Op::SubscriptionUpdate, &request, Some(&key))
-            .await?;
-        let synced = self.sync_subscription(&mut tx, &c.stored.id).await?;
-        tx.commit().await?;
-        tracing::info!(plan.from = %c.stored.plan, plan.to = %synced.state.plan, "upgraded now");
-        Ok(synced.state.plan)
+        self.paid_plan("newPlanCode", new_plan)?;
+        let org = org(&self.pg, org_id).await?;
+        org.customer()?;
+        self.changing(&org, "upgrade.now", async {
+            let c = self.change(&org, new_plan).await?;
+            if c.change != PlanChange::Upgrade {
+                return Err(BillingError::invalid(
+                    "newPlanCode",
+                    format!(
+                        "`{}` is a downgrade; schedule it with /api/plans/downgrade.schedule",
+                        c.next
+                    ),
+                ));
+            }
+            if let Some(schedule) = &c.stored.schedule {
+                self.release_schedule(schedule).await?;
+            }
+            let item = self.item_id(&c.stored.id).await?;
+            let proration_date = self.proration_date(&c.stored);
+            let request = UpdateSubscription::new(c.stored.id.as_str())
+                .items(vec![UpdateSubscriptionItems {
+                    id: Some(item.clone()),
+                    price: Some(c.next_price.id.clone()),
+                    ..UpdateSubscriptionItems::new()
+                }])
+                .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
+                .proration_date(proration_date)
+                // A declined card leaves the subscription as it was and answers with Stripe's card error.
+                .payment_behavior(UpdateSubscriptionPaymentBehavior::ErrorIfIncomplete);
+            // The inputs, including the proration minute: a retry within it replays Stripe's answer; a later
+            // attempt finds the subscription already upgraded (409) rather than upgrading twice.
+            let key = IdempotencyKey::derive(
+                Op::SubscriptionUpdate,
+                &[
+                    "upgrade",
+                    &c.stored.id,
+                    &item,
+                    &c.stored.price_id,
+                    &c.next_price.id,
+                    &proration_date.to_string(),
+                ],
+            );
+            self.stripe
+                .send(Op::SubscriptionUpdate, &request, Some(&key))
+                .await?;
+            let synced = self.sync_subscription(&c.stored.id).await?;
+            tracing::info!(plan.from = %c.stored.plan, plan.to = %synced.state.plan, "upgraded now");
+            Ok(synced.state.plan)
+        })
+        .await
     }
 
     /// 5.3: schedules `new_plan` for the end of the current period, in Stripe (a subscription schedule whose second
@@ -262,8 +261,11 @@ impl Billing {
         org_id: &OrgId,
         new_plan: &str,
     ) -> Result<Scheduled, BillingError> {
-        let mut tx = self.pg.begin().await?;
-        let c = self.change(&mut tx, org_id, new_plan).await?;
+        self.paid_plan("newPlanCode", new_plan)?;
+        let org = org(&self.pg, org_id).await?;
+        org.customer()?;
+        self.changing(&org, "downgrade.schedule", async {
+        let c = self.change(&org, new_plan).await?;
         if c.change != PlanChange::Downgrade {
             return Err(BillingError::invalid(
                 "newPlanCode",
@@ -350,8 +352,7 @@ impl Billing {
         self.stripe
             .send(Op::ScheduleUpdate, &request, Some(&key))
             .await?;
-        let synced = self.sync_subscription(&mut tx, &c.stored.id).await?;
-        tx.commit().await?;
+        let synced = self.sync_subscription(&c.stored.id).await?;
         let pending = synced.state.pending.ok_or_else(|| {
             BillingError::Unmirrorable("Stripe did not keep the scheduled phase".to_owned())
         })?;
@@ -360,6 +361,8 @@ impl Billing {
             effective_at: pending.effective_at,
             pending_plan: pending.plan,
         })
+        })
+        .await
     }
 
     /// Releases a schedule: the subscription keeps its current price and nothing happens at renewal.

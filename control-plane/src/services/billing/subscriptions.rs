@@ -1,5 +1,7 @@
 //! 1.3 `subscription.create`, and mirroring a subscription from Stripe — the one path by which the
-//! `subscriptions` table changes (the webhook worker, 2.4, and every plan change use it).
+//! `subscriptions` table changes (the webhook worker, 2.4, and every plan change use it): read back from Stripe
+//! with no connection held (`Billing::read_subscription`), then written in one short transaction
+//! (`Billing::write_read`), ordered by read tickets so a stale read never overwrites a newer one.
 
 use super::{Billing, BillingError, instant, org};
 use crate::stripe::{IdempotencyKey, Op};
@@ -45,9 +47,20 @@ pub struct Synced {
     pub changed: bool,
 }
 
+/// What was read back from Stripe about one subscription, ready to be written by [`Billing::write_read`]: its
+/// state and, when it holds the org's slot, the state of every other subscription our mirror still lets hold it.
+/// Each read carries the ticket taken before it (`store::subscriptions::newer_read`).
+pub(super) struct SubscriptionRead {
+    ticket: i64,
+    state: SubscriptionState,
+    /// `metadata.orgId`, which links a customer no org has yet.
+    org_hint: Option<String>,
+    others: Vec<(i64, SubscriptionState)>,
+}
+
 impl Billing {
     /// Starts the org's trial on the plan whose price is `price_lookup` (a `price` of PLANS_CONFIG), or returns the
-    /// live subscription it already has.
+    /// live subscription it already has. A billing change: under the org's claim, no connection held across Stripe.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn create_subscription(
         &self,
@@ -69,90 +82,159 @@ impl Billing {
                 )
             })?;
         let price = self.price_of(&plan.code).await?;
-        let mut tx = self.pg.begin().await?;
-        let org = org(&mut tx, org_id, true).await?;
+        let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?.to_owned();
-        store::lock_customer(&mut tx, &customer).await?;
-        if let Some(current) = store::current(&mut tx, org.id).await?
-            && current.state.status.is_live()
-        {
-            return Ok(Created::from(&current.state));
+        if let (Some(live), _) = self.live_subscription(org.id).await? {
+            return Ok(Created::from(&live));
         }
-        // Stripe may hold a live one we have not mirrored yet (its webhook is on the way).
-        let existing = self
-            .stripe
-            .send(
-                Op::SubscriptionList,
-                &ListSubscription::new()
-                    .customer(customer.as_str())
-                    .status(ListSubscriptionStatus::All)
-                    .limit(20),
-                None,
-            )
-            .await?
-            .data
-            .into_iter()
-            .find(|s| {
-                SubscriptionStatus::parse(s.status.as_str()).is_ok_and(SubscriptionStatus::is_live)
-            });
-        let subscription = match existing {
-            Some(s) => s,
-            None => {
-                let request = CreateSubscription::new()
-                    .customer(customer.as_str())
-                    .items(vec![CreateSubscriptionItems {
-                        price: Some(price.id.clone()),
-                        ..CreateSubscriptionItems::new()
-                    }])
-                    .trial_period_days(self.catalog.trial_days())
-                    .metadata(HashMap::from([(
-                        "orgId".to_owned(),
-                        org_id.as_str().to_owned(),
-                    )]));
-                // Keyed by the org, its price and how many subscriptions it has had: a retry (ours or our
-                // caller's) replays the same subscription; subscribing again after a cancellation makes a new one.
-                let earlier: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE org_id = $1")
-                        .bind(org.id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let key = IdempotencyKey::derive(
-                    Op::SubscriptionCreate,
-                    &[org_id.as_str(), &customer, &price.id, &earlier.to_string()],
-                );
-                self.stripe
-                    .send(Op::SubscriptionCreate, &request, Some(&key))
-                    .await?
+        self.changing(&org, "subscription.create", async {
+            // Read again under the claim: a change that just ended may have made one.
+            let (live, earlier) = self.live_subscription(org.id).await?;
+            if let Some(live) = live {
+                return Ok(Created::from(&live));
             }
-        };
-        let state = self.mirror(&mut tx, org.id, &subscription).await?.state;
-        tx.commit().await?;
-        tracing::info!(
-            subscription.status = state.status.as_str(),
-            "trial subscription created"
-        );
-        Ok(Created::from(&state))
+            let ticket = store::read_ticket(&self.pg).await?;
+            // Stripe may hold a live one we have not mirrored yet (its webhook is on the way).
+            let existing = self
+                .stripe
+                .send(
+                    Op::SubscriptionList,
+                    &ListSubscription::new()
+                        .customer(customer.as_str())
+                        .status(ListSubscriptionStatus::All)
+                        .limit(20),
+                    None,
+                )
+                .await?
+                .data
+                .into_iter()
+                .find(|s| {
+                    SubscriptionStatus::parse(s.status.as_str())
+                        .is_ok_and(SubscriptionStatus::is_live)
+                });
+            let subscription = match existing {
+                Some(s) => s,
+                None => {
+                    let request = CreateSubscription::new()
+                        .customer(customer.as_str())
+                        .items(vec![CreateSubscriptionItems {
+                            price: Some(price.id.clone()),
+                            ..CreateSubscriptionItems::new()
+                        }])
+                        .trial_period_days(self.catalog.trial_days())
+                        .metadata(HashMap::from([(
+                            "orgId".to_owned(),
+                            org_id.as_str().to_owned(),
+                        )]));
+                    // Keyed by the org, its price and how many subscriptions it has had: a retry (ours or our
+                    // caller's) replays the same subscription; subscribing again after a cancellation makes a new
+                    // one.
+                    let key = IdempotencyKey::derive(
+                        Op::SubscriptionCreate,
+                        &[org_id.as_str(), &customer, &price.id, &earlier.to_string()],
+                    );
+                    self.stripe
+                        .send(Op::SubscriptionCreate, &request, Some(&key))
+                        .await?
+                }
+            };
+            let read = self.read_retrieved(ticket, &subscription).await?;
+            let state = self.mirror(&read).await?.state;
+            tracing::info!(
+                subscription.status = state.status.as_str(),
+                "trial subscription created"
+            );
+            Ok(Created::from(&state))
+        })
+        .await
     }
 
-    /// Reads subscription `id` back from Stripe and mirrors it, in `conn`'s transaction, under the customer's
-    /// lock (taken here). Idempotent: the same Stripe state writes nothing.
-    pub async fn sync_subscription(
+    /// The org's live subscription as stored, and how many subscriptions it has had: one short query.
+    async fn live_subscription(
         &self,
-        conn: &mut PgConnection,
+        org_id: i64,
+    ) -> Result<(Option<SubscriptionState>, i64), BillingError> {
+        let mut conn = self.pg.acquire().await?;
+        let live = store::current(&mut conn, org_id)
+            .await?
+            .map(|s| s.state)
+            .filter(|s| s.status.is_live());
+        let earlier: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok((live, earlier))
+    }
+
+    /// Reads subscription `id` back from Stripe and mirrors it: the reads with no connection held, then one short
+    /// transaction. Idempotent: the same Stripe state writes nothing.
+    pub async fn sync_subscription(&self, id: &str) -> Result<Synced, BillingError> {
+        let read = self.read_subscription(id).await?;
+        self.mirror(&read).await
+    }
+
+    /// Writes `read` in a transaction of its own.
+    async fn mirror(&self, read: &SubscriptionRead) -> Result<Synced, BillingError> {
+        let mut tx = self.pg.begin().await?;
+        let synced = self.write_read(&mut tx, read).await?;
+        tx.commit().await?;
+        Ok(synced)
+    }
+
+    /// Reads subscription `id` back from Stripe (after taking its ticket), with everything its mirror needs.
+    pub(super) async fn read_subscription(
+        &self,
         id: &str,
-    ) -> Result<Synced, BillingError> {
-        // The lock needs the customer before the read; the stored row has it, else a first read tells.
-        let customer = match store::by_id(&mut *conn, id).await? {
-            Some(stored) => stored.state.customer,
-            None => {
-                let first = self.retrieve_subscription(id).await?;
-                first.customer.id().as_str().to_owned()
-            }
-        };
-        store::lock_customer(&mut *conn, &customer).await?;
+    ) -> Result<SubscriptionRead, BillingError> {
+        let ticket = store::read_ticket(&self.pg).await?;
         let subscription = self.retrieve_subscription(id).await?;
-        let org_id = self.org_of_customer(&mut *conn, &subscription).await?;
-        self.mirror(conn, org_id, &subscription).await
+        self.read_retrieved(ticket, &subscription).await
+    }
+
+    /// Completes the read of `subscription` (retrieved after `ticket` was taken): its schedule's next phase, and the
+    /// other subscriptions our mirror lets hold the org's slot, read back from Stripe too.
+    async fn read_retrieved(
+        &self,
+        ticket: i64,
+        subscription: &stripe_shared::Subscription,
+    ) -> Result<SubscriptionRead, BillingError> {
+        let state = self.resolve(subscription).await?;
+        let org_hint = subscription.metadata.get("orgId").cloned();
+        let mut others = Vec::new();
+        if state.status.holds_the_slot() {
+            let stale: Vec<String> = sqlx::query_scalar(
+                "SELECT s.stripe_subscription_id FROM subscriptions s JOIN orgs o ON o.id = s.org_id
+                  WHERE (o.stripe_customer_id = $1 OR o.clerk_org_id = $2) AND s.stripe_subscription_id <> $3
+                    AND s.status NOT IN ('canceled', 'incomplete_expired')",
+            )
+            .bind(&state.customer)
+            .bind(org_hint.as_deref())
+            .bind(&state.id)
+            .fetch_all(&self.pg)
+            .await?;
+            for other in stale {
+                let other_ticket = store::read_ticket(&self.pg).await?;
+                let other = self.retrieve_subscription(&other).await?;
+                others.push((other_ticket, self.resolve(&other).await?));
+            }
+        }
+        Ok(SubscriptionRead {
+            ticket,
+            state,
+            org_hint,
+            others,
+        })
+    }
+
+    /// What Stripe says of `subscription`, mapped onto PLANS_CONFIG (reads its schedule from Stripe).
+    async fn resolve(
+        &self,
+        subscription: &stripe_shared::Subscription,
+    ) -> Result<SubscriptionState, BillingError> {
+        let facts = self.facts(subscription).await?;
+        subscription::resolve(&facts, &self.catalog)
+            .map_err(|e| BillingError::Unmirrorable(format!("subscription {}: {e}", facts.id)))
     }
 
     async fn retrieve_subscription(
@@ -169,76 +251,66 @@ impl Billing {
             .await?)
     }
 
-    /// The org a subscription belongs to: by its customer, else by `metadata.orgId` (linking the customer).
-    async fn org_of_customer(
+    /// Writes `read` in `conn`'s (short) transaction, under the customer's lock (taken here): a stale other that
+    /// held the org's slot first, so the one-live-subscription rule follows Stripe rather than refusing it. Each
+    /// object is written only if its read is newer than the last one written; otherwise the stored state (newer)
+    /// stands and is returned.
+    pub(super) async fn write_read(
         &self,
         conn: &mut PgConnection,
-        subscription: &stripe_shared::Subscription,
-    ) -> Result<i64, BillingError> {
-        let customer = subscription.customer.id().as_str().to_owned();
-        let by_customer: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM orgs WHERE stripe_customer_id = $1")
-                .bind(&customer)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(id) = by_customer {
-            return Ok(id);
+        read: &SubscriptionRead,
+    ) -> Result<Synced, BillingError> {
+        let state = &read.state;
+        store::lock_customer(&mut *conn, &state.customer).await?;
+        let org_id = self
+            .org_of_customer(
+                &mut *conn,
+                &state.id,
+                &state.customer,
+                read.org_hint.as_deref(),
+            )
+            .await?;
+        if state.status.holds_the_slot() {
+            let holding = store::others_holding_the_slot(&mut *conn, org_id, &state.id).await?;
+            if let Some(unread) = holding
+                .iter()
+                .find(|id| !read.others.iter().any(|(_, o)| &o.id == *id))
+            {
+                return Err(BillingError::Unmirrorable(format!(
+                    "subscription {unread} of the organization appeared while {} was read; retry",
+                    state.id
+                )));
+            }
+            for (ticket, other) in &read.others {
+                if other.status.holds_the_slot() {
+                    return Err(BillingError::Unmirrorable(format!(
+                        "organization has two open subscriptions in Stripe ({} and {}); cancel one",
+                        other.id, state.id
+                    )));
+                }
+                self.write_one(&mut *conn, org_id, *ticket, other).await?;
+            }
         }
-        let Some(org) = subscription.metadata.get("orgId") else {
-            return Err(BillingError::Unmirrorable(format!(
-                "subscription {}: customer {customer} belongs to no organization",
-                subscription.id.as_str()
-            )));
-        };
-        let linked: Option<i64> = sqlx::query_scalar(
-            "UPDATE orgs SET stripe_customer_id = $2, updated_at = now()
-              WHERE clerk_org_id = $1 AND stripe_customer_id IS NULL RETURNING id",
-        )
-        .bind(org)
-        .bind(&customer)
-        .fetch_optional(&mut *conn)
-        .await?;
-        linked.ok_or_else(|| {
-            BillingError::Unmirrorable(format!(
-                "subscription {}: customer {customer} belongs to no organization",
-                subscription.id.as_str()
-            ))
-        })
+        self.write_one(conn, org_id, read.ticket, state).await
     }
 
-    /// Writes what Stripe says of `subscription` (the caller holds the customer's lock). A stale row of the same
-    /// org that still holds its slot is read back from Stripe first, so the one-live-subscription rule follows
-    /// Stripe rather than refusing it.
-    async fn mirror(
+    async fn write_one(
         &self,
         conn: &mut PgConnection,
         org_id: i64,
-        subscription: &stripe_shared::Subscription,
+        ticket: i64,
+        state: &SubscriptionState,
     ) -> Result<Synced, BillingError> {
-        let facts = self.facts(subscription).await?;
-        let state = subscription::resolve(&facts, &self.catalog)
-            .map_err(|e| BillingError::Unmirrorable(format!("subscription {}: {e}", facts.id)))?;
-        if state.status.holds_the_slot() {
-            for other in store::others_holding_the_slot(&mut *conn, org_id, &state.id).await? {
-                let other = self.retrieve_subscription(&other).await?;
-                let other_facts = self.facts(&other).await?;
-                let other_state =
-                    subscription::resolve(&other_facts, &self.catalog).map_err(|e| {
-                        BillingError::Unmirrorable(format!("subscription {}: {e}", other_facts.id))
-                    })?;
-                if other_state.status.holds_the_slot() {
-                    return Err(BillingError::Unmirrorable(format!(
-                        "organization has two open subscriptions in Stripe ({} and {}); cancel one",
-                        other_state.id, state.id
-                    )));
-                }
-                let (_, before) = store::upsert(&mut *conn, org_id, &other_state).await?;
-                self.mirror_to_stigg(conn, org_id, before.as_ref(), &other_state)
-                    .await?;
-            }
+        if !store::newer_read(&mut *conn, &state.id, ticket).await? {
+            // A read that started later is written already: it stands.
+            let stored = store::by_id(&mut *conn, &state.id).await?;
+            return Ok(Synced {
+                state: stored.map_or_else(|| state.clone(), |s| s.state),
+                changed: false,
+            });
         }
-        let (upserted, before) = store::upsert(&mut *conn, org_id, &state).await?;
-        self.mirror_to_stigg(conn, org_id, before.as_ref(), &state)
+        let (upserted, before) = store::upsert(&mut *conn, org_id, state).await?;
+        self.mirror_to_stigg(conn, org_id, before.as_ref(), state)
             .await?;
         if upserted != Upserted::Unchanged {
             tracing::info!(
@@ -249,9 +321,44 @@ impl Billing {
             );
         }
         Ok(Synced {
-            state,
+            state: state.clone(),
             changed: upserted != Upserted::Unchanged,
         })
+    }
+
+    /// The org a subscription belongs to: by its customer, else by `metadata.orgId` (linking the customer).
+    async fn org_of_customer(
+        &self,
+        conn: &mut PgConnection,
+        subscription: &str,
+        customer: &str,
+        org_hint: Option<&str>,
+    ) -> Result<i64, BillingError> {
+        let by_customer: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM orgs WHERE stripe_customer_id = $1")
+                .bind(customer)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(id) = by_customer {
+            return Ok(id);
+        }
+        let orphan = || {
+            BillingError::Unmirrorable(format!(
+                "subscription {subscription}: customer {customer} belongs to no organization"
+            ))
+        };
+        let Some(org) = org_hint else {
+            return Err(orphan());
+        };
+        let linked: Option<i64> = sqlx::query_scalar(
+            "UPDATE orgs SET stripe_customer_id = $2, updated_at = now()
+              WHERE clerk_org_id = $1 AND stripe_customer_id IS NULL RETURNING id",
+        )
+        .bind(org)
+        .bind(customer)
+        .fetch_optional(&mut *conn)
+        .await?;
+        linked.ok_or_else(orphan)
     }
 
     /// Queues the Stigg operations that carry a change of the subscription, in the same transaction (Stripe →
