@@ -13,6 +13,7 @@ mod orgs;
 mod proxy_exactness;
 mod proxy_failures;
 mod proxy_http;
+mod roles;
 mod stigg;
 mod support_selftest;
 mod usage;

@@ -5,6 +5,7 @@
 //! the responses every body-taking or authenticated route can give — are added here, once, from the same constants
 //! the validators use, so the document cannot be looser than the server (schemathesis holds us to it).
 
+use crate::auth::AdminRoles;
 use crate::routes::admin::stigg_outbox::MAX_ITEMS as MAX_REQUEUE;
 use crate::routes::admin::webhooks_replay::MAX_EVENT_IDS;
 use crate::routes::billing::customer_ensure::EMAIL_PATTERN;
@@ -105,8 +106,19 @@ fn problem(description: &str) -> Value {
     })
 }
 
-/// The document with every constraint and common response added.
-pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value {
+/// The scope a handler's annotation gives its `clerk` security requirement when the route takes
+/// [`crate::auth::OrgAdmin`]: `security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ...)`. The document lists the
+/// configured roles in its place — OpenAPI 3.1 lets a non-OAuth requirement name "role names which are required
+/// for the execution".
+pub const ADMIN_ROLES_SCOPE: &str = crate::config::ENV_ADMIN_ROLES;
+
+/// The document with every constraint and common response added, and the admin roles in place of
+/// [`ADMIN_ROLES_SCOPE`].
+pub fn document(
+    doc: &utoipa::openapi::OpenApi,
+    catalog: &PlanCatalog,
+    admin_roles: &AdminRoles,
+) -> Value {
     let mut doc = serde_json::to_value(doc).unwrap_or_else(|_| json!({}));
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -135,9 +147,26 @@ pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value 
             .flat_map(|methods| methods.values_mut())
         {
             constrain_operation(operation, &schemas, catalog);
+            name_admin_roles(operation, admin_roles);
         }
     }
     doc
+}
+
+fn name_admin_roles(operation: &mut Value, admin_roles: &AdminRoles) {
+    let Some(requirements) = operation.get_mut("security").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for scopes in requirements
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|requirement| requirement.values_mut())
+        .filter_map(Value::as_array_mut)
+    {
+        if scopes.iter().any(|s| s == ADMIN_ROLES_SCOPE) {
+            *scopes = admin_roles.names().iter().map(|r| json!(r)).collect();
+        }
+    }
 }
 
 fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCatalog) {
