@@ -7,6 +7,7 @@ mod billing;
 mod counters;
 mod diag;
 mod hardening;
+mod integers;
 mod keys;
 mod ops;
 mod orgs;

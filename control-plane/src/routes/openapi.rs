@@ -236,3 +236,169 @@ fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCat
         add("503", "A dependency is unavailable; retry later");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::parse;
+    use crate::routes::admin::stigg_outbox::{OutboxQuery, RequeueRequest};
+    use crate::routes::billing::invoices::InvoicesQuery;
+    use crate::routes::usage::history::HistoryQuery;
+    use crate::routes::usage::record::RecordRequest;
+
+    fn the_document() -> Value {
+        let catalog =
+            PlanCatalog::from_toml_str(include_str!("../../../config/plans.toml")).expect("plans");
+        let (_, doc) = crate::routes::api();
+        document(&doc, &catalog, &AdminRoles::default())
+    }
+
+    fn is_integer(schema: &Value) -> bool {
+        schema["type"] == "integer"
+            || schema["type"]
+                .as_array()
+                .is_some_and(|types| types.iter().any(|t| t == "integer"))
+    }
+
+    /// Every request field (body properties, array items included, and query parameters) the document types as
+    /// `integer`, as `"METHOD path field"`.
+    fn integer_request_fields(doc: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        for (path, methods) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, op) in methods.as_object().into_iter().flatten() {
+                let name = format!("{} {path}", method.to_uppercase());
+                for parameter in op["parameters"].as_array().into_iter().flatten() {
+                    if is_integer(&parameter["schema"]) {
+                        found.push(format!(
+                            "{name} {}",
+                            parameter["name"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+                let Some(body) = op
+                    .pointer("/requestBody/content/application~1json/schema/$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                else {
+                    continue;
+                };
+                let properties = &doc["components"]["schemas"][body]["properties"];
+                for (field, schema) in properties.as_object().into_iter().flatten() {
+                    assert!(
+                        schema.get("$ref").is_none(),
+                        "{name} {field}: a nested schema; look inside it for integers too"
+                    );
+                    if is_integer(schema) || is_integer(&schema["items"]) {
+                        found.push(format!("{name} {field}"));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Parses a request with `n` in place of the integer field; `Ok(the field's value)` or `Err(the field named)`.
+    fn with_integer(field: &str, n: &str) -> Result<i64, String> {
+        let body = |json: String| parse::<Value>(json.as_bytes()).map(|_| json);
+        let named = |e: crate::error::ApiError| match e {
+            crate::error::ApiError::InvalidField { field, .. } => field,
+            other => panic!("unexpected {other:?}"),
+        };
+        let query = |e: serde_urlencoded::de::Error| format!("query: {e}");
+        match field {
+            "POST /api/usage/record value" => {
+                let json = body(format!(
+                    r#"{{"metric":"api_call","value":{n},"occurredAt":"2026-12-01T00:00:00Z","request_id":"r1"}}"#
+                ))
+                .map_err(named)?;
+                parse::<RecordRequest>(json.as_bytes())
+                    .map(|r| i64::try_from(r.value).unwrap_or(i64::MAX))
+                    .map_err(named)
+            }
+            "POST /api/admin/stigg.requeue ids" => {
+                parse::<RequeueRequest>(format!(r#"{{"ids":[1,{n}]}}"#).as_bytes())
+                    .map(|r| r.ids[1])
+                    .map_err(named)
+            }
+            "GET /api/admin/stigg.outbox limit" => {
+                serde_urlencoded::from_str::<OutboxQuery>(&format!("limit={n}"))
+                    .map(|q| q.limit.map_or(-1, i64::from))
+                    .map_err(query)
+            }
+            "GET /api/invoices.list limit" => {
+                serde_urlencoded::from_str::<InvoicesQuery>(&format!("limit={n}"))
+                    .map(|q| q.limit.map_or(-1, i64::from))
+                    .map_err(query)
+            }
+            "GET /api/usage/history periods" => {
+                serde_urlencoded::from_str::<HistoryQuery>(&format!("periods={n}"))
+                    .map(|q| q.periods.map_or(-1, i64::from))
+                    .map_err(query)
+            }
+            other => panic!(
+                "{other}: a new integer request field; give it `#[serde(deserialize_with = \
+                 \"crate::extract::integer\")]` and add it here"
+            ),
+        }
+    }
+
+    /// JSON Schema's `integer` admits `5.0` and `1e1`: wherever the document says `integer`, the server takes
+    /// them, and refuses `5.5` naming the field.
+    #[test]
+    fn every_integer_request_field_takes_integral_numbers() {
+        let fields = integer_request_fields(&the_document());
+        assert_eq!(
+            fields,
+            [
+                "GET /api/admin/stigg.outbox limit",
+                "GET /api/invoices.list limit",
+                "GET /api/usage/history periods",
+                "POST /api/admin/stigg.requeue ids",
+                "POST /api/usage/record value",
+            ]
+        );
+        for field in &fields {
+            assert_eq!(with_integer(field, "5"), Ok(5), "{field}");
+            assert_eq!(with_integer(field, "5.0"), Ok(5), "{field}");
+            assert_eq!(with_integer(field, "1e1"), Ok(10), "{field}");
+            let refused = with_integer(field, "5.5").expect_err(field);
+            let name = field.rsplit(' ').next().unwrap_or_default();
+            assert!(
+                refused.starts_with(name) || refused.starts_with("query:"),
+                "{field}: {refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_admin_roles_replace_the_scope_placeholder() {
+        let catalog =
+            PlanCatalog::from_toml_str(include_str!("../../../config/plans.toml")).expect("plans");
+        let (_, doc) = crate::routes::api();
+        let roles = AdminRoles::parse("org:admin,billing_manager").expect("roles");
+        let doc = document(&doc, &catalog, &roles);
+        let security = &doc["paths"]["/api/keys.create"]["post"]["security"];
+        assert_eq!(
+            security,
+            &json!([{"clerk": ["org:admin", "org:billing_manager"]}, {"operator": []}])
+        );
+        let scopes: Vec<&Value> = doc["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|paths| paths.values())
+            .filter_map(Value::as_object)
+            .flat_map(|methods| methods.values())
+            .filter_map(|op| op["security"].as_array())
+            .flatten()
+            .filter_map(Value::as_object)
+            .flat_map(|requirement| requirement.values())
+            .filter_map(Value::as_array)
+            .flatten()
+            .collect();
+        assert!(!scopes.is_empty());
+        assert!(scopes.iter().all(|s| *s != ADMIN_ROLES_SCOPE), "{scopes:?}");
+        let reads = &doc["paths"]["/api/keys.list"]["get"]["security"];
+        assert_eq!(reads, &json!([{"clerk": []}, {"operator": []}]));
+    }
+}
