@@ -3,7 +3,9 @@
 //! The handlers' `utoipa` annotations give the shape of every request and response. The rules the server checks on
 //! top of the types — identifier patterns, lengths, ranges, the metrics and plan codes PLANS_CONFIG defines, and
 //! the responses every body-taking or authenticated route can give — are added here, once, from the same constants
-//! the validators use, so the document cannot be looser than the server (schemathesis holds us to it).
+//! the validators use, so the document cannot be looser than the server (schemathesis holds us to it). The
+//! configured `TOLLGATE_ADMIN_ROLES` go in here too, as the roles of the `clerk` requirement of every route that
+//! changes an org.
 
 use crate::auth::AdminRoles;
 use crate::routes::admin::stigg_outbox::MAX_ITEMS as MAX_REQUEUE;
