@@ -34,8 +34,13 @@ pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
 
 /// Where settings come from.
 pub trait Env {
-    /// The value of `key`, if set and not empty.
-    fn get(&self, key: &str) -> Option<String>;
+    /// The value of `key` as set, blank or not.
+    fn raw(&self, key: &str) -> Option<String>;
+
+    /// The value of `key`, if set and not blank (a blank setting means "the default").
+    fn get(&self, key: &str) -> Option<String> {
+        self.raw(key).filter(|v| !v.trim().is_empty())
+    }
 }
 
 /// The process environment.
@@ -43,16 +48,14 @@ pub trait Env {
 pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+    fn raw(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
     }
 }
 
 impl<S: std::hash::BuildHasher> Env for HashMap<String, String, S> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key)
-            .filter(|v| !v.trim().is_empty())
-            .cloned()
+    fn raw(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
     }
 }
 
@@ -95,6 +98,12 @@ impl<'a> Reader<'a> {
     /// An optional string.
     pub fn optional(&mut self, key: &str) -> Option<String> {
         self.env.get(key)
+    }
+
+    /// Whether `key` is set to a blank value (which every other reader takes as unset), for a setting where
+    /// "nothing" must not silently mean the default.
+    pub fn is_blank(&self, key: &str) -> bool {
+        self.env.raw(key).is_some_and(|v| v.trim().is_empty())
     }
 
     /// A required string; a missing one is recorded.

@@ -4,6 +4,12 @@
 //! tokens fail before any key is touched. Keys are cached by `kid`. An unknown `kid` triggers a refetch, since
 //! Clerk rotates keys, but at most once per `min_refresh_interval`: a flood of tokens with made-up `kid`s cannot
 //! turn into a flood of requests to Clerk. Refetches are single-flight, and a failed fetch keeps the old keys.
+//!
+//! The active organization and the user's role in it come in two shapes. Clerk's "Session tokens" reference
+//! (clerk.com/docs/guides/sessions/session-tokens; clerk/clerk-docs `docs/guides/sessions/session-tokens.mdx`):
+//! version 1 carries `org_id` and `org_role` (example `org:admin`); version 2 (`"v": 2`) nests them in the `o`
+//! claim, `o: {id, slg, rol, per, fpm}`, where `rol` is "the role of the user in the organization, without the
+//! `org:` prefix" (example `admin`). [`ClerkSession::org_role`] is always in the `org:` form.
 
 use crate::config::ClerkSettings;
 use crate::domain::OrgId;
@@ -57,6 +63,10 @@ pub struct ClerkSession {
     pub user_id: String,
     /// The active organization: v1 `org_id`, or v2 `o.id`.
     pub org: Option<OrgId>,
+    /// The user's role in the active organization, in Clerk's `org:` form (`org:admin`, `org:member`,
+    /// `org:billing_manager`): v1 `org_role` as sent, v2 `o.rol` with the prefix added. `None` without an active
+    /// organization, or when the token names none.
+    pub org_role: Option<String>,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: i64,
 }
@@ -65,17 +75,65 @@ pub struct ClerkSession {
 struct RawClaims {
     sub: String,
     exp: i64,
+    #[serde(flatten)]
+    org: RawOrgClaims,
+}
+
+/// The organization claims of both token versions.
+#[derive(Deserialize, Default)]
+struct RawOrgClaims {
+    /// v1.
     #[serde(default)]
     org_id: Option<String>,
+    /// v1, with the `org:` prefix.
+    #[serde(default)]
+    org_role: Option<String>,
+    /// v2.
     #[serde(default)]
     o: Option<RawOrg>,
 }
 
+/// v2's `o` claim (`slg`, `per` and `fpm` are not used).
 #[derive(Deserialize)]
 struct RawOrg {
     #[serde(default)]
     id: Option<String>,
+    /// Without the `org:` prefix.
+    #[serde(default)]
+    rol: Option<String>,
 }
+
+impl RawOrgClaims {
+    /// The active organization and the user's role in it. The role comes from the same version of the claims as
+    /// the org (v1 wins when a token carries both), so a role is never paired with another shape's org.
+    fn active(self) -> Result<(Option<OrgId>, Option<String>), JwtError> {
+        let (org, role) = match (self.org_id, self.o) {
+            (Some(id), _) => (id, self.org_role),
+            (None, Some(RawOrg { id: Some(id), rol })) => (id, rol),
+            (None, _) => return Ok((None, None)),
+        };
+        let org = OrgId::parse(&org).map_err(|_| JwtError::BadClaims)?;
+        Ok((Some(org), role.as_deref().and_then(org_role)))
+    }
+}
+
+/// Clerk's `org:` form of an organization role: `admin` and `org:admin` are both `org:admin`. `None` for a blank
+/// role, or one that is only the prefix or holds whitespace, control characters or commas (no Clerk role key
+/// does; the comma separates `TOLLGATE_ADMIN_ROLES`).
+pub fn org_role(raw: &str) -> Option<String> {
+    let key = raw.strip_prefix(ORG_ROLE_PREFIX).unwrap_or(raw);
+    let valid = !key.is_empty()
+        && key.len() <= MAX_ROLE_KEY_LEN
+        && !key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+    valid.then(|| format!("{ORG_ROLE_PREFIX}{key}"))
+}
+
+/// The prefix of Clerk's organization roles (`org:admin`).
+pub const ORG_ROLE_PREFIX: &str = "org:";
+/// The longest role key taken (Clerk's keys are short identifiers).
+const MAX_ROLE_KEY_LEN: usize = 100;
 
 #[derive(Default)]
 struct KeySet {
@@ -182,13 +240,11 @@ impl ClerkVerifier {
         if claims.sub.is_empty() {
             return Err(JwtError::BadClaims);
         }
-        let org = match claims.org_id.or_else(|| claims.o.and_then(|o| o.id)) {
-            Some(raw) => Some(OrgId::parse(&raw).map_err(|_| JwtError::BadClaims)?),
-            None => None,
-        };
+        let (org, org_role) = claims.org.active()?;
         Ok(ClerkSession {
             user_id: claims.sub,
             org,
+            org_role,
             expires_at: claims.exp,
         })
     }
@@ -265,5 +321,91 @@ impl ClerkVerifier {
                 DecodingKey::from_jwk(jwk).ok().map(|k| (kid, k))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn active(claims: serde_json::Value) -> (Option<String>, Option<String>) {
+        let raw: RawOrgClaims = serde_json::from_value(claims).expect("claims parse");
+        let (org, role) = raw.active().expect("valid org claims");
+        (org.map(|o| o.as_str().to_owned()), role)
+    }
+
+    fn some(org: &str, role: &str) -> (Option<String>, Option<String>) {
+        (Some(org.to_owned()), Some(role.to_owned()))
+    }
+
+    #[test]
+    fn v1_role_is_taken_as_sent() {
+        let v1 = |role: &str| active(json!({"org_id": "org_a", "org_role": role}));
+        assert_eq!(v1("org:admin"), some("org_a", "org:admin"));
+        assert_eq!(v1("org:member"), some("org_a", "org:member"));
+        assert_eq!(
+            v1("org:billing_manager"),
+            some("org_a", "org:billing_manager")
+        );
+    }
+
+    #[test]
+    fn v2_role_gains_the_org_prefix() {
+        let v2 = |role: &str| {
+            active(
+                json!({"v": 2, "o": {"id": "org_b", "rol": role, "slg": "acme", "per": "read,manage", "fpm": "3,2"}}),
+            )
+        };
+        assert_eq!(v2("admin"), some("org_b", "org:admin"));
+        assert_eq!(v2("member"), some("org_b", "org:member"));
+        assert_eq!(v2("billing_manager"), some("org_b", "org:billing_manager"));
+    }
+
+    #[test]
+    fn admin_and_org_admin_are_one_role() {
+        assert_eq!(org_role("admin"), org_role("org:admin"));
+        assert_eq!(org_role("admin").as_deref(), Some("org:admin"));
+        // A v2 role that already carries the prefix is not prefixed twice.
+        assert_eq!(
+            active(json!({"o": {"id": "org_b", "rol": "org:admin"}})),
+            some("org_b", "org:admin")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_blank_role_is_none() {
+        assert_eq!(
+            active(json!({"org_id": "org_a"})),
+            (Some("org_a".to_owned()), None)
+        );
+        assert_eq!(
+            active(json!({"o": {"id": "org_b"}})),
+            (Some("org_b".to_owned()), None)
+        );
+        for blank in ["", "org:", " ", "org: admin", "ad min", "a,b", "adm\u{7}in"] {
+            assert_eq!(org_role(blank), None, "{blank:?}");
+        }
+        assert_eq!(org_role(&"r".repeat(101)), None);
+    }
+
+    #[test]
+    fn the_role_comes_from_the_same_version_as_the_org() {
+        // No org: no role, whatever the token says.
+        assert_eq!(active(json!({"org_role": "org:admin"})), (None, None));
+        assert_eq!(active(json!({"o": {"rol": "admin"}})), (None, None));
+        assert_eq!(active(json!({})), (None, None));
+        // Both versions: v1's org, and v1's role with it (none here), never v2's.
+        assert_eq!(
+            active(json!({"org_id": "org_a", "o": {"id": "org_b", "rol": "admin"}})),
+            (Some("org_a".to_owned()), None)
+        );
+    }
+
+    #[test]
+    fn a_malformed_org_id_is_refused() {
+        let raw: RawOrgClaims =
+            serde_json::from_value(json!({"o": {"id": "not an org", "rol": "admin"}})).unwrap();
+        assert_eq!(raw.active().unwrap_err(), JwtError::BadClaims);
     }
 }

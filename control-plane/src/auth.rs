@@ -10,6 +10,11 @@
 //!
 //! A missing or failing credential is 401; a valid one that the policy does not admit, or that acts on another
 //! org, is 403.
+//!
+//! **Roles.** Every member of an org reads; a route that changes the org (billing, payment methods, keys) takes
+//! [`OrgAdmin`], which admits a Clerk user only when the session's org role is one of `TOLLGATE_ADMIN_ROLES`
+//! ([`AdminRoles`]), and anyone else gets 403 naming the roles required. The operator is not a user and is
+//! unaffected; API keys are not admitted on those routes at all.
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tollgate_common::credential::{self, Credential, CredentialError};
 use tollgate_common::domain::OrgId;
-use tollgate_common::jwt::{ClerkSession, JwtError};
+use tollgate_common::jwt::{self, ClerkSession, JwtError, ORG_ROLE_PREFIX};
 use tollgate_common::keys;
 use tollgate_common::keys::cache::{CachedKey, ResolveError};
 
@@ -82,9 +87,21 @@ pub trait Policy: Send + Sync + 'static {
     const API_KEY: bool;
     /// The operator.
     const OPERATOR: bool;
+    /// Whether a Clerk user must also hold one of `TOLLGATE_ADMIN_ROLES` (a route that changes the org).
+    const USER_NEEDS_ADMIN_ROLE: bool = false;
 }
 
-/// Users and the operator (org management, keys, billing).
+/// Users whose org role is one of `TOLLGATE_ADMIN_ROLES`, and the operator: every route that changes an org's
+/// billing, payment methods or keys (and, later, budgets and webhook endpoints).
+pub struct OrgAdmin;
+impl Policy for OrgAdmin {
+    const USER: bool = true;
+    const API_KEY: bool = false;
+    const OPERATOR: bool = true;
+    const USER_NEEDS_ADMIN_ROLE: bool = true;
+}
+
+/// Users (any role) and the operator: reading billing (invoices, previews) and the org's keys.
 pub struct UserOrOperator;
 impl Policy for UserOrOperator {
     const USER: bool = true;
@@ -116,6 +133,53 @@ impl Policy for OperatorOnly {
     const OPERATOR: bool = true;
 }
 
+/// The Clerk organization roles that may change an org (`TOLLGATE_ADMIN_ROLES`), in Clerk's `org:` form, without
+/// duplicates, never empty once configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminRoles(Arc<[String]>);
+
+impl Default for AdminRoles {
+    /// Clerk's own administrator role.
+    fn default() -> Self {
+        Self(Arc::from([format!("{ORG_ROLE_PREFIX}admin")]))
+    }
+}
+
+impl AdminRoles {
+    /// Parses a comma-separated list: each entry a role name, with or without the `org:` prefix (`admin` and
+    /// `org:admin` are one role, as v2 and v1 tokens spell it). The error says which entry is wrong.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut roles: Vec<String> = Vec::new();
+        for (i, entry) in raw.split(',').enumerate() {
+            let entry = entry.trim();
+            let role = jwt::org_role(entry).ok_or_else(|| {
+                if entry.is_empty() {
+                    format!("entry {} is empty; expected role names such as org:admin", i + 1)
+                } else {
+                    format!(
+                        "entry {} is not a role name (no spaces, commas or control characters; e.g. org:admin)",
+                        i + 1
+                    )
+                }
+            })?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        Ok(Self(roles.into()))
+    }
+
+    /// Whether a session with this org role may change the org.
+    pub fn admits(&self, role: Option<&str>) -> bool {
+        role.is_some_and(|role| self.0.iter().any(|r| r == role))
+    }
+
+    /// The roles, in the order configured.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// The authenticated caller of a route with policy `P`.
 pub struct Caller<P: Policy> {
     /// Who is calling.
@@ -143,6 +207,15 @@ impl<P: Policy> FromRequestParts<AppState> for Caller<P> {
                 "this endpoint is not open to {} credentials",
                 principal.kind().replace('_', " ")
             )));
+        }
+        if P::USER_NEEDS_ADMIN_ROLE
+            && let Principal::User(session) = &principal
+            && !app.config.admin_roles.admits(session.org_role.as_deref())
+        {
+            return Err(ApiError::RoleRequired {
+                required: app.config.admin_roles.clone(),
+                held: session.org_role.clone(),
+            });
         }
         Ok(Self {
             principal,
@@ -234,4 +307,34 @@ async fn api_key(token: &str, app: &AppState) -> Result<Principal, ApiError> {
         });
     }
     Ok(Principal::ApiKey(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_roles_admit_only_their_roles() {
+        let roles = AdminRoles::parse("org:admin,billing_manager").unwrap();
+        assert!(roles.admits(Some("org:admin")));
+        assert!(roles.admits(Some("org:billing_manager")));
+        assert!(!roles.admits(Some("org:member")));
+        assert!(!roles.admits(None));
+        // Sessions carry roles in the org: form; a bare name never matches by accident.
+        assert!(!roles.admits(Some("admin")));
+        assert!(AdminRoles::default().admits(Some("org:admin")));
+    }
+
+    #[test]
+    fn admin_roles_name_the_bad_entry() {
+        assert_eq!(
+            AdminRoles::parse("org:admin,").unwrap_err(),
+            "entry 2 is empty; expected role names such as org:admin"
+        );
+        assert!(
+            AdminRoles::parse("org:admin, a b")
+                .unwrap_err()
+                .starts_with("entry 2 ")
+        );
+    }
 }

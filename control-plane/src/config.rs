@@ -1,5 +1,6 @@
 //! The control plane's settings: the shared ones plus its own, read once at start.
 
+use crate::auth::AdminRoles;
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use url::Url;
 
 pub const ENV_CP_LISTEN: &str = "TOLLGATE_CP_LISTEN";
 pub const ENV_ADMIN_TOKEN: &str = "TOLLGATE_ADMIN_TOKEN";
+pub const ENV_ADMIN_ROLES: &str = "TOLLGATE_ADMIN_ROLES";
 pub const ENV_BODY_LIMIT: &str = "TOLLGATE_CP_BODY_LIMIT";
 pub const ENV_HEADER_TIMEOUT_MS: &str = "TOLLGATE_CP_HEADER_TIMEOUT_MS";
 pub const ENV_BODY_TIMEOUT_MS: &str = "TOLLGATE_CP_BODY_TIMEOUT_MS";
@@ -37,6 +39,8 @@ pub const ENV_KEYS_RATE_LIMIT: &str = "TOLLGATE_CP_KEYS_RATE_LIMIT";
 pub const ENV_STIGG_RATE_LIMIT: &str = "TOLLGATE_CP_STIGG_RATE_LIMIT";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
+/// Clerk's own administrator role.
+pub const DEFAULT_ADMIN_ROLES: &str = "org:admin";
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
@@ -195,6 +199,9 @@ pub struct Config {
     pub common: CommonSettings,
     pub listen: SocketAddr,
     pub admin_token: SecretString,
+    /// The Clerk organization roles whose users may change billing, payment methods and keys
+    /// (`TOLLGATE_ADMIN_ROLES`).
+    pub admin_roles: AdminRoles,
     pub body_limit: usize,
     /// How long a client may take to send a request's header (and how long an idle connection is kept).
     pub header_timeout: Duration,
@@ -229,6 +236,7 @@ impl Config {
         let common = CommonSettings::read(&mut r);
         let listen = r.listen(ENV_CP_LISTEN, DEFAULT_CP_LISTEN);
         let admin_token = r.secret(ENV_ADMIN_TOKEN);
+        let admin_roles = read_admin_roles(&mut r);
         let body_limit = r.parse_or(ENV_BODY_LIMIT, DEFAULT_BODY_LIMIT, "a size in bytes");
         if !(1024..=16 * 1024 * 1024).contains(&body_limit) {
             r.error(ENV_BODY_LIMIT, "must be between 1024 and 16777216 bytes");
@@ -258,6 +266,7 @@ impl Config {
                 common,
                 listen,
                 admin_token,
+                admin_roles,
                 body_limit,
                 header_timeout,
                 body_timeout,
@@ -271,6 +280,25 @@ impl Config {
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),
         }
     }
+}
+
+/// `TOLLGATE_ADMIN_ROLES`: a comma-separated list of role names. Set but blank is an error rather than the
+/// default: an operator who clears the list means "nobody", which is not what the default grants.
+fn read_admin_roles(r: &mut Reader<'_>) -> AdminRoles {
+    if r.is_blank(ENV_ADMIN_ROLES) {
+        r.error(
+            ENV_ADMIN_ROLES,
+            "must name at least one organization role, e.g. org:admin",
+        );
+        return AdminRoles::default();
+    }
+    let raw = r
+        .optional(ENV_ADMIN_ROLES)
+        .unwrap_or_else(|| DEFAULT_ADMIN_ROLES.to_owned());
+    AdminRoles::parse(&raw).unwrap_or_else(|problem| {
+        r.error(ENV_ADMIN_ROLES, problem);
+        AdminRoles::default()
+    })
 }
 
 fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
@@ -444,6 +472,70 @@ mod tests {
             ENV_RETENTION_PURGE_BATCH,
         ] {
             assert!(e.contains(key), "{key} not named in: {e}");
+        }
+    }
+
+    fn config(extra: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let plans = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/plans.toml");
+        let mut env: HashMap<String, String> = [
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/tollgate",
+            ),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("CLERK_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+            ("TOLLGATE_PLANS", plans),
+            (ENV_ADMIN_TOKEN, "tgop_config_test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Config::from_env(&env)
+    }
+
+    fn roles(value: &str) -> Result<Vec<String>, String> {
+        config(&[(ENV_ADMIN_ROLES, value)])
+            .map(|c| c.admin_roles.names().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn admin_roles_default_to_clerks_admin() {
+        let c = config(&[]).expect("valid config");
+        assert_eq!(c.admin_roles.names(), ["org:admin"]);
+    }
+
+    #[test]
+    fn admin_roles_are_a_list_in_the_org_form() {
+        assert_eq!(
+            roles("org:admin, org:billing_manager").unwrap(),
+            ["org:admin", "org:billing_manager"]
+        );
+        // Written without the prefix, as v2 tokens spell them: the same roles.
+        assert_eq!(
+            roles("admin,billing_manager,admin").unwrap(),
+            ["org:admin", "org:billing_manager"]
+        );
+    }
+
+    #[test]
+    fn an_empty_admin_role_list_stops_the_start() {
+        for bad in [
+            "",
+            " ",
+            ",",
+            "org:admin,",
+            "org:admin,,org:x",
+            "org:",
+            "org:bad role",
+        ] {
+            let e = roles(bad).unwrap_err();
+            assert!(e.contains(ENV_ADMIN_ROLES), "{bad:?}: {e}");
         }
     }
 }

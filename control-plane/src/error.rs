@@ -17,6 +17,14 @@ pub enum ApiError {
     /// A valid credential that may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A Clerk user whose org role may not change the org (403 with `requiredRoles`).
+    #[error("{}", role_detail(required, held.as_deref()))]
+    RoleRequired {
+        /// Any one of these would do.
+        required: crate::auth::AdminRoles,
+        /// The session's role, if it has one.
+        held: Option<String>,
+    },
     /// The body is not JSON at all.
     #[error("{detail}")]
     MalformedBody { detail: String },
@@ -99,7 +107,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::RoleRequired { .. } => StatusCode::FORBIDDEN,
             Self::MalformedBody { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,6 +136,9 @@ impl ApiError {
         match self {
             Self::Unauthenticated(d) => p(problem::UNAUTHENTICATED, (*d).to_owned()),
             Self::Forbidden(d) => p(problem::FORBIDDEN, d.clone()),
+            Self::RoleRequired { required, .. } => {
+                p(problem::FORBIDDEN, self.to_string()).with("requiredRoles", required.names())
+            }
             Self::MalformedBody { detail } => {
                 p(problem::MALFORMED_BODY, detail.clone()).with("field", "body")
             }
@@ -181,6 +192,20 @@ impl ApiError {
             ),
         }
     }
+}
+
+/// "this action needs the organization role org:admin; the session's role is org:member".
+fn role_detail(required: &crate::auth::AdminRoles, held: Option<&str>) -> String {
+    let names = required.names();
+    let needs = match names {
+        [one] => format!("the organization role {one}"),
+        _ => format!("one of the organization roles {}", names.join(", ")),
+    };
+    let has = match held {
+        Some(role) => format!("the session's role is {role}"),
+        None => "the session has no organization role".to_owned(),
+    };
+    format!("this action changes the organization and needs {needs}; {has}")
 }
 
 /// Failures where PostgreSQL could not be reached, as opposed to a query that failed.

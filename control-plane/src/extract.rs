@@ -192,27 +192,114 @@ where
     T::deserialize(de).map(Some)
 }
 
-/// An unsigned integer that JSON may spell as `5` or `5.0` (JSON Schema's `integer` admits both).
-pub fn integral<'de, D>(de: D) -> Result<u64, D::Error>
+/// For every request field the document types as `integer`: `#[serde(deserialize_with =
+/// "crate::extract::integer")]` (with `default` on an `Option`), on any integer type, an `Option` or a `Vec` of one.
+///
+/// JSON Schema's `integer` is any number whose fractional part is zero, so `-65`, `-65.0` and `-6.5e1` are all -65
+/// and a client that validates against the document may send any of them; serde would refuse all but the first.
+/// A fraction (`1.5`), a string, or a value outside the field's type is the usual 422 naming the field. A number
+/// written with a fraction or exponent above 2^53 in size is refused too: as a float it is not exact, so the
+/// server cannot know which integer was meant.
+pub fn integer<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
+    T: Integral,
 {
-    use serde::de::Error;
-    let n = serde_json::Number::deserialize(de)?;
-    if let Some(v) = n.as_u64() {
-        return Ok(v);
+    T::deserialize_integral(de)
+}
+
+/// A type [`integer`] can fill: the integer types, and `Option`s and `Vec`s of them.
+pub trait Integral: Sized {
+    /// Deserializes an integer-valued number (or several, or none).
+    fn deserialize_integral<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error>;
+}
+
+/// The largest magnitude a float holds exactly as an integer.
+const EXACT_FLOAT_MAX: f64 = 9_007_199_254_740_992.0;
+
+struct IntegerVisitor<T> {
+    min: i128,
+    max: i128,
+    _type: std::marker::PhantomData<T>,
+}
+
+impl<T> serde::de::Visitor<'_> for IntegerVisitor<T>
+where
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an integer from {} to {}", self.min, self.max)
     }
-    match n.as_f64() {
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0 =>
-        {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "checked: a non-negative whole number below 2^53"
-            )]
-            Ok(f as u64)
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        T::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        T::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        // NaN and the infinities have no zero fraction either.
+        if v.fract() != 0.0 {
+            return Err(E::invalid_value(
+                serde::de::Unexpected::Float(v),
+                &"an integer",
+            ));
         }
-        _ => Err(D::Error::custom("expected a non-negative integer")),
+        if v.abs() > EXACT_FLOAT_MAX {
+            return Err(E::invalid_value(
+                serde::de::Unexpected::Float(v),
+                &"an integer written without a fraction or exponent (above 2^53 a float is not exact)",
+            ));
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "checked: a whole number within 2^53 of zero"
+        )]
+        self.visit_i64(v as i64)
+    }
+}
+
+macro_rules! integral {
+    ($($t:ty),*) => {$(
+        impl Integral for $t {
+            fn deserialize_integral<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+                // `f64` is only a hint: serde_json hands over the number as written (an integer literal exactly,
+                // `-65.0` or `1e3` as a float) and refuses anything else; serde_urlencoded parses the query's text
+                // as a float, so a query's `5.0` is 5 too.
+                de.deserialize_f64(IntegerVisitor::<$t> {
+                    min: i128::from(<$t>::MIN),
+                    max: i128::from(<$t>::MAX),
+                    _type: std::marker::PhantomData,
+                })
+            }
+        }
+    )*};
+}
+
+integral!(u8, u16, u32, u64, i16, i32, i64);
+
+/// One element of an `Option` or a `Vec`, read by [`Integral`].
+struct Element<T>(T);
+
+impl<'de, T: Integral> Deserialize<'de> for Element<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        T::deserialize_integral(de).map(Element)
+    }
+}
+
+impl<T: Integral> Integral for Option<T> {
+    fn deserialize_integral<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        Option::<Element<T>>::deserialize(de).map(|v| v.map(|Element(v)| v))
+    }
+}
+
+impl<T: Integral> Integral for Vec<T> {
+    fn deserialize_integral<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        Vec::<Element<T>>::deserialize(de).map(|v| v.into_iter().map(|Element(v)| v).collect())
     }
 }
 
@@ -273,6 +360,101 @@ mod tests {
         assert_eq!(field_of("").0, "body");
         assert_eq!(field_of("[]").0, "body");
         assert_eq!(field_of(r#"{"orgId":"x","count":1} {}"#).0, "body");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Numbers {
+        #[serde(deserialize_with = "integer")]
+        count: u64,
+        #[serde(default, deserialize_with = "integer")]
+        small: Option<u8>,
+        #[serde(default, deserialize_with = "integer")]
+        ids: Vec<i64>,
+    }
+
+    fn numbers(json: &str) -> Result<Numbers, (String, String)> {
+        parse::<Numbers>(json.as_bytes()).map_err(|e| match e {
+            ApiError::InvalidField { field, detail } => (field, detail),
+            other => panic!("unexpected {other:?}"),
+        })
+    }
+
+    #[test]
+    fn integers_may_be_written_as_integral_numbers() {
+        for (json, count) in [
+            (r#"{"count":5}"#, 5),
+            (r#"{"count":5.0}"#, 5),
+            (r#"{"count":1e3}"#, 1000),
+            (r#"{"count":1.5e1}"#, 15),
+            (r#"{"count":-0.0}"#, 0),
+            (r#"{"count":18446744073709551615}"#, u64::MAX),
+            (r#"{"count":9007199254740992.0}"#, 9_007_199_254_740_992),
+        ] {
+            assert_eq!(numbers(json).unwrap().count, count, "{json}");
+        }
+        let n = numbers(r#"{"count":1,"small":255.0,"ids":[-65.0,7,-6.5e1,9223372036854775807]}"#)
+            .unwrap();
+        assert_eq!(n.small, Some(255));
+        assert_eq!(n.ids, [-65, 7, -65, i64::MAX]);
+        let n = numbers(r#"{"count":1,"small":null}"#).unwrap();
+        assert_eq!((n.small, n.ids.len()), (None, 0));
+    }
+
+    #[test]
+    fn fractions_strings_and_out_of_range_values_name_the_field() {
+        for (json, field) in [
+            (r#"{"count":1.5}"#, "count"),
+            (r#"{"count":-1}"#, "count"),
+            (r#"{"count":-1.0}"#, "count"),
+            (r#"{"count":"5"}"#, "count"),
+            (r#"{"count":null}"#, "count"),
+            (r#"{"count":true}"#, "count"),
+            (r#"{"count":1e20}"#, "count"),
+            (r#"{"count":9007199254740994.0}"#, "count"),
+            (r#"{"count":1,"small":256}"#, "small"),
+            (r#"{"count":1,"small":2.5}"#, "small"),
+            (r#"{"count":1,"ids":[1,-65.5]}"#, "ids[1]"),
+            (r#"{"count":1,"ids":["1"]}"#, "ids[0]"),
+        ] {
+            let (at, detail) = numbers(json).unwrap_err();
+            assert_eq!(at, field, "{json}: {detail}");
+        }
+        let (_, detail) = numbers(r#"{"count":1.5}"#).unwrap_err();
+        assert_eq!(
+            detail,
+            "invalid value: floating point `1.5`, expected an integer"
+        );
+        let (_, detail) = numbers(r#"{"count":1,"small":300}"#).unwrap_err();
+        assert_eq!(
+            detail,
+            "invalid value: integer `300`, expected an integer from 0 to 255"
+        );
+    }
+
+    #[test]
+    fn query_integers_may_be_written_as_integral_numbers() {
+        #[derive(Debug, Deserialize)]
+        struct Query {
+            #[serde(default, deserialize_with = "integer")]
+            limit: Option<u8>,
+        }
+        let limit = |q: &str| serde_urlencoded::from_str::<Query>(q).map(|q| q.limit);
+        assert_eq!(limit("limit=5").unwrap(), Some(5));
+        assert_eq!(limit("limit=5.0").unwrap(), Some(5));
+        assert_eq!(limit("limit=1e2").unwrap(), Some(100));
+        assert_eq!(limit("").unwrap(), None);
+        for bad in [
+            "limit=1.5",
+            "limit=300",
+            "limit=-1",
+            "limit=abc",
+            "limit=",
+            "limit=NaN",
+            "limit=inf",
+        ] {
+            assert!(limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

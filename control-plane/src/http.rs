@@ -26,6 +26,7 @@ pub fn router(app: AppState) -> Router {
     let openapi = Arc::new(routes::openapi::document(
         &openapi,
         &app.config.common.plans,
+        &app.config.admin_roles,
     ));
     let body_rules = BodyRules {
         limit: app.config.body_limit,

@@ -109,7 +109,8 @@ fn now() -> i64 {
     SystemClock.now().timestamp()
 }
 
-/// Claims of a valid v1 session token for `user` in `org` (or no org), valid from a minute ago for ten minutes.
+/// Claims of a valid v1 session token for `user` in `org` (or no org) as an `org:admin`, valid from a minute ago
+/// for ten minutes.
 pub fn claims(user: &str, org: Option<&str>) -> Value {
     let mut c = json!({
         "sub": user, "iss": ISSUER, "sid": "sess_test", "azp": "http://localhost:3000",
@@ -122,12 +123,33 @@ pub fn claims(user: &str, org: Option<&str>) -> Value {
     c
 }
 
-/// Claims of a valid v2 session token: the org is in `o.id`.
+/// Claims of a valid v1 session token in `org` with the org role `role` as v1 spells it (`org:member`), or
+/// none.
+pub fn claims_with_role(user: &str, org: &str, role: Option<&str>) -> Value {
+    let mut c = claims(user, Some(org));
+    match role {
+        Some(role) => c["org_role"] = json!(role),
+        None => drop(c.as_object_mut().and_then(|c| c.remove("org_role"))),
+    }
+    c
+}
+
+/// Claims of a valid v2 session token as an admin: the org is in `o.id`.
 pub fn claims_v2(user: &str, org: &str) -> Value {
+    claims_v2_with_role(user, org, Some("admin"))
+}
+
+/// Claims of a valid v2 session token in `org` with `o.rol` as v2 spells it (`member`, without `org:`), or
+/// none.
+pub fn claims_v2_with_role(user: &str, org: &str, rol: Option<&str>) -> Value {
+    let mut o = json!({ "id": org, "slg": "acme", "per": "read,manage", "fpm": "3" });
+    if let Some(rol) = rol {
+        o["rol"] = json!(rol);
+    }
     json!({
         "sub": user, "iss": ISSUER, "v": 2, "sid": "sess_test",
         "iat": now() - 60, "nbf": now() - 60, "exp": now() + 600,
-        "o": { "id": org, "rol": "admin", "slg": "acme" },
+        "o": o,
     })
 }
 

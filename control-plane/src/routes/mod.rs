@@ -83,6 +83,10 @@ pub struct ProblemDoc {
     /// The request field at fault, for bad input.
     #[schema(example = "name")]
     pub field: Option<String>,
+    /// For a 403 refusing a session's organization role: the roles that may make the call (`TOLLGATE_ADMIN_ROLES`).
+    #[serde(rename = "requiredRoles")]
+    #[schema(example = json!(["org:admin"]))]
+    pub required_roles: Option<Vec<String>>,
 }
 
 /// The API routes and their OpenAPI document.

@@ -3,8 +3,11 @@
 //! The handlers' `utoipa` annotations give the shape of every request and response. The rules the server checks on
 //! top of the types — identifier patterns, lengths, ranges, the metrics and plan codes PLANS_CONFIG defines, and
 //! the responses every body-taking or authenticated route can give — are added here, once, from the same constants
-//! the validators use, so the document cannot be looser than the server (schemathesis holds us to it).
+//! the validators use, so the document cannot be looser than the server (schemathesis holds us to it). The
+//! configured `TOLLGATE_ADMIN_ROLES` go in here too, as the roles of the `clerk` requirement of every route that
+//! changes an org.
 
+use crate::auth::AdminRoles;
 use crate::routes::admin::stigg_outbox::MAX_ITEMS as MAX_REQUEUE;
 use crate::routes::admin::webhooks_replay::MAX_EVENT_IDS;
 use crate::routes::billing::customer_ensure::EMAIL_PATTERN;
@@ -105,8 +108,19 @@ fn problem(description: &str) -> Value {
     })
 }
 
-/// The document with every constraint and common response added.
-pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value {
+/// The scope a handler's annotation gives its `clerk` security requirement when the route takes
+/// [`crate::auth::OrgAdmin`]: `security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ...)`. The document lists the
+/// configured roles in its place — OpenAPI 3.1 lets a non-OAuth requirement name "role names which are required
+/// for the execution".
+pub const ADMIN_ROLES_SCOPE: &str = crate::config::ENV_ADMIN_ROLES;
+
+/// The document with every constraint and common response added, and the admin roles in place of
+/// [`ADMIN_ROLES_SCOPE`].
+pub fn document(
+    doc: &utoipa::openapi::OpenApi,
+    catalog: &PlanCatalog,
+    admin_roles: &AdminRoles,
+) -> Value {
     let mut doc = serde_json::to_value(doc).unwrap_or_else(|_| json!({}));
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -137,6 +151,7 @@ pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value 
                 .flat_map(|methods| methods.values_mut())
             {
                 constrain_operation(operation, &schemas, catalog);
+                name_admin_roles(operation, admin_roles);
                 if limited
                     && let Some(responses) = operation
                         .get_mut("responses")
@@ -153,6 +168,22 @@ pub fn document(doc: &utoipa::openapi::OpenApi, catalog: &PlanCatalog) -> Value 
         }
     }
     doc
+}
+
+fn name_admin_roles(operation: &mut Value, admin_roles: &AdminRoles) {
+    let Some(requirements) = operation.get_mut("security").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for scopes in requirements
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|requirement| requirement.values_mut())
+        .filter_map(Value::as_array_mut)
+    {
+        if scopes.iter().any(|s| s == ADMIN_ROLES_SCOPE) {
+            *scopes = admin_roles.names().iter().map(|r| json!(r)).collect();
+        }
+    }
 }
 
 fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCatalog) {
@@ -220,5 +251,171 @@ fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCat
             "A credential this route does not admit, or another org",
         );
         add("503", "A dependency is unavailable; retry later");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::parse;
+    use crate::routes::admin::stigg_outbox::{OutboxQuery, RequeueRequest};
+    use crate::routes::billing::invoices::InvoicesQuery;
+    use crate::routes::usage::history::HistoryQuery;
+    use crate::routes::usage::record::RecordRequest;
+
+    fn the_document() -> Value {
+        let catalog =
+            PlanCatalog::from_toml_str(include_str!("../../../config/plans.toml")).expect("plans");
+        let (_, doc) = crate::routes::api();
+        document(&doc, &catalog, &AdminRoles::default())
+    }
+
+    fn is_integer(schema: &Value) -> bool {
+        schema["type"] == "integer"
+            || schema["type"]
+                .as_array()
+                .is_some_and(|types| types.iter().any(|t| t == "integer"))
+    }
+
+    /// Every request field (body properties, array items included, and query parameters) the document types as
+    /// `integer`, as `"METHOD path field"`.
+    fn integer_request_fields(doc: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        for (path, methods) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, op) in methods.as_object().into_iter().flatten() {
+                let name = format!("{} {path}", method.to_uppercase());
+                for parameter in op["parameters"].as_array().into_iter().flatten() {
+                    if is_integer(&parameter["schema"]) {
+                        found.push(format!(
+                            "{name} {}",
+                            parameter["name"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+                let Some(body) = op
+                    .pointer("/requestBody/content/application~1json/schema/$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                else {
+                    continue;
+                };
+                let properties = &doc["components"]["schemas"][body]["properties"];
+                for (field, schema) in properties.as_object().into_iter().flatten() {
+                    assert!(
+                        schema.get("$ref").is_none(),
+                        "{name} {field}: a nested schema; look inside it for integers too"
+                    );
+                    if is_integer(schema) || is_integer(&schema["items"]) {
+                        found.push(format!("{name} {field}"));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Parses a request with `n` in place of the integer field; `Ok(the field's value)` or `Err(the field named)`.
+    fn with_integer(field: &str, n: &str) -> Result<i64, String> {
+        let body = |json: String| parse::<Value>(json.as_bytes()).map(|_| json);
+        let named = |e: crate::error::ApiError| match e {
+            crate::error::ApiError::InvalidField { field, .. } => field,
+            other => panic!("unexpected {other:?}"),
+        };
+        let query = |e: serde_urlencoded::de::Error| format!("query: {e}");
+        match field {
+            "POST /api/usage/record value" => {
+                let json = body(format!(
+                    r#"{{"metric":"api_call","value":{n},"occurredAt":"2026-12-01T00:00:00Z","request_id":"r1"}}"#
+                ))
+                .map_err(named)?;
+                parse::<RecordRequest>(json.as_bytes())
+                    .map(|r| i64::try_from(r.value).unwrap_or(i64::MAX))
+                    .map_err(named)
+            }
+            "POST /api/admin/stigg.requeue ids" => {
+                parse::<RequeueRequest>(format!(r#"{{"ids":[1,{n}]}}"#).as_bytes())
+                    .map(|r| r.ids[1])
+                    .map_err(named)
+            }
+            "GET /api/admin/stigg.outbox limit" => {
+                serde_urlencoded::from_str::<OutboxQuery>(&format!("limit={n}"))
+                    .map(|q| q.limit.map_or(-1, i64::from))
+                    .map_err(query)
+            }
+            "GET /api/invoices.list limit" => {
+                serde_urlencoded::from_str::<InvoicesQuery>(&format!("limit={n}"))
+                    .map(|q| q.limit.map_or(-1, i64::from))
+                    .map_err(query)
+            }
+            "GET /api/usage/history periods" => {
+                serde_urlencoded::from_str::<HistoryQuery>(&format!("periods={n}"))
+                    .map(|q| q.periods.map_or(-1, i64::from))
+                    .map_err(query)
+            }
+            other => panic!(
+                "{other}: a new integer request field; give it `#[serde(deserialize_with = \
+                 \"crate::extract::integer\")]` and add it here"
+            ),
+        }
+    }
+
+    /// JSON Schema's `integer` admits `5.0` and `1e1`: wherever the document says `integer`, the server takes
+    /// them, and refuses `5.5` naming the field.
+    #[test]
+    fn every_integer_request_field_takes_integral_numbers() {
+        let fields = integer_request_fields(&the_document());
+        assert_eq!(
+            fields,
+            [
+                "GET /api/admin/stigg.outbox limit",
+                "GET /api/invoices.list limit",
+                "GET /api/usage/history periods",
+                "POST /api/admin/stigg.requeue ids",
+                "POST /api/usage/record value",
+            ]
+        );
+        for field in &fields {
+            assert_eq!(with_integer(field, "5"), Ok(5), "{field}");
+            assert_eq!(with_integer(field, "5.0"), Ok(5), "{field}");
+            assert_eq!(with_integer(field, "1e1"), Ok(10), "{field}");
+            let refused = with_integer(field, "5.5").expect_err(field);
+            let name = field.rsplit(' ').next().unwrap_or_default();
+            assert!(
+                refused.starts_with(name) || refused.starts_with("query:"),
+                "{field}: {refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_admin_roles_replace_the_scope_placeholder() {
+        let catalog =
+            PlanCatalog::from_toml_str(include_str!("../../../config/plans.toml")).expect("plans");
+        let (_, doc) = crate::routes::api();
+        let roles = AdminRoles::parse("org:admin,billing_manager").expect("roles");
+        let doc = document(&doc, &catalog, &roles);
+        let security = &doc["paths"]["/api/keys.create"]["post"]["security"];
+        assert_eq!(
+            security,
+            &json!([{"clerk": ["org:admin", "org:billing_manager"]}, {"operator": []}])
+        );
+        let scopes: Vec<&Value> = doc["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|paths| paths.values())
+            .filter_map(Value::as_object)
+            .flat_map(|methods| methods.values())
+            .filter_map(|op| op["security"].as_array())
+            .flatten()
+            .filter_map(Value::as_object)
+            .flat_map(|requirement| requirement.values())
+            .filter_map(Value::as_array)
+            .flatten()
+            .collect();
+        assert!(!scopes.is_empty());
+        assert!(scopes.iter().all(|s| *s != ADMIN_ROLES_SCOPE), "{scopes:?}");
+        let reads = &doc["paths"]["/api/keys.list"]["get"]["security"];
+        assert_eq!(reads, &json!([{"clerk": []}, {"operator": []}]));
     }
 }

@@ -19,6 +19,7 @@ pub const MAX_ITEMS: usize = 500;
 #[into_params(parameter_in = Query)]
 pub struct OutboxQuery {
     /// 1 to 100 (default 100).
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub limit: Option<u8>,
 }
 
@@ -43,6 +44,7 @@ pub async fn list_outbox(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequeueRequest {
     /// 1 to 500 outbox ids.
+    #[serde(deserialize_with = "crate::extract::integer")]
     pub ids: Vec<i64>,
 }
 

@@ -1,7 +1,7 @@
 //! 1.2 `POST /api/stripe/customer.ensure`.
 
 use crate::app::AppState;
-use crate::auth::{Caller, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::limits::Group;
@@ -59,13 +59,14 @@ fn email(value: &str) -> ApiResult<&str> {
     request_body = EnsureCustomerRequest,
     responses(
         (status = 200, description = "The customer (created now or before)", body = EnsureCustomerResponse),
+        (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn ensure_customer(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<EnsureCustomerRequest>,
 ) -> ApiResult<Json<EnsureCustomerResponse>> {

@@ -1,7 +1,7 @@
 //! 2.2 `POST /api/payments/default-method.set`.
 
 use crate::app::AppState;
-use crate::auth::{Caller, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::limits::Group;
@@ -40,13 +40,14 @@ pub struct DefaultMethodResponse {
     request_body = DefaultMethodRequest,
     responses(
         (status = 200, description = "The payment method is the default", body = DefaultMethodResponse),
+        (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The org has no Stripe customer yet; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn set_default_method(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<DefaultMethodRequest>,
 ) -> ApiResult<Json<DefaultMethodResponse>> {

@@ -29,6 +29,7 @@ pub struct InvoicesQuery {
     /// The last `id` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 100 (default 10).
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub limit: Option<u8>,
 }
 

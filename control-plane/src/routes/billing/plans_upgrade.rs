@@ -2,7 +2,7 @@
 
 use super::PlanChangeRequest;
 use crate::app::AppState;
-use crate::auth::{Caller, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
@@ -30,13 +30,14 @@ pub struct UpgradeResponse {
     responses(
         (status = 200, description = "Upgraded", body = UpgradeResponse),
         (status = 402, description = "Stripe declined the payment; nothing changed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "No live subscription, or already on this plan; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn upgrade_now(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<PlanChangeRequest>,
 ) -> ApiResult<Json<UpgradeResponse>> {

@@ -2,7 +2,7 @@
 
 use super::OrgRequest;
 use crate::app::AppState;
-use crate::auth::{Caller, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
@@ -26,13 +26,14 @@ pub struct PortalResponse {
     request_body = OrgRequest,
     responses(
         (status = 200, description = "The portal session's URL", body = PortalResponse),
+        (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The org has no Stripe customer yet", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn create_portal_session(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<OrgRequest>,
 ) -> ApiResult<Json<PortalResponse>> {

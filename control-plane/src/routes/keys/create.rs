@@ -1,7 +1,7 @@
 //! `POST /api/keys.create`.
 
 use crate::app::AppState;
-use crate::auth::{Caller, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
@@ -49,14 +49,14 @@ pub struct CreateKeyResponse {
         (status = 200, description = "The key, shown once", body = CreateKeyResponse),
         (status = 400, description = "Malformed JSON", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No or bad credentials", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "Another org, or an API key", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such org", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or invalid", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn create_key(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<Json<CreateKeyResponse>> {

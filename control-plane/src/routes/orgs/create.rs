@@ -1,7 +1,7 @@
 //! 1.1 `POST /api/orgs.create`.
 
 use crate::app::AppState;
-use crate::auth::{Caller, Principal, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
@@ -73,15 +73,15 @@ fn authorize(principal: &Principal, new: &NewOrg) -> ApiResult<()> {
         (status = 200, description = "Created, or already existed with this body", body = CreateOrgResponse),
         (status = 400, description = "Malformed JSON", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No or bad credentials", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "Another org, another owner, or an API key", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Another org, another owner, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The orgId exists with another owner or name", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or invalid", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn create_org(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<CreateOrgRequest>,
 ) -> ApiResult<Json<CreateOrgResponse>> {

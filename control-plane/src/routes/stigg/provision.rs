@@ -1,9 +1,10 @@
 //! 1.4 `POST /api/stigg/provision`.
 
 use crate::app::AppState;
-use crate::auth::{Caller, UserOrOperator};
+use crate::auth::{Caller, OrgAdmin};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
+use crate::routes::ProblemDoc;
 use crate::services::stigg::Provisioned;
 use axum::Json;
 use axum::extract::State;
@@ -56,11 +57,12 @@ pub struct ProvisionResponse {
     responses(
         (status = 200, description = "Stigg accepted it (or Stigg is not configured: `skipped`)", body = ProvisionResponse),
         (status = 202, description = "Stigg is unreachable: queued, delivered later", body = ProvisionResponse),
+        (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
     ),
-    security(("clerk" = []), ("operator" = []))
+    security(("clerk" = ["TOLLGATE_ADMIN_ROLES"]), ("operator" = []))
 )]
 pub async fn provision(
-    caller: Caller<UserOrOperator>,
+    caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<ProvisionRequest>,
 ) -> ApiResult<(StatusCode, Json<ProvisionResponse>)> {

@@ -23,6 +23,7 @@ pub struct HistoryQuery {
     /// Defaults to `api_call`.
     pub metric: Option<String>,
     /// 1 to 24; defaults to 6.
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub periods: Option<u32>,
 }
 

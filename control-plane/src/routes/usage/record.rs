@@ -26,7 +26,7 @@ pub struct RecordRequest {
     pub metric: String,
     /// A positive integer, at most 1 000 000 000.
     #[schema(example = 3)]
-    #[serde(deserialize_with = "crate::extract::integral")]
+    #[serde(deserialize_with = "crate::extract::integer")]
     pub value: u64,
     /// When the usage happened (RFC 3339, year 2000 or later); decides the period. More than 5 minutes ahead of
     /// the server's clock is a 409; in a period that ended more than `TOLLGATE_RETENTION_USAGE_RECORDS_DAYS` ago
