@@ -22,12 +22,25 @@ pub(crate) async fn setup_with(
     limit: u64,
     stigg: Option<&tollgate_e2e::stigg::FakeStigg>,
 ) -> (StripeEmulator, Metering) {
+    setup_with_env(limit, stigg, &[]).await
+}
+
+/// [`setup_with`], with settings added to the control plane's.
+pub(crate) async fn setup_with_env(
+    limit: u64,
+    stigg: Option<&tollgate_e2e::stigg::FakeStigg>,
+    env: &[(&str, &str)],
+) -> (StripeEmulator, Metering) {
     let stripe = StripeEmulator::start().await;
     stripe.seed_prices().await;
     let m = Metering::start(Options {
         limit,
         stripe: Some(&stripe),
         stigg,
+        control_plane_env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         ..Options::default()
     })
     .await;

@@ -24,6 +24,8 @@ pub struct Options<'a> {
     pub stripe: Option<&'a crate::stripe::StripeEmulator>,
     /// A fake Stigg for the control plane's mirror.
     pub stigg: Option<&'a crate::stigg::FakeStigg>,
+    /// Settings added to the control plane's.
+    pub control_plane_env: Vec<(String, String)>,
 }
 
 impl Default for Options<'_> {
@@ -35,6 +37,7 @@ impl Default for Options<'_> {
             clock: None,
             stripe: None,
             stigg: None,
+            control_plane_env: Vec::new(),
         }
     }
 }
@@ -125,6 +128,9 @@ metered = false
         }
         if let Some(stigg) = options.stigg {
             builder = builder.stigg(stigg);
+        }
+        for (key, value) in &options.control_plane_env {
+            builder = builder.env(key, value);
         }
         let app = builder.start().await;
         if let Some(stripe) = options.stripe {
