@@ -193,15 +193,17 @@ pub fn canonicalize(options: bool, raw: &[u8]) -> Result<Canonical<'_>, TargetEr
 
 /// `/path?query`.
 fn origin_form(raw: &[u8]) -> Result<Canonical<'_>, TargetError> {
-    let path_end = memchr(b'?', raw).unwrap_or(raw.len());
-    let (path, query) = raw.split_at(path_end);
-    check_query(query)?;
-    if is_canonical(path) {
+    if let Some(path_end) = canonical_path_end(raw) {
+        let (path, query) = raw.split_at(path_end);
+        check_query(query)?;
         // Every byte of a canonical path is ASCII.
         return std::str::from_utf8(path)
             .map(Canonical::AsReceived)
             .map_err(|_| TargetError::Form);
     }
+    let path_end = memchr(b'?', raw).unwrap_or(raw.len());
+    let (path, query) = raw.split_at(path_end);
+    check_query(query)?;
     rewrite(path, query)
 }
 
@@ -248,28 +250,30 @@ fn check_query(query: &[u8]) -> Result<(), TargetError> {
     }
 }
 
-/// Whether a path (starting with `/`) is already canonical: only bytes kept as they are and canonical escapes, no
-/// empty segment but the last, no dot segment. One pass, no allocation.
-fn is_canonical(path: &[u8]) -> bool {
+/// Where the path of an origin-form target (starting with `/`) ends, if the path is already canonical: only bytes
+/// kept as they are and canonical escapes, no empty segment but the last, no dot segment. One pass that stops at
+/// the query, no allocation.
+fn canonical_path_end(target: &[u8]) -> Option<usize> {
     let mut segment_start = 1;
     let mut i = 1;
-    while let Some(&b) = path.get(i) {
+    while let Some(&b) = target.get(i) {
         match CLASS[usize::from(b)] {
             Byte::Keep => {}
             Byte::Slash => {
-                let segment = path.get(segment_start..i).unwrap_or_default();
+                let segment = target.get(segment_start..i).unwrap_or_default();
                 if segment.is_empty() || dot_segment(segment) != Dot::None {
-                    return false;
+                    return None;
                 }
                 segment_start = i + 1;
             }
-            Byte::Percent if canonical_escape(path.get(i..).unwrap_or_default()) => i += 2,
-            _ => return false,
+            Byte::Percent if canonical_escape(target.get(i..).unwrap_or_default()) => i += 2,
+            Byte::Encode if b == b'?' => break,
+            _ => return None,
         }
         i += 1;
     }
-    let last = path.get(segment_start..).unwrap_or_default();
-    dot_segment(last) == Dot::None
+    let last = target.get(segment_start..i).unwrap_or_default();
+    (dot_segment(last) == Dot::None).then_some(i)
 }
 
 /// Whether `bytes` starts with an escape that canonicalisation keeps as it is: upper-case hex, of a byte that is
@@ -426,7 +430,8 @@ fn decode_segment(raw: &[u8], out: &mut String) -> Result<(), TargetError> {
 /// A canonical path with its escapes decoded, for route matching: what a server that routes on decoded paths
 /// matches against. `None` when there is nothing to decode.
 pub fn decoded_path(path: &str) -> Option<Vec<u8>> {
-    if !path.contains('%') {
+    // A plain loop: paths are short, and this runs for every request.
+    if !path.bytes().any(|b| b == b'%') {
         return None;
     }
     let bytes = path.as_bytes();
