@@ -472,48 +472,6 @@ metered = false
         }
     }
 
-    /// How a server that decodes, merges slashes and removes dot segments (nginx) resolves a path; `None` where
-    /// it would refuse the request.
-    fn served_path(raw: &[u8]) -> Option<Vec<u8>> {
-        let path = raw.split(|&b| b == b'?').next()?;
-        let mut decoded = Vec::new();
-        let mut i = 0;
-        while let Some(&b) = path.get(i) {
-            if b == b'%' {
-                let hex = std::str::from_utf8(path.get(i + 1..i + 3)?).ok()?;
-                decoded.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            } else {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-        let mut stack: Vec<&[u8]> = Vec::new();
-        let segments: Vec<&[u8]> = decoded.split(|&b| b == b'/').skip(1).collect();
-        let mut trailing = false;
-        for (n, segment) in segments.iter().enumerate() {
-            let last = n + 1 == segments.len();
-            match *segment {
-                b"" => trailing = last,
-                b"." => trailing = true,
-                b".." => {
-                    stack.pop()?;
-                    trailing = true;
-                }
-                other => {
-                    stack.push(other);
-                    trailing = false;
-                }
-            }
-        }
-        let mut served = b"/".to_vec();
-        served.extend(stack.join(&b'/'));
-        if trailing && served.len() > 1 {
-            served.push(b'/');
-        }
-        Some(served)
-    }
-
     fn spelled_target() -> impl Strategy<Value = Vec<u8>> {
         let token = prop::sample::select(vec![
             &b"/"[..],
@@ -583,11 +541,11 @@ metered = false
             if let Ok(canonical) = target::canonicalize(false, &raw) {
                 let priced = routes.classify(canonical.path()).route();
                 let forwarded = canonical.rewritten().map_or_else(|| raw.clone(), |t| t.as_bytes().to_vec());
-                let served = served_path(&forwarded).expect("a canonical target is served");
+                let served = target::resolved_by_decoding_server(&forwarded).expect("a canonical target is served");
                 prop_assert_eq!(priced, routes.classify_decoded(&served).route());
                 // The client's own spelling, served directly, costs what the canonical one costs.
                 if raw.starts_with(b"/")
-                    && let Some(spelled) = served_path(&raw)
+                    && let Some(spelled) = target::resolved_by_decoding_server(&raw)
                 {
                     prop_assert_eq!(priced, routes.classify_decoded(&spelled).route());
                 }

@@ -452,6 +452,52 @@ pub fn decoded_path(path: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// How a server that decodes every escape, merges slashes and removes dot segments (nginx's `$uri`, and most
+/// frameworks) resolves the path of an origin-form target; `None` where such a server refuses it (a bad escape, a
+/// `..` above the root, no leading `/`). Not used to serve requests: it is the oracle the property tests and the
+/// fuzzer hold [`canonicalize`] to (the price of the canonical path is the price of the path such a server serves).
+pub fn resolved_by_decoding_server(target: &[u8]) -> Option<Vec<u8>> {
+    let path = target.split(|&b| b == b'?').next()?;
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = path.get(i) {
+        if b == b'%' {
+            decoded.push(escape_at(path.get(i..)?)?);
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    if decoded.first() != Some(&b'/') {
+        return None;
+    }
+    let segments: Vec<&[u8]> = decoded.split(|&b| b == b'/').skip(1).collect();
+    let mut stack: Vec<&[u8]> = Vec::new();
+    let mut trailing = false;
+    for (n, segment) in segments.iter().enumerate() {
+        let last = n + 1 == segments.len();
+        match *segment {
+            b"" => trailing = last,
+            b"." => trailing = true,
+            b".." => {
+                stack.pop()?;
+                trailing = true;
+            }
+            other => {
+                stack.push(other);
+                trailing = false;
+            }
+        }
+    }
+    let mut served = b"/".to_vec();
+    served.extend(stack.join(&b'/'));
+    if trailing && served.len() > 1 {
+        served.push(b'/');
+    }
+    Some(served)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,6 +622,26 @@ mod tests {
         assert_eq!(canon("//"), Ok("/".to_owned()));
         assert_eq!(canon("/."), Ok("/".to_owned()));
         assert_eq!(canon("/a//../b"), Ok("/b".to_owned()));
+    }
+
+    #[test]
+    fn the_oracle_resolves_as_nginx_does() {
+        // Each row checked against nginx 1.22 (`return 200 $uri`, tests/support/nginx.rs).
+        for (target, served) in [
+            ("/health/../v1/embeddings", Some("/v1/embeddings")),
+            ("/health/..%2fv1/embeddings", Some("/v1/embeddings")),
+            ("//v1//embeddings/.", Some("/v1/embeddings/")),
+            ("/v1/a%3Ab?q=/..", Some("/v1/a:b")),
+            ("/..", None),
+            ("x:/v1", None),
+            ("/a%zz", None),
+        ] {
+            assert_eq!(
+                resolved_by_decoding_server(target.as_bytes()),
+                served.map(|s| s.as_bytes().to_vec()),
+                "{target}"
+            );
+        }
     }
 
     #[test]
