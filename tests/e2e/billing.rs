@@ -1220,3 +1220,65 @@ async fn billing_refuses_bad_input_and_other_orgs_and_says_when_it_is_off() {
         .unwrap();
     assert_eq!(subscriptions, 0, "nothing written");
 }
+
+/// Issue 20, defect 12: only Stripe's `resource_missing` means an object is gone. A `STRIPE_API_BASE` with a wrong
+/// path answers 404 to every read; the event must fail visibly and be retried, never be marked applied as if the
+/// subscription had been deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_that_is_not_resource_missing_never_marks_an_event_applied() {
+    let stripe = StripeEmulator::start().await;
+    stripe.seed_prices().await;
+    let m = Metering::start(Options {
+        stripe: Some(&stripe),
+        control_plane_env: vec![(
+            "STRIPE_API_BASE".to_owned(),
+            format!("{}/not-stripe", stripe.url),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let body = event(
+        "evt_wrong_base",
+        "customer.subscription.updated",
+        "sub_wrong_base",
+        "subscription",
+    );
+    let header = signature::sign(body.as_bytes(), WEBHOOK_SECRET, now());
+    let r = deliver(&m.app, &body, Some(header)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait::until(LONG, "the worker's first attempt", || async {
+        let attempts: i32 = sqlx::query_scalar(
+            "SELECT attempts FROM stripe_events WHERE event_id = 'evt_wrong_base'",
+        )
+        .fetch_one(&m.app.state.pg)
+        .await
+        .ok()?;
+        (attempts >= 1).then_some(())
+    })
+    .await;
+    let (status, last_error): (String, Option<String>) = sqlx::query_as(
+        "SELECT status, last_error FROM stripe_events WHERE event_id = 'evt_wrong_base'",
+    )
+    .fetch_one(&m.app.state.pg)
+    .await
+    .unwrap();
+    assert_ne!(status, "applied", "a bare 404 is not a deletion");
+    assert_ne!(status, "ignored");
+    assert!(last_error.is_some(), "the failure is visible");
+    // 2.4 says the same: Stripe's "Unrecognized request URL" is a refusal passed on, not a convergence.
+    let r = m
+        .app
+        .post(
+            "/api/jobs/stripe.process",
+            Auth::Operator,
+            &json!({"eventId": "evt_wrong_base"}),
+        )
+        .await;
+    assert_ne!(r.status, 200, "{}", r.text);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM stripe_events WHERE event_id = 'evt_wrong_base'")
+            .fetch_one(&m.app.state.pg)
+            .await
+            .unwrap();
+    assert_ne!(status, "applied");
+}

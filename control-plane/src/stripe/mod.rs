@@ -179,10 +179,10 @@ pub enum StripeError {
 }
 
 impl StripeError {
-    /// Whether Stripe said the object does not exist.
+    /// Whether Stripe said the object does not exist: its error code `resource_missing`, and nothing else (any
+    /// other 404 is a failure to retry, not a deletion).
     pub fn is_missing(&self) -> bool {
-        matches!(self, Self::Refused { status: 404, .. })
-            || matches!(self, Self::Refused { code: Some(code), .. } if code == "resource_missing")
+        matches!(self, Self::Refused { code: Some(code), .. } if code == "resource_missing")
     }
 
     /// The metric outcome.
@@ -420,28 +420,31 @@ impl StripeClient {
         if should_retry.unwrap_or(matches!(status, 409 | 429 | 500..=599)) {
             return Err(Attempt::Transient(format!("HTTP {status}")));
         }
-        Err(Attempt::Final(match status {
-            401 | 403 => StripeError::Unauthorized,
-            _ => match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(ErrorBody { error }) if (400..500).contains(&status) => StripeError::Refused {
-                    status,
-                    kind: error.kind,
-                    code: error.code,
-                    message: error
-                        .message
-                        .unwrap_or_else(|| "the request was refused".to_owned()),
-                    param: error.param,
-                },
-                _ if (400..500).contains(&status) => StripeError::Refused {
-                    status,
-                    kind: "invalid_request_error".to_owned(),
-                    code: None,
-                    message: "the request was refused".to_owned(),
-                    param: None,
-                },
-                _ => StripeError::Unavailable(format!("HTTP {status}")),
+        Err(Attempt::Final(final_error(status, &body)))
+    }
+}
+
+/// What a final (not retried) non-2xx answer means. A 4xx is Stripe refusing the request only when it carries
+/// Stripe's error envelope: a bare 404 from a proxy or a wrong `STRIPE_API_BASE` path is not Stripe saying that
+/// an object does not exist, and must never be read as "gone".
+fn final_error(status: u16, body: &[u8]) -> StripeError {
+    match status {
+        401 | 403 => StripeError::Unauthorized,
+        400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(ErrorBody { error }) => StripeError::Refused {
+                status,
+                kind: error.kind,
+                code: error.code,
+                message: error
+                    .message
+                    .unwrap_or_else(|| "the request was refused".to_owned()),
+                param: error.param,
             },
-        }))
+            Err(_) => StripeError::Unreadable(format!(
+                "HTTP {status} without Stripe's error envelope (is STRIPE_API_BASE Stripe's API?)"
+            )),
+        },
+        _ => StripeError::Unavailable(format!("HTTP {status}")),
     }
 }
 
@@ -486,6 +489,37 @@ mod tests {
         );
         assert!(a.as_str().len() <= 255);
         assert!(a.as_str().starts_with("tollgate-customers.create-"));
+    }
+
+    #[test]
+    fn only_resource_missing_means_gone() {
+        let missing = final_error(
+            404,
+            br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such subscription: 'sub_1'","param":"id"}}"#,
+        );
+        assert!(missing.is_missing(), "{missing}");
+        for (status, body) in [
+            (404, &b"<html><body>Not Found</body></html>"[..]),
+            (404, b""),
+            (404, br#"{"message":"not found"}"#),
+            (
+                404,
+                br#"{"error":{"type":"invalid_request_error","message":"Unrecognized request URL (GET: /wrong/v1/subscriptions/sub_1)."}}"#,
+            ),
+            (
+                400,
+                br#"{"error":{"type":"invalid_request_error","code":"parameter_unknown","message":"Received unknown parameter: x"}}"#,
+            ),
+        ] {
+            let e = final_error(status, body);
+            assert!(!e.is_missing(), "{status} {e}");
+        }
+        assert!(matches!(
+            final_error(404, b"<html>Not Found</html>"),
+            StripeError::Unreadable(_)
+        ));
+        assert!(matches!(final_error(403, b""), StripeError::Unauthorized));
+        assert!(matches!(final_error(502, b""), StripeError::Unavailable(_)));
     }
 
     #[test]
