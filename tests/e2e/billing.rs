@@ -148,12 +148,13 @@ fn rfc3339_now() -> String {
     SystemClock.now().to_rfc3339()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     use tollgate_common::clock::{Clock, SystemClock};
     SystemClock.now().timestamp()
 }
 
-fn event(id: &str, kind: &str, object_id: &str, object: &str) -> String {
+/// A Stripe event envelope about one object, as Stripe sends it.
+pub(crate) fn event(id: &str, kind: &str, object_id: &str, object: &str) -> String {
     json!({
         "id": id, "object": "event", "api_version": "2026-09-30", "created": now(), "livemode": false,
         "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null}, "type": kind,

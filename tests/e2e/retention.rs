@@ -3,6 +3,7 @@
 //! every Redis key a record writes expires.
 
 use crate::billing::{LONG, owner, setup_with_env, sign_up};
+use crate::stigg::drained;
 use chrono::{Duration as ChronoDuration, Utc};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -67,19 +68,6 @@ async fn sign_up_settled(m: &Metering, subscription: &str) {
     .await;
 }
 
-async fn drained(m: &Metering) {
-    wait::until(LONG, "the outbox to drain", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM stigg_outbox WHERE status IN ('pending', 'failed')",
-        )
-        .fetch_one(&m.app.state.pg)
-        .await
-        .ok()?;
-        (waiting == 0).then_some(())
-    })
-    .await;
-}
-
 async fn customer_of(m: &Metering, org: &str) -> String {
     sqlx::query_scalar("SELECT stripe_customer_id FROM orgs WHERE clerk_org_id = $1")
         .bind(org)
@@ -127,7 +115,7 @@ async fn provisioning_again_queues_nothing_also_at_once_and_while_stigg_is_down(
     let org = "org_again";
     let sub = sign_up(&m, org).await;
     sign_up_settled(&m, &sub).await;
-    drained(&m).await;
+    drained(&m, LONG).await;
     let (first, repeats) = provision_repeatedly(&m, org, &sub, 3, 8).await;
     assert_eq!(
         (first.status, &first.json),
@@ -166,7 +154,7 @@ async fn provisioning_again_queues_nothing_also_at_once_and_while_stigg_is_down(
 
     // Back up: the worker delivers what waited, and provisioning again still adds nothing.
     stigg.set_mode(Mode::Up);
-    drained(&m).await;
+    drained(&m, LONG).await;
     let (again, _) = provision_repeatedly(&m, org, &sub, 0, 0).await;
     assert_eq!(
         (again.status, &again.json),

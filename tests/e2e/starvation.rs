@@ -6,6 +6,7 @@
 //! Stripe, the connections in use fall to the one the billing-change listener keeps (`LISTEN`), which a change
 //! holding its connection across Stripe's budget could never allow.
 
+use crate::billing::{event, now};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -30,10 +31,6 @@ async fn post(app: &TestApp, path: &str, auth: Auth<'_>, body: Value) -> Resp {
 
 fn owner(app: &TestApp, org: &str) -> String {
     app.user_token(&format!("user_{}", &org[4..]), org)
-}
-
-fn now() -> i64 {
-    SystemClock.now().timestamp()
 }
 
 /// A control plane billing against `stripe`, with `env` added.
@@ -134,15 +131,6 @@ async fn events_settled(app: &TestApp) {
         (waiting == 0).then_some(())
     })
     .await;
-}
-
-fn event(id: &str, kind: &str, object_id: &str, object: &str) -> String {
-    json!({
-        "id": id, "object": "event", "api_version": "2026-09-30", "created": now(), "livemode": false,
-        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null}, "type": kind,
-        "data": {"object": {"id": object_id, "object": object}},
-    })
-    .to_string()
 }
 
 async fn deliver(app: &TestApp, body: &str) -> Resp {

@@ -48,7 +48,7 @@ async fn outbox_statuses(m: &Metering) -> Vec<(String, i64)> {
 }
 
 /// Waits until nothing is waiting in the outbox.
-async fn drained(m: &Metering, timeout: Duration) {
+pub(crate) async fn drained(m: &Metering, timeout: Duration) {
     wait::until(timeout, "the outbox to drain", || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM stigg_outbox WHERE status IN ('pending', 'failed')",
