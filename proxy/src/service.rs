@@ -23,9 +23,7 @@ use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_common::credential;
-use tollgate_common::domain::{
-    Canonical, DenyEnvelope, Metric, Period, RouteClass, Terms, canonicalize,
-};
+use tollgate_common::domain::{DenyEnvelope, Metric, Period, RouteClass, Terms, canonicalize};
 use tollgate_common::jwt::JwtError;
 use tollgate_common::keys::cache::{OrgRef, ResolveError};
 use tollgate_common::store::counters::{self, CounterError};
@@ -125,27 +123,13 @@ impl MeteringProxy {
         check_request(req)?;
         let options = req.method == http::Method::OPTIONS;
         let target = canonicalize(options, req.raw_path()).map_err(Refusal::BadTarget)?;
-        self.price_and_meter(req, target.path(), ctx).await?;
-        Ok(match target {
-            Canonical::AsReceived(_) => None,
-            Canonical::Rewritten { target, .. } => Some(target),
-        })
-    }
-
-    /// Steps 2 to 4 for the canonical `path`.
-    async fn price_and_meter(
-        &self,
-        req: &RequestHeader,
-        path: &str,
-        ctx: &mut Ctx,
-    ) -> Result<(), Refusal> {
-        let class = self.core.routes.classify(path);
+        let class = self.core.routes.classify(target.path());
         ctx.metered = matches!(class, RouteClass::Metered { .. });
         let org = self.identify(req, ctx).await?;
-        match class {
-            RouteClass::Metered { metric, cost, .. } => self.meter(ctx, &org, metric, cost).await,
-            RouteClass::Unmetered { .. } => Ok(()),
+        if let RouteClass::Metered { metric, cost, .. } = class {
+            self.meter(ctx, &org, metric, cost).await?;
         }
+        Ok(target.into_rewritten())
     }
 
     /// Step 3: the org behind the request's Tollgate credential, and which headers to strip.

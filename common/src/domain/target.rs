@@ -116,6 +116,14 @@ impl Canonical<'_> {
         }
     }
 
+    /// The target to forward instead of the received one, when it differs, owned.
+    pub fn into_rewritten(self) -> Option<String> {
+        match self {
+            Self::AsReceived(_) => None,
+            Self::Rewritten { target, .. } => Some(target),
+        }
+    }
+
     /// The target to forward instead of the received one, when it differs.
     pub fn rewritten(&self) -> Option<&str> {
         match self {
