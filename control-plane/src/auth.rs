@@ -191,12 +191,16 @@ impl<P: Policy> FromRequestParts<AppState> for Caller<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let principal = authenticate(&parts.headers, app).await.inspect_err(|e| {
-            app.metrics
-                .auth_failures
-                .with_label_values(&[failure_label(e)])
-                .inc();
-        })?;
+        // The idempotency layer may have authenticated the request already.
+        let principal = match parts.extensions.remove::<Principal>() {
+            Some(principal) => principal,
+            None => authenticate(&parts.headers, app).await.inspect_err(|e| {
+                app.metrics
+                    .auth_failures
+                    .with_label_values(&[failure_label(e)])
+                    .inc();
+            })?,
+        };
         let admitted = match principal {
             Principal::Operator => P::OPERATOR,
             Principal::User(_) => P::USER,
@@ -231,7 +235,11 @@ fn failure_label(e: &ApiError) -> &'static str {
     }
 }
 
-async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Principal, ApiError> {
+/// Who the credentials of `headers` name (no policy applied).
+pub(crate) async fn authenticate(
+    headers: &HeaderMap,
+    app: &AppState,
+) -> Result<Principal, ApiError> {
     let credential = credential::from_headers(headers).map_err(|e| {
         ApiError::Unauthenticated(match e {
             CredentialError::Missing => {

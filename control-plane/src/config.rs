@@ -24,6 +24,7 @@ pub const ENV_STRIPE_BUDGET_MS: &str = "TOLLGATE_STRIPE_BUDGET_MS";
 pub const ENV_STRIPE_WORKERS: &str = "TOLLGATE_STRIPE_WORKERS";
 pub const ENV_WEBHOOK_BODY_LIMIT: &str = "TOLLGATE_WEBHOOK_BODY_LIMIT";
 pub const ENV_BILLING_RETURN_URL: &str = "TOLLGATE_BILLING_RETURN_URL";
+pub const ENV_STRIPE_PORTAL_CONFIGURATION: &str = "TOLLGATE_STRIPE_PORTAL_CONFIGURATION";
 pub const ENV_STIGG_API_KEY: &str = "STIGG_API_KEY";
 pub const ENV_STIGG_API_URL: &str = "STIGG_API_URL";
 pub const ENV_STIGG_BUDGET_MS: &str = "TOLLGATE_STIGG_BUDGET_MS";
@@ -90,6 +91,10 @@ pub struct StripeSettings {
     pub webhook_body_limit: usize,
     /// The longest one billing change may take (`TOLLGATE_BILLING_CHANGE_TIMEOUT_MS`, at least the Stripe budget).
     pub change_timeout: Duration,
+    /// The customer portal's configuration (`TOLLGATE_STRIPE_PORTAL_CONFIGURATION`, a `bpc_…` id), passed on every
+    /// portal session. Stripe's default configuration may let customers switch plans past Tollgate's rules, and
+    /// live mode needs a saved one; unset, Stripe's default applies.
+    pub portal_configuration: Option<String>,
 }
 
 /// Stigg access, for the mirror.
@@ -369,6 +374,15 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
             "expected a secret key (sk_…) or restricted key (rk_…)",
         );
     }
+    let portal_configuration = r.optional(ENV_STRIPE_PORTAL_CONFIGURATION);
+    if let Some(id) = &portal_configuration
+        && !is_portal_configuration(id)
+    {
+        r.error(
+            ENV_STRIPE_PORTAL_CONFIGURATION,
+            "expected a billing portal configuration id (bpc_…)",
+        );
+    }
     let Some(return_url) = r.url(ENV_BILLING_RETURN_URL, None) else {
         // `url` has recorded it: required when Stripe is configured.
         return None;
@@ -385,6 +399,15 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
         workers,
         webhook_body_limit,
         change_timeout,
+        portal_configuration,
+    })
+}
+
+/// A billing portal configuration id: `bpc_` and 1–250 letters, digits or underscores.
+fn is_portal_configuration(id: &str) -> bool {
+    id.strip_prefix("bpc_").is_some_and(|rest| {
+        (1..=250).contains(&rest.len())
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     })
 }
 
@@ -536,6 +559,32 @@ mod tests {
         ] {
             let e = roles(bad).unwrap_err();
             assert!(e.contains(ENV_ADMIN_ROLES), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_portal_configuration_is_a_bpc_id() {
+        let stripe = [
+            (ENV_STRIPE_SECRET_KEY, "sk_test_config"),
+            (ENV_BILLING_RETURN_URL, "https://app.example.com/billing"),
+        ];
+        let with = |value: Option<&str>| {
+            let mut env = stripe.to_vec();
+            if let Some(v) = value {
+                env.push((ENV_STRIPE_PORTAL_CONFIGURATION, v));
+            }
+            config(&env)
+        };
+        let c = with(None).expect("valid without it");
+        assert_eq!(c.stripe.expect("stripe").portal_configuration, None);
+        let c = with(Some("bpc_1Q2w3E")).expect("valid");
+        assert_eq!(
+            c.stripe.expect("stripe").portal_configuration.as_deref(),
+            Some("bpc_1Q2w3E")
+        );
+        for bad in ["bpc_", "pc_1", "bpc_a b", "https://x"] {
+            let e = with(Some(bad)).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(ENV_STRIPE_PORTAL_CONFIGURATION), "{bad:?}: {e}");
         }
     }
 }

@@ -55,6 +55,10 @@ pub enum ApiError {
     /// The request conflicts with stored state.
     #[error("{field}: {detail}")]
     Conflict { field: &'static str, detail: String },
+    /// Something else is in progress (another billing change of the org, a request with the same
+    /// `Idempotency-Key`): 409 now, a retry later may succeed, so the answer is never stored as final.
+    #[error("{field}: {detail}")]
+    InProgress { field: &'static str, detail: String },
     /// The org called an endpoint group more often than its rate limit allows (429, the rate-limit envelope).
     #[error("rate limited")]
     RateLimited(RateLimitEnvelope),
@@ -103,6 +107,20 @@ impl ApiError {
         Self::InvalidField { field, detail }
     }
 
+    /// Whether this answer says something final about the request, so that a repeated `Idempotency-Key` may
+    /// replay it: not for credentials, timing, rate limits, work in progress or any 5xx.
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            Self::Unauthenticated(_)
+                | Self::Forbidden(_)
+                | Self::RoleRequired { .. }
+                | Self::RequestTimeout
+                | Self::RateLimited(_)
+                | Self::InProgress { .. }
+        ) && !self.status().is_server_error()
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -116,7 +134,7 @@ impl ApiError {
             Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::InProgress { .. } => StatusCode::CONFLICT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Redis(_) | Self::NotConfigured(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -160,7 +178,7 @@ impl ApiError {
             Self::NoRoute => p(problem::NOT_FOUND, self.to_string()),
             Self::MethodNotAllowed => p(problem::METHOD_NOT_ALLOWED, self.to_string()),
             Self::PaymentRequired(d) => p(problem::SUBSCRIPTION_REQUIRED, d.clone()),
-            Self::Conflict { field, .. } => {
+            Self::Conflict { field, .. } | Self::InProgress { field, .. } => {
                 p(problem::CONFLICT, self.to_string()).with("field", *field)
             }
             // Sent as its own envelope by `into_response`; this form only serves callers of `problem`.
@@ -237,6 +255,9 @@ impl IntoResponse for ApiError {
             _ => self.problem().to_json(),
         };
         let mut response = (status, body).into_response();
+        if !self.is_final() {
+            response.extensions_mut().insert(crate::idempotency::NotFinal);
+        }
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if status == StatusCode::UNAUTHORIZED {
@@ -273,7 +294,7 @@ impl From<crate::services::billing::BillingError> for ApiError {
             },
             B::Invalid { field, detail } => Self::invalid(field, detail),
             B::Conflict { field, detail } => Self::Conflict { field, detail },
-            e @ B::ChangeInProgress => Self::Conflict {
+            e @ B::ChangeInProgress => Self::InProgress {
                 field: "orgId",
                 detail: e.to_string().trim_start_matches("orgId: ").to_owned(),
             },

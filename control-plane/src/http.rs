@@ -32,6 +32,11 @@ pub fn router(app: AppState) -> Router {
         limit: app.config.body_limit,
         timeout: app.config.body_timeout,
     };
+    // Every API POST: `Idempotency-Key` (route_layer: only matched routes, after routing).
+    let api = api.route_layer(middleware::from_fn_with_state(
+        app.clone(),
+        crate::idempotency::layer,
+    ));
     Router::new()
         .merge(api)
         .route(

@@ -14,6 +14,8 @@
 //! * [`jobs`] — background work: the Stripe webhook worker, the Stigg outbox drain and the retention purge.
 //! * [`error`] — [`error::ApiError`], the one error type, mapped once to problem+json.
 //! * [`extract`] — body and query extractors whose errors name the field.
+//! * [`idempotency`] — `Idempotency-Key` on every POST: the stored answer of an intent, and the [`stripe::Intent`]
+//!   Stripe's keys derive from.
 //! * [`validate`] — field rules several routes share.
 
 pub mod app;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod idempotency;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;

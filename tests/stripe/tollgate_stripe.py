@@ -3433,7 +3433,28 @@ def parse_phases(sched, sub, phases):
     if in_force is None or in_force['start_date'] != current['start_date']:
         raise invalid('You can not modify the start date of the current phase.',
                       param='phases[0][start_date]')
+    _check_past_phases(sched, result, now)
     return result
+
+
+# --- issue 20 (defect 7): schedules reject what Stripe rejects ---------------------------------
+# https://docs.stripe.com/api/subscription_schedules/update: phases that have ended may be omitted
+# or sent again unchanged; a phase that ended cannot be changed or added.
+
+def _check_past_phases(sched, result, now):
+    stored = {(ph['start_date'], ph['end_date']) for ph in sched.phases}
+    for n, ph in enumerate(result):
+        if ph['end_date'] <= now and (ph['start_date'], ph['end_date']) not in stored:
+            raise invalid('You can not modify or add phases that have already ended.',
+                          param=f'phases[{n}][end_date]')
+
+
+def _phase_keeps_trial(sub, in_force):
+    """A schedule's phase in force is what the subscription is: a trialing subscription whose
+    phase in force is updated without `trial_end` (or `trial`) stops trialing now, as Stripe ends
+    the trial when the phase says there is none."""
+    if sub.status == 'trialing' and in_force.get('trial_end') is None:
+        change_trial_end(sub, 'now')
 
 
 @route('POST', '/v1/subscription_schedules/{id}')
@@ -3455,6 +3476,7 @@ def schedules_update(p, id):
     if phases is not None:
         now = sub._now()
         in_force = next(ph for ph in phases if ph['start_date'] <= now < ph['end_date'])
+        _phase_keeps_trial(sub, in_force)
         current = [(i.price, i.quantity) for i in sub._items]
         wanted = [(it['price'], it['quantity']) for it in in_force['items']]
         if wanted != current:  # the current phase changes now, prorated per proration_behavior
@@ -3533,8 +3555,19 @@ def portal_sessions_create(p):
     p.finish()
     if return_url is not None and not re.match(r'https?://', return_url):
         raise invalid('Not a valid URL', param='return_url', code='url_invalid')
+    _known_portal_configuration(configuration)
     return BillingPortalSession(cust.id, return_url, configuration, locale,
                                 on_behalf_of)._export()
+
+
+# --- issue 20 (defect 10): portal configurations -----------------------------------------------
+# https://docs.stripe.com/api/customer_portal/sessions/create: `configuration` names a saved
+# configuration (bpc_...); an unknown one is 400 resource_missing on that param. The emulator's
+# account has one saved configuration, its default (PORTAL_CONFIGURATION).
+
+def _known_portal_configuration(configuration):
+    if configuration is not None and configuration != PORTAL_CONFIGURATION:
+        raise no_such('configuration', configuration, param='configuration', status=400)
 
 
 @route('GET', '/v1/events/{id}')
@@ -3619,7 +3652,8 @@ async def portal_page(request):
                    if sub.customer == s.customer)
     back = (f'<a id="return" href="{html.escape(s.return_url)}">Return</a>'
             if s.return_url else '')
-    return _page(f'Customer portal for {s.customer}', f'<ul>{subs}</ul>{back}')
+    config = f'<p id="configuration">{html.escape(s.configuration)}</p>'
+    return _page(f'Customer portal for {s.customer}', f'{config}<ul>{subs}</ul>{back}')
 
 
 async def drain_webhooks(request):

@@ -145,6 +145,11 @@ pub fn document(
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, methods) in paths.iter_mut() {
             let limited = crate::limits::ROUTES.iter().any(|(p, _)| p == path);
+            if path != "/api/webhooks/stripe.receive"
+                && let Some(post) = methods.get_mut("post")
+            {
+                idempotency_key(post);
+            }
             for operation in methods
                 .as_object_mut()
                 .into_iter()
@@ -168,6 +173,37 @@ pub fn document(
         }
     }
     doc
+}
+
+/// The `Idempotency-Key` header every POST takes (`crate::idempotency`), and the answers it adds.
+fn idempotency_key(operation: &mut Value) {
+    let Some(object) = operation.as_object_mut() else {
+        return;
+    };
+    let parameters = object.entry("parameters").or_insert_with(|| json!([]));
+    if let Some(parameters) = parameters.as_array_mut() {
+        parameters.push(json!({
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": false,
+            "description": "Makes the call one intent, Stripe's way: the same key with the same request replays \
+                the stored answer (status and body, with `Idempotent-Replayed: true`) for 24 h; with another \
+                request it is 409; while the first request runs, 409. Only final answers (2xx, deterministic \
+                4xx) are stored; a 5xx frees the key. Keys are scoped to the caller. Without it, each call is a \
+                new intent.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"},
+        }));
+    }
+    if let Some(responses) = object.get_mut("responses").and_then(Value::as_object_mut) {
+        responses.entry("400").or_insert_with(|| {
+            problem("A malformed header or body (`field` names it, e.g. `Idempotency-Key`)")
+        });
+        responses.entry("409").or_insert_with(|| {
+            problem(
+                "The Idempotency-Key was used with another request, or its first request is still running",
+            )
+        });
+    }
 }
 
 fn name_admin_roles(operation: &mut Value, admin_roles: &AdminRoles) {

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod billing;
 pub mod diag;
+pub mod idempotency;
 pub mod keys;
 pub mod orgs;
 pub mod recorder;

@@ -6,6 +6,7 @@
 //! | `stripe_events` | `applied`, `ignored`, processed more than `TOLLGATE_RETENTION_STRIPE_EVENTS_DAYS` ago | `pending`, `processing`, `failed` |
 //! | `stigg_outbox` | `done`, `skipped`, `superseded`, finished more than `TOLLGATE_RETENTION_STIGG_OUTBOX_DAYS` ago | `pending`, `failed` |
 //! | `usage_events` | those of a period that ended more than `TOLLGATE_RETENTION_USAGE_RECORDS_DAYS` (+ [`USAGE_MARGIN`]) ago | the rest |
+//! | `idempotency_keys` | taken more than 24 h ago (Stripe's window; `services::idempotency`) | the rest |
 //!
 //! A usage event is `usage/record`'s idempotency row: while it exists, its `request_id` counts once. It is deleted
 //! only after `usage/record` stopped accepting its period (see `services::usage::recordable`), so a retry of a
@@ -36,11 +37,17 @@ pub enum Table {
     StripeEvents,
     StiggOutbox,
     UsageEvents,
+    IdempotencyKeys,
 }
 
 impl Table {
     /// Every purged table.
-    pub const ALL: [Self; 3] = [Self::StripeEvents, Self::StiggOutbox, Self::UsageEvents];
+    pub const ALL: [Self; 4] = [
+        Self::StripeEvents,
+        Self::StiggOutbox,
+        Self::UsageEvents,
+        Self::IdempotencyKeys,
+    ];
 
     /// Its name (also the metric's `table` label).
     pub fn as_str(self) -> &'static str {
@@ -48,6 +55,7 @@ impl Table {
             Self::StripeEvents => "stripe_events",
             Self::StiggOutbox => "stigg_outbox",
             Self::UsageEvents => "usage_events",
+            Self::IdempotencyKeys => "idempotency_keys",
         }
     }
 
@@ -72,6 +80,11 @@ impl Table {
                     SELECT id FROM usage_events WHERE period_end < $1
                      LIMIT $2 FOR UPDATE SKIP LOCKED)"
             }
+            Self::IdempotencyKeys => {
+                "DELETE FROM idempotency_keys WHERE (scope, key) IN (
+                    SELECT scope, key FROM idempotency_keys WHERE created_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            }
         }
     }
 
@@ -81,6 +94,9 @@ impl Table {
             Self::StripeEvents => settings.stripe_events,
             Self::StiggOutbox => settings.stigg_outbox,
             Self::UsageEvents => settings.usage_records + USAGE_MARGIN,
+            Self::IdempotencyKeys => Duration::from_secs(
+                3600 * crate::services::idempotency::RETENTION_HOURS.unsigned_abs(),
+            ),
         };
         chrono::Duration::from_std(keep)
             .ok()
@@ -237,7 +253,19 @@ mod tests {
             36,
             "a day later than records of the period are refused"
         );
+        assert_eq!(
+            (now - Table::IdempotencyKeys.cutoff(&s, now)).num_hours(),
+            24
+        );
         let names: Vec<&str> = Table::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(names, ["stripe_events", "stigg_outbox", "usage_events"]);
+        assert_eq!(
+            names,
+            [
+                "stripe_events",
+                "stigg_outbox",
+                "usage_events",
+                "idempotency_keys"
+            ]
+        );
     }
 }

@@ -3,10 +3,12 @@
 //! Requests and responses are async-stripe 1.0's types (its split crates, only the resources the billing flows
 //! use); the transport is ours, so that every call is made the same way:
 //!
-//! * **Idempotent.** Every POST carries an `Idempotency-Key` derived from the operation and its inputs
-//!   ([`IdempotencyKey::derive`]): a retried call — ours after a timeout, or our caller's after a lost reply —
-//!   reaches Stripe with the same key, and Stripe replays the first result instead of making a second customer,
-//!   subscription or charge.
+//! * **Idempotent per intent.** Every POST carries an `Idempotency-Key` derived from the caller's intent
+//!   ([`Intent`]: the `Idempotency-Key` our caller sent, scoped to the caller, or a fresh one per call when it sent
+//!   none), the operation and the step ([`IdempotencyKey::for_intent`]): our own retries after a timeout, and our
+//!   caller's retry of the same intent, reach Stripe with the same key, and Stripe replays the first result instead
+//!   of making a second customer, subscription or charge; a new intent (setting payment method A again after B)
+//!   never replays a stale answer of an earlier one. Keys are never derived from the inputs alone (issue 20).
 //! * **Retried, within a budget.** Network errors, timeouts, 429 and 5xx are retried with jittered exponential
 //!   backoff until the total budget (`TOLLGATE_STRIPE_BUDGET_MS`) is spent; `Stripe-Should-Retry` is obeyed.
 //! * **Errors once.** A failure is a [`StripeError`]: Stripe refused the request (its 4xx, with its message), Stripe
@@ -41,27 +43,47 @@ pub struct StripeSettings {
     pub budget: Duration,
 }
 
-/// An `Idempotency-Key`: a hash of the operation and its inputs, so equal inputs give equal keys.
+/// One intent of a caller: what a repeated request with the same `Idempotency-Key` repeats. Stripe idempotency
+/// keys derive from it, so a retry of the intent reuses Stripe's keys and a new intent gets new ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent(String);
+
+impl Intent {
+    /// A new intent of its own (a call without an `Idempotency-Key`, or work no caller asked for).
+    pub fn fresh() -> Self {
+        Self(format!("fresh:{}", uuid::Uuid::new_v4()))
+    }
+
+    /// The intent named by `key`, sent by the caller whose idempotency scope is `scope` (two callers' equal keys
+    /// are two intents).
+    pub fn keyed(scope: &str, key: &str) -> Self {
+        Self(format!("keyed:{}:{scope}\0{key}", scope.len()))
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An `Idempotency-Key` for Stripe: a hash of the caller's [`Intent`], the operation and the step within it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// The key of `operation` with `inputs` (each input separated, so `["ab","c"]` and `["a","bc"]` differ).
-    pub fn derive(operation: Op, inputs: &[&str]) -> Self {
+    /// The key of `operation` at `step` (a name for the call within the intent, e.g. `"upgrade"`) for `intent`.
+    pub fn for_intent(intent: &Intent, operation: Op, step: &str) -> Self {
         let mut hasher = Sha256::new();
-        hasher.update(operation.label().as_bytes());
-        for input in inputs {
-            hasher.update([0u8]);
-            hasher.update(input.as_bytes());
+        for part in [intent.as_str(), operation.label(), step] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
         }
         let digest = hex::encode(hasher.finalize());
         Self(format!("tollgate-{}-{}", operation.label(), &digest[..40]))
     }
 
-    /// A fresh key, for calls that create nothing a retry could duplicate harmfully (a SetupIntent, a portal
-    /// session): retries of this call still share it.
+    /// A fresh key, for a call that is its own intent: retries of this call (by the client) still share it.
     pub fn fresh(operation: Op) -> Self {
-        Self::derive(operation, &[&uuid::Uuid::new_v4().to_string()])
+        Self::for_intent(&Intent::fresh(), operation, "")
     }
 
     /// The header value.
@@ -475,17 +497,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idempotency_keys_follow_their_inputs() {
-        let a = IdempotencyKey::derive(Op::CustomerCreate, &["org_a"]);
-        assert_eq!(a, IdempotencyKey::derive(Op::CustomerCreate, &["org_a"]));
-        assert_ne!(a, IdempotencyKey::derive(Op::CustomerCreate, &["org_b"]));
+    fn idempotency_keys_follow_the_intent_not_the_inputs() {
+        let intent = Intent::keyed("operator", "k1");
+        let a = IdempotencyKey::for_intent(&intent, Op::CustomerCreate, "");
+        assert_eq!(a, IdempotencyKey::for_intent(&intent, Op::CustomerCreate, ""));
         assert_ne!(
             a,
-            IdempotencyKey::derive(Op::SubscriptionCreate, &["org_a"])
+            IdempotencyKey::for_intent(&Intent::keyed("operator", "k2"), Op::CustomerCreate, "")
         );
         assert_ne!(
-            IdempotencyKey::derive(Op::CustomerCreate, &["ab", "c"]),
-            IdempotencyKey::derive(Op::CustomerCreate, &["a", "bc"])
+            a,
+            IdempotencyKey::for_intent(&Intent::keyed("key:1", "k1"), Op::CustomerCreate, ""),
+            "two callers' equal keys are two intents"
+        );
+        assert_ne!(a, IdempotencyKey::for_intent(&intent, Op::SubscriptionCreate, ""));
+        assert_ne!(
+            IdempotencyKey::for_intent(&intent, Op::ScheduleUpdate, "a"),
+            IdempotencyKey::for_intent(&intent, Op::ScheduleUpdate, "b")
+        );
+        assert_ne!(
+            Intent::keyed("ab", "c"),
+            Intent::keyed("a", "bc"),
+            "scope and key are separated"
+        );
+        assert_ne!(
+            IdempotencyKey::fresh(Op::CustomerCreate),
+            IdempotencyKey::fresh(Op::CustomerCreate)
         );
         assert!(a.as_str().len() <= 255);
         assert!(a.as_str().starts_with("tollgate-customers.create-"));

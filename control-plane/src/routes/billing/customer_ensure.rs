@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -68,12 +69,13 @@ fn email(value: &str) -> ApiResult<&str> {
 pub async fn ensure_customer(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<EnsureCustomerRequest>,
 ) -> ApiResult<Json<EnsureCustomerResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits.admit(&caller.principal, Group::Billing).await?;
     let email = email(&req.email)?;
-    let customer = app.billing()?.ensure_customer(&org, email).await?;
+    let customer = app.billing()?.ensure_customer(&org, email, &intent).await?;
     Ok(Json(EnsureCustomerResponse {
         stripe_customer_id: customer,
     }))

@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,7 @@ pub struct DefaultMethodResponse {
 pub async fn set_default_method(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<DefaultMethodRequest>,
 ) -> ApiResult<Json<DefaultMethodResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
@@ -64,6 +66,6 @@ pub async fn set_default_method(
             "must be a Stripe payment method id (pm_…)",
         ));
     }
-    app.billing()?.set_default_payment_method(&org, pm).await?;
+    app.billing()?.set_default_payment_method(&org, pm, &intent).await?;
     Ok(Json(DefaultMethodResponse { ok: true }))
 }

@@ -7,6 +7,7 @@ use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -38,13 +39,14 @@ pub struct DowngradeResponse {
 pub async fn schedule_downgrade(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<PlanChangeRequest>,
 ) -> ApiResult<Json<DowngradeResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits.admit(&caller.principal, Group::Billing).await?;
     let scheduled = app
         .billing()?
-        .schedule_downgrade(&org, &req.new_plan_code)
+        .schedule_downgrade(&org, &req.new_plan_code, &intent)
         .await?;
     app.accounts.forget(&org);
     Ok(Json(DowngradeResponse {

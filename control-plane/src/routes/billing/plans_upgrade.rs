@@ -7,6 +7,7 @@ use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
@@ -39,11 +40,12 @@ pub struct UpgradeResponse {
 pub async fn upgrade_now(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<PlanChangeRequest>,
 ) -> ApiResult<Json<UpgradeResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits.admit(&caller.principal, Group::Billing).await?;
-    let plan = app.billing()?.upgrade_now(&org, &req.new_plan_code).await?;
+    let plan = app.billing()?.upgrade_now(&org, &req.new_plan_code, &intent).await?;
     app.accounts.forget(&org);
     Ok(Json(UpgradeResponse {
         plan_code: plan.as_str().to_owned(),

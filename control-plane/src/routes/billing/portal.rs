@@ -7,6 +7,7 @@ use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
@@ -35,10 +36,11 @@ pub struct PortalResponse {
 pub async fn create_portal_session(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<OrgRequest>,
 ) -> ApiResult<Json<PortalResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits.admit(&caller.principal, Group::Billing).await?;
-    let url = app.billing()?.create_portal_session(&org).await?;
+    let url = app.billing()?.create_portal_session(&org, &intent).await?;
     Ok(Json(PortalResponse { url }))
 }

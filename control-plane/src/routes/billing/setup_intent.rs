@@ -7,6 +7,7 @@ use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
@@ -36,10 +37,11 @@ pub struct SetupIntentResponse {
 pub async fn create_setup_intent(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<OrgRequest>,
 ) -> ApiResult<Json<SetupIntentResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits.admit(&caller.principal, Group::Billing).await?;
-    let client_secret = app.billing()?.create_setup_intent(&org).await?;
+    let client_secret = app.billing()?.create_setup_intent(&org, &intent).await?;
     Ok(Json(SetupIntentResponse { client_secret }))
 }

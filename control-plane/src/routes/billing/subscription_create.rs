@@ -6,6 +6,7 @@ use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::limits::Group;
 use crate::routes::ProblemDoc;
+use crate::stripe::Intent;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -54,13 +55,14 @@ pub struct CreateSubscriptionResponse {
 pub async fn create_subscription(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
+    intent: Intent,
     JsonBody(req): JsonBody<CreateSubscriptionRequest>,
 ) -> ApiResult<Json<CreateSubscriptionResponse>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits.admit(&caller.principal, Group::Billing).await?;
     let created = app
         .billing()?
-        .create_subscription(&org, &req.price_lookup)
+        .create_subscription(&org, &req.price_lookup, &intent)
         .await?;
     app.accounts.forget(&org);
     Ok(Json(CreateSubscriptionResponse {

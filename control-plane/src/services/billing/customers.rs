@@ -1,7 +1,7 @@
 //! 1.2 `customer.ensure`: at most one Stripe customer per org, also under concurrent calls (CONTRACT §8).
 
 use super::{Billing, BillingError, org};
-use crate::stripe::{IdempotencyKey, Op};
+use crate::stripe::{IdempotencyKey, Intent, Op};
 use std::collections::HashMap;
 use stripe_core::customer::{CreateCustomer, SearchCustomer};
 use tollgate_common::domain::OrgId;
@@ -10,14 +10,16 @@ impl Billing {
     /// The org's Stripe customer: ours if we have it, else the one Stripe has for `metadata.orgId`, else a new one.
     ///
     /// An org that has one gets it from one short query. Otherwise finding or making one is a billing change, run
-    /// under the org's claim: a concurrent call gets 409 at once, so two calls never both create. Stripe's search
-    /// can lag behind a create by a moment; the create's idempotency key (derived from the org alone) covers that
-    /// gap: a second create within Stripe's 24 h window replays the first customer instead of making another.
+    /// under the org's claim: a concurrent call gets 409 at once, so two calls never both create. The create's
+    /// idempotency key derives from the caller's `intent`: a retry of the same intent (ours after a timeout, or the
+    /// caller's with the same `Idempotency-Key`) replays the first customer instead of making another, and a new
+    /// intent never replays an earlier one's answer (a 500 during a Stripe incident is not the next call's answer).
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn ensure_customer(
         &self,
         org_id: &OrgId,
         email: &str,
+        intent: &Intent,
     ) -> Result<String, BillingError> {
         let org = org(&self.pg, org_id).await?;
         if let Some(customer) = org.customer {
@@ -44,7 +46,7 @@ impl Billing {
                         "orgId".to_owned(),
                         org_id.as_str().to_owned(),
                     )]));
-                    let key = IdempotencyKey::derive(Op::CustomerCreate, &[org_id.as_str()]);
+                    let key = IdempotencyKey::for_intent(intent, Op::CustomerCreate, "");
                     self.stripe
                         .send(Op::CustomerCreate, &request, Some(&key))
                         .await?

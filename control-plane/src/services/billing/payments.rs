@@ -1,7 +1,7 @@
 //! 2.1 SetupIntents, 2.2 the default payment method, 6.2 the customer portal.
 
 use super::{Billing, BillingError, org};
-use crate::stripe::{IdempotencyKey, Op, StripeError};
+use crate::stripe::{IdempotencyKey, Intent, Op, StripeError};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_core::customer::{UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
@@ -12,14 +12,18 @@ use tollgate_common::store::subscriptions as store;
 impl Billing {
     /// 2.1: a SetupIntent for collecting a card to charge later (`usage: off_session`); its client secret.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
-    pub async fn create_setup_intent(&self, org_id: &OrgId) -> Result<String, BillingError> {
+    pub async fn create_setup_intent(
+        &self,
+        org_id: &OrgId,
+        intent: &Intent,
+    ) -> Result<String, BillingError> {
         let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?;
         let request = CreateSetupIntent::new()
             .customer(customer)
             .usage(CreateSetupIntentUsage::OffSession);
-        // A SetupIntent charges nothing: each call may make one; retries of this call share the key.
-        let key = IdempotencyKey::fresh(Op::SetupIntentCreate);
+        // A SetupIntent charges nothing: each intent makes one; retries of the intent share the key.
+        let key = IdempotencyKey::for_intent(intent, Op::SetupIntentCreate, "");
         let intent = self
             .stripe
             .send(Op::SetupIntentCreate, &request, Some(&key))
@@ -37,6 +41,7 @@ impl Billing {
         &self,
         org_id: &OrgId,
         payment_method: &str,
+        intent: &Intent,
     ) -> Result<(), BillingError> {
         let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?.to_owned();
@@ -68,10 +73,7 @@ impl Billing {
                 }
                 Some(_) => {}
                 None => {
-                    let key = IdempotencyKey::derive(
-                        Op::PaymentMethodAttach,
-                        &[payment_method, &customer],
-                    );
+                    let key = IdempotencyKey::for_intent(intent, Op::PaymentMethodAttach, "");
                     self.stripe
                         .send(
                             Op::PaymentMethodAttach,
@@ -93,10 +95,9 @@ impl Billing {
                     ..UpdateCustomerInvoiceSettings::new()
                 },
             );
-            let key = IdempotencyKey::derive(
-                Op::CustomerUpdate,
-                &["default_payment_method", &customer, payment_method],
-            );
+            // Keyed by the intent, never by the inputs: A, then B, then A again are three intents, and the third
+            // must not replay the first's answer (which would leave Stripe on B).
+            let key = IdempotencyKey::for_intent(intent, Op::CustomerUpdate, "default_payment_method");
             // Stripe's answer is a read of the customer: its ticket orders it against the worker's reads.
             let ticket = store::read_ticket(&self.pg).await?;
             self.stripe
@@ -121,13 +122,21 @@ impl Billing {
 
     /// 6.2: a customer portal session returning to `TOLLGATE_BILLING_RETURN_URL`; its URL.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
-    pub async fn create_portal_session(&self, org_id: &OrgId) -> Result<String, BillingError> {
+    pub async fn create_portal_session(
+        &self,
+        org_id: &OrgId,
+        intent: &Intent,
+    ) -> Result<String, BillingError> {
         let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?;
-        let request = CreateBillingPortalSession::new()
+        let mut request = CreateBillingPortalSession::new()
             .customer(customer)
             .return_url(self.settings.return_url.as_str());
-        let key = IdempotencyKey::fresh(Op::PortalSessionCreate);
+        // A saved configuration (TOLLGATE_STRIPE_PORTAL_CONFIGURATION) decides what customers may change there.
+        if let Some(configuration) = &self.settings.portal_configuration {
+            request = request.configuration(configuration.as_str());
+        }
+        let key = IdempotencyKey::for_intent(intent, Op::PortalSessionCreate, "");
         Ok(self
             .stripe
             .send(Op::PortalSessionCreate, &request, Some(&key))

@@ -9,7 +9,7 @@
 //! the same minute invoices.
 
 use super::{Billing, BillingError, OrgBilling, PriceInfo, org};
-use crate::stripe::{IdempotencyKey, Op};
+use crate::stripe::{IdempotencyKey, Intent, Op, StripeError};
 use chrono::{DateTime, Utc};
 use stripe_billing::invoice::{
     CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails,
@@ -26,6 +26,7 @@ use stripe_billing::subscription_schedule::{
     UpdateSubscriptionSchedulePhasesDuration, UpdateSubscriptionSchedulePhasesDurationInterval,
     UpdateSubscriptionSchedulePhasesEndDate, UpdateSubscriptionSchedulePhasesItems,
     UpdateSubscriptionSchedulePhasesProrationBehavior, UpdateSubscriptionSchedulePhasesStartDate,
+    UpdateSubscriptionSchedulePhasesTrialEnd,
 };
 use tollgate_common::domain::{OrgId, PlanChange, PlanCode, SubscriptionState};
 use tollgate_common::store::subscriptions as store;
@@ -33,14 +34,29 @@ use tollgate_common::store::subscriptions as store;
 /// 5.1's answer.
 #[derive(Debug, Clone)]
 pub struct Preview {
-    /// What the invoice totals, in minor units.
+    /// For an upgrade, what it charges now: the sum of the preview's proration lines (Stripe's recommended way,
+    /// <https://docs.stripe.com/billing/subscriptions/prorations#preview-proration>); for a downgrade, the first
+    /// renewal at the new price. Minor units.
     pub amount: i64,
     /// Lower-case ISO currency.
     pub currency: String,
     /// Whether it is a proration (an upgrade, invoiced now) or the first renewal at the new price (a downgrade).
     pub proration: bool,
-    /// Its lines.
+    /// Its lines (for an upgrade, only the proration lines: what is invoiced now).
     pub items: Vec<PreviewItem>,
+    /// The next renewal invoice after the change.
+    pub next_invoice: NextInvoice,
+}
+
+/// The renewal invoice a [`Preview`] also shows.
+#[derive(Debug, Clone)]
+pub struct NextInvoice {
+    /// Minor units.
+    pub amount: i64,
+    /// Lower-case ISO currency.
+    pub currency: String,
+    /// When it is invoiced: the current period's end.
+    pub at: DateTime<Utc>,
 }
 
 /// One line of a [`Preview`].
@@ -146,6 +162,9 @@ impl Billing {
         let c = self.change(&org, new_plan).await?;
         let item = self.item_id(&c.stored.id).await?;
         let upgrade = c.change == PlanChange::Upgrade;
+        // `create_prorations`: Stripe's preview of the next invoice, which carries the prorations of the change
+        // (exactly what `always_invoice` invoices now, for the same `proration_date`) and the next renewal. The
+        // proration lines are what the upgrade charges now; the rest is the renewal.
         let details = CreatePreviewInvoiceSubscriptionDetails {
             items: Some(vec![CreatePreviewInvoiceSubscriptionDetailsItems {
                 id: Some(item),
@@ -153,7 +172,7 @@ impl Billing {
                 ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
             }]),
             proration_behavior: Some(if upgrade {
-                CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::AlwaysInvoice
+                CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations
             } else {
                 CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::None
             }),
@@ -170,7 +189,7 @@ impl Billing {
             .stripe
             .send(Op::InvoicePreview, &request, Some(&key))
             .await?;
-        let items = invoice
+        let lines: Vec<PreviewItem> = invoice
             .lines
             .data
             .iter()
@@ -185,21 +204,42 @@ impl Billing {
                 }),
             })
             .collect();
-        Ok(Preview {
-            amount: invoice.total,
-            currency: invoice.currency.to_string().to_ascii_lowercase(),
-            proration: upgrade,
-            items,
+        let currency = invoice.currency.to_string().to_ascii_lowercase();
+        let (now, renewal): (Vec<PreviewItem>, Vec<PreviewItem>) =
+            lines.into_iter().partition(|line| line.proration);
+        let renewal_amount: i64 = renewal.iter().map(|line| line.amount).sum();
+        let next_invoice = NextInvoice {
+            amount: renewal_amount,
+            currency: currency.clone(),
+            at: c.stored.period.end,
+        };
+        Ok(if upgrade {
+            Preview {
+                amount: now.iter().map(|line| line.amount).sum(),
+                currency,
+                proration: true,
+                items: now,
+                next_invoice,
+            }
+        } else {
+            Preview {
+                amount: invoice.total,
+                currency,
+                proration: false,
+                items: renewal,
+                next_invoice,
+            }
         })
     }
 
     /// 5.2: changes to `new_plan` now, prorated and invoiced at once; the new plan's limits apply at once (the
-    /// period, and so its usage counter, stays). A pending downgrade is dropped.
+    /// period, and so its usage counter, stays). A pending downgrade is dropped. Stripe's keys derive from `intent`.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn upgrade_now(
         &self,
         org_id: &OrgId,
         new_plan: &str,
+        intent: &Intent,
     ) -> Result<PlanCode, BillingError> {
         self.paid_plan("newPlanCode", new_plan)?;
         let org = org(&self.pg, org_id).await?;
@@ -216,7 +256,7 @@ impl Billing {
                 ));
             }
             if let Some(schedule) = &c.stored.schedule {
-                self.release_schedule(schedule).await?;
+                self.release_schedule(schedule, intent).await?;
             }
             let item = self.item_id(&c.stored.id).await?;
             let proration_date = self.proration_date(&c.stored);
@@ -230,19 +270,9 @@ impl Billing {
                 .proration_date(proration_date)
                 // A declined card leaves the subscription as it was and answers with Stripe's card error.
                 .payment_behavior(UpdateSubscriptionPaymentBehavior::ErrorIfIncomplete);
-            // The inputs, including the proration minute: a retry within it replays Stripe's answer; a later
-            // attempt finds the subscription already upgraded (409) rather than upgrading twice.
-            let key = IdempotencyKey::derive(
-                Op::SubscriptionUpdate,
-                &[
-                    "upgrade",
-                    &c.stored.id,
-                    &item,
-                    &c.stored.price_id,
-                    &c.next_price.id,
-                    &proration_date.to_string(),
-                ],
-            );
+            // Keyed by the intent: a retry of it replays Stripe's answer; a new intent finds the subscription
+            // already upgraded (409) rather than upgrading twice.
+            let key = IdempotencyKey::for_intent(intent, Op::SubscriptionUpdate, "upgrade");
             self.stripe
                 .send(Op::SubscriptionUpdate, &request, Some(&key))
                 .await?;
@@ -255,120 +285,119 @@ impl Billing {
 
     /// 5.3: schedules `new_plan` for the end of the current period, in Stripe (a subscription schedule whose second
     /// phase bills the new price). Limits change only when the renewal arrives.
+    ///
+    /// The phases are built from the schedule's phase in force (`current_phase`), never from a past phase: after a
+    /// first downgrade took effect, the schedule's first phase lies in the past and Stripe refuses to have it
+    /// rebuilt. The phase in force keeps its trial end, so a downgrade during a trial keeps the trial.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn schedule_downgrade(
         &self,
         org_id: &OrgId,
         new_plan: &str,
+        intent: &Intent,
     ) -> Result<Scheduled, BillingError> {
         self.paid_plan("newPlanCode", new_plan)?;
         let org = org(&self.pg, org_id).await?;
         org.customer()?;
         self.changing(&org, "downgrade.schedule", async {
-        let c = self.change(&org, new_plan).await?;
-        if c.change != PlanChange::Downgrade {
-            return Err(BillingError::invalid(
-                "newPlanCode",
-                format!(
-                    "`{}` is an upgrade; make it with /api/plans/upgrade.now",
-                    c.next
-                ),
-            ));
-        }
-        let attached = match &c.stored.schedule {
-            Some(id) => Some(
-                self.stripe
-                    .send(
-                        Op::ScheduleRetrieve,
-                        &RetrieveSubscriptionSchedule::new(id.as_str()),
-                        None,
-                    )
-                    .await?,
-            ),
-            None => None,
-        };
-        // A released or completed schedule cannot be changed: a new one takes its place.
-        let usable = attached.filter(|s| {
-            matches!(
-                s.status,
-                stripe_shared::SubscriptionScheduleStatus::Active
-                    | stripe_shared::SubscriptionScheduleStatus::NotStarted
-            )
-        });
-        let schedule = match usable {
-            Some(schedule) => schedule,
-            None => {
-                // Keyed by the period too: after a renewal released the last one, the next downgrade needs a new one.
-                let key = IdempotencyKey::derive(
-                    Op::ScheduleCreate,
-                    &[&c.stored.id, &c.stored.period.start.timestamp().to_string()],
-                );
-                self.stripe
-                    .send(
-                        Op::ScheduleCreate,
-                        &CreateSubscriptionSchedule::new().from_subscription(c.stored.id.as_str()),
-                        Some(&key),
-                    )
-                    .await?
+            let c = self.change(&org, new_plan).await?;
+            if c.change != PlanChange::Downgrade {
+                return Err(BillingError::invalid(
+                    "newPlanCode",
+                    format!(
+                        "`{}` is an upgrade; make it with /api/plans/upgrade.now",
+                        c.next
+                    ),
+                ));
             }
-        };
-        let current_start = schedule
-            .phases
-            .first()
-            .map_or(c.stored.period.start.timestamp(), |p| p.start_date);
-        let period_end = c.stored.period.end.timestamp();
-        let item = |price: &str| UpdateSubscriptionSchedulePhasesItems {
-            price: Some(price.to_owned()),
-            ..UpdateSubscriptionSchedulePhasesItems::new()
-        };
-        let mut now_phase = UpdateSubscriptionSchedulePhases::new(vec![item(&c.stored.price_id)]);
-        now_phase.start_date = Some(UpdateSubscriptionSchedulePhasesStartDate::Timestamp(
-            current_start,
-        ));
-        now_phase.end_date = Some(UpdateSubscriptionSchedulePhasesEndDate::Timestamp(
-            period_end,
-        ));
-        now_phase.proration_behavior =
-            Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
-        let mut next_phase = UpdateSubscriptionSchedulePhases::new(vec![item(&c.next_price.id)]);
-        next_phase.duration = Some(UpdateSubscriptionSchedulePhasesDuration {
-            interval: UpdateSubscriptionSchedulePhasesDurationInterval::Month,
-            interval_count: Some(1),
-        });
-        next_phase.proration_behavior =
-            Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
-        let request = UpdateSubscriptionSchedule::new(schedule.id.as_str())
-            .phases(vec![now_phase, next_phase])
-            .end_behavior(stripe_shared::SubscriptionScheduleEndBehavior::Release);
-        let key = IdempotencyKey::derive(
-            Op::ScheduleUpdate,
-            &[
-                schedule.id.as_str(),
-                &c.stored.price_id,
-                &c.next_price.id,
-                &period_end.to_string(),
-            ],
-        );
-        self.stripe
-            .send(Op::ScheduleUpdate, &request, Some(&key))
-            .await?;
-        let synced = self.sync_subscription(&c.stored.id).await?;
-        let pending = synced.state.pending.ok_or_else(|| {
-            BillingError::Unmirrorable("Stripe did not keep the scheduled phase".to_owned())
-        })?;
-        tracing::info!(plan.from = %c.stored.plan, plan.to = %pending.plan, "downgrade scheduled");
-        Ok(Scheduled {
-            effective_at: pending.effective_at,
-            pending_plan: pending.plan,
-        })
+            let attached = match &c.stored.schedule {
+                Some(id) => Some(
+                    self.stripe
+                        .send(
+                            Op::ScheduleRetrieve,
+                            &RetrieveSubscriptionSchedule::new(id.as_str()),
+                            None,
+                        )
+                        .await?,
+                ),
+                None => None,
+            };
+            // A released or completed schedule cannot be changed: a new one takes its place.
+            let usable = attached.filter(|s| {
+                matches!(
+                    s.status,
+                    stripe_shared::SubscriptionScheduleStatus::Active
+                        | stripe_shared::SubscriptionScheduleStatus::NotStarted
+                )
+            });
+            let schedule = match usable {
+                Some(schedule) => schedule,
+                None => {
+                    // Keyed by the intent: after an upgrade released the last one, a new downgrade (a new intent)
+                    // makes a new schedule instead of replaying the released one.
+                    let key = IdempotencyKey::for_intent(intent, Op::ScheduleCreate, "downgrade");
+                    self.stripe
+                        .send(
+                            Op::ScheduleCreate,
+                            &CreateSubscriptionSchedule::new()
+                                .from_subscription(c.stored.id.as_str()),
+                            Some(&key),
+                        )
+                        .await?
+                }
+            };
+            let plan = downgrade_phases(&schedule, &c.stored);
+            let item = |price: &str| UpdateSubscriptionSchedulePhasesItems {
+                price: Some(price.to_owned()),
+                ..UpdateSubscriptionSchedulePhasesItems::new()
+            };
+            let mut now_phase =
+                UpdateSubscriptionSchedulePhases::new(vec![item(&c.stored.price_id)]);
+            now_phase.start_date = Some(UpdateSubscriptionSchedulePhasesStartDate::Timestamp(
+                plan.start,
+            ));
+            now_phase.end_date = Some(UpdateSubscriptionSchedulePhasesEndDate::Timestamp(
+                plan.end,
+            ));
+            now_phase.trial_end = plan
+                .trial_end
+                .map(UpdateSubscriptionSchedulePhasesTrialEnd::Timestamp);
+            now_phase.proration_behavior =
+                Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
+            let mut next_phase =
+                UpdateSubscriptionSchedulePhases::new(vec![item(&c.next_price.id)]);
+            next_phase.duration = Some(UpdateSubscriptionSchedulePhasesDuration {
+                interval: UpdateSubscriptionSchedulePhasesDurationInterval::Month,
+                interval_count: Some(1),
+            });
+            next_phase.proration_behavior =
+                Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
+            let request = UpdateSubscriptionSchedule::new(schedule.id.as_str())
+                .phases(vec![now_phase, next_phase])
+                .end_behavior(stripe_shared::SubscriptionScheduleEndBehavior::Release);
+            let key = IdempotencyKey::for_intent(intent, Op::ScheduleUpdate, "downgrade");
+            self.stripe
+                .send(Op::ScheduleUpdate, &request, Some(&key))
+                .await?;
+            let synced = self.sync_subscription(&c.stored.id).await?;
+            let pending = synced.state.pending.ok_or_else(|| {
+                BillingError::Unmirrorable("Stripe did not keep the scheduled phase".to_owned())
+            })?;
+            tracing::info!(plan.from = %c.stored.plan, plan.to = %pending.plan, "downgrade scheduled");
+            Ok(Scheduled {
+                effective_at: pending.effective_at,
+                pending_plan: pending.plan,
+            })
         })
         .await
     }
 
-    /// Releases a schedule: the subscription keeps its current price and nothing happens at renewal.
-    async fn release_schedule(&self, schedule: &str) -> Result<(), BillingError> {
-        let key = IdempotencyKey::derive(Op::ScheduleRelease, &[schedule]);
-        match self
+    /// Releases a schedule: the subscription keeps its current price and nothing happens at renewal. Done only
+    /// when a re-read shows the schedule `released`, `completed` or `canceled`: a refused release (a 400 for any
+    /// other reason, a 404 that is not Stripe's `resource_missing`) is a failure, never "already released".
+    async fn release_schedule(&self, schedule: &str, intent: &Intent) -> Result<(), BillingError> {
+        let key = IdempotencyKey::for_intent(intent, Op::ScheduleRelease, schedule);
+        let refused = match self
             .stripe
             .send(
                 Op::ScheduleRelease,
@@ -377,12 +406,74 @@ impl Billing {
             )
             .await
         {
-            Ok(_) => Ok(()),
-            // Already released or completed: nothing left to drop.
-            Err(crate::stripe::StripeError::Refused {
-                status: 400 | 404, ..
-            }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(released) if schedule_is_over(released.status) => return Ok(()),
+            Ok(_) => None,
+            Err(e @ StripeError::Refused { .. }) => Some(e),
+            Err(e) => return Err(e.into()),
+        };
+        let reread = match self
+            .stripe
+            .send(
+                Op::ScheduleRetrieve,
+                &RetrieveSubscriptionSchedule::new(schedule),
+                None,
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if e.is_missing() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if schedule_is_over(reread.status) {
+            return Ok(());
         }
+        Err(match refused {
+            Some(e) => e.into(),
+            None => BillingError::Unmirrorable(format!(
+                "subscription schedule {schedule}: still {} after its release",
+                reread.status.as_str()
+            )),
+        })
+    }
+}
+
+/// Whether a schedule no longer governs its subscription.
+fn schedule_is_over(status: stripe_shared::SubscriptionScheduleStatus) -> bool {
+    use stripe_shared::SubscriptionScheduleStatus as S;
+    matches!(status, S::Released | S::Completed | S::Canceled)
+}
+
+/// The phase in force that a downgrade's schedule update sends first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PhaseInForce {
+    start: i64,
+    end: i64,
+    trial_end: Option<i64>,
+}
+
+/// The phase in force, from the schedule's `current_phase` (its start must be sent unchanged), ending at the current
+/// period's end; its trial end kept while the subscription is trialing. Falls back to the stored period when the
+/// schedule has no phase in force (one not started yet).
+fn downgrade_phases(
+    schedule: &stripe_shared::SubscriptionSchedule,
+    stored: &SubscriptionState,
+) -> PhaseInForce {
+    let start = schedule
+        .current_phase
+        .as_ref()
+        .map_or(stored.period.start.timestamp(), |p| p.start_date);
+    let in_force = schedule.phases.iter().find(|p| p.start_date == start);
+    let trialing = stored.status == tollgate_common::domain::SubscriptionStatus::Trialing;
+    let trial_end = trialing
+        .then(|| {
+            in_force
+                .and_then(|p| p.trial_end)
+                .or_else(|| stored.trial_end.map(|t| t.timestamp()))
+        })
+        .flatten();
+    PhaseInForce {
+        start,
+        end: stored.period.end.timestamp(),
+        trial_end,
     }
 }

@@ -4,7 +4,7 @@
 //! (`Billing::write_read`), ordered by read tickets so a stale read never overwrites a newer one.
 
 use super::{Billing, BillingError, instant, org};
-use crate::stripe::{IdempotencyKey, Op};
+use crate::stripe::{IdempotencyKey, Intent, Op};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::collections::HashMap;
@@ -66,6 +66,7 @@ impl Billing {
         &self,
         org_id: &OrgId,
         price_lookup: &str,
+        intent: &Intent,
     ) -> Result<Created, BillingError> {
         let plan = self
             .catalog
@@ -89,7 +90,7 @@ impl Billing {
         }
         self.changing(&org, "subscription.create", async {
             // Read again under the claim: a change that just ended may have made one.
-            let (live, earlier) = self.live_subscription(org.id).await?;
+            let (live, _earlier) = self.live_subscription(org.id).await?;
             if let Some(live) = live {
                 return Ok(Created::from(&live));
             }
@@ -126,13 +127,9 @@ impl Billing {
                             "orgId".to_owned(),
                             org_id.as_str().to_owned(),
                         )]));
-                    // Keyed by the org, its price and how many subscriptions it has had: a retry (ours or our
-                    // caller's) replays the same subscription; subscribing again after a cancellation makes a new
-                    // one.
-                    let key = IdempotencyKey::derive(
-                        Op::SubscriptionCreate,
-                        &[org_id.as_str(), &customer, &price.id, &earlier.to_string()],
-                    );
+                    // Keyed by the caller's intent: a retry of it (ours or our caller's) replays the same
+                    // subscription; a new intent (subscribing again after a cancellation) makes a new one.
+                    let key = IdempotencyKey::for_intent(intent, Op::SubscriptionCreate, "");
                     self.stripe
                         .send(Op::SubscriptionCreate, &request, Some(&key))
                         .await?
