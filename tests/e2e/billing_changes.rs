@@ -508,3 +508,200 @@ async fn the_preview_equals_the_invoice_the_upgrade_creates() {
         assert_eq!(amount, share(4900) - share(900), "per-second proration");
     }
 }
+
+// === defect 6: 3-D Secure ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_needing_3ds_returns_requires_action_and_keeps_the_pending_downgrade() {
+    let (stripe, m) = setup_with(50, None).await;
+    let sub = paying(&stripe, &m, "org_3ds").await;
+    let r = upgrade(&m, "org_3ds", "growth").await;
+    assert_eq!(r.json["planCode"], "growth", "{}", r.text);
+    let r = downgrade(&m, "org_3ds", "starter").await;
+    assert_eq!(r.json["pendingPlanCode"], "starter", "{}", r.text);
+    // The card on file now needs 3-D Secure for every payment.
+    let card = stripe.card("4000002760003184").await;
+    let r = m
+        .app
+        .post(
+            "/api/payments/default-method.set",
+            Auth::Bearer(&owner(&m, "org_3ds")),
+            &json!({"paymentMethodId": card}),
+        )
+        .await;
+    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+
+    let r = upgrade(&m, "org_3ds", "pro").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["status"], "requires_action");
+    let secret = r.json["clientSecret"].as_str().expect("clientSecret").to_owned();
+    assert!(secret.contains("_secret_"), "{secret}");
+    // Nothing changed: the plan, and the pending downgrade, stay until the payment is made.
+    let e = entitlements(&m, "org_3ds").await;
+    assert_eq!(
+        (e["planCode"].as_str(), e["pendingPlanCode"].as_str()),
+        (Some("growth"), Some("starter")),
+        "{e}"
+    );
+    let in_stripe = stripe.get(&format!("/v1/subscriptions/{sub}")).await;
+    assert!(in_stripe["pending_update"].is_object(), "{in_stripe}");
+    assert_eq!(
+        in_stripe["items"]["data"][0]["price"]["lookup_key"],
+        "plan_growth_m"
+    );
+    let action_required = wait::until(LONG, "invoice.payment_action_required to arrive", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE event_type = 'invoice.payment_action_required'
+                AND status = 'applied'",
+        )
+        .fetch_one(&m.app.state.pg)
+        .await
+        .ok()?;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(action_required, 1);
+    assert_eq!(
+        entitlements(&m, "org_3ds").await["pendingPlanCode"],
+        "starter",
+        "still pending after the webhook"
+    );
+
+    // The customer passes 3-D Secure (Stripe.js confirms the payment): Stripe applies the upgrade, and the
+    // webhooks bring the mirror in step, dropping the downgrade.
+    let pi = secret.split("_secret_").next().unwrap();
+    stripe
+        .post(&format!("/_test/payment_intents/{pi}/confirm"), &[])
+        .await;
+    await_stored(&m, &sub, "the paid upgrade to be mirrored", |row| {
+        row["plan_code"] == "pro" && row["pending_plan_code"].is_null()
+    })
+    .await;
+    let e = entitlements(&m, "org_3ds").await;
+    assert_eq!(
+        (e["planCode"].as_str(), e["pendingPlanCode"].as_str()),
+        (Some("pro"), None),
+        "{e}"
+    );
+    let in_stripe = stripe.get(&format!("/v1/subscriptions/{sub}")).await;
+    assert!(in_stripe["pending_update"].is_null(), "{in_stripe}");
+    assert!(in_stripe["schedule"].is_null(), "the downgrade's schedule is released: {in_stripe}");
+    // And it stays dropped at the renewal.
+    stripe.advance(&sub).await;
+    let row = await_stored(&m, &sub, "the renewal", |row| {
+        row["current_period_start"] != in_stripe["items"]["data"][0]["current_period_start"]
+            && row["status"] == "past_due" || row["plan_code"] == "pro"
+    })
+    .await;
+    assert_eq!(row["plan_code"], "pro", "{row}");
+}
+
+// === defect 10: the portal ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_uses_the_configured_configuration() {
+    let (stripe, m) = setup_with_env(
+        50,
+        None,
+        &[("TOLLGATE_STRIPE_PORTAL_CONFIGURATION", "bpc_tollgate_default")],
+    )
+    .await;
+    sign_up(&m, "org_portal_cfg").await;
+    let r = m
+        .app
+        .post(
+            "/api/payments/portal.create",
+            Auth::Bearer(&owner(&m, "org_portal_cfg")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let page = reqwest::get(r.json["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"<p id="configuration">bpc_tollgate_default</p>"#),
+        "{page}"
+    );
+    drop(m);
+    // A configuration Stripe does not have is refused by Stripe, so the setting is really passed.
+    let m = Metering::start(Options {
+        limit: 50,
+        stripe: Some(&stripe),
+        control_plane_env: vec![(
+            "TOLLGATE_STRIPE_PORTAL_CONFIGURATION".to_owned(),
+            "bpc_not_saved".to_owned(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    sign_up(&m, "org_portal_cfg2").await;
+    let r = m
+        .app
+        .post(
+            "/api/payments/portal.create",
+            Auth::Bearer(&owner(&m, "org_portal_cfg2")),
+            &json!({}),
+        )
+        .await;
+    r.problem(422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_switch_made_in_stripe_is_mirrored() {
+    use stripe_billing::subscription::{
+        UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+    };
+    use tollgate_control_plane::stripe::{IdempotencyKey, Op, StripeClient, StripeMetrics};
+
+    let (stripe, m) = setup_with(50, None).await;
+    let sub = paying(&stripe, &m, "org_dashboard").await;
+    let growth = stripe.get("/v1/prices?lookup_keys[]=plan_growth_m").await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let item = stripe.get(&format!("/v1/subscriptions/{sub}")).await["items"]["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // As the Dashboard or the portal would: the item's price changes in Stripe, not through Tollgate.
+    let client = StripeClient::new(
+        &tollgate_control_plane::stripe::StripeSettings {
+            secret_key: tollgate_e2e::stripe::SECRET_KEY.to_owned().into(),
+            api_base: stripe.url.clone(),
+            attempt_timeout: std::time::Duration::from_secs(10),
+            budget: std::time::Duration::from_secs(20),
+        },
+        StripeMetrics::register(&prometheus::Registry::new()).unwrap(),
+    )
+    .unwrap();
+    let request = UpdateSubscription::new(sub.as_str())
+        .items(vec![UpdateSubscriptionItems {
+            id: Some(item.clone()),
+            price: Some(growth.clone()),
+            ..UpdateSubscriptionItems::new()
+        }])
+        .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+    let updated = client
+        .send(
+            Op::SubscriptionUpdate,
+            &request,
+            Some(&IdempotencyKey::fresh(Op::SubscriptionUpdate)),
+        )
+        .await
+        .expect("the item's price changes in Stripe");
+    assert_eq!(updated.items.data[0].price.id.as_str(), growth);
+    await_stored(&m, &sub, "the switch made in Stripe to be mirrored", |row| {
+        row["plan_code"] == "growth"
+    })
+    .await;
+    let e = entitlements(&m, "org_dashboard").await;
+    assert_eq!(
+        (e["planCode"].as_str(), e["included"].as_u64()),
+        (Some("growth"), Some(1_000_000)),
+        "{e}"
+    );
+}

@@ -1580,6 +1580,13 @@ def run_flows(api, emu, receiver, state_file):
                    {'items': [{'price': starter['id']}], 'iterations': 1}]},
         shape='SubscriptionSchedule')
     expect(len(again['phases']) == 2, 'past phases may be sent again')
+    # issue 20: a phase that has ended cannot be added or changed.
+    err = api.call('POST', f'/v1/subscription_schedules/{sched["id"]}', {
+        'phases': [{'items': [{'price': scale['id']}], 'start_date': start - 3600,
+                    'end_date': start},
+                   {'items': [{'price': scale['id']}], 'start_date': start, 'end_date': end},
+                   {'items': [{'price': starter['id']}], 'iterations': 1}]}, status=400)
+    expect('already ended' in err['error']['message'], err)
     err = api.call('POST', f'/v1/subscription_schedules/{sched["id"]}', {
         'phases': [{'items': [{'price': starter['id']}], 'start_date': start + 60,
                     'iterations': 2}]}, status=400)
@@ -1723,7 +1730,60 @@ def run_flows(api, emu, receiver, state_file):
            and bps['url'] == f'{api.base}/_test/portal/{bps["id"]}'
            and bps['return_url'] == 'https://app.tollgate.example/billing', bps)
     api.call('GET', f'/_test/portal/{bps["id"]}', raw=True, key=None)
-    step('billing portal session')
+    err = api.call('POST', '/v1/billing_portal/sessions', {
+        'customer': cust['id'], 'configuration': 'bpc_not_saved'}, status=400)
+    expect(err['error']['code'] == 'resource_missing'
+           and err['error']['param'] == 'configuration', err)
+    bps = api.call('POST', '/v1/billing_portal/sessions', {
+        'customer': cust['id'], 'configuration': 'bpc_tollgate_default'},
+        shape='BillingPortalSession')
+    page = api.call('GET', f'/_test/portal/{bps["id"]}', raw=True, key=None)
+    expect('<p id="configuration">bpc_tollgate_default</p>' in page, page)
+    step('billing portal session (configuration: saved one only)')
+
+    # --- issue 20: pending updates and 3-D Secure ---
+    tds = api.call('POST', '/v1/customers', {'email': 'tds@t.example'}, shape='Customer')
+    good = api.call('POST', '/v1/payment_methods', {
+        'type': 'card', 'card': {'number': '4242424242424242', 'exp_month': 12,
+                                 'exp_year': 2034, 'cvc': '123'}}, shape='PaymentMethod')
+    api.call('POST', f'/v1/payment_methods/{good["id"]}/attach', {'customer': tds['id']},
+             shape='PaymentMethod')
+    api.call('POST', f'/v1/customers/{tds["id"]}',
+             {'invoice_settings': {'default_payment_method': good['id']}}, shape='Customer')
+    tsub = api.call('POST', '/v1/subscriptions', {'customer': tds['id'],
+                                                  'items': [{'price': starter['id']}]},
+                    shape='Subscription')
+    expect(tsub['status'] == 'active', tsub)
+    three_ds = api.call('POST', '/v1/payment_methods', {
+        'type': 'card', 'card': {'number': '4000002760003184', 'exp_month': 12,
+                                 'exp_year': 2034, 'cvc': '123'}}, shape='PaymentMethod')
+    api.call('POST', f'/v1/payment_methods/{three_ds["id"]}/attach', {'customer': tds['id']},
+             shape='PaymentMethod')
+    api.call('POST', f'/v1/customers/{tds["id"]}',
+             {'invoice_settings': {'default_payment_method': three_ds['id']}}, shape='Customer')
+    pend = api.call('POST', f'/v1/subscriptions/{tsub["id"]}', {
+        'items': [{'id': tsub['items']['data'][0]['id'], 'price': pro['id']}],
+        'proration_behavior': 'always_invoice', 'payment_behavior': 'pending_if_incomplete',
+        'expand': ['latest_invoice.confirmation_secret']}, shape='Subscription')
+    pu = pend['pending_update']
+    secret = (pend['latest_invoice'].get('confirmation_secret') or {}).get('client_secret', '')
+    expect(pu is not None and pu['subscription_items'][0]['price']['id'] == pro['id']
+           and pend['items']['data'][0]['price']['id'] == starter['id']
+           and pend['latest_invoice']['status'] == 'open' and '_secret_' in secret, pend)
+    err = api.call('POST', f'/v1/subscriptions/{tsub["id"]}', {
+        'items': [{'id': tsub['items']['data'][0]['id'], 'price': pro['id']}],
+        'proration_behavior': 'always_invoice', 'payment_behavior': 'pending_if_incomplete',
+        'metadata': {'x': 'y'}}, status=400)
+    expect(err['error']['param'] == 'metadata', err)
+    pi = secret.split('_secret_')[0]
+    api.call('POST', f'/_test/payment_intents/{pi}/confirm', key=None, idempotency_key=None)
+    done = api.call('GET', f'/v1/subscriptions/{tsub["id"]}', shape='Subscription')
+    paid = api.call('GET', f'/v1/invoices/{done["latest_invoice"]}', shape='Invoice')
+    expect(done['pending_update'] is None and done['items']['data'][0]['price']['id'] == pro['id']
+           and paid['status'] == 'paid' and paid['confirmation_secret'] is None, (done, paid))
+    api.call('POST', f'/_test/payment_intents/{pi}/confirm', key=None, idempotency_key=None,
+             status=400)
+    step('pending_if_incomplete: 3-D Secure keeps the update pending; confirming applies it')
 
     # --- events API ---
     evs = api.call('GET', '/v1/events', {'type': 'customer.created', 'limit': 100},
@@ -1750,7 +1810,8 @@ def run_flows(api, emu, receiver, state_file):
               'customer.subscription.trial_will_end', 'invoice.created', 'invoice.finalized',
               'invoice.paid', 'invoice.payment_failed', 'subscription_schedule.created',
               'subscription_schedule.updated', 'subscription_schedule.released',
-              'payment_method.attached', 'setup_intent.succeeded'}
+              'payment_method.attached', 'setup_intent.succeeded',
+              'invoice.payment_action_required'}
     expect(wanted <= set(types), f'webhook types missing: {wanted - set(types)}')
     sub_events = [json.loads(b) for _, b in got if json.loads(b)['type'].startswith(
         'customer.subscription.') and json.loads(b)['data']['object']['id'] == S['sub']]

@@ -1265,7 +1265,7 @@ class Subscription(Resource):
                                  'save_default_payment_method':
                                      self._save_default_payment_method},
             'pending_invoice_item_interval': None, 'pending_setup_intent': None,
-            'pending_update': None, 'schedule': self.schedule,
+            'pending_update': export_pending_update(self), 'schedule': self.schedule,
             'start_date': self.start_date, 'status': self.status, 'test_clock': None,
             'transfer_data': None, 'trial_end': self.trial_end,
             'trial_settings': {'end_behavior': {
@@ -1410,7 +1410,8 @@ class Invoice(Resource):
             'automatic_tax': {'disabled_reason': None, 'enabled': False, 'liability': None,
                               'provider': None, 'status': None},
             'automatically_finalizes_at': None, 'billing_reason': self.billing_reason,
-            'collection_method': 'charge_automatically', 'confirmation_secret': None,
+            'collection_method': 'charge_automatically',
+            'confirmation_secret': invoice_confirmation_secret(self),
             'created': self.created, 'currency': self.currency, 'custom_fields': None,
             'customer': self.customer, 'customer_account': None,
             'customer_address': dict(snap['address']) if snap['address'] else None,
@@ -1837,6 +1838,7 @@ def mark_invoice_paid(inv):
     inv.status_transitions['paid_at'] = inv._clock()
     emit('invoice.paid', inv)
     emit('invoice.payment_succeeded', inv)
+    apply_paid_pending_update(inv)
     sub = store.get(f'subscription:{inv.subscription}') if inv.subscription else None
     if sub and sub.latest_invoice == inv.id and sub.status in ('incomplete', 'past_due',
                                                                'unpaid'):
@@ -1984,6 +1986,10 @@ def update_subscription(sub, u):
         t = proration_time(sub, u.get('proration_date'), 'proration_date')
         specs = proration_specs(sub, changed, t)
     invoice_now = behavior == 'always_invoice' and bool(specs)
+    if payment_behavior == 'pending_if_incomplete':
+        pending = pending_update_if_unpaid(sub, cust, u, changes, specs, invoice_now)
+        if pending is not None:
+            return pending
     if invoice_now and payment_behavior == 'error_if_incomplete':
         amount = sum(s['amount'] for s in specs) + sum(ii.spec['amount']
                                                       for ii in pending_items(sub))
@@ -2042,6 +2048,112 @@ def update_subscription(sub, u):
                 sub.status = 'past_due'
                 emit('customer.subscription.updated', sub, before)
     return sub
+
+
+# --- issue 20 (defect 6): pending updates and 3-D Secure ---------------------------------------
+# https://docs.stripe.com/billing/subscriptions/pending-updates: with
+# payment_behavior=pending_if_incomplete, an update whose invoice is not paid at once changes
+# nothing; its values wait in `pending_update` (expiring 23 h later) and `latest_invoice` is the
+# open invoice. Paying that invoice applies them and clears `pending_update`; an expired one is
+# discarded. https://docs.stripe.com/testing#regulatory-cards: 4000002760003184 needs 3-D Secure,
+# so the invoice's payment `requires_action` with a client secret
+# (`confirmation_secret`, https://docs.stripe.com/api/invoices/object#invoice_object-confirmation_secret)
+# and `invoice.payment_action_required` is sent; a declined card sends `invoice.payment_failed`.
+# POST /_test/payment_intents/{id}/confirm stands in for Stripe.js confirming it.
+
+PENDING_UPDATE_TTL = 23 * 3600
+PENDING_UPDATE_PARAMS = {'items', 'proration_behavior', 'proration_date', 'payment_behavior',
+                         'trial_end', 'cancel_at_period_end'}
+
+
+def _pending_of(sub):
+    """The subscription's pending update, or None (an expired one is discarded)."""
+    pending = getattr(sub, '_pending_update', None)
+    if pending is not None and sub._now() >= pending['expires_at']:
+        sub._pending_update = pending = None
+    return pending
+
+
+def export_pending_update(sub):
+    pending = _pending_of(sub)
+    if pending is None:
+        return None
+    items = []
+    for c in pending['changes']:
+        exported = c.item._export()
+        price = store[f'price:{c.new_price}']
+        exported.update({'price': price._export(), 'plan': price._plan(),
+                         'quantity': c.new_qty})
+        items.append(exported)
+    return {'billing_cycle_anchor': None, 'expires_at': pending['expires_at'],
+            'subscription_items': items, 'trial_end': None, 'trial_from_plan': None}
+
+
+def invoice_confirmation_secret(inv):
+    pi = getattr(inv, '_payment_intent', None)
+    if pi is None or inv.status != 'open':
+        return None
+    return {'client_secret': pi['client_secret'], 'type': 'payment_intent'}
+
+
+def pending_update_if_unpaid(sub, cust, u, changes, specs, invoice_now):
+    """pending_if_incomplete: None when the update's invoice would be paid at once (the update
+    then proceeds as usual), else the subscription with the update left pending."""
+    if not invoice_now:
+        return None
+    extra = {k for k, v in u.items() if v is not None} - PENDING_UPDATE_PARAMS
+    if extra:
+        raise invalid('Pending updates only support the parameters items, price, quantity, '
+                      'proration_behavior, proration_date, billing_cycle_anchor, trial_end and '
+                      f'trial_from_plan; got {sorted(extra)[0]}.', param=sorted(extra)[0])
+    if any(c.item is None or c.new_price is None for c in changes if c.changed):
+        raise unsupported('pending updates that add or remove items', param='items')
+    amount = sum(s['amount'] for s in specs)
+    pm = default_payment_method(sub, cust)
+    err = charge_error(cust, sub, max(0, amount + cust.balance), pm)
+    if err is None:
+        return None
+    before = sub._export()
+    now = sub._now()
+    inv = Invoice(cust, sub, 'subscription_update', now, now, now, specs)
+    sub.latest_invoice = inv.id
+    sub._pending_update = {'changes': [c for c in changes if c.changed], 'invoice': inv.id,
+                           'expires_at': now + PENDING_UPDATE_TTL}
+    emit('customer.subscription.updated', sub, before)
+    emit('invoice.created', inv)
+    finalize_invoice(inv)
+    if inv.status != 'open':
+        return sub
+    pi_id = new_id('pi_')
+    needs_action = pm is not None and pm._decline('charge') is not None and \
+        pm._decline('charge')[0] == 'authentication_required'
+    inv._payment_intent = {'id': pi_id, 'client_secret': f'{pi_id}_secret_{new_id("", 24)}',
+                           'status': ('requires_action' if needs_action
+                                      else 'requires_payment_method')}
+    if needs_action:
+        inv.attempt_count += 1
+        inv.attempted = True
+        emit('invoice.payment_action_required', inv)
+    else:
+        attempt_payment(inv)
+    return sub
+
+
+def apply_paid_pending_update(inv):
+    """Paying the invoice of a pending update applies the update."""
+    sub = store.get(f'subscription:{inv.subscription}') if inv.subscription else None
+    if sub is None:
+        return
+    pending = _pending_of(sub)
+    if pending is None or pending['invoice'] != inv.id:
+        return
+    before = sub._export()
+    apply_item_changes(sub, pending['changes'])
+    sub._pending_update = None
+    pi = getattr(inv, '_payment_intent', None)
+    if pi is not None:
+        pi['status'] = 'succeeded'
+    emit('customer.subscription.updated', sub, before)
 
 
 def change_trial_end(sub, trial_end):
@@ -3054,9 +3166,6 @@ def parse_subscription_update(p):
     p.ignore('off_session', 'collection_method', 'trial_from_plan')
     unsupported_params(p, *SUBSCRIPTION_UNSUPPORTED)
     p.finish()
-    if u['payment_behavior'] == 'pending_if_incomplete':
-        raise unsupported('payment_behavior=pending_if_incomplete (pending updates)',
-                          param='payment_behavior')
     return {k: v for k, v in u.items() if v is not None or k in ('cancel_at', 'description',
                                                                  'default_payment_method')}
 
@@ -3600,6 +3709,25 @@ def test_advance(p, id):
     interval) even when that is ahead of the wall clock (the subscription's clock moves)."""
     p.finish()
     return renew_subscription(Subscription.get(id))._export()
+
+
+# issue 20 (defect 6): see 'pending updates and 3-D Secure' above.
+@route('POST', '/_test/payment_intents/{id}/confirm')
+def test_confirm_payment_intent(p, id):
+    """What Stripe.js does with an invoice's confirmation secret once the customer has passed
+    3-D Secure: the payment succeeds, the invoice is paid (and its pending update applied).
+    `id` is the PaymentIntent id, the part of the client secret before `_secret_`."""
+    p.finish()
+    inv = next((i for i in objects('invoice')
+                if getattr(i, '_payment_intent', None) and i._payment_intent['id'] == id), None)
+    if inv is None:
+        raise no_such('payment_intent', id)
+    if inv.status != 'open' or inv._payment_intent['status'] != 'requires_action':
+        raise invalid(f'This PaymentIntent cannot be confirmed in status '
+                      f'{inv._payment_intent["status"]}.', code='payment_intent_unexpected_state')
+    inv.amount_paid = 0
+    mark_invoice_paid(inv)
+    return {'id': id, 'object': 'payment_intent', 'status': 'succeeded', 'invoice': inv.id}
 
 
 @route('POST', '/_test/subscriptions/{id}/trial_will_end')

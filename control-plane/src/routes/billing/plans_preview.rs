@@ -15,14 +15,29 @@ use utoipa::ToSchema;
 /// What a plan change costs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PreviewResponse {
-    /// Minor units: for an upgrade, what is invoiced now; for a downgrade, the first renewal at the new price.
+    /// Minor units: for an upgrade, what `upgrade.now` invoices now (the sum of Stripe's proration lines); for a
+    /// downgrade, the first renewal at the new price.
     pub amount: i64,
     #[schema(example = "usd")]
     pub currency: String,
     /// `true` for an upgrade (prorated), `false` for a downgrade.
     pub proration: bool,
-    /// The invoice's lines.
+    /// The lines `amount` sums (for an upgrade, the proration lines).
     pub items: Vec<PreviewLine>,
+    /// The next renewal invoice after the change, reported apart from `amount`.
+    #[serde(rename = "nextInvoice")]
+    pub next_invoice: NextInvoiceDoc,
+}
+
+/// The renewal invoice after the change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NextInvoiceDoc {
+    /// Minor units.
+    pub amount: i64,
+    #[schema(example = "usd")]
+    pub currency: String,
+    /// When it is invoiced (the current period's end), RFC 3339 UTC.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One line.
@@ -57,6 +72,11 @@ pub async fn preview_plan_change(
     Ok(Json(PreviewResponse {
         amount: preview.amount,
         currency: preview.currency,
+        next_invoice: NextInvoiceDoc {
+            amount: preview.next_invoice.amount,
+            currency: preview.next_invoice.currency,
+            at: preview.next_invoice.at,
+        },
         proration: preview.proration,
         items: preview
             .items

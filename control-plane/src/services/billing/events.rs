@@ -128,6 +128,7 @@ impl Handling {
         match kind {
             "invoice.paid"
             | "invoice.payment_failed"
+            | "invoice.payment_action_required"
             | "invoice.payment_succeeded"
             | "invoice.finalized"
             | "invoice.created"

@@ -70,6 +70,20 @@ pub struct PreviewItem {
     pub proration: bool,
 }
 
+/// 5.2's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgraded {
+    /// Paid and in force: the plan now.
+    Immediate(PlanCode),
+    /// The payment needs the customer (3-D Secure, or another card): nothing changed yet. The frontend confirms
+    /// the invoice's payment with Stripe.js and this `client_secret`; once paid, Stripe applies the upgrade and
+    /// the webhooks bring the mirror in step. Unpaid, Stripe drops the pending update when it expires (23 h).
+    RequiresAction {
+        /// The invoice's confirmation secret (a PaymentIntent's client secret).
+        client_secret: String,
+    },
+}
+
 /// 5.3's answer.
 #[derive(Debug, Clone)]
 pub struct Scheduled {
@@ -233,14 +247,19 @@ impl Billing {
     }
 
     /// 5.2: changes to `new_plan` now, prorated and invoiced at once; the new plan's limits apply at once (the
-    /// period, and so its usage counter, stays). A pending downgrade is dropped. Stripe's keys derive from `intent`.
+    /// period, and so its usage counter, stays). A pending downgrade is dropped once the upgrade is paid.
+    ///
+    /// `payment_behavior=pending_if_incomplete` (<https://docs.stripe.com/billing/subscriptions/pending-updates>):
+    /// when the payment needs the customer (3-D Secure), Stripe keeps the change pending on the subscription
+    /// (`pending_update`) and nothing changes until the invoice is paid, so a pending downgrade is kept meanwhile;
+    /// the answer is then [`Upgraded::RequiresAction`]. Stripe's keys derive from `intent`.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn upgrade_now(
         &self,
         org_id: &OrgId,
         new_plan: &str,
         intent: &Intent,
-    ) -> Result<PlanCode, BillingError> {
+    ) -> Result<Upgraded, BillingError> {
         self.paid_plan("newPlanCode", new_plan)?;
         let org = org(&self.pg, org_id).await?;
         org.customer()?;
@@ -255,9 +274,6 @@ impl Billing {
                     ),
                 ));
             }
-            if let Some(schedule) = &c.stored.schedule {
-                self.release_schedule(schedule, intent).await?;
-            }
             let item = self.item_id(&c.stored.id).await?;
             let proration_date = self.proration_date(&c.stored);
             let request = UpdateSubscription::new(c.stored.id.as_str())
@@ -268,17 +284,39 @@ impl Billing {
                 }])
                 .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
                 .proration_date(proration_date)
-                // A declined card leaves the subscription as it was and answers with Stripe's card error.
-                .payment_behavior(UpdateSubscriptionPaymentBehavior::ErrorIfIncomplete);
+                .payment_behavior(UpdateSubscriptionPaymentBehavior::PendingIfIncomplete)
+                .expand(vec!["latest_invoice.confirmation_secret".to_owned()]);
             // Keyed by the intent: a retry of it replays Stripe's answer; a new intent finds the subscription
             // already upgraded (409) rather than upgrading twice.
             let key = IdempotencyKey::for_intent(intent, Op::SubscriptionUpdate, "upgrade");
-            self.stripe
+            let updated = self
+                .stripe
                 .send(Op::SubscriptionUpdate, &request, Some(&key))
                 .await?;
+            if updated.pending_update.is_some() {
+                let client_secret = updated
+                    .latest_invoice
+                    .as_ref()
+                    .and_then(|invoice| invoice.as_object())
+                    .and_then(|invoice| invoice.confirmation_secret.as_ref())
+                    .map(|secret| secret.client_secret.clone())
+                    .ok_or_else(|| {
+                        BillingError::Unmirrorable(
+                            "Stripe kept the upgrade pending without a confirmation secret"
+                                .to_owned(),
+                        )
+                    })?;
+                self.sync_subscription(&c.stored.id).await?;
+                tracing::info!(plan.from = %c.stored.plan, plan.to = %c.next, "upgrade awaits the customer's payment");
+                return Ok(Upgraded::RequiresAction { client_secret });
+            }
+            // Paid and in force: a pending downgrade is dropped.
+            if let Some(schedule) = &c.stored.schedule {
+                self.release_schedule(schedule, intent).await?;
+            }
             let synced = self.sync_subscription(&c.stored.id).await?;
             tracing::info!(plan.from = %c.stored.plan, plan.to = %synced.state.plan, "upgraded now");
-            Ok(synced.state.plan)
+            Ok(Upgraded::Immediate(synced.state.plan))
         })
         .await
     }
@@ -395,7 +433,11 @@ impl Billing {
     /// Releases a schedule: the subscription keeps its current price and nothing happens at renewal. Done only
     /// when a re-read shows the schedule `released`, `completed` or `canceled`: a refused release (a 400 for any
     /// other reason, a 404 that is not Stripe's `resource_missing`) is a failure, never "already released".
-    async fn release_schedule(&self, schedule: &str, intent: &Intent) -> Result<(), BillingError> {
+    pub(super) async fn release_schedule(
+        &self,
+        schedule: &str,
+        intent: &Intent,
+    ) -> Result<(), BillingError> {
         let key = IdempotencyKey::for_intent(intent, Op::ScheduleRelease, schedule);
         let refused = match self
             .stripe

@@ -404,7 +404,7 @@ impl Billing {
         let schedule = s.schedule.as_ref().map(|e| e.id().as_str().to_owned());
         let scheduled = match &schedule {
             Some(schedule_id) => {
-                self.next_phase(schedule_id, item.current_period_end)
+                self.next_phase(schedule_id, item.current_period_end, item.price.id.as_str())
                     .await?
             }
             None => None,
@@ -428,10 +428,16 @@ impl Billing {
     }
 
     /// The price a schedule's phase starting at or after `period_end` moves the subscription to.
+    ///
+    /// A schedule whose phase in force bills another price than the subscription's `price` (the subscription was
+    /// changed outside it: an upgrade paid later through Stripe's pending update, after 3-D Secure, or a change in
+    /// the portal or the Dashboard) is stale: that later change drops the scheduled downgrade, so the schedule is
+    /// released here (confirmed by a re-read) and nothing is pending.
     async fn next_phase(
         &self,
         schedule_id: &str,
         period_end: i64,
+        price: &str,
     ) -> Result<Option<(StripePrice, DateTime<Utc>)>, BillingError> {
         let schedule = self
             .stripe
@@ -447,6 +453,23 @@ impl Billing {
                 | stripe_shared::SubscriptionScheduleStatus::NotStarted
         );
         if !active {
+            return Ok(None);
+        }
+        let in_force_price = schedule.current_phase.as_ref().and_then(|current| {
+            schedule
+                .phases
+                .iter()
+                .find(|phase| phase.start_date == current.start_date)
+                .and_then(|phase| phase.items.first())
+                .map(|item| item.price.id().as_str().to_owned())
+        });
+        if in_force_price.is_some_and(|p| p != price) {
+            tracing::info!(
+                subscription.schedule = schedule_id,
+                "the subscription's price changed outside its schedule; the scheduled change is dropped"
+            );
+            self.release_schedule(schedule_id, &crate::stripe::Intent::fresh())
+                .await?;
             return Ok(None);
         }
         let next = schedule
