@@ -257,6 +257,10 @@ RUST_SHAPES = {
                         'payment_method_options:InvoicesPaymentMethodOptions '
                         'payment_method_types:Vec<InvoicesPaymentSettingsPaymentMethodTypes>',
         },
+        'InvoicesResourceConfirmationSecret': {
+            'required': 'client_secret:String type:String',
+            'optional': '',
+        },
         'InvoicesResourceStatusTransitions': {
             'required': '',
             'optional': 'finalized_at:Timestamp marked_uncollectible_at:Timestamp '
@@ -535,6 +539,13 @@ RUST_SHAPES = {
             'required': '',
             'optional': 'proration_discounts:SubscriptionsResourceBillingModeFlexibleProrationDiscounts',
         },
+        'SubscriptionsResourcePendingUpdate': {
+            'required': 'expires_at:Timestamp',
+            'optional': 'billing_cycle_anchor:Timestamp cancel_at_period_end:bool discount:Discount '
+                        'discounts:Vec<Expandable<Discount>> metadata:HashMap<String,String> '
+                        'subscription_items:Vec<SubscriptionItem> trial_end:Timestamp '
+                        'trial_from_plan:bool',
+        },
         'SubscriptionsResourcePaymentSettings': {
             'required': '',
             'optional': 'payment_method_options:SubscriptionsResourcePaymentMethodOptions '
@@ -800,6 +811,7 @@ RUST_SHAPES = {
         'invoice.finalized': 'Invoice',
         'invoice.paid': 'Invoice',
         'invoice.payment_failed': 'Invoice',
+        'invoice.payment_action_required': 'Invoice',
         'invoice.payment_succeeded': 'Invoice',
         'payment_method.attached': 'PaymentMethod',
         'price.created': 'Price',

@@ -448,7 +448,7 @@ impl Billing {
             )
             .await
         {
-            Ok(released) if schedule_is_over(released.status) => return Ok(()),
+            Ok(released) if schedule_is_over(&released.status) => return Ok(()),
             Ok(_) => None,
             Err(e @ StripeError::Refused { .. }) => Some(e),
             Err(e) => return Err(e.into()),
@@ -466,7 +466,7 @@ impl Billing {
             Err(e) if e.is_missing() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if schedule_is_over(reread.status) {
+        if schedule_is_over(&reread.status) {
             return Ok(());
         }
         Err(match refused {
@@ -480,7 +480,7 @@ impl Billing {
 }
 
 /// Whether a schedule no longer governs its subscription.
-fn schedule_is_over(status: stripe_shared::SubscriptionScheduleStatus) -> bool {
+fn schedule_is_over(status: &stripe_shared::SubscriptionScheduleStatus) -> bool {
     use stripe_shared::SubscriptionScheduleStatus as S;
     matches!(status, S::Released | S::Completed | S::Canceled)
 }
