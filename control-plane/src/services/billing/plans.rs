@@ -519,3 +519,81 @@ fn downgrade_phases(
         trial_end,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_common::domain::{Period, SubscriptionStatus};
+
+    /// A schedule as Stripe answers it: phases `(start, end, trial_end)`, the one starting at `current` in force.
+    fn schedule(phases: &[(i64, i64, Option<i64>)], current: i64) -> stripe_shared::SubscriptionSchedule {
+        let phases: Vec<_> = phases
+            .iter()
+            .map(|(start, end, trial_end)| {
+                serde_json::json!({
+                    "add_invoice_items": [], "currency": "usd", "discounts": [], "end_date": end,
+                    "start_date": start, "trial_end": trial_end, "proration_behavior": "none",
+                    "items": [{"discounts": [], "plan": "price_a", "price": "price_a", "quantity": 1}],
+                })
+            })
+            .collect();
+        let end = phases
+            .iter()
+            .find(|p| p["start_date"] == current)
+            .map_or(0, |p| p["end_date"].as_i64().unwrap_or(0));
+        serde_json::from_value(serde_json::json!({
+            "id": "sub_sched_1", "object": "subscription_schedule", "created": 1, "customer": "cus_1",
+            "livemode": false, "status": "active", "end_behavior": "release", "phases": phases,
+            "billing_mode": {"type": "flexible"},
+            "current_phase": {"start_date": current, "end_date": end},
+            "default_settings": {"billing_cycle_anchor": "automatic", "invoice_settings": {"issuer": {"type": "self"}}},
+        }))
+        .expect("a schedule")
+    }
+
+    fn stored(status: SubscriptionStatus, start: i64, end: i64, trial_end: Option<i64>) -> SubscriptionState {
+        SubscriptionState {
+            id: "sub_1".to_owned(),
+            customer: "cus_1".to_owned(),
+            status,
+            plan: PlanCode::parse("growth").expect("plan"),
+            price_id: "price_a".to_owned(),
+            period: Period {
+                start: super::super::instant(start),
+                end: super::super::instant(end),
+            },
+            anchor: super::super::instant(start),
+            trial_end: trial_end.map(super::super::instant),
+            cancel_at_period_end: false,
+            canceled_at: None,
+            schedule: Some("sub_sched_1".to_owned()),
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn a_later_downgrade_starts_from_the_phase_in_force_not_a_past_one() {
+        // The first downgrade took effect at 200: phase [100, 200) is past, [200, 300) is in force.
+        let s = schedule(&[(100, 200, None), (200, 300, None)], 200);
+        let phase = downgrade_phases(&s, &stored(SubscriptionStatus::Active, 200, 300, None));
+        assert_eq!(
+            phase,
+            PhaseInForce {
+                start: 200,
+                end: 300,
+                trial_end: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_downgrade_during_a_trial_keeps_its_end() {
+        let s = schedule(&[(100, 400, Some(400))], 100);
+        let trialing = stored(SubscriptionStatus::Trialing, 100, 400, Some(400));
+        assert_eq!(downgrade_phases(&s, &trialing).trial_end, Some(400));
+        // A trial that ended long ago is not sent back.
+        let s = schedule(&[(100, 400, Some(400)), (400, 500, None)], 400);
+        let active = stored(SubscriptionStatus::Active, 400, 500, Some(400));
+        assert_eq!(downgrade_phases(&s, &active).trial_end, None);
+    }
+}
