@@ -189,13 +189,14 @@ async fn concurrent_requests_with_one_key_run_once() {
     let token = owner(&m, "org_idem_conc");
     let customer = customer_of(&m, "org_idem_conc").await;
     let before = setup_intents(&stripe, &customer).await;
+    let body = json!({});
     let calls = (0..12).map(|_| {
         post_keyed(
             &m.app,
             "/api/payments/setup-intent.create",
             Auth::Bearer(&token),
             "one-intent",
-            &json!({}),
+            &body,
         )
     });
     let answers = join_all(calls).await;
