@@ -256,7 +256,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, body).into_response();
         if !self.is_final() {
-            response.extensions_mut().insert(crate::idempotency::NotFinal);
+            response
+                .extensions_mut()
+                .insert(crate::idempotency::NotFinal);
         }
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

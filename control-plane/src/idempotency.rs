@@ -156,7 +156,9 @@ pub async fn layer(State(app): State<AppState>, mut req: Request, next: Next) ->
         token,
         armed: true,
     };
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     guard.settle(response).await
 }
 
@@ -195,8 +197,7 @@ impl Held {
                 .map(str::to_owned),
             body: bytes.to_vec(),
         };
-        if let Err(e) = store::finish(&self.pg, &self.scope, &self.key, self.token, &stored).await
-        {
+        if let Err(e) = store::finish(&self.pg, &self.scope, &self.key, self.token, &stored).await {
             tracing::warn!(error = %e, "an idempotent answer could not be stored; the key is freed");
             self.free().await;
         }
@@ -280,7 +281,13 @@ mod tests {
         ] {
             let e = parse_key(&bad).unwrap_err();
             assert!(
-                matches!(e, ApiError::BadRequest { field: "Idempotency-Key", .. }),
+                matches!(
+                    e,
+                    ApiError::BadRequest {
+                        field: "Idempotency-Key",
+                        ..
+                    }
+                ),
                 "{e:?}"
             );
         }

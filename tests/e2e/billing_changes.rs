@@ -75,7 +75,10 @@ async fn payment_method_a_b_a_leaves_stripe_and_the_database_on_a() {
         in_stripe["invoice_settings"]["default_payment_method"], a,
         "Stripe ends on A: {in_stripe}"
     );
-    assert_eq!(stored_default_pm(&m, "org_aba").await.as_deref(), Some(a.as_str()));
+    assert_eq!(
+        stored_default_pm(&m, "org_aba").await.as_deref(),
+        Some(a.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +107,11 @@ async fn one_idempotency_key_replays_its_request_and_refuses_another() {
         &json!({}),
     )
     .await;
-    assert_eq!((again.status, &again.json), (200, &first.json), "the stored answer");
+    assert_eq!(
+        (again.status, &again.json),
+        (200, &first.json),
+        "the stored answer"
+    );
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(
         setup_intents(&stripe, &customer).await,
@@ -175,9 +182,9 @@ async fn one_idempotency_key_replays_its_request_and_refuses_another() {
     let doc = m.app.get("/api/openapi.json", Auth::None).await;
     let params = &doc.json["paths"]["/api/payments/setup-intent.create"]["post"]["parameters"];
     assert!(
-        params
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")),
+        params.as_array().is_some_and(|ps| ps
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")),
         "{params}"
     );
 }
@@ -267,7 +274,10 @@ async fn an_error_answer_is_never_replayed_as_the_result() {
     .await;
     assert_eq!(retried.status, 200, "{}", retried.text);
     assert!(retried.headers.get("idempotent-replayed").is_none());
-    let customer = retried.json["stripeCustomerId"].as_str().unwrap().to_owned();
+    let customer = retried.json["stripeCustomerId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // And so does the org's next call without a key.
     let next = m
         .app
@@ -417,7 +427,9 @@ async fn downgrade_upgrade_downgrade_in_one_period_is_scheduled() {
     let r = upgrade(&m, "org_dud", "pro").await;
     assert_eq!(r.json["planCode"], "pro", "{}", r.text);
     if let Some(id) = first_schedule.as_str() {
-        let s = stripe.get(&format!("/v1/subscription_schedules/{id}")).await;
+        let s = stripe
+            .get(&format!("/v1/subscription_schedules/{id}"))
+            .await;
         assert_eq!(s["status"], "released", "the upgrade released it: {s}");
     }
     let r = downgrade(&m, "org_dud", "growth").await;
@@ -464,8 +476,8 @@ async fn the_preview_equals_the_invoice_the_upgrade_creates() {
         };
         let (start, end) = (at("current_period_start"), at("current_period_end"));
         // A point of the period, early in its minute (the proration minute of preview and upgrade is the same).
-        let target =
-            start + chrono::Duration::seconds(((end - start).num_seconds() as f64 * fraction) as i64);
+        let target = start
+            + chrono::Duration::seconds(((end - start).num_seconds() as f64 * fraction) as i64);
         let target = target - chrono::Duration::seconds(target.timestamp().rem_euclid(60) - 2);
         use tollgate_common::clock::Clock;
         clock.advance(target - clock.now());
@@ -491,7 +503,11 @@ async fn the_preview_equals_the_invoice_the_upgrade_creates() {
             })
             .sum();
         assert_eq!(items, amount);
-        assert_eq!(preview.json["nextInvoice"]["amount"], 4900, "{}", preview.text);
+        assert_eq!(
+            preview.json["nextInvoice"]["amount"], 4900,
+            "{}",
+            preview.text
+        );
         assert_eq!(preview.json["nextInvoice"]["currency"], "usd");
 
         let r = m
@@ -507,7 +523,10 @@ async fn the_preview_equals_the_invoice_the_upgrade_creates() {
         let invoice = &stripe
             .get(&format!("/v1/invoices?customer={customer}&limit=1"))
             .await["data"][0];
-        assert_eq!(invoice["billing_reason"], "subscription_update", "{invoice}");
+        assert_eq!(
+            invoice["billing_reason"], "subscription_update",
+            "{invoice}"
+        );
         assert_eq!(
             invoice["total"].as_i64(),
             Some(amount),
@@ -546,7 +565,10 @@ async fn an_upgrade_needing_3ds_returns_requires_action_and_keeps_the_pending_do
     let r = upgrade(&m, "org_3ds", "pro").await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.json["status"], "requires_action");
-    let secret = r.json["clientSecret"].as_str().expect("clientSecret").to_owned();
+    let secret = r.json["clientSecret"]
+        .as_str()
+        .expect("clientSecret")
+        .to_owned();
     assert!(secret.contains("_secret_"), "{secret}");
     // Nothing changed: the plan, and the pending downgrade, stay until the payment is made.
     let e = entitlements(&m, "org_3ds").await;
@@ -561,16 +583,20 @@ async fn an_upgrade_needing_3ds_returns_requires_action_and_keeps_the_pending_do
         in_stripe["items"]["data"][0]["price"]["lookup_key"],
         "plan_growth_m"
     );
-    let action_required = wait::until(LONG, "invoice.payment_action_required to arrive", || async {
-        let n: i64 = sqlx::query_scalar(
+    let action_required = wait::until(
+        LONG,
+        "invoice.payment_action_required to arrive",
+        || async {
+            let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM stripe_events WHERE event_type = 'invoice.payment_action_required'
                 AND status = 'applied'",
         )
         .fetch_one(&m.app.state.pg)
         .await
         .ok()?;
-        (n == 1).then_some(n)
-    })
+            (n == 1).then_some(n)
+        },
+    )
     .await;
     assert_eq!(action_required, 1);
     assert_eq!(
@@ -597,7 +623,10 @@ async fn an_upgrade_needing_3ds_returns_requires_action_and_keeps_the_pending_do
     );
     let in_stripe = stripe.get(&format!("/v1/subscriptions/{sub}")).await;
     assert!(in_stripe["pending_update"].is_null(), "{in_stripe}");
-    assert!(in_stripe["schedule"].is_null(), "the downgrade's schedule is released: {in_stripe}");
+    assert!(
+        in_stripe["schedule"].is_null(),
+        "the downgrade's schedule is released: {in_stripe}"
+    );
     // And it stays dropped at the renewal.
     let before = stored(&m, &sub).await;
     stripe.advance(&sub).await;
@@ -619,7 +648,10 @@ async fn the_portal_uses_the_configured_configuration() {
     let (stripe, m) = setup_with_env(
         50,
         None,
-        &[("TOLLGATE_STRIPE_PORTAL_CONFIGURATION", "bpc_tollgate_default")],
+        &[(
+            "TOLLGATE_STRIPE_PORTAL_CONFIGURATION",
+            "bpc_tollgate_default",
+        )],
     )
     .await;
     sign_up(&m, "org_portal_cfg").await;
@@ -710,9 +742,12 @@ async fn a_plan_switch_made_in_stripe_is_mirrored() {
         .await
         .expect("the item's price changes in Stripe");
     assert_eq!(updated.items.data[0].price.id.as_str(), growth);
-    await_stored(&m, &sub, "the switch made in Stripe to be mirrored", |row| {
-        row["plan_code"] == "growth"
-    })
+    await_stored(
+        &m,
+        &sub,
+        "the switch made in Stripe to be mirrored",
+        |row| row["plan_code"] == "growth",
+    )
     .await;
     let e = entitlements(&m, "org_dashboard").await;
     assert_eq!(

@@ -500,7 +500,10 @@ mod tests {
     fn idempotency_keys_follow_the_intent_not_the_inputs() {
         let intent = Intent::keyed("operator", "k1");
         let a = IdempotencyKey::for_intent(&intent, Op::CustomerCreate, "");
-        assert_eq!(a, IdempotencyKey::for_intent(&intent, Op::CustomerCreate, ""));
+        assert_eq!(
+            a,
+            IdempotencyKey::for_intent(&intent, Op::CustomerCreate, "")
+        );
         assert_ne!(
             a,
             IdempotencyKey::for_intent(&Intent::keyed("operator", "k2"), Op::CustomerCreate, "")
@@ -510,7 +513,10 @@ mod tests {
             IdempotencyKey::for_intent(&Intent::keyed("key:1", "k1"), Op::CustomerCreate, ""),
             "two callers' equal keys are two intents"
         );
-        assert_ne!(a, IdempotencyKey::for_intent(&intent, Op::SubscriptionCreate, ""));
+        assert_ne!(
+            a,
+            IdempotencyKey::for_intent(&intent, Op::SubscriptionCreate, "")
+        );
         assert_ne!(
             IdempotencyKey::for_intent(&intent, Op::ScheduleUpdate, "a"),
             IdempotencyKey::for_intent(&intent, Op::ScheduleUpdate, "b")

@@ -66,6 +66,8 @@ pub async fn set_default_method(
             "must be a Stripe payment method id (pm_…)",
         ));
     }
-    app.billing()?.set_default_payment_method(&org, pm, &intent).await?;
+    app.billing()?
+        .set_default_payment_method(&org, pm, &intent)
+        .await?;
     Ok(Json(DefaultMethodResponse { ok: true }))
 }

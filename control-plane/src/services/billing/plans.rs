@@ -526,7 +526,10 @@ mod tests {
     use tollgate_common::domain::{Period, SubscriptionStatus};
 
     /// A schedule as Stripe answers it: phases `(start, end, trial_end)`, the one starting at `current` in force.
-    fn schedule(phases: &[(i64, i64, Option<i64>)], current: i64) -> stripe_shared::SubscriptionSchedule {
+    fn schedule(
+        phases: &[(i64, i64, Option<i64>)],
+        current: i64,
+    ) -> stripe_shared::SubscriptionSchedule {
         let phases: Vec<_> = phases
             .iter()
             .map(|(start, end, trial_end)| {
@@ -551,7 +554,12 @@ mod tests {
         .expect("a schedule")
     }
 
-    fn stored(status: SubscriptionStatus, start: i64, end: i64, trial_end: Option<i64>) -> SubscriptionState {
+    fn stored(
+        status: SubscriptionStatus,
+        start: i64,
+        end: i64,
+        trial_end: Option<i64>,
+    ) -> SubscriptionState {
         SubscriptionState {
             id: "sub_1".to_owned(),
             customer: "cus_1".to_owned(),
