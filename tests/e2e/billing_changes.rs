@@ -756,3 +756,40 @@ async fn a_plan_switch_made_in_stripe_is_mirrored() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_upgrade_changes_nothing_and_keeps_the_pending_downgrade() {
+    let (stripe, m) = setup_with(50, None).await;
+    let sub = paying(&stripe, &m, "org_declined").await;
+    let r = upgrade(&m, "org_declined", "growth").await;
+    assert_eq!(r.json["planCode"], "growth", "{}", r.text);
+    let r = downgrade(&m, "org_declined", "starter").await;
+    assert_eq!(r.json["pendingPlanCode"], "starter", "{}", r.text);
+    // Attaches, then declines every charge.
+    let card = stripe.card("4000000000000341").await;
+    let r = m
+        .app
+        .post(
+            "/api/payments/default-method.set",
+            Auth::Bearer(&owner(&m, "org_declined")),
+            &json!({"paymentMethodId": card}),
+        )
+        .await;
+    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+    let r = upgrade(&m, "org_declined", "pro").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["status"], "requires_action");
+    let e = entitlements(&m, "org_declined").await;
+    assert_eq!(
+        (e["planCode"].as_str(), e["pendingPlanCode"].as_str()),
+        (Some("growth"), Some("starter")),
+        "{e}"
+    );
+    let row = stored(&m, &sub).await;
+    assert_eq!(row["status"], "active", "{row}");
+    let in_stripe = stripe.get(&format!("/v1/subscriptions/{sub}")).await;
+    assert!(
+        in_stripe["schedule"].is_string(),
+        "the downgrade's schedule stays: {in_stripe}"
+    );
+}

@@ -50,7 +50,7 @@ pub struct UpgradeActionResponse {
     responses(
         (status = 200, description = "Upgraded", body = UpgradeResponse),
         (status = 202, description = "The payment needs the customer's action (3-D Secure): confirm it with Stripe.js", body = UpgradeActionResponse),
-        (status = 402, description = "Stripe declined the payment; nothing changed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 402, description = "Stripe refused the payment outright (a card error on the request itself); nothing changed. A declined card or one needing 3-D Secure is a 202", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Another org, an API key, or a session whose organization role is none of TOLLGATE_ADMIN_ROLES (`requiredRoles` lists the roles that may)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "No live subscription, or already on this plan; or another billing change of this org is in progress", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "Stripe's answer could not be used", body = ProblemDoc, content_type = "application/problem+json"),
