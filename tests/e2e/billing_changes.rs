@@ -139,6 +139,38 @@ async fn one_idempotency_key_replays_its_request_and_refuses_another() {
     .await;
     assert_eq!(other.problem(409)["field"], "Idempotency-Key");
 
+    // After 24 h the key is forgotten (Stripe's window): the same key is a new intent, and the purge deletes it.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&m.app.state.pg)
+        .await
+        .unwrap();
+    let later = post_keyed(
+        &m.app,
+        "/api/payments/portal.create",
+        Auth::Bearer(&token),
+        "intent-1",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(later.status, 200, "{}", later.text);
+    assert!(later.headers.get("idempotent-replayed").is_none());
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&m.app.state.pg)
+        .await
+        .unwrap();
+    use tollgate_common::clock::Clock;
+    let table = tollgate_control_plane::services::retention::Table::IdempotencyKeys;
+    let purger = &m.app.state.purger;
+    let deleted = purger
+        .purge_batch(
+            table,
+            table.cutoff(purger.settings(), tollgate_common::clock::SystemClock.now()),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the purge deletes keys older than 24 h");
+
     // Keys are the caller's: the operator's "intent-1" is another intent.
     let operator = post_keyed(
         &m.app,
