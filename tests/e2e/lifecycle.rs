@@ -459,7 +459,17 @@ async fn the_lifecycle_walk_from_trial_to_cancellation_follows_the_state_table()
         "{latest}"
     );
 
-    // Cancel at the period's end (as the portal or the Dashboard would): cancelAt shown, the plan kept.
+    // Cancel at the period's end (as the portal or the Dashboard would: the downgrade's schedule, in its last
+    // phase, is released first, since Stripe refuses cancellation changes on a scheduled subscription): cancelAt
+    // shown, the plan kept.
+    if let Some(schedule) = s["schedule"].as_str() {
+        stripe
+            .post(
+                &format!("/v1/subscription_schedules/{schedule}/release"),
+                &[],
+            )
+            .await;
+    }
     stripe
         .post(
             &format!("/v1/subscriptions/{sub}"),

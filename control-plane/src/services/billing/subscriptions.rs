@@ -137,7 +137,8 @@ impl Billing {
                 None => trial_spent,
                 Some(_) => false,
             };
-            if needs_card && !self.has_payment_method(org.id).await? {
+            let card = self.default_payment_method(org.id).await?;
+            if needs_card && card.is_none() {
                 return Err(BillingError::conflict(
                     "orgId",
                     "this organization's trial is over and it has no payment method; set one with \
@@ -174,12 +175,13 @@ impl Billing {
                         )
                         .await?;
                     tracing::info!("unpaid subscription canceled before subscribing again");
-                    self.new_subscription(org_id, &customer, &price.id, earlier, false)
+                    self.new_subscription(org_id, &customer, &price.id, earlier, None, card.as_deref())
                         .await?
                 }
                 (Some(s), _) => s,
                 (None, _) => {
-                    self.new_subscription(org_id, &customer, &price.id, earlier, !trial_spent)
+                    let trial = (!trial_spent).then_some(self.catalog.trial_days());
+                    self.new_subscription(org_id, &customer, &price.id, earlier, trial, card.as_deref())
                         .await?
                 }
             };
@@ -203,8 +205,10 @@ impl Billing {
         customer: &str,
         price: &str,
         earlier: i64,
-        trial: bool,
+        trial_days: Option<u32>,
+        card: Option<&str>,
     ) -> Result<stripe_shared::Subscription, BillingError> {
+        let trial = trial_days.is_some();
         let mut request = CreateSubscription::new()
             .customer(customer)
             .items(vec![CreateSubscriptionItems {
@@ -215,13 +219,13 @@ impl Billing {
                 "orgId".to_owned(),
                 org_id.as_str().to_owned(),
             )]));
-        if trial {
+        if let Some(days) = trial_days {
             let missing = match self.settings.trial_end_without_card {
                 TrialEndWithoutCard::Pause => MissingPaymentMethod::Pause,
                 TrialEndWithoutCard::Cancel => MissingPaymentMethod::Cancel,
             };
             request = request
-                .trial_period_days(self.catalog.trial_days())
+                .trial_period_days(days)
                 .trial_settings(CreateSubscriptionTrialSettings::new(
                     CreateSubscriptionTrialSettingsEndBehavior {
                         missing_payment_method: Some(missing),
@@ -231,8 +235,9 @@ impl Billing {
         } else {
             request = request.payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete);
         }
-        // Keyed by the org, its price and how many subscriptions it has had: a retry (ours or our caller's)
-        // replays the same subscription; subscribing again after a cancellation makes a new one.
+        // Keyed by the org, its price, how many subscriptions it has had and the card it is charged to: a retry
+        // (ours or our caller's) replays the same subscription; subscribing again after a cancellation, or with
+        // another card after a decline, makes a new one.
         let key = IdempotencyKey::derive(
             Op::SubscriptionCreate,
             &[
@@ -241,6 +246,7 @@ impl Billing {
                 price,
                 &earlier.to_string(),
                 if trial { "trial" } else { "no-trial" },
+                card.unwrap_or(""),
             ],
         );
         let created = self
@@ -269,15 +275,15 @@ impl Billing {
         .unwrap_or(false))
     }
 
-    /// Whether the org has a default payment method (set through 2.2).
-    async fn has_payment_method(&self, org_id: i64) -> Result<bool, BillingError> {
-        Ok(sqlx::query_scalar(
-            "SELECT stripe_default_payment_method IS NOT NULL FROM orgs WHERE id = $1",
+    /// The org's default payment method (set through 2.2), if any.
+    async fn default_payment_method(&self, org_id: i64) -> Result<Option<String>, BillingError> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT stripe_default_payment_method FROM orgs WHERE id = $1",
         )
         .bind(org_id)
         .fetch_optional(&self.pg)
         .await?
-        .unwrap_or(false))
+        .flatten())
     }
 
     /// The org's live subscription as stored, and how many subscriptions it has had: one short query.
