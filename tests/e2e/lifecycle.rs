@@ -325,14 +325,16 @@ async fn a_record_from_before_the_renewal_lands_in_the_trial_period_stripe_state
         ),
         "the trial period Stripe stated, not one derived from the anchor"
     );
-    // And a record of now counts toward the renewed period.
+    // And a record from after Tollgate saw the renewal counts toward the renewed period (rounded up to the
+    // second: truncated, it could fall before the moment the renewal was mirrored).
+    let after = chrono::Utc::now() + chrono::Duration::seconds(1);
     let r = m
         .app
         .post(
             "/api/usage/record",
             Auth::Bearer(&owner(&m, org)),
             &json!({"orgId": org, "metric": "api_call", "value": 1,
-                    "occurredAt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    "occurredAt": after.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                     "request_id": "req_after_renewal"}),
         )
         .await;
