@@ -10,6 +10,12 @@ use tollgate_e2e::metering::Metering;
 use tollgate_e2e::stripe::StripeEmulator;
 use tollgate_e2e::wait;
 
+/// The wall clock, as a client stamps `occurredAt`.
+fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    use tollgate_common::clock::{Clock, SystemClock};
+    SystemClock.now()
+}
+
 /// A card that attaches and then fails every charge (Stripe's test card for "the renewal payment fails").
 const FAILING_CARD: &str = "4000000000000341";
 const GOOD_CARD: &str = "4242424242424242";
@@ -43,7 +49,10 @@ async fn subscribe(m: &Metering, org: &str, price: &str) -> tollgate_e2e::app::R
 
 /// The customer's subscriptions as Stripe holds them (every status).
 async fn stripe_subscriptions(stripe: &StripeEmulator, customer: &str) -> Vec<Value> {
-    stripe.get(&format!("/v1/subscriptions?customer={customer}&status=all&limit=100"))
+    stripe
+        .get(&format!(
+            "/v1/subscriptions?customer={customer}&status=all&limit=100"
+        ))
         .await["data"]
         .as_array()
         .cloned()
@@ -118,7 +127,10 @@ async fn resubscribing_after_unpaid_never_opens_a_second_subscription_or_trial()
     })
     .await;
     retries_until(&stripe, &sub, 4).await;
-    await_stored(&m, &sub, "Stripe to give up", |row| row["status"] == "unpaid").await;
+    await_stored(&m, &sub, "Stripe to give up", |row| {
+        row["status"] == "unpaid"
+    })
+    .await;
     let (plan, _, own_period, ..) = row(&m, org, &sub).await;
     assert_eq!(
         (plan.as_str(), own_period),
@@ -140,18 +152,31 @@ async fn resubscribing_after_unpaid_never_opens_a_second_subscription_or_trial()
     assert_eq!(r.status, 200, "{}", r.text);
     let answers = join_all((0..6).map(|_| subscribe(&m, org, "plan_starter_m"))).await;
     for a in &answers {
-        assert!(a.status == 200 || a.status == 409, "{} {}", a.status, a.text);
+        assert!(
+            a.status == 200 || a.status == 409,
+            "{} {}",
+            a.status,
+            a.text
+        );
     }
     let r = subscribe(&m, org, "plan_starter_m").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["status"], "active", "{}", r.text);
-    assert!(r.json["trialEndsAt"].is_null(), "no second trial: {}", r.text);
+    assert!(
+        r.json["trialEndsAt"].is_null(),
+        "no second trial: {}",
+        r.text
+    );
     let new = r.json["subscriptionId"].as_str().expect("id").to_owned();
     assert_ne!(new, sub);
 
     let all = stripe_subscriptions(&stripe, &customer).await;
     let open: Vec<&Value> = all.iter().filter(|s| s["status"] != "canceled").collect();
-    assert_eq!(open.len(), 1, "exactly one non-canceled subscription: {all:?}");
+    assert_eq!(
+        open.len(),
+        1,
+        "exactly one non-canceled subscription: {all:?}"
+    );
     assert_eq!(open[0]["id"], new.as_str());
     assert!(open[0]["trial_end"].is_null(), "{}", open[0]);
     assert!(open[0]["trial_start"].is_null(), "{}", open[0]);
@@ -172,7 +197,11 @@ async fn resubscribing_after_unpaid_never_opens_a_second_subscription_or_trial()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trial_without_a_card_ends_into_the_configured_state() {
-    for (setting, ended) in [(None, "paused"), (Some("pause"), "paused"), (Some("cancel"), "canceled")] {
+    for (setting, ended) in [
+        (None, "paused"),
+        (Some("pause"), "paused"),
+        (Some("cancel"), "canceled"),
+    ] {
         let env: Vec<(&str, &str)> = setting
             .map(|s| vec![("TOLLGATE_TRIAL_END_WITHOUT_CARD", s)])
             .unwrap_or_default();
@@ -197,7 +226,9 @@ async fn a_trial_without_a_card_ends_into_the_configured_state() {
             ("trial", false, Value::Null),
             "{ended}: the unsubscribed plan over the calendar month, never the paid plan"
         );
-        let invoices = stripe.get(&format!("/v1/invoices?subscription={sub}")).await;
+        let invoices = stripe
+            .get(&format!("/v1/invoices?subscription={sub}"))
+            .await;
         assert!(
             invoices["data"]
                 .as_array()
@@ -247,7 +278,10 @@ async fn a_new_card_while_past_due_pays_the_open_invoice() {
     let open = stripe
         .get(&format!("/v1/invoices?subscription={sub}&status=open"))
         .await;
-    let invoice = open["data"][0]["id"].as_str().expect("open invoice").to_owned();
+    let invoice = open["data"][0]["id"]
+        .as_str()
+        .expect("open invoice")
+        .to_owned();
 
     // A second declining card: 402, and the invoice stays open.
     let r = set_card(&stripe, &m, org, FAILING_CARD).await;
@@ -278,10 +312,13 @@ async fn a_record_from_before_the_renewal_lands_in_the_trial_period_stripe_state
     let trial = crate::billing::stored(&m, &sub).await;
     assert_eq!(set_card(&stripe, &m, org, GOOD_CARD).await.status, 200);
     // What a client measured just before the renewal, sent after it (to the second, as clients send it).
-    let before_renewal = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let before_renewal = wall_clock() - chrono::Duration::seconds(1);
     stripe.advance(&sub).await;
     let renewed = await_stored(&m, &sub, "the renewal", |row| row["status"] == "active").await;
-    assert_ne!(renewed["current_period_start"], trial["current_period_start"]);
+    assert_ne!(
+        renewed["current_period_start"],
+        trial["current_period_start"]
+    );
 
     let r = m
         .app
@@ -327,7 +364,7 @@ async fn a_record_from_before_the_renewal_lands_in_the_trial_period_stripe_state
     );
     // And a record from after Tollgate saw the renewal counts toward the renewed period (rounded up to the
     // second: truncated, it could fall before the moment the renewal was mirrored).
-    let after = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let after = wall_clock() + chrono::Duration::seconds(1);
     let r = m
         .app
         .post(
@@ -405,10 +442,7 @@ async fn the_lifecycle_walk_from_trial_to_cancellation_follows_the_state_table()
         .get(&format!("/v1/invoices?subscription={sub}&status=open"))
         .await;
     assert_eq!(failed["data"][0]["attempt_count"], 2, "{failed}");
-    assert_eq!(
-        crate::billing::stored(&m, &sub).await["status"],
-        "past_due"
-    );
+    assert_eq!(crate::billing::stored(&m, &sub).await["status"], "past_due");
 
     // A card update pays: active again.
     let r = set_card(&stripe, &m, org, GOOD_CARD).await;
@@ -435,7 +469,13 @@ async fn the_lifecycle_walk_from_trial_to_cancellation_follows_the_state_table()
     .await;
     assert_eq!(
         row(&m, org, &sub).await,
-        ("growth".into(), 1_000_000, true, json!("starter"), Value::Null)
+        (
+            "growth".into(),
+            1_000_000,
+            true,
+            json!("starter"),
+            Value::Null
+        )
     );
 
     // Renewal at the new price.

@@ -3,10 +3,10 @@
 use super::{Billing, BillingError, org};
 use crate::stripe::{IdempotencyKey, Op, StripeError};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_billing::invoice::{ListInvoice, PayInvoice};
 use stripe_core::customer::{UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
-use stripe_billing::invoice::{ListInvoice, PayInvoice};
 use stripe_shared::InvoiceStatus;
 use tollgate_common::domain::{OrgId, SubscriptionStatus};
 use tollgate_common::store::subscriptions as store;
@@ -124,7 +124,11 @@ impl Billing {
     /// After a new default payment method: while the org's subscription is `past_due` or `incomplete`, its open
     /// invoices are paid with it now (`POST /v1/invoices/{id}/pay`), oldest first, and the subscription mirrored.
     /// A declined card is a 402 (the method stays the default; Stripe's retries go on).
-    async fn pay_what_is_owed(&self, org_id: i64, payment_method: &str) -> Result<(), BillingError> {
+    async fn pay_what_is_owed(
+        &self,
+        org_id: i64,
+        payment_method: &str,
+    ) -> Result<(), BillingError> {
         let owing = {
             let mut conn = self.pg.acquire().await?;
             store::current(&mut conn, org_id).await?

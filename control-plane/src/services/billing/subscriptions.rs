@@ -4,11 +4,11 @@
 //! (`Billing::write_read`), ordered by read tickets so a stale read never overwrites a newer one.
 
 use super::{Billing, BillingError, instant, org};
+use crate::config::TrialEndWithoutCard;
 use crate::stripe::{IdempotencyKey, Op};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::collections::HashMap;
-use crate::config::TrialEndWithoutCard;
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems,
     CreateSubscriptionPaymentBehavior, CreateSubscriptionTrialSettings,
@@ -123,8 +123,8 @@ impl Billing {
                 )
                 .await?
                 .data;
-            let trial_spent = all.iter().any(|s| s.trial_start.is_some())
-                || self.trial_granted(org.id).await?;
+            let trial_spent =
+                all.iter().any(|s| s.trial_start.is_some()) || self.trial_granted(org.id).await?;
             let holding = all.into_iter().find(|s| {
                 SubscriptionStatus::parse(s.status.as_str())
                     .is_ok_and(SubscriptionStatus::holds_the_slot)
@@ -175,14 +175,28 @@ impl Billing {
                         )
                         .await?;
                     tracing::info!("unpaid subscription canceled before subscribing again");
-                    self.new_subscription(org_id, &customer, &price.id, earlier, None, card.as_deref())
-                        .await?
+                    self.new_subscription(
+                        org_id,
+                        &customer,
+                        &price.id,
+                        earlier,
+                        None,
+                        card.as_deref(),
+                    )
+                    .await?
                 }
                 (Some(s), _) => s,
                 (None, _) => {
                     let trial = (!trial_spent).then_some(self.catalog.trial_days());
-                    self.new_subscription(org_id, &customer, &price.id, earlier, trial, card.as_deref())
-                        .await?
+                    self.new_subscription(
+                        org_id,
+                        &customer,
+                        &price.id,
+                        earlier,
+                        trial,
+                        card.as_deref(),
+                    )
+                    .await?
                 }
             };
             let read = self.read_retrieved(ticket, &subscription).await?;
@@ -224,16 +238,15 @@ impl Billing {
                 TrialEndWithoutCard::Pause => MissingPaymentMethod::Pause,
                 TrialEndWithoutCard::Cancel => MissingPaymentMethod::Cancel,
             };
-            request = request
-                .trial_period_days(days)
-                .trial_settings(CreateSubscriptionTrialSettings::new(
-                    CreateSubscriptionTrialSettingsEndBehavior {
-                        missing_payment_method: Some(missing),
-                        ..CreateSubscriptionTrialSettingsEndBehavior::new()
-                    },
-                ));
+            request = request.trial_period_days(days).trial_settings(
+                CreateSubscriptionTrialSettings::new(CreateSubscriptionTrialSettingsEndBehavior {
+                    missing_payment_method: Some(missing),
+                    ..CreateSubscriptionTrialSettingsEndBehavior::new()
+                }),
+            );
         } else {
-            request = request.payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete);
+            request =
+                request.payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete);
         }
         // Keyed by the org, its price, how many subscriptions it has had and the card it is charged to: a retry
         // (ours or our caller's) replays the same subscription; subscribing again after a cancellation, or with
@@ -266,13 +279,13 @@ impl Billing {
 
     /// Whether the org was ever given a trial (recorded when Tollgate asked for one, or mirrored one).
     async fn trial_granted(&self, org_id: i64) -> Result<bool, BillingError> {
-        Ok(sqlx::query_scalar(
-            "SELECT trial_granted_at IS NOT NULL FROM orgs WHERE id = $1",
+        Ok(
+            sqlx::query_scalar("SELECT trial_granted_at IS NOT NULL FROM orgs WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pg)
+                .await?
+                .unwrap_or(false),
         )
-        .bind(org_id)
-        .fetch_optional(&self.pg)
-        .await?
-        .unwrap_or(false))
     }
 
     /// The org's default payment method (set through 2.2), if any.
