@@ -545,3 +545,75 @@ async fn the_lifecycle_walk_from_trial_to_cancellation_follows_the_state_table()
         ("trial", false, Value::Null, Value::Null)
     );
 }
+
+// === defects 2 and 9: an incomplete subscription (made in Stripe directly, its first payment declined) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_subscription_is_returned_and_a_new_card_pays_it() {
+    let (stripe, m) = setup_with_env(50, None, &[]).await;
+    let org = "org_incomplete";
+    let sub = sign_up(&m, org).await;
+    // The trial ends early (canceled in the Dashboard); a subscription made there without a trial on a declining
+    // card is `incomplete`.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/subscriptions/{sub}", stripe.url))
+        .bearer_auth(tollgate_e2e::stripe::SECRET_KEY)
+        .send()
+        .await
+        .expect("cancel");
+    assert!(r.status().is_success());
+    await_stored(&m, &sub, "the cancellation", |row| {
+        row["status"] == "canceled"
+    })
+    .await;
+    assert_eq!(set_card(&stripe, &m, org, FAILING_CARD).await.status, 200);
+    let customer = customer_of(&m, org).await;
+    let price = stripe.get("/v1/prices?lookup_keys[]=plan_starter_m").await["data"][0]["id"]
+        .as_str()
+        .expect("price")
+        .to_owned();
+    let made = stripe
+        .post(
+            "/v1/subscriptions",
+            &[
+                ("customer", customer.as_str()),
+                ("items[0][price]", price.as_str()),
+                ("metadata[orgId]", org),
+            ],
+        )
+        .await;
+    assert_eq!(made["status"], "incomplete", "{made}");
+    let incomplete = made["id"].as_str().expect("id").to_owned();
+    await_stored(&m, &incomplete, "the incomplete subscription", |row| {
+        row["status"] == "incomplete"
+    })
+    .await;
+    let (plan, _, own_period, ..) = row(&m, org, &incomplete).await;
+    assert_eq!(
+        (plan.as_str(), own_period),
+        ("trial", false),
+        "unsubscribed"
+    );
+
+    // subscription.create returns it rather than opening a second one.
+    let r = subscribe(&m, org, "plan_starter_m").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (r.json["subscriptionId"].as_str(), r.json["status"].as_str()),
+        (Some(incomplete.as_str()), Some("incomplete"))
+    );
+    // A working card pays its first invoice: active.
+    let r = set_card(&stripe, &m, org, GOOD_CARD).await;
+    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+    assert_eq!(
+        crate::billing::stored(&m, &incomplete).await["status"],
+        "active"
+    );
+    let all = stripe_subscriptions(&stripe, &customer).await;
+    assert_eq!(
+        all.iter().filter(|s| s["status"] != "canceled").count(),
+        1,
+        "{all:?}"
+    );
+    assert_eq!(entitlements(&m, org).await["planCode"], "starter");
+}
