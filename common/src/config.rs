@@ -24,6 +24,7 @@ pub const ENV_CLERK_ISSUER: &str = "CLERK_ISSUER";
 pub const ENV_SENTRY_DSN: &str = "SENTRY_DSN";
 pub const ENV_LOG_FORMAT: &str = "TOLLGATE_LOG_FORMAT";
 pub const ENV_DATABASE_MAX_CONNECTIONS: &str = "TOLLGATE_DATABASE_MAX_CONNECTIONS";
+pub const ENV_PAST_DUE_GRACE: &str = "TOLLGATE_PAST_DUE_GRACE";
 
 pub const DEFAULT_PLANS: &str = "config/plans.toml";
 pub const DEFAULT_ROUTES: &str = "config/routes.toml";
@@ -319,7 +320,9 @@ impl CommonSettings {
         let issuer = r.optional(ENV_CLERK_ISSUER);
         let sentry_dsn = r.optional_secret(ENV_SENTRY_DSN);
         let log_format = r.parse_or(ENV_LOG_FORMAT, LogFormat::Json, "json or pretty");
+        let grace = read_past_due_grace(r);
         let (plans_path, plans) = plans?;
+        let plans = Arc::new((*plans).clone().with_past_due_grace(grace));
         Some(Self {
             database_url: database_url?,
             database_max_connections,
@@ -436,5 +439,60 @@ mod tests {
         assert_eq!(s.nodes.len(), 2);
         assert_eq!(s.namespace, "tg");
         r.finish().unwrap();
+    }
+}
+
+/// `TOLLGATE_PAST_DUE_GRACE`: how long a `past_due` subscription keeps its paid plan after its period began. Unset
+/// or `retrying`: as long as Stripe keeps retrying (until Stripe moves it on). Otherwise `<n>m`, `<n>h` or `<n>d`,
+/// from 1 minute to 60 days.
+fn read_past_due_grace(r: &mut Reader<'_>) -> Option<chrono::Duration> {
+    let raw = r.optional(ENV_PAST_DUE_GRACE)?;
+    match parse_grace(raw.trim()) {
+        Ok(grace) => grace,
+        Err(()) => {
+            r.error(
+                ENV_PAST_DUE_GRACE,
+                "expected `retrying` or a duration `<n>m`, `<n>h` or `<n>d` between 1m and 60d",
+            );
+            None
+        }
+    }
+}
+
+fn parse_grace(raw: &str) -> Result<Option<chrono::Duration>, ()> {
+    if raw == "retrying" {
+        return Ok(None);
+    }
+    let split = raw.len().checked_sub(1).ok_or(())?;
+    let (n, unit) = raw.split_at(split);
+    let n: i64 = n.parse().map_err(|_| ())?;
+    let grace = match unit {
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => None,
+    }
+    .ok_or(())?;
+    let range = chrono::Duration::minutes(1)..=chrono::Duration::days(60);
+    if range.contains(&grace) {
+        Ok(Some(grace))
+    } else {
+        Err(())
+    }
+}
+
+#[cfg(test)]
+mod past_due_grace_tests {
+    use super::parse_grace;
+
+    #[test]
+    fn the_grace_is_retrying_or_a_bounded_duration() {
+        assert_eq!(parse_grace("retrying"), Ok(None));
+        assert_eq!(parse_grace("7d"), Ok(Some(chrono::Duration::days(7))));
+        assert_eq!(parse_grace("36h"), Ok(Some(chrono::Duration::hours(36))));
+        assert_eq!(parse_grace("1m"), Ok(Some(chrono::Duration::minutes(1))));
+        for bad in ["", "0m", "61d", "7", "d", "-1d", "7w", "1.5d"] {
+            assert_eq!(parse_grace(bad), Err(()), "{bad}");
+        }
     }
 }

@@ -35,6 +35,7 @@ pub const ENV_RETENTION_USAGE_RECORDS_DAYS: &str = "TOLLGATE_RETENTION_USAGE_REC
 pub const ENV_RETENTION_PURGE_INTERVAL_MS: &str = "TOLLGATE_RETENTION_PURGE_INTERVAL_MS";
 pub const ENV_RETENTION_PURGE_BATCH: &str = "TOLLGATE_RETENTION_PURGE_BATCH";
 pub const ENV_BILLING_CHANGE_TIMEOUT_MS: &str = "TOLLGATE_BILLING_CHANGE_TIMEOUT_MS";
+pub const ENV_TRIAL_END_WITHOUT_CARD: &str = "TOLLGATE_TRIAL_END_WITHOUT_CARD";
 pub const ENV_BILLING_RATE_LIMIT: &str = "TOLLGATE_CP_BILLING_RATE_LIMIT";
 pub const ENV_KEYS_RATE_LIMIT: &str = "TOLLGATE_CP_KEYS_RATE_LIMIT";
 pub const ENV_STIGG_RATE_LIMIT: &str = "TOLLGATE_CP_STIGG_RATE_LIMIT";
@@ -95,6 +96,34 @@ pub struct StripeSettings {
     /// portal session. Stripe's default configuration may let customers switch plans past Tollgate's rules, and
     /// live mode needs a saved one; unset, Stripe's default applies.
     pub portal_configuration: Option<String>,
+    /// What Stripe does with a trial that ends without a payment method (`TOLLGATE_TRIAL_END_WITHOUT_CARD`), sent as
+    /// `trial_settings.end_behavior.missing_payment_method` on every trial.
+    pub trial_end_without_card: TrialEndWithoutCard,
+}
+
+/// `TOLLGATE_TRIAL_END_WITHOUT_CARD`: Stripe's `missing_payment_method` trial end behaviours that end the trial
+/// cleanly (Stripe's third, `create_invoice`, would keep a subscription without a card `past_due` through dunning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrialEndWithoutCard {
+    /// The subscription is `paused`: unsubscribed limits; a card and `subscription.create` resume it (the default:
+    /// the customer keeps the subscription, no second trial, nothing to clean up).
+    #[default]
+    Pause,
+    /// The subscription is `canceled`: unsubscribed limits; `subscription.create` starts a new one (without a
+    /// trial).
+    Cancel,
+}
+
+impl std::str::FromStr for TrialEndWithoutCard {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "pause" => Ok(Self::Pause),
+            "cancel" => Ok(Self::Cancel),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Stigg access, for the mirror.
@@ -365,6 +394,11 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
             format_args!("must be at least {ENV_STRIPE_BUDGET_MS}"),
         );
     }
+    let trial_end_without_card = r.parse_or(
+        ENV_TRIAL_END_WITHOUT_CARD,
+        TrialEndWithoutCard::default(),
+        "`pause` or `cancel`",
+    );
     let secret_key = secret_key?;
     if !(secret_key.expose_secret().starts_with("sk_")
         || secret_key.expose_secret().starts_with("rk_"))
@@ -399,6 +433,7 @@ fn read_stripe(r: &mut Reader<'_>) -> Option<StripeSettings> {
         workers,
         webhook_body_limit,
         change_timeout,
+        trial_end_without_card,
         portal_configuration,
     })
 }

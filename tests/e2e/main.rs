@@ -10,6 +10,7 @@ mod diag;
 mod hardening;
 mod integers;
 mod keys;
+mod lifecycle;
 mod ops;
 mod orgs;
 mod proxy_exactness;

@@ -804,6 +804,8 @@ RUST_SHAPES = {
         'customer.deleted': 'Customer',
         'customer.subscription.created': 'Subscription',
         'customer.subscription.deleted': 'Subscription',
+        'customer.subscription.paused': 'Subscription',
+        'customer.subscription.resumed': 'Subscription',
         'customer.subscription.trial_will_end': 'Subscription',
         'customer.subscription.updated': 'Subscription',
         'customer.updated': 'Customer',
@@ -1673,6 +1675,7 @@ def run_flows(api, emu, receiver, state_file):
            and api.call('GET', f'/v1/subscriptions/{dsub["id"]}')['status'] == 'active', paid)
     S['dan_sub'] = dsub['id']
     step('declining card: renewal past_due + invoice.payment_failed, paid after the fix')
+    dunning_flows(api, card, pro)
 
     # --- without a trial ---
     eve = api.call('POST', '/v1/customers', {'email': 'eve@e.example'}, shape='Customer')
@@ -1898,6 +1901,126 @@ def run_flows(api, emu, receiver, state_file):
         raise Failure('run.py --exit-on-stdin-eof kept running after stdin closed')
     expect(code == 0 and os.path.exists(orphan_state), 'stops and saves when stdin closes')
     step('--exit-on-stdin-eof')
+
+
+# --- Dunning: retries on the subscription's clock, the final action, pause and resume (issue 20) ---
+
+def dunning_flows(api, card, pro):
+    def customer_with(number):
+        c = api.call('POST', '/v1/customers', {'email': f'{number}@dunning.example'},
+                     shape='Customer')
+        pm = card(number)
+        api.call('POST', f'/v1/payment_methods/{pm["id"]}/attach', {'customer': c['id']},
+                 shape='PaymentMethod')
+        api.call('POST', f'/v1/customers/{c["id"]}',
+                 {'invoice_settings': {'default_payment_method': pm['id']}}, shape='Customer')
+        return c
+
+    def failing_renewal(final_action):
+        api.call('POST', '/_test/account/dunning',
+                 {'retry_days': ['1', '3'], 'final_action': final_action}, key=None,
+                 idempotency_key=None)
+        c = customer_with('4000000000000341')
+        sub = api.call('POST', '/v1/subscriptions', {'customer': c['id'],
+                                                    'items': [{'price': pro['id']}],
+                                                    'trial_period_days': 7},
+                       shape='Subscription')
+        sub = api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance',
+                       shape='Subscription', key=None, idempotency_key=None)
+        start = sub['items']['data'][0]['current_period_start']
+        inv = api.call('GET', f'/v1/invoices/{sub["latest_invoice"]}', shape='Invoice')
+        expect(sub['status'] == 'past_due' and inv['attempt_count'] == 1
+               and inv['next_payment_attempt'] == start + DAY, (sub, inv))
+        return c, sub, start
+
+    def clock(sub, to, status=200):
+        return api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance_clock',
+                        {'to': str(to)}, shape='Subscription' if status == 200 else None,
+                        key=None, idempotency_key=None, status=status)
+
+    err = api.call('POST', '/_test/account/dunning', {'final_action': 'explode'}, key=None,
+                   idempotency_key=None, status=400)
+    expect(err['error']['param'] == 'final_action', err)
+    err = api.call('POST', '/_test/account/dunning', {'retry_days': ['3', '1']}, key=None,
+                   idempotency_key=None, status=400)
+    expect(err['error']['param'] == 'retry_days', err)
+
+    # Retries follow the schedule; after the last one, `unpaid`.
+    c, sub, start = failing_renewal('unpaid')
+    s = clock(sub, start + DAY + 60)
+    inv = api.call('GET', f'/v1/invoices/{s["latest_invoice"]}', shape='Invoice')
+    expect(s['status'] == 'past_due' and inv['attempt_count'] == 2
+           and inv['next_payment_attempt'] == start + 3 * DAY, inv)
+    s = clock(sub, start + 4 * DAY)
+    inv = api.call('GET', f'/v1/invoices/{s["latest_invoice"]}', shape='Invoice')
+    expect(s['status'] == 'unpaid' and inv['status'] == 'open' and inv['attempt_count'] == 3
+           and inv['next_payment_attempt'] is None, (s, inv))
+    err = clock(sub, start + 2 * DAY, status=400)
+    expect(err['error']['param'] == 'to', 'the clock does not go back')
+    err = clock(sub, s['items']['data'][0]['current_period_end'], status=400)
+    expect(err['error']['param'] == 'to', 'advance_clock stays inside the period')
+    step('dunning: retries after 1 and 3 days, then unpaid')
+
+    # Final action `cancel`, reached by /advance running the retries due before the renewal.
+    c, sub, start = failing_renewal('cancel')
+    s = api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance', shape='Subscription',
+                 key=None, idempotency_key=None)
+    expect(s['status'] == 'canceled' and s['ended_at'] == start + 3 * DAY
+           and s['cancellation_details']['reason'] == 'payment_failed', s)
+    step('dunning: final action cancel')
+
+    # A retry that succeeds (the card was fixed meanwhile) makes it active again.
+    c, sub, start = failing_renewal('past_due')
+    good = card('4242424242424242')
+    api.call('POST', f'/v1/payment_methods/{good["id"]}/attach', {'customer': c['id']},
+             shape='PaymentMethod')
+    api.call('POST', f'/v1/customers/{c["id"]}',
+             {'invoice_settings': {'default_payment_method': good['id']}}, shape='Customer')
+    s = clock(sub, start + 2 * DAY)
+    inv = api.call('GET', f'/v1/invoices/{s["latest_invoice"]}', shape='Invoice')
+    expect(s['status'] == 'active' and inv['status'] == 'paid' and inv['attempt_count'] == 2,
+           (s, inv))
+    step('dunning: a retry after the card was fixed pays')
+
+    # Final action `past_due`: it stays so; `pause`: paused.
+    c, sub, start = failing_renewal('past_due')
+    s = clock(sub, start + 4 * DAY)
+    expect(s['status'] == 'past_due', s)
+    c, sub, start = failing_renewal('pause')
+    s = clock(sub, start + 4 * DAY)
+    expect(s['status'] == 'paused', s)
+    step('dunning: final actions past_due and pause')
+
+    # A trial without a card: pause, then resume once a card is there.
+    c = api.call('POST', '/v1/customers', {'email': 'nocard@dunning.example'}, shape='Customer')
+    sub = api.call('POST', '/v1/subscriptions', {
+        'customer': c['id'], 'items': [{'price': pro['id']}], 'trial_period_days': 7,
+        'trial_settings': {'end_behavior': {'missing_payment_method': 'pause'}}},
+        shape='Subscription')
+    expect(sub['trial_settings']['end_behavior']['missing_payment_method'] == 'pause', sub)
+    s = api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance', shape='Subscription',
+                 key=None, idempotency_key=None)
+    expect(s['status'] == 'paused', s)
+    err = api.call('POST', f'/v1/subscriptions/{sub["id"]}/resume',
+                   {'billing_cycle_anchor': 'unchanged'}, status=400)
+    expect(err['error']['param'] == 'billing_cycle_anchor', err)
+    good = card('4242424242424242')
+    api.call('POST', f'/v1/payment_methods/{good["id"]}/attach', {'customer': c['id']},
+             shape='PaymentMethod')
+    api.call('POST', f'/v1/customers/{c["id"]}',
+             {'invoice_settings': {'default_payment_method': good['id']}}, shape='Customer')
+    r = api.call('POST', f'/v1/subscriptions/{sub["id"]}/resume', shape='Subscription')
+    item = r['items']['data'][0]
+    inv = api.call('GET', f'/v1/invoices/{r["latest_invoice"]}', shape='Invoice')
+    expect(r['status'] == 'active' and r['billing_cycle_anchor'] == item['current_period_start']
+           and inv['status'] == 'paid' and inv['total'] == 2900, (r, inv))
+    err = api.call('POST', f'/v1/subscriptions/{sub["id"]}/resume', status=400)
+    expect('paused' in err['error']['message'], err)
+    step('trial end without a card: paused; resume charges a new period')
+
+    api.call('POST', '/_test/account/dunning', {'retry_days': ['1', '3', '5'],
+                                               'final_action': 'cancel'}, key=None,
+             idempotency_key=None)
 
 
 def upd_customer(api, cust):

@@ -1858,8 +1858,10 @@ def attempt_payment(inv, pm=None):
     if err is None:
         mark_invoice_paid(inv)
         return None
-    # Stripe retries failed automatic payments (smart retries); the emulator never does.
-    inv.next_payment_attempt = inv._clock() + 3 * 86400
+    if inv.billing_reason in DUNNING_REASONS:
+        schedule_retry(inv)  # dunning: the account's retry schedule (see "Dunning" below)
+    else:
+        inv.next_payment_attempt = inv._clock() + 3 * 86400  # informative only
     emit('invoice.payment_failed', inv)
     return err
 
@@ -3706,9 +3708,16 @@ def events_list(p):
 @route('POST', '/_test/subscriptions/{id}/advance')
 def test_advance(p, id):
     """End the trial or renew the current period: the new period is [old end, old end + one
-    interval) even when that is ahead of the wall clock (the subscription's clock moves)."""
+    interval) even when that is ahead of the wall clock (the subscription's clock moves).
+    Payment retries due before the period's end run first (dunning); if they end the
+    subscription, it is returned as they left it."""
     p.finish()
-    return renew_subscription(Subscription.get(id))._export()
+    sub = Subscription.get(id)
+    if sub.status not in ('canceled', 'incomplete_expired', 'incomplete', 'paused'):
+        run_due_retries(sub, sub._period()[1])
+        if sub.status in ('canceled', 'paused'):
+            return sub._export()
+    return renew_subscription(sub)._export()
 
 
 # issue 20 (defect 6): see 'pending updates and 3-D Secure' above.
@@ -3738,6 +3747,163 @@ def test_trial_will_end(p, id):
     if sub.status != 'trialing':
         raise invalid('The subscription is not trialing.', param='subscription')
     emit('customer.subscription.trial_will_end', sub)
+    return sub._export()
+
+
+# =============================================================================================
+# Dunning: automatic payment retries on the subscription's clock, the account's final action,
+# and resuming a paused subscription (issue 20).
+# Sources: https://docs.stripe.com/billing/revenue-recovery/smart-retries (custom retry
+# schedule; subscription status after all retries fail: cancel / mark unpaid / leave past-due),
+# https://docs.stripe.com/billing/revenue-recovery/smart-retries/pause-on-payment-failure,
+# https://docs.stripe.com/billing/subscriptions/overview#failed-payments,
+# https://docs.stripe.com/api/subscriptions/resume
+# =============================================================================================
+
+DUNNING_KEY = 'tollgate_account:dunning'
+# A custom retry schedule: retries this many days after the first failed attempt, then the final
+# action.  Stripe's Dashboard default for new accounts cancels the subscription at the end.
+DUNNING_DEFAULT = {'retry_days': [1, 3, 5], 'final_action': 'cancel'}
+DUNNING_ACTIONS = ('cancel', 'unpaid', 'past_due', 'pause')
+# Invoices Stripe's subscription retry settings apply to (the first invoice of a subscription
+# is not retried: the subscription stays `incomplete`).
+DUNNING_REASONS = ('subscription_cycle', 'subscription_update')
+
+
+def dunning_settings():
+    return dict(store.get(DUNNING_KEY) or DUNNING_DEFAULT)
+
+
+def schedule_retry(inv):
+    """After a failed automatic attempt: the next retry of the account's schedule
+    (`next_payment_attempt`), or None once the schedule is exhausted."""
+    if getattr(inv, '_dunning_start', None) is None:
+        inv._dunning_start = inv._clock()
+        inv._retries_done = 0
+    days = dunning_settings()['retry_days']
+    n = inv._retries_done
+    inv.next_payment_attempt = (inv._dunning_start + days[n] * 86400 if n < len(days)
+                                else None)
+
+
+def final_dunning_action(sub, inv, at):
+    """Every retry failed: the account's subscription status setting.  The invoice stays open
+    (no more automatic attempts)."""
+    inv.auto_advance = False
+    action = dunning_settings()['final_action']
+    if action == 'pause' and sub.billing_mode != 'flexible':
+        action = 'cancel'  # Stripe cancels what it cannot pause after the final attempt
+    if action == 'cancel':
+        end_subscription(sub, at, reason='payment_failed')
+    elif action == 'unpaid':
+        before = sub._export()
+        sub.status = 'unpaid'
+        emit('customer.subscription.updated', sub, before)
+    elif action == 'pause':
+        before = sub._export()
+        sub.status = 'paused'
+        emit('customer.subscription.paused', sub)
+        emit('customer.subscription.updated', sub, before)
+
+
+def run_due_retries(sub, until):
+    """Move the subscription's clock to `until`, running each automatic retry due before it, in
+    order: a paid retry makes the subscription `active` again (`invoice.paid`); a failed one sends
+    `invoice.payment_failed`; after the last one the final action applies."""
+    while sub.status in ('past_due', 'active'):
+        due = [inv for inv in objects('invoice')
+               if inv.subscription == sub.id and inv.status == 'open'
+               and inv.billing_reason in DUNNING_REASONS
+               and inv.next_payment_attempt is not None and inv.next_payment_attempt < until]
+        if not due:
+            break
+        inv = min(due, key=lambda i: (i.next_payment_attempt, i.created))
+        at = inv.next_payment_attempt
+        sub._sim_time = max(sub._sim_time, at)
+        inv._retries_done = getattr(inv, '_retries_done', 0) + 1
+        if attempt_payment(inv) is not None and inv.next_payment_attempt is None:
+            final_dunning_action(sub, inv, at)
+    sub._sim_time = max(sub._sim_time, until)
+
+
+@route('POST', '/_test/account/dunning')
+def test_dunning_settings(p):
+    """The account's retry settings (Dashboard > Billing > Revenue recovery > Retries):
+    `retry_days[]` (days after the first failure, increasing, 0..60, at most 8) and
+    `final_action` (`cancel`, `unpaid`, `past_due`, `pause`).  Returns the settings."""
+    days = p.strs('retry_days')
+    action = p.str('final_action', choices=DUNNING_ACTIONS)
+    p.finish()
+    settings = dunning_settings()
+    if days is not None:
+        try:
+            parsed = [int(d) for d in days]
+        except ValueError:
+            raise invalid('retry_days must be whole days', param='retry_days')
+        if len(parsed) > 8 or any(d < 0 or d > 60 for d in parsed) or parsed != sorted(
+                set(parsed)):
+            raise invalid('retry_days must be increasing days in 0..60, at most 8',
+                          param='retry_days')
+        settings['retry_days'] = parsed
+    if action is not None:
+        settings['final_action'] = action
+    store[DUNNING_KEY] = settings
+    return {'object': 'test_dunning_settings', **settings}
+
+
+@route('POST', '/_test/subscriptions/{id}/advance_clock')
+def test_advance_clock(p, id):
+    """Move the subscription's clock forward to `to` (a Unix time before the period's end; use
+    /advance to cross it), running the automatic payment retries due meanwhile."""
+    to = p.ts('to', required=True)
+    p.finish()
+    sub = Subscription.get(id)
+    if to >= sub._period()[1]:
+        raise invalid('`to` must be before the end of the current period; use /advance to '
+                      'renew.', param='to')
+    if to < sub._sim_time:
+        raise invalid('The clock cannot go back.', param='to')
+    if sub.status in ('past_due', 'active'):
+        run_due_retries(sub, to)
+    else:
+        sub._sim_time = to
+    return sub._export()
+
+
+@route('POST', '/v1/subscriptions/{id}/resume')
+def subscriptions_resume(p, id):
+    """Resume a paused subscription: a new period from now (billing_cycle_anchor=now, the
+    default), invoiced and charged at once; paid -> `active`, a failed payment -> `past_due`."""
+    anchor = p.str('billing_cycle_anchor', default='now', choices=('now', 'unchanged'))
+    p.str('proration_behavior', choices=PRORATION_BEHAVIORS)
+    p.ts('proration_date')
+    p.finish()
+    sub = Subscription.get(id)
+    if sub.status != 'paused':
+        raise invalid('Only subscriptions with status `paused` can be resumed.',
+                      param='subscription')
+    if anchor == 'unchanged':
+        raise unsupported('billing_cycle_anchor=unchanged on resume',
+                          param='billing_cycle_anchor')
+    cust = store[f'customer:{sub.customer}']
+    before = sub._export()
+    now = sub._now()
+    interval = sub._interval()
+    start = sub._period()[1] if sub._period()[1] <= now else sub._period()[0]
+    new_end = add_interval(now, *interval)
+    sub.billing_cycle_anchor = sub._anchor = now
+    for i in sub._items:
+        i.current_period_start, i.current_period_end = now, new_end
+    lines = cycle_specs(sub, [(i.id, i.price, i.quantity) for i in sub._items], now, new_end)
+    inv = Invoice(cust, sub, 'subscription_update', now, start, now, lines)
+    sub.latest_invoice = inv.id
+    sub.status = 'active'
+    emit('invoice.created', inv)
+    finalize_invoice(inv)
+    if inv.status == 'open' and attempt_payment(inv) is not None:
+        sub.status = 'past_due'
+    emit('customer.subscription.resumed', sub)
+    emit('customer.subscription.updated', sub, before)
     return sub._export()
 
 

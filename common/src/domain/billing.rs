@@ -1,10 +1,19 @@
 //! Which plan and which period apply to an org, from its subscription state (CONTRACT §4, §8).
 //!
-//! * No live subscription: PLANS_CONFIG's `unsubscribed` plan over the calendar month (UTC); none configured
-//!   means metered use is refused.
+//! Which limits a subscription's status gives is one table, [`SubscriptionStatus::access`] (the README's state
+//! table):
+//!
+//! * No subscription holding the slot: PLANS_CONFIG's `unsubscribed` plan over the calendar month (UTC); none
+//!   configured means metered use is refused.
 //! * `trialing`: the `trial` plan over the subscription's period.
-//! * `active`, `past_due`: the subscribed plan over the subscription's period.
-//! * `incomplete`, `unpaid`, `paused`: as if unsubscribed (no paid limits until Stripe says the money is there).
+//! * `active`: the subscribed plan over the subscription's period.
+//! * `past_due`: the subscribed plan while Stripe retries the payment, or, with a grace
+//!   (`TOLLGATE_PAST_DUE_GRACE`), until that long after the start of the period whose invoice failed; then as if
+//!   unsubscribed.
+//! * `incomplete`, `incomplete_expired`, `unpaid`, `paused`, `canceled`: as if unsubscribed (no paid limits until
+//!   Stripe says the money is there).
+//! * A `cancel_at` in the future changes nothing until Stripe cancels (the status then says `canceled`); it is
+//!   shown as `cancelAt`.
 //!
 //! # Periods
 //!
@@ -79,6 +88,36 @@ impl SubscriptionStatus {
     pub fn holds_the_slot(self) -> bool {
         !matches!(self, Self::Canceled | Self::IncompleteExpired)
     }
+
+    /// The state table: the limits a subscription in this status gives, `past_due_for` after the start of its
+    /// period (only `past_due` reads it), with the configured grace (`None`: as long as Stripe keeps retrying,
+    /// i.e. until Stripe moves the subscription on to `unpaid`, `canceled` or `paused`).
+    pub fn access(self, past_due_for: Duration, grace: Option<Duration>) -> Access {
+        match self {
+            Self::Trialing => Access::Trial,
+            Self::Active => Access::Paid,
+            Self::PastDue => match grace {
+                Some(grace) if past_due_for >= grace => Access::Unsubscribed,
+                _ => Access::Paid,
+            },
+            Self::Incomplete
+            | Self::IncompleteExpired
+            | Self::Unpaid
+            | Self::Paused
+            | Self::Canceled => Access::Unsubscribed,
+        }
+    }
+}
+
+/// What a subscription gives an org (a row of the README's state table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The `trial` plan's limits.
+    Trial,
+    /// The subscribed plan's limits.
+    Paid,
+    /// The `unsubscribed` plan's (none configured: metered use is refused).
+    Unsubscribed,
 }
 
 /// A plan change Stripe has scheduled for a later date (a downgrade at period end).
@@ -109,6 +148,8 @@ pub enum Billing {
         observed_at: DateTime<Utc>,
         /// A scheduled change, if any.
         pending: Option<PendingPlan>,
+        /// When Stripe will cancel it (`cancel_at`, or the period's end with `cancel_at_period_end`).
+        cancel_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -142,8 +183,25 @@ impl Billing {
         })
     }
 
+    /// The current period if `at` counts toward it (CONTRACT §8: at or after its start, on Stripe's clock — when
+    /// Stripe runs ahead, everything since Tollgate learned of its period counts toward it); `None` for an earlier
+    /// `at`, which belongs to the period Stripe stated for that time (the caller looks it up in the stated periods'
+    /// history; never a period derived by arithmetic).
+    pub fn current_period_for(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Option<Period> {
+        let current = self.current(now);
+        let lead = self.lead(now);
+        let seen_since = lead > Duration::zero()
+            && matches!(self, Self::Subscribed { observed_at, .. } if at >= *observed_at);
+        (seen_since || at + lead >= current.start).then_some(current)
+    }
+
+    /// `at` on Stripe's clock as seen at `now`: shifted by how far Stripe is ahead (see the module docs).
+    pub fn on_stripes_clock(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        at + self.lead(now)
+    }
+
     /// The period containing `at`, read on Stripe's clock as seen at `now` (see the module docs).
-    pub fn period_at(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Period {
+    fn period_at(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Period {
         let lead = self.lead(now);
         if lead > Duration::zero()
             && let Self::Subscribed {
@@ -213,19 +271,32 @@ impl Billing {
         }
     }
 
+    /// When Stripe will cancel the subscription, if it is to be canceled.
+    pub fn cancel_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Subscribed { cancel_at, .. } => *cancel_at,
+            Self::Unsubscribed => None,
+        }
+    }
+
+    /// The row of the state table that applies at `now` (see [`SubscriptionStatus::access`]).
+    pub fn access(&self, catalog: &PlanCatalog, now: DateTime<Utc>) -> Access {
+        match self {
+            Self::Subscribed { status, period, .. } => {
+                // On Stripe's clock when it is ahead (a test clock): then the period has only just begun.
+                let past_due_for = now + self.lead(now) - period.start;
+                status.access(past_due_for, catalog.past_due_grace())
+            }
+            Self::Unsubscribed => Access::Unsubscribed,
+        }
+    }
+
     /// The plan and period at `now`; `None` when the org may not use metered endpoints (no subscription and no
     /// `unsubscribed` plan, or a subscribed plan PLANS_CONFIG no longer defines).
     pub fn terms<'c>(&self, catalog: &'c PlanCatalog, now: DateTime<Utc>) -> Option<Terms<'c>> {
-        let plan = match self {
-            Self::Subscribed {
-                status: SubscriptionStatus::Trialing,
-                ..
-            } => catalog.trial(),
-            Self::Subscribed {
-                status: SubscriptionStatus::Active | SubscriptionStatus::PastDue,
-                plan,
-                ..
-            } => catalog.plan(plan)?,
+        let plan = match (self.access(catalog, now), self) {
+            (Access::Trial, _) => catalog.trial(),
+            (Access::Paid, Self::Subscribed { plan, .. }) => catalog.plan(plan)?,
             _ => catalog.unsubscribed()?,
         };
         Some(Terms {
@@ -264,6 +335,7 @@ included = { api_call = 100000 }
             anchor,
             observed_at: anchor,
             pending: None,
+            cancel_at: None,
         }
     }
 
@@ -305,6 +377,109 @@ included = { api_call = 100000 }
             assert_eq!(t.plan.code.as_str(), "trial");
             assert_eq!(t.period.start, at(2026, 11, 1, 0));
         }
+    }
+
+    /// The README's state table, row by row.
+    #[test]
+    fn the_state_table() {
+        use SubscriptionStatus as S;
+        let day = Duration::days(1);
+        let rows: [(S, Duration, Option<Duration>, Access); 12] = [
+            (S::Trialing, day, None, Access::Trial),
+            (S::Active, day, None, Access::Paid),
+            (S::PastDue, Duration::days(40), None, Access::Paid),
+            (S::PastDue, day * 2, Some(day * 3), Access::Paid),
+            (S::PastDue, day * 3, Some(day * 3), Access::Unsubscribed),
+            (S::Unpaid, day, None, Access::Unsubscribed),
+            (S::Paused, day, None, Access::Unsubscribed),
+            (S::Incomplete, day, None, Access::Unsubscribed),
+            (S::IncompleteExpired, day, None, Access::Unsubscribed),
+            (S::Canceled, day, None, Access::Unsubscribed),
+            (S::Active, day, Some(day), Access::Paid),
+            (S::Trialing, Duration::days(40), Some(day), Access::Trial),
+        ];
+        for (status, since, grace, access) in rows {
+            assert_eq!(
+                status.access(since, grace),
+                access,
+                "{status:?} after {since} with grace {grace:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grace_ends_the_paid_plan_of_a_past_due_subscription_and_cancel_at_changes_nothing() {
+        let catalog = PlanCatalog::from_toml_str(PLANS).expect("plans");
+        let start = at(2026, 11, 1, 0);
+        let past_due = Billing::Subscribed {
+            status: SubscriptionStatus::PastDue,
+            plan: PlanCode::parse("starter").expect("code"),
+            period: Period::containing(start, start),
+            anchor: start,
+            observed_at: start,
+            pending: None,
+            cancel_at: Some(at(2026, 12, 1, 0)),
+        };
+        let plan = |c: &PlanCatalog, now| {
+            past_due
+                .terms(c, now)
+                .expect("terms")
+                .plan
+                .code
+                .as_str()
+                .to_owned()
+        };
+        assert_eq!(plan(&catalog, at(2026, 11, 25, 0)), "starter");
+        let graced = catalog.with_past_due_grace(Some(Duration::days(3)));
+        assert_eq!(plan(&graced, at(2026, 11, 3, 23)), "starter");
+        assert_eq!(plan(&graced, at(2026, 11, 4, 0)), "trial", "unsubscribed");
+        assert_eq!(past_due.cancel_at(), Some(at(2026, 12, 1, 0)));
+        let active = Billing::Subscribed {
+            status: SubscriptionStatus::Active,
+            plan: PlanCode::parse("starter").expect("code"),
+            period: Period::containing(start, start),
+            anchor: start,
+            observed_at: start,
+            pending: None,
+            cancel_at: Some(at(2026, 12, 1, 0)),
+        };
+        assert_eq!(
+            active
+                .terms(&graced, at(2026, 11, 30, 0))
+                .expect("terms")
+                .plan
+                .code
+                .as_str(),
+            "starter",
+            "a cancel_at in the future keeps the plan until Stripe cancels"
+        );
+    }
+
+    #[test]
+    fn only_records_from_the_current_period_start_on_count_toward_it() {
+        // A trial from the 6th, renewed on the 20th (stated by Stripe, seen at once).
+        let renewed = Billing::Subscribed {
+            status: SubscriptionStatus::Active,
+            plan: PlanCode::parse("starter").expect("code"),
+            period: Period {
+                start: at(2026, 11, 20, 0),
+                end: at(2026, 12, 20, 0),
+            },
+            anchor: at(2026, 11, 20, 0),
+            observed_at: at(2026, 11, 20, 0),
+            pending: None,
+            cancel_at: None,
+        };
+        let now = at(2026, 11, 21, 0);
+        assert_eq!(
+            renewed.current_period_for(at(2026, 11, 20, 0), now),
+            Some(renewed.current(now))
+        );
+        assert_eq!(
+            renewed.current_period_for(at(2026, 11, 19, 23), now),
+            None,
+            "an earlier record belongs to the period Stripe stated for its time"
+        );
     }
 
     #[test]
@@ -365,6 +540,7 @@ included = { api_call = 100000 }
             anchor: at(2026, 12, 15, 10),
             observed_at: at(2026, 12, 1, 10),
             pending: None,
+            cancel_at: None,
         };
         let t = trial.terms(&catalog, at(2026, 12, 3, 0)).expect("terms");
         assert_eq!(
@@ -399,6 +575,7 @@ included = { api_call = 100000 }
             anchor: at(2026, 11, 1, 0),
             observed_at: at(2026, 11, 30, 0),
             pending: None,
+            cancel_at: None,
         };
         assert_eq!(ahead.current(now).start, at(2027, 2, 1, 0));
         assert_eq!(

@@ -35,7 +35,7 @@ pub mod routes;
 pub mod subscription;
 pub mod target;
 
-pub use billing::{Billing, PendingPlan, SubscriptionStatus, Terms};
+pub use billing::{Access, Billing, PendingPlan, SubscriptionStatus, Terms};
 pub use envelope::DenyEnvelope;
 pub use ids::{Metric, OrgId, PlanCode};
 pub use period::{Period, PeriodKey};

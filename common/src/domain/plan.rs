@@ -93,6 +93,9 @@ pub struct PlanCatalog {
     trial: Plan,
     paid: BTreeMap<PlanCode, Plan>,
     metrics: BTreeSet<Metric>,
+    /// How long a `past_due` subscription keeps its paid plan (`TOLLGATE_PAST_DUE_GRACE`); `None`: as long as
+    /// Stripe keeps retrying. Not part of PLANS_CONFIG: set from the environment.
+    past_due_grace: Option<chrono::Duration>,
 }
 
 // === impl PlanCatalog ===
@@ -179,12 +182,26 @@ impl PlanCatalog {
             trial,
             paid,
             metrics,
+            past_due_grace: None,
         })
     }
 
     /// Length of the free trial that `subscription.create` asks Stripe for, in days (1..=730).
     pub fn trial_days(&self) -> u32 {
         self.trial_days
+    }
+
+    /// The catalogue with `grace` as the past-due grace (`TOLLGATE_PAST_DUE_GRACE`).
+    #[must_use]
+    pub fn with_past_due_grace(mut self, grace: Option<chrono::Duration>) -> Self {
+        self.past_due_grace = grace;
+        self
+    }
+
+    /// How long a `past_due` subscription keeps its paid plan after its period began; `None`: as long as Stripe
+    /// keeps retrying (until Stripe moves it to `unpaid`, `canceled` or `paused`).
+    pub fn past_due_grace(&self) -> Option<chrono::Duration> {
+        self.past_due_grace
     }
 
     /// The plan whose limits apply while a subscription is trialing.

@@ -34,6 +34,8 @@ pub struct StripeSubscription {
     pub trial_end: Option<DateTime<Utc>>,
     /// `cancel_at_period_end`.
     pub cancel_at_period_end: bool,
+    /// `cancel_at`: when Stripe will cancel it.
+    pub cancel_at: Option<DateTime<Utc>>,
     /// `canceled_at`.
     pub canceled_at: Option<DateTime<Utc>>,
     /// Its subscription schedule (`sub_sched_…`), if one is attached.
@@ -72,6 +74,9 @@ pub struct SubscriptionState {
     pub trial_end: Option<DateTime<Utc>>,
     /// `cancel_at_period_end`.
     pub cancel_at_period_end: bool,
+    /// When Stripe will cancel it: `cancel_at`, or the period's end with `cancel_at_period_end` (no longer
+    /// stated once it is canceled).
+    pub cancel_at: Option<DateTime<Utc>>,
     /// `canceled_at`.
     pub canceled_at: Option<DateTime<Utc>>,
     /// The attached schedule.
@@ -116,6 +121,12 @@ pub fn resolve(
         anchor: sub.anchor,
         trial_end: sub.trial_end,
         cancel_at_period_end: sub.cancel_at_period_end,
+        cancel_at: (sub.status.holds_the_slot())
+            .then(|| {
+                sub.cancel_at
+                    .or(sub.cancel_at_period_end.then_some(sub.period.end))
+            })
+            .flatten(),
         canceled_at: sub.canceled_at,
         schedule: sub.schedule.clone(),
         pending,
@@ -186,6 +197,7 @@ included = { api_call = 10000000 }
             anchor: at(1),
             trial_end: None,
             cancel_at_period_end: false,
+            cancel_at: None,
             canceled_at: None,
             schedule: None,
             scheduled: None,

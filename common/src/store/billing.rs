@@ -22,6 +22,7 @@ struct Row {
     pending_plan_code: Option<String>,
     pending_effective_at: Option<DateTime<Utc>>,
     period_observed_at: DateTime<Utc>,
+    cancel_at: Option<DateTime<Utc>>,
 }
 
 /// The billing state of each of `org_ids` (orgs without a subscription holding the slot are
@@ -29,7 +30,7 @@ struct Row {
 pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Billing>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT org_id, status, plan_code, current_period_start, current_period_end, billing_cycle_anchor,
-                pending_plan_code, pending_effective_at, period_observed_at
+                pending_plan_code, pending_effective_at, period_observed_at, cancel_at
            FROM subscriptions
           WHERE org_id = ANY($1) AND status NOT IN ('canceled', 'incomplete_expired')",
     )
@@ -69,6 +70,7 @@ pub async fn load_many(pg: &PgPool, org_ids: &[i64]) -> Result<HashMap<i64, Bill
                 anchor: row.billing_cycle_anchor,
                 observed_at: row.period_observed_at,
                 pending,
+                cancel_at: row.cancel_at,
             },
         );
     }
@@ -81,4 +83,23 @@ pub async fn load(pg: &PgPool, org_id: i64) -> Result<Billing, sqlx::Error> {
         .await?
         .remove(&org_id)
         .unwrap_or(Billing::Unsubscribed))
+}
+
+/// The period Stripe stated for the org's live subscription that contains `at` (the history mirrored in
+/// `subscription_periods`), if any.
+pub async fn stated_period_at(
+    pg: &PgPool,
+    org_id: i64,
+    at: DateTime<Utc>,
+) -> Result<Option<Period>, sqlx::Error> {
+    let row: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT period_start, period_end FROM subscription_periods
+          WHERE org_id = $1 AND period_start <= $2 AND period_end > $2
+          ORDER BY period_start DESC LIMIT 1",
+    )
+    .bind(org_id)
+    .bind(at)
+    .fetch_optional(pg)
+    .await?;
+    Ok(row.map(|(start, end)| Period { start, end }))
 }

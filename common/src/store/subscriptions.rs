@@ -37,11 +37,12 @@ struct Row {
     stripe_schedule_id: Option<String>,
     pending_plan_code: Option<String>,
     pending_effective_at: Option<DateTime<Utc>>,
+    cancel_at: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "org_id, stripe_subscription_id, stripe_customer_id, status, plan_code, stripe_price_id,
     current_period_start, current_period_end, billing_cycle_anchor, trial_end, cancel_at_period_end, canceled_at,
-    stripe_schedule_id, pending_plan_code, pending_effective_at";
+    stripe_schedule_id, pending_plan_code, pending_effective_at, cancel_at";
 
 impl Row {
     fn into_stored(self) -> Result<Stored, sqlx::Error> {
@@ -70,6 +71,7 @@ impl Row {
                 anchor: self.billing_cycle_anchor,
                 trial_end: self.trial_end,
                 cancel_at_period_end: self.cancel_at_period_end,
+                cancel_at: self.cancel_at,
                 canceled_at: self.canceled_at,
                 schedule: self.stripe_schedule_id,
                 pending,
@@ -193,8 +195,8 @@ pub async fn upsert(
         "INSERT INTO subscriptions (org_id, stripe_subscription_id, stripe_customer_id, status, plan_code,
              stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor, trial_end,
              cancel_at_period_end, canceled_at, stripe_schedule_id, pending_plan_code, pending_effective_at,
-             stripe_updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now())
+             cancel_at, stripe_updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now())
          ON CONFLICT (stripe_subscription_id) DO UPDATE SET
              status = EXCLUDED.status, plan_code = EXCLUDED.plan_code, stripe_price_id = EXCLUDED.stripe_price_id,
              current_period_start = EXCLUDED.current_period_start,
@@ -202,7 +204,8 @@ pub async fn upsert(
              billing_cycle_anchor = EXCLUDED.billing_cycle_anchor, trial_end = EXCLUDED.trial_end,
              cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at,
              stripe_schedule_id = EXCLUDED.stripe_schedule_id, pending_plan_code = EXCLUDED.pending_plan_code,
-             pending_effective_at = EXCLUDED.pending_effective_at, stripe_updated_at = now(), updated_at = now(),
+             pending_effective_at = EXCLUDED.pending_effective_at, cancel_at = EXCLUDED.cancel_at,
+             stripe_updated_at = now(), updated_at = now(),
              period_observed_at = CASE WHEN subscriptions.current_period_start = EXCLUDED.current_period_start
                                        THEN subscriptions.period_observed_at ELSE now() END",
     )
@@ -221,8 +224,25 @@ pub async fn upsert(
     .bind(s.schedule.as_deref())
     .bind(s.pending.as_ref().map(|p| p.plan.as_str()))
     .bind(s.pending.as_ref().map(|p| p.effective_at))
-    .execute(conn)
+    .bind(s.cancel_at)
+    .execute(&mut *conn)
     .await?;
+    if s.status.is_live() {
+        // The history of the periods Stripe stated (a usage record's period, CONTRACT §8).
+        sqlx::query(
+            "INSERT INTO subscription_periods (org_id, stripe_subscription_id, period_start, period_end)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stripe_subscription_id, period_start) DO UPDATE SET
+                 period_end = EXCLUDED.period_end, stated_at = now()
+              WHERE subscription_periods.period_end <> EXCLUDED.period_end",
+        )
+        .bind(org_id)
+        .bind(&s.id)
+        .bind(s.period.start)
+        .bind(s.period.end)
+        .execute(conn)
+        .await?;
+    }
     let outcome = if before.is_some() {
         Upserted::Updated
     } else {

@@ -187,6 +187,9 @@ pub struct Entitlements {
     /// A downgrade scheduled for the end of the period, if any (its limits apply from then).
     #[schema(example = "starter")]
     pub pending_plan_code: Option<String>,
+    /// When Stripe will cancel the subscription (`cancel_at`, or the period's end with `cancel_at_period_end`),
+    /// if it is to be canceled; its limits apply until then.
+    pub cancel_at: Option<DateTime<Utc>>,
 }
 
 /// The live entitlements of `account` for `metric`.
@@ -213,6 +216,7 @@ pub async fn entitlements(
             .billing
             .pending()
             .map(|p| p.plan.as_str().to_owned()),
+        cancel_at: account.billing.cancel_at(),
     })
 }
 
@@ -347,7 +351,17 @@ pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResu
         ));
     }
     let Terms { plan, .. } = account.terms(app, now)?;
-    let period = account.billing.period_at(record.occurred_at, now);
+    let period = match account.billing.current_period_for(record.occurred_at, now) {
+        Some(current) => current,
+        // Earlier than the current period: the period Stripe stated for that time, else (no subscription then)
+        // the calendar month the org was unsubscribed in — never a period derived by arithmetic.
+        None => {
+            let at = account.billing.on_stripes_clock(record.occurred_at, now);
+            billing::stated_period_at(&app.pg, account.id, at)
+                .await?
+                .unwrap_or_else(|| Period::calendar_month(at))
+        }
+    };
     let retention = app.config.retention.usage_records;
     if !recordable(&period, now, retention) {
         return Err(ApiError::invalid(

@@ -116,11 +116,14 @@ pub enum Op {
     PaymentMethodRetrieve,
     PaymentMethodAttach,
     PortalSessionCreate,
+    SubscriptionCancel,
+    SubscriptionResume,
+    InvoicePay,
 }
 
 impl Op {
     /// Every operation, for registering metric series up front.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 24] = [
         Op::CustomerCreate,
         Op::CustomerRetrieve,
         Op::CustomerSearch,
@@ -142,6 +145,9 @@ impl Op {
         Op::PaymentMethodRetrieve,
         Op::PaymentMethodAttach,
         Op::PortalSessionCreate,
+        Op::SubscriptionCancel,
+        Op::SubscriptionResume,
+        Op::InvoicePay,
     ];
 
     /// The metric label, e.g. `customers.create`.
@@ -168,6 +174,9 @@ impl Op {
             Self::PaymentMethodRetrieve => "payment_methods.retrieve",
             Self::PaymentMethodAttach => "payment_methods.attach",
             Self::PortalSessionCreate => "billing_portal.sessions.create",
+            Self::SubscriptionCancel => "subscriptions.cancel",
+            Self::SubscriptionResume => "subscriptions.resume",
+            Self::InvoicePay => "invoices.pay",
         }
     }
 }

@@ -3,10 +3,12 @@
 use super::{Billing, BillingError, org};
 use crate::stripe::{IdempotencyKey, Intent, Op, StripeError};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_billing::invoice::{ListInvoice, PayInvoice};
 use stripe_core::customer::{UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
-use tollgate_common::domain::OrgId;
+use stripe_shared::InvoiceStatus;
+use tollgate_common::domain::{OrgId, SubscriptionStatus};
 use tollgate_common::store::subscriptions as store;
 
 impl Billing {
@@ -115,9 +117,73 @@ impl Billing {
             }
             tx.commit().await?;
             tracing::info!("default payment method set");
-            Ok(())
+            self.pay_what_is_owed(org.id, payment_method, intent).await
         })
         .await
+    }
+
+    /// After a new default payment method: while the org's subscription is `past_due` or `incomplete`, its open
+    /// invoices are paid with it now (`POST /v1/invoices/{id}/pay`), oldest first, and the subscription mirrored.
+    /// A declined card is a 402 (the method stays the default; Stripe's retries go on).
+    async fn pay_what_is_owed(
+        &self,
+        org_id: i64,
+        payment_method: &str,
+        intent: &Intent,
+    ) -> Result<(), BillingError> {
+        let owing = {
+            let mut conn = self.pg.acquire().await?;
+            store::current(&mut conn, org_id).await?
+        }
+        .filter(|s| {
+            matches!(
+                s.state.status,
+                SubscriptionStatus::PastDue | SubscriptionStatus::Incomplete
+            )
+        });
+        let Some(owing) = owing else {
+            return Ok(());
+        };
+        let subscription = owing.state.id.as_str();
+        let mut open = self
+            .stripe
+            .send(
+                Op::InvoiceList,
+                &ListInvoice::new()
+                    .subscription(subscription)
+                    .status(InvoiceStatus::Open)
+                    .limit(100),
+                None,
+            )
+            .await?
+            .data;
+        open.sort_by_key(|invoice| invoice.created);
+        for invoice in open {
+            let Some(id) = invoice.id.as_ref().map(|id| id.as_str().to_owned()) else {
+                continue;
+            };
+            // One payment per invoice within this intent: a retry of the call replays Stripe's answer; a new
+            // intent (the customer tries again) is a new attempt.
+            let key = IdempotencyKey::for_intent(intent, Op::InvoicePay, id.as_str());
+            let paid = self
+                .stripe
+                .send(
+                    Op::InvoicePay,
+                    &PayInvoice::new(id.as_str()).payment_method(payment_method),
+                    Some(&key),
+                )
+                .await;
+            match paid {
+                Ok(_) => tracing::info!("open invoice paid with the new payment method"),
+                Err(e) => {
+                    // Mirror whatever Stripe says now, then report the decline.
+                    self.sync_subscription(subscription).await?;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.sync_subscription(subscription).await?;
+        Ok(())
     }
 
     /// 6.2: a customer portal session returning to `TOLLGATE_BILLING_RETURN_URL`; its URL.

@@ -4,13 +4,17 @@
 //! (`Billing::write_read`), ordered by read tickets so a stale read never overwrites a newer one.
 
 use super::{Billing, BillingError, instant, org};
+use crate::config::TrialEndWithoutCard;
 use crate::stripe::{IdempotencyKey, Intent, Op};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use stripe_billing::subscription::{
-    CreateSubscription, CreateSubscriptionItems, ListSubscription, ListSubscriptionStatus,
-    RetrieveSubscription,
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems,
+    CreateSubscriptionPaymentBehavior, CreateSubscriptionTrialSettings,
+    CreateSubscriptionTrialSettingsEndBehavior,
+    CreateSubscriptionTrialSettingsEndBehaviorMissingPaymentMethod as MissingPaymentMethod,
+    ListSubscription, ListSubscriptionStatus, ResumeSubscription, RetrieveSubscription,
 };
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use tollgate_common::domain::subscription::{self, StripePrice, StripeSubscription};
@@ -61,6 +65,17 @@ pub(super) struct SubscriptionRead {
 impl Billing {
     /// Starts the org's trial on the plan whose price is `price_lookup` (a `price` of PLANS_CONFIG), or returns the
     /// live subscription it already has. A billing change: under the org's claim, no connection held across Stripe.
+    ///
+    /// Never two subscriptions holding the org's slot, and one trial per org (README, "Subscribing again"):
+    ///
+    /// * `trialing`, `active`, `past_due` (live): returned as it is.
+    /// * `incomplete`: returned as it is; setting a payment method (2.2) pays its open invoice.
+    /// * `paused` (a trial that ended without a card): resumed (`POST /v1/subscriptions/{id}/resume`, a new period
+    ///   from now, invoiced and charged) — 409 naming `orgId` until the org has a payment method.
+    /// * `unpaid` (Stripe gave up retrying): canceled, then a new subscription without a trial, charged at once
+    ///   (`error_if_incomplete`: a declined card is a 402 and creates nothing) — 409 until the org has a payment
+    ///   method.
+    /// * none: a new subscription, with a trial only if the org never had one.
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn create_subscription(
         &self,
@@ -95,55 +110,189 @@ impl Billing {
                 return Ok(Created::from(&live));
             }
             let ticket = store::read_ticket(&self.pg).await?;
-            // Stripe may hold a live one we have not mirrored yet (its webhook is on the way).
-            let existing = self
+            // Stripe may hold one we have not mirrored yet (its webhook is on the way), or one made outside
+            // Tollgate: Stripe's list is what decides.
+            let all = self
                 .stripe
                 .send(
                     Op::SubscriptionList,
                     &ListSubscription::new()
                         .customer(customer.as_str())
                         .status(ListSubscriptionStatus::All)
-                        .limit(20),
+                        .limit(100),
                     None,
                 )
                 .await?
-                .data
-                .into_iter()
-                .find(|s| {
-                    SubscriptionStatus::parse(s.status.as_str())
-                        .is_ok_and(SubscriptionStatus::is_live)
-                });
-            let subscription = match existing {
-                Some(s) => s,
-                None => {
-                    let request = CreateSubscription::new()
-                        .customer(customer.as_str())
-                        .items(vec![CreateSubscriptionItems {
-                            price: Some(price.id.clone()),
-                            ..CreateSubscriptionItems::new()
-                        }])
-                        .trial_period_days(self.catalog.trial_days())
-                        .metadata(HashMap::from([(
-                            "orgId".to_owned(),
-                            org_id.as_str().to_owned(),
-                        )]));
-                    // Keyed by the caller's intent: a retry of it (ours or our caller's) replays the same
-                    // subscription; a new intent (subscribing again after a cancellation) makes a new one.
-                    let key = IdempotencyKey::for_intent(intent, Op::SubscriptionCreate, "");
+                .data;
+            let trial_spent =
+                all.iter().any(|s| s.trial_start.is_some()) || self.trial_granted(org.id).await?;
+            let holding = all.into_iter().find(|s| {
+                SubscriptionStatus::parse(s.status.as_str())
+                    .is_ok_and(SubscriptionStatus::holds_the_slot)
+            });
+            let status = holding
+                .as_ref()
+                .and_then(|s| SubscriptionStatus::parse(s.status.as_str()).ok());
+            let needs_card = match status {
+                Some(SubscriptionStatus::Paused | SubscriptionStatus::Unpaid) => true,
+                None => trial_spent,
+                Some(_) => false,
+            };
+            let card = self.default_payment_method(org.id).await?;
+            if needs_card && card.is_none() {
+                return Err(BillingError::conflict(
+                    "orgId",
+                    "this organization's trial is over and it has no payment method; set one with \
+                     /api/payments/default-method.set, then subscribe again",
+                ));
+            }
+            let subscription = match (holding, status) {
+                (Some(s), Some(SubscriptionStatus::Paused)) => {
+                    let key =
+                        IdempotencyKey::for_intent(intent, Op::SubscriptionResume, s.id.as_str());
+                    let resumed = self
+                        .stripe
+                        .send(
+                            Op::SubscriptionResume,
+                            &ResumeSubscription::new(s.id.as_str()),
+                            Some(&key),
+                        )
+                        .await?;
+                    tracing::info!(
+                        subscription.status = resumed.status.as_str(),
+                        "paused subscription resumed"
+                    );
+                    resumed
+                }
+                (Some(s), Some(SubscriptionStatus::Unpaid)) => {
+                    // Stripe gave up on it: end it, then subscribe anew (never two holding the slot).
                     self.stripe
-                        .send(Op::SubscriptionCreate, &request, Some(&key))
-                        .await?
+                        .send(
+                            Op::SubscriptionCancel,
+                            &CancelSubscription::new(s.id.as_str()),
+                            Some(&IdempotencyKey::for_intent(
+                                intent,
+                                Op::SubscriptionCancel,
+                                s.id.as_str(),
+                            )),
+                        )
+                        .await?;
+                    tracing::info!("unpaid subscription canceled before subscribing again");
+                    self.new_subscription(
+                        org_id,
+                        &customer,
+                        &price.id,
+                        intent,
+                        None,
+                        card.as_deref(),
+                    )
+                    .await?
+                }
+                (Some(s), _) => s,
+                (None, _) => {
+                    let trial = (!trial_spent).then_some(self.catalog.trial_days());
+                    self.new_subscription(
+                        org_id,
+                        &customer,
+                        &price.id,
+                        intent,
+                        trial,
+                        card.as_deref(),
+                    )
+                    .await?
                 }
             };
             let read = self.read_retrieved(ticket, &subscription).await?;
             let state = self.mirror(&read).await?.state;
             tracing::info!(
                 subscription.status = state.status.as_str(),
-                "trial subscription created"
+                "subscription created or taken up"
             );
             Ok(Created::from(&state))
         })
         .await
+    }
+
+    /// Creates a subscription on `price`: with a trial of `trial_days` (ending per `TOLLGATE_TRIAL_END_WITHOUT_CARD`
+    /// when no card is there by then), or without one, charged at once (`error_if_incomplete`: a declined card
+    /// creates nothing).
+    async fn new_subscription(
+        &self,
+        org_id: &OrgId,
+        customer: &str,
+        price: &str,
+        intent: &Intent,
+        trial_days: Option<u32>,
+        card: Option<&str>,
+    ) -> Result<stripe_shared::Subscription, BillingError> {
+        let trial = trial_days.is_some();
+        let mut request = CreateSubscription::new()
+            .customer(customer)
+            .items(vec![CreateSubscriptionItems {
+                price: Some(price.to_owned()),
+                ..CreateSubscriptionItems::new()
+            }])
+            .metadata(HashMap::from([(
+                "orgId".to_owned(),
+                org_id.as_str().to_owned(),
+            )]));
+        if let Some(days) = trial_days {
+            let missing = match self.settings.trial_end_without_card {
+                TrialEndWithoutCard::Pause => MissingPaymentMethod::Pause,
+                TrialEndWithoutCard::Cancel => MissingPaymentMethod::Cancel,
+            };
+            request = request.trial_period_days(days).trial_settings(
+                CreateSubscriptionTrialSettings::new(CreateSubscriptionTrialSettingsEndBehavior {
+                    missing_payment_method: Some(missing),
+                    ..CreateSubscriptionTrialSettingsEndBehavior::new()
+                }),
+            );
+        } else {
+            request =
+                request.payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete);
+        }
+        // Keyed by the caller's intent: a retry of it (ours or our caller's) replays the same subscription; a new
+        // intent (subscribing again after a cancellation, or with another card after a decline) makes a new one.
+        let key = IdempotencyKey::for_intent(
+            intent,
+            Op::SubscriptionCreate,
+            if trial { "trial" } else { "no-trial" },
+        );
+        let created = self
+            .stripe
+            .send(Op::SubscriptionCreate, &request, Some(&key))
+            .await?;
+        if trial {
+            sqlx::query(
+                "UPDATE orgs SET trial_granted_at = coalesce(trial_granted_at, now()) WHERE clerk_org_id = $1",
+            )
+            .bind(org_id.as_str())
+            .execute(&self.pg)
+            .await?;
+        }
+        Ok(created)
+    }
+
+    /// Whether the org was ever given a trial (recorded when Tollgate asked for one, or mirrored one).
+    async fn trial_granted(&self, org_id: i64) -> Result<bool, BillingError> {
+        Ok(
+            sqlx::query_scalar("SELECT trial_granted_at IS NOT NULL FROM orgs WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pg)
+                .await?
+                .unwrap_or(false),
+        )
+    }
+
+    /// The org's default payment method (set through 2.2), if any.
+    async fn default_payment_method(&self, org_id: i64) -> Result<Option<String>, BillingError> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT stripe_default_payment_method FROM orgs WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.pg)
+        .await?
+        .flatten())
     }
 
     /// The org's live subscription as stored, and how many subscriptions it has had: one short query.
@@ -307,6 +456,15 @@ impl Billing {
             });
         }
         let (upserted, before) = store::upsert(&mut *conn, org_id, state).await?;
+        if state.trial_end.is_some() && upserted == Upserted::Inserted {
+            // An org gets one trial: a trial made anywhere (Tollgate, the Dashboard) spends it.
+            sqlx::query(
+                "UPDATE orgs SET trial_granted_at = now() WHERE id = $1 AND trial_granted_at IS NULL",
+            )
+            .bind(org_id)
+            .execute(&mut *conn)
+            .await?;
+        }
         self.mirror_to_stigg(conn, org_id, before.as_ref(), state)
             .await?;
         if upserted != Upserted::Unchanged {
@@ -421,6 +579,7 @@ impl Billing {
             anchor: instant(s.billing_cycle_anchor),
             trial_end: s.trial_end.map(instant),
             cancel_at_period_end: s.cancel_at_period_end,
+            cancel_at: s.cancel_at.map(instant),
             canceled_at: s.canceled_at.map(instant),
             schedule,
             scheduled,

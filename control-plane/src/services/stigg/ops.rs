@@ -149,6 +149,7 @@ mod tests {
             anchor: at(15),
             trial_end: Some(at(15)),
             cancel_at_period_end: false,
+            cancel_at: None,
             canceled_at: None,
             schedule: None,
             pending: None,
