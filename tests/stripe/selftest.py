@@ -89,6 +89,11 @@ RUST_SHAPES = {
             'optional': 'invoice_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent '
                         'subscription_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent',
         },
+        'BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent': {
+            'required': 'invoice_item:String proration:bool',
+            'optional': 'proration_details:BillingBillResourceInvoicingLinesCommonProrationDetails '
+                        'subscription:String',
+        },
         'BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent': {
             'required': 'proration:bool subscription_item:String',
             'optional': 'invoice_item:String '
@@ -797,10 +802,13 @@ RUST_SHAPES = {
         'customer.subscription.updated': 'Subscription',
         'customer.updated': 'Customer',
         'invoice.created': 'Invoice',
+        'invoice.deleted': 'Invoice',
         'invoice.finalized': 'Invoice',
         'invoice.paid': 'Invoice',
         'invoice.payment_failed': 'Invoice',
         'invoice.payment_succeeded': 'Invoice',
+        'invoice.updated': 'Invoice',
+        'invoiceitem.created': 'InvoiceItem',
         'payment_method.attached': 'PaymentMethod',
         'price.created': 'Price',
         'product.created': 'Product',

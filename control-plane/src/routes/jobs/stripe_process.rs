@@ -59,6 +59,8 @@ pub async fn process_stripe_event(
     Ok(Json(ProcessResponse {
         converged: true,
         outcome: processed.as_str(),
-        reason: processed.reason().map(|r| r.as_str()),
+        reason: processed
+            .reason()
+            .map(tollgate_common::domain::IgnoreReason::as_str),
     }))
 }
