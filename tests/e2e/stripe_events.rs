@@ -112,6 +112,20 @@ async fn org_with_customer(m: &Metering, org: &str) -> String {
         .to_owned()
 }
 
+/// 8.1 for one event.
+async fn replay(m: &Metering, event_id: String) {
+    let r = m
+        .app
+        .post(
+            "/api/admin/webhooks.replay",
+            Auth::Operator,
+            &json!({"eventIds": [event_id]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["enqueued"], 1);
+}
+
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("id").to_owned()
 }
@@ -228,17 +242,6 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
     }
 
     // Still replayable (8.1): reprocessed once more, ignored again while nobody owns the customer...
-    let replay = |m: &Metering, id: String| {
-        let body = json!({"eventIds": [id]});
-        async move {
-            let r = m
-                .app
-                .post("/api/admin/webhooks.replay", Auth::Operator, &body)
-                .await;
-            assert_eq!(r.status, 200, "{}", r.text);
-            assert_eq!(r.json["enqueued"], 1);
-        }
-    };
     replay(&m, event_id.clone()).await;
     wait::until(LONG, "the replay to be processed", || async {
         event_row(&m, "customer.subscription.created", &sub)
