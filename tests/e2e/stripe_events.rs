@@ -28,11 +28,15 @@ async fn event_row(m: &Metering, kind: &str, object_id: &str) -> Option<Row> {
 
 /// Waits until the event of `kind` about `object_id` has been received and processed (applied or ignored).
 async fn settled(m: &Metering, kind: &str, object_id: &str) -> Row {
-    wait::until(LONG, &format!("{kind} of {object_id} to be processed"), || async {
-        event_row(m, kind, object_id)
-            .await
-            .filter(|row| row.1 == "applied" || row.1 == "ignored")
-    })
+    wait::until(
+        LONG,
+        &format!("{kind} of {object_id} to be processed"),
+        || async {
+            event_row(m, kind, object_id)
+                .await
+                .filter(|row| row.1 == "applied" || row.1 == "ignored")
+        },
+    )
     .await
 }
 
@@ -180,14 +184,22 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
         .unwrap();
     let billing = m.app.state.billing.clone().expect("billing is configured");
     assert!(
-        billing.process_next().await.expect("the worker's step").is_none(),
+        billing
+            .process_next()
+            .await
+            .expect("the worker's step")
+            .is_none(),
         "an ignored event is not due work"
     );
     let (_, status, _, attempts, _) = event_row(&m, "customer.subscription.created", &sub)
         .await
         .unwrap();
     assert_eq!((status.as_str(), attempts), ("ignored", 1));
-    assert_eq!(stripe.fault_hits(reads).await, reads_before, "Stripe not read again");
+    assert_eq!(
+        stripe.fault_hits(reads).await,
+        reads_before,
+        "Stripe not read again"
+    );
 
     // Counted, and the queue is empty: nothing failed, nothing waits.
     let text = metrics(&m).await;
@@ -198,9 +210,17 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
         ) >= 2,
         "{text}"
     );
-    assert!(metric_value(&text, r#"tollgate_cp_webhook_events_total{outcome="ignored"}"#) >= 2);
+    assert!(
+        metric_value(
+            &text,
+            r#"tollgate_cp_webhook_events_total{outcome="ignored"}"#
+        ) >= 2
+    );
     assert_eq!(
-        metric_value(&text, r#"tollgate_cp_webhook_events_total{outcome="failed"}"#),
+        metric_value(
+            &text,
+            r#"tollgate_cp_webhook_events_total{outcome="failed"}"#
+        ),
         0
     );
     wait::until(LONG, "the queue gauge to read 0", || async {
@@ -226,13 +246,20 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
     assert_eq!(first.len(), 1);
     let next = listed(
         &m,
-        &format!("?status=ignored&limit=1&after={}", first[0]["eventId"].as_str().unwrap()),
+        &format!(
+            "?status=ignored&limit=1&after={}",
+            first[0]["eventId"].as_str().unwrap()
+        ),
     )
     .await;
     assert_eq!(next.len(), 1);
     assert_ne!(next[0]["eventId"], first[0]["eventId"]);
     assert_eq!(ignored[..2], [first[0].clone(), next[0].clone()]);
-    for (query, field) in [("?status=lost", "status"), ("?limit=0", "limit"), ("?after=nope", "after")] {
+    for (query, field) in [
+        ("?status=lost", "status"),
+        ("?limit=0", "limit"),
+        ("?after=nope", "after"),
+    ] {
         let r = m
             .app
             .get(&format!("/api/admin/webhooks.list{query}"), Auth::Operator)
@@ -297,9 +324,17 @@ async fn a_subscription_on_a_price_not_in_plans_config_is_ignored_once() {
     all_settled(&m).await;
     assert_eq!(stored(&m, &sub).await, Value::Null, "nothing mirrored");
     let text = metrics(&m).await;
-    assert!(metric_value(&text, r#"tollgate_cp_webhook_ignored_total{reason="unknown_price"}"#) >= 1);
+    assert!(
+        metric_value(
+            &text,
+            r#"tollgate_cp_webhook_ignored_total{reason="unknown_price"}"#
+        ) >= 1
+    );
     assert_eq!(
-        metric_value(&text, r#"tollgate_cp_webhook_events_total{outcome="failed"}"#),
+        metric_value(
+            &text,
+            r#"tollgate_cp_webhook_events_total{outcome="failed"}"#
+        ),
         0
     );
     assert!(
@@ -334,7 +369,11 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
     stripe
         .post(
             "/v1/invoiceitems",
-            &[("customer", customer.as_str()), ("amount", "500"), ("currency", "usd")],
+            &[
+                ("customer", customer.as_str()),
+                ("amount", "500"),
+                ("currency", "usd"),
+            ],
         )
         .await;
     let draft = id(&stripe
@@ -358,7 +397,11 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
     stripe
         .post(
             "/v1/invoiceitems",
-            &[("customer", customer.as_str()), ("amount", "700"), ("currency", "usd")],
+            &[
+                ("customer", customer.as_str()),
+                ("amount", "700"),
+                ("currency", "usd"),
+            ],
         )
         .await;
     let kept = id(&stripe
@@ -381,7 +424,10 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
         ("ignored", Some("object_deleted"), 1)
     );
     let (_, status, reason, _, _) = settled(&m, "invoice.deleted", &draft).await;
-    assert_eq!((status.as_str(), reason.as_deref()), ("ignored", Some("unhandled_type")));
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("ignored", Some("unhandled_type"))
+    );
     let (_, status, reason, attempts, _) = settled(&m, "invoice.finalized", &kept).await;
     assert_eq!(
         (status.as_str(), reason.as_deref(), attempts),
@@ -389,9 +435,17 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
     );
     all_settled(&m).await;
     let text = metrics(&m).await;
-    assert!(metric_value(&text, r#"tollgate_cp_webhook_ignored_total{reason="object_deleted"}"#) >= 1);
+    assert!(
+        metric_value(
+            &text,
+            r#"tollgate_cp_webhook_ignored_total{reason="object_deleted"}"#
+        ) >= 1
+    );
     assert_eq!(
-        metric_value(&text, r#"tollgate_cp_webhook_events_total{outcome="failed"}"#),
+        metric_value(
+            &text,
+            r#"tollgate_cp_webhook_events_total{outcome="failed"}"#
+        ),
         0
     );
 }
@@ -400,7 +454,16 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_stripe_faults_are_retried_and_nothing_is_half_written() {
-    let (stripe, m) = setup_with_env(50, None, &[("TOLLGATE_STRIPE_TIMEOUT_MS", "2000")]).await;
+    // One attempt may take 1 s, a call 8 s (retries included).
+    let (stripe, m) = setup_with_env(
+        50,
+        None,
+        &[
+            ("TOLLGATE_STRIPE_TIMEOUT_MS", "1000"),
+            ("TOLLGATE_STRIPE_BUDGET_MS", "8000"),
+        ],
+    )
+    .await;
     m.app.create_org("org_faults").await;
     let token = owner(&m, "org_faults");
     // customer.ensure's POST meets a lock_timeout, a rate limit and a 500 before Stripe runs it: retried with
@@ -459,7 +522,7 @@ async fn transient_stripe_faults_are_retried_and_nothing_is_half_written() {
     // default payment method is set once, and Stripe and the database agree.
     let card = stripe.card("4242424242424242").await;
     let slow = stripe
-        .fault("POST", "^/v1/customers/cus_", "slow", 1, 3000)
+        .fault("POST", "^/v1/customers/cus_", "slow", 1, 1500)
         .await;
     let r = m
         .app
@@ -531,7 +594,10 @@ async fn a_subscriptions_events_delivered_in_reverse_and_late_converge_to_stripe
     })
     .await;
     assert_eq!(row["status"], in_stripe["status"]);
-    assert_eq!(row["cancel_at_period_end"], in_stripe["cancel_at_period_end"]);
+    assert_eq!(
+        row["cancel_at_period_end"],
+        in_stripe["cancel_at_period_end"]
+    );
 
     // Then canceled now, delivered after a delay: the newest state wins whatever the order.
     stripe.hold_webhooks().await;
@@ -540,8 +606,15 @@ async fn a_subscriptions_events_delivered_in_reverse_and_late_converge_to_stripe
         .await;
     stripe.delete(&path).await;
     stripe.release_webhooks("reverse", 200).await;
-    let row = await_stored(&m, &sub, "the cancellation", |row| row["status"] == "canceled").await;
+    let row = await_stored(&m, &sub, "the cancellation", |row| {
+        row["status"] == "canceled"
+    })
+    .await;
     assert_eq!(stripe.get(&path).await["status"], "canceled");
     all_settled(&m).await;
-    assert_eq!(stored(&m, &sub).await, row, "later (older) events changed nothing");
+    assert_eq!(
+        stored(&m, &sub).await,
+        row,
+        "later (older) events changed nothing"
+    );
 }

@@ -232,7 +232,12 @@ impl StripeEmulator {
 /// Issue 20: the emulator's injected faults, webhook hold/release and one-off objects (tests/stripe/README.md).
 impl StripeEmulator {
     /// A call to the emulator that may fail: `(status, body)`.
-    pub async fn call(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
         let r = self
             .http
             .request(method.clone(), format!("{}{path}", self.url))
@@ -255,7 +260,14 @@ impl StripeEmulator {
     /// Makes the next `count` requests `method` (or `*`) to a path matching the regular expression `path` fail
     /// as Stripe does: `kind` is `api_error` (500), `rate_limit` (429), `lock_timeout` (429) or `slow` (answered
     /// after `delay_ms`). Returns the fault's index for [`Self::fault_hits`].
-    pub async fn fault(&self, method: &str, path: &str, kind: &str, count: u32, delay_ms: u64) -> usize {
+    pub async fn fault(
+        &self,
+        method: &str,
+        path: &str,
+        kind: &str,
+        count: u32,
+        delay_ms: u64,
+    ) -> usize {
         let before = self.faults().await.len();
         self.post(
             "/_test/faults",

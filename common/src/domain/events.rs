@@ -85,7 +85,11 @@ mod tests {
         for r in IgnoreReason::ALL {
             assert_eq!(IgnoreReason::parse(r.as_str()), Ok(r));
             assert!(seen.insert(r.as_str()));
-            assert!(r.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                r.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
             assert!(!r.describe().is_empty());
         }
         assert!(IgnoreReason::parse("failed").is_err());

@@ -76,7 +76,10 @@ mod tests {
         // Subscriptions and their items: 1.3, 5.2, the mirror.
         for (what, value) in [
             ("subscription", subscription.clone()),
-            ("subscription list", list(&subscription, "/v1/subscriptions")),
+            (
+                "subscription list",
+                list(&subscription, "/v1/subscriptions"),
+            ),
         ] {
             if what == "subscription" {
                 check(reads::<Out<RetrieveSubscription>>(what, &value).map(drop));
@@ -94,10 +97,19 @@ mod tests {
             .map(drop),
         );
         // Schedules: 5.3 and the mirror's next phase.
-        check(reads::<Out<RetrieveSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop));
-        check(reads::<Out<CreateSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop));
-        check(reads::<Out<UpdateSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop));
-        check(reads::<Out<ReleaseSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop));
+        check(
+            reads::<Out<RetrieveSubscriptionSchedule>>("subscription_schedule", &schedule)
+                .map(drop),
+        );
+        check(
+            reads::<Out<CreateSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop),
+        );
+        check(
+            reads::<Out<UpdateSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop),
+        );
+        check(
+            reads::<Out<ReleaseSubscriptionSchedule>>("subscription_schedule", &schedule).map(drop),
+        );
         // Invoices and their lines: 5.1 (preview), 6.1 (list), the worker (retrieve).
         check(reads::<Out<RetrieveInvoice>>("invoice", &invoice).map(drop));
         check(reads::<Out<CreatePreviewInvoice>>("invoice (preview)", &invoice).map(drop));

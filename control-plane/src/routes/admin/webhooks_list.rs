@@ -71,7 +71,10 @@ pub async fn list_webhooks(
     if let Some(after) = &query.after
         && !is_event_id(after)
     {
-        return Err(ApiError::invalid("after", "must be a Stripe event id (evt_…)"));
+        return Err(ApiError::invalid(
+            "after",
+            "must be a Stripe event id (evt_…)",
+        ));
     }
     let events = app
         .billing()?

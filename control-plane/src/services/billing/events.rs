@@ -707,7 +707,10 @@ impl Billing {
                     ticket,
                     id: id.to_owned(),
                     default_method,
-                    org_hint: customer.metadata.as_ref().and_then(|m| m.get("orgId").cloned()),
+                    org_hint: customer
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.get("orgId").cloned()),
                 });
             }
             Handling::None => return Ok(Observed::Nothing(IgnoreReason::UnhandledType)),
@@ -752,13 +755,18 @@ impl Billing {
     ) -> Result<Vec<ListedEvent>, BillingError> {
         let start: Option<(DateTime<Utc>, String)> = match after {
             Some(id) => Some(
-                sqlx::query_as("SELECT received_at, event_id FROM stripe_events WHERE event_id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pg)
-                    .await?
-                    .ok_or_else(|| {
-                        BillingError::invalid("after", "no such event; pass the last eventId of the previous page")
-                    })?,
+                sqlx::query_as(
+                    "SELECT received_at, event_id FROM stripe_events WHERE event_id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pg)
+                .await?
+                .ok_or_else(|| {
+                    BillingError::invalid(
+                        "after",
+                        "no such event; pass the last eventId of the previous page",
+                    )
+                })?,
             ),
             None => None,
         };

@@ -240,7 +240,10 @@ impl Billing {
             // (the operator adds it, then replays the event with 8.1).
             DomainError::Unknown { field: "price", .. } => BillingError::NotOurs {
                 reason: IgnoreReason::UnknownPrice,
-                detail: format!("subscription {}: {e}: not a price of PLANS_CONFIG", facts.id),
+                detail: format!(
+                    "subscription {}: {e}: not a price of PLANS_CONFIG",
+                    facts.id
+                ),
             },
             e => BillingError::Unmirrorable(format!("subscription {}: {e}", facts.id)),
         })
