@@ -230,6 +230,11 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
     .await;
 
     // Listed for the operator, newest first, a page at a time.
+    let doc = m.app.get("/api/openapi.json", Auth::None).await;
+    assert!(
+        doc.json["paths"]["/api/admin/webhooks.list"]["get"].is_object(),
+        "the listing is in the OpenAPI document"
+    );
     let ignored = listed(&m, "?status=ignored&limit=100").await;
     let row = ignored
         .iter()
@@ -242,7 +247,8 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
     assert_eq!(row["attempts"], 1);
     assert!(row["receivedAt"].is_string() && row["lastError"].is_string());
     assert!(ignored.iter().all(|e| e["status"] == "ignored"));
-    let first = listed(&m, "?status=ignored&limit=1").await;
+    // `limit` takes an integral number written as a float, as every integer field does.
+    let first = listed(&m, "?status=ignored&limit=1.0").await;
     assert_eq!(first.len(), 1);
     let next = listed(
         &m,
@@ -258,6 +264,8 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
     for (query, field) in [
         ("?status=lost", "status"),
         ("?limit=0", "limit"),
+        ("?limit=1.5", "limit"),
+        ("?after=evt_never_received", "after"),
         ("?after=nope", "after"),
     ] {
         let r = m
