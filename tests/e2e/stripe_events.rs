@@ -626,3 +626,87 @@ async fn a_subscriptions_events_delivered_in_reverse_and_late_converge_to_stripe
         "later (older) events changed nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_ignore_each_event_of_a_foreign_backlog_once() {
+    use tollgate_control_plane::stripe::signature;
+    let (stripe, m) = setup_with_env(50, None, &[]).await;
+    let other = m.replica().stripe(&stripe).start().await;
+    let starter = price_id(&stripe, "plan_starter_m").await;
+    let customer = id(&stripe
+        .post("/v1/customers", &[("email", "someone@dashboard.test")])
+        .await);
+    let sub = id(&stripe
+        .post(
+            "/v1/subscriptions",
+            &[
+                ("customer", customer.as_str()),
+                ("items[0][price]", starter.as_str()),
+                ("trial_period_days", "14"),
+            ],
+        )
+        .await);
+    // A backlog about a Dashboard subscription, delivered to both replicas at once.
+    let deliveries = (0..60).map(|i| {
+        let body = crate::billing::event(
+            &format!("evt_foreign_{i}"),
+            "customer.subscription.updated",
+            &sub,
+            "subscription",
+        );
+        let app = if i % 2 == 0 { &m.app } else { &other };
+        async move {
+            let header = signature::sign(
+                body.as_bytes(),
+                tollgate_e2e::stripe::WEBHOOK_SECRET,
+                crate::billing::now(),
+            );
+            let req = app
+                .http
+                .post(app.url("/api/webhooks/stripe.receive"))
+                .header("content-type", "application/json")
+                .header("stripe-signature", header)
+                .body(body);
+            app.send(req, Auth::None).await
+        }
+    });
+    for r in futures_util::future::join_all(deliveries).await {
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let rows: Vec<(String, Option<String>, i32)> =
+        wait::until(LONG, "the backlog to be ignored", || async {
+            let rows: Vec<(String, String, Option<String>, i32)> = sqlx::query_as(
+                "SELECT event_id, status, ignored_reason, attempts FROM stripe_events
+                  WHERE event_id LIKE 'evt_foreign_%'",
+            )
+            .fetch_all(&m.app.state.pg)
+            .await
+            .ok()?;
+            (rows.len() == 60 && rows.iter().all(|r| r.1 == "ignored"))
+                .then(|| rows.into_iter().map(|(id, _, r, a)| (id, r, a)).collect())
+        })
+        .await;
+    assert!(
+        rows.iter().all(
+            |(_, reason, attempts)| reason.as_deref() == Some("foreign_customer") && *attempts == 1
+        ),
+        "each ignored once, for its customer: {rows:?}"
+    );
+    all_settled(&m).await;
+    let counted: u64 = [
+        metrics(&m).await,
+        other.get("/metrics", Auth::None).await.text,
+    ]
+    .iter()
+    .map(|t| {
+        metric_value(
+            t,
+            r#"tollgate_cp_webhook_ignored_total{reason="foreign_customer"}"#,
+        )
+    })
+    .sum();
+    assert!(
+        counted >= 60,
+        "every ignored event counted once somewhere: {counted}"
+    );
+}
