@@ -458,7 +458,8 @@ impl Billing {
                         .ignored
                         .with_label_values(&[reason.as_str()])
                         .inc_by(settled);
-                    tracing::info!(
+                    // Counted and listed; an account busy with objects made elsewhere would flood the log.
+                    tracing::debug!(
                         stripe.event_id = %event.event_id,
                         stripe.event_type = %event.event_type,
                         reason = reason.as_str(),
