@@ -310,11 +310,17 @@ impl From<crate::services::billing::BillingError> for ApiError {
             B::Stripe(S::Unavailable(_)) => Self::Unavailable(
                 "Stripe is unavailable; nothing was changed; retry later".to_owned(),
             ),
+            B::Stripe(e @ S::DoneUnreadable(_)) => Self::BadGateway {
+                detail: "done in Stripe, but Stripe's answer could not be read; the mirror converges through its \
+                         webhook"
+                    .to_owned(),
+                cause: e.to_string(),
+            },
             B::Stripe(e @ (S::Unauthorized | S::Unreadable(_))) => Self::BadGateway {
                 detail: "Stripe's answer could not be used; nothing was changed".to_owned(),
                 cause: e.to_string(),
             },
-            B::Unmirrorable(detail) => Self::BadGateway {
+            B::Unmirrorable(detail) | B::NotOurs { detail, .. } => Self::BadGateway {
                 detail: format!("Stripe's state cannot be mirrored: {detail}"),
                 cause: detail,
             },
@@ -334,5 +340,35 @@ impl From<crate::services::stigg::StiggMirrorError> for ApiError {
             M::Invalid { field, detail } => Self::invalid(field, detail),
             M::Database(e) => Self::Database(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod stripe_answer_tests {
+    use super::*;
+    use crate::services::billing::BillingError;
+    use crate::stripe::StripeError;
+
+    /// A change Stripe made whose answer could not be read is reported as done (converging through the webhook),
+    /// never as "nothing was changed"; an unreadable answer to a read still says nothing was changed.
+    #[test]
+    fn an_unreadable_answer_to_a_change_says_done_in_stripe() {
+        let done = ApiError::from(BillingError::Stripe(StripeError::DoneUnreadable(
+            "status: unknown variant".to_owned(),
+        )));
+        assert_eq!(done.status(), StatusCode::BAD_GATEWAY);
+        let ApiError::BadGateway { detail, .. } = &done else {
+            panic!("{done:?}");
+        };
+        assert!(detail.contains("done in Stripe"), "{detail}");
+        assert!(detail.contains("converges through its webhook"), "{detail}");
+        assert!(!detail.contains("nothing was changed"), "{detail}");
+        let read = ApiError::from(BillingError::Stripe(StripeError::Unreadable(
+            "status: unknown variant".to_owned(),
+        )));
+        let ApiError::BadGateway { detail, .. } = &read else {
+            panic!("{read:?}");
+        };
+        assert!(detail.contains("nothing was changed"), "{detail}");
     }
 }

@@ -21,6 +21,7 @@ mod revocation;
 mod roles;
 mod starvation;
 mod stigg;
+mod stripe_events;
 mod support_selftest;
 mod targets;
 mod usage;

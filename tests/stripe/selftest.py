@@ -89,6 +89,11 @@ RUST_SHAPES = {
             'optional': 'invoice_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent '
                         'subscription_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent',
         },
+        'BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent': {
+            'required': 'invoice_item:String proration:bool',
+            'optional': 'proration_details:BillingBillResourceInvoicingLinesCommonProrationDetails '
+                        'subscription:String',
+        },
         'BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent': {
             'required': 'proration:bool subscription_item:String',
             'optional': 'invoice_item:String '
@@ -810,11 +815,14 @@ RUST_SHAPES = {
         'customer.subscription.updated': 'Subscription',
         'customer.updated': 'Customer',
         'invoice.created': 'Invoice',
+        'invoice.deleted': 'Invoice',
         'invoice.finalized': 'Invoice',
         'invoice.paid': 'Invoice',
         'invoice.payment_failed': 'Invoice',
         'invoice.payment_action_required': 'Invoice',
         'invoice.payment_succeeded': 'Invoice',
+        'invoice.updated': 'Invoice',
+        'invoiceitem.created': 'InvoiceItem',
         'payment_method.attached': 'PaymentMethod',
         'price.created': 'Price',
         'product.created': 'Product',
@@ -2023,6 +2031,162 @@ def dunning_flows(api, card, pro):
              idempotency_key=None)
 
 
+# ---------------------------------------------------------------------------------------------
+# Issue 20 (helper A): objects made outside Tollgate, injected faults, idempotency keys that
+# expire, webhooks held and released out of order.
+# ---------------------------------------------------------------------------------------------
+
+def _test(api, method, path, params=None, status=200):
+    """A call to the emulator's test controls (no API key, no idempotency key)."""
+    return api.call(method, path, params, status=status, key=None, idempotency_key=None)
+
+
+def _new_events(receiver, since):
+    _drain = [json.loads(b) for _, b in receiver.events()[since:]]
+    return _drain
+
+
+def run_issue20_events_flows(api, receiver):
+    # --- objects made outside Tollgate ---
+    n = len(receiver.events())
+    foreign = api.call('POST', '/v1/customers', {'email': 'dashboard@elsewhere.example'},
+                       shape='Customer')
+    expect(foreign['metadata'] == {}, 'a customer made outside Tollgate has no metadata')
+    product = api.call('POST', '/v1/products', {'name': 'Another product'}, shape='Product')
+    other_price = api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount': 1234, 'product': product['id'],
+        'recurring': {'interval': 'month'}}, shape='Price')
+    pm = api.call('POST', '/v1/payment_methods', {
+        'type': 'card', 'card': {'number': '4242424242424242', 'exp_month': 12,
+                                 'exp_year': 2034, 'cvc': '123'}}, shape='PaymentMethod')
+    api.call('POST', f'/v1/payment_methods/{pm["id"]}/attach', {'customer': foreign['id']},
+             shape='PaymentMethod')
+    sub = api.call('POST', '/v1/subscriptions', {
+        'customer': foreign['id'], 'items': [{'price': other_price['id']}],
+        'default_payment_method': pm['id']}, shape='Subscription')
+    expect(sub['metadata'] == {} and sub['items']['data'][0]['price']['id'] == other_price['id'],
+           'a subscription on another price, without metadata')
+    # A one-off invoice: a pending item, an invoice that takes it, finalized.
+    item = api.call('POST', '/v1/invoiceitems', {
+        'customer': foreign['id'], 'amount': 500, 'currency': 'usd',
+        'description': 'Consulting'}, shape='InvoiceItem')
+    expect(item['invoice'] is None and item['parent'] is None, f'a pending one-off item: {item}')
+    inv = api.call('POST', '/v1/invoices', {'customer': foreign['id'],
+                                            'pending_invoice_items_behavior': 'include'},
+                   shape='Invoice')
+    expect(inv['status'] == 'draft' and inv['parent'] is None and inv['total'] == 500
+           and inv['lines']['data'][0]['parent']['type'] == 'invoice_item_details',
+           f'a one-off draft invoice: {inv}')
+    fin = api.call('POST', f'/v1/invoices/{inv["id"]}/finalize', shape='Invoice')
+    expect(fin['status'] == 'open' and fin['number'], f'finalized: {fin["status"]}')
+    api.call('DELETE', f'/v1/invoices/{inv["id"]}', status=400)
+    # A draft deleted: gone (resource_missing), and its item pending again.
+    draft = api.call('POST', '/v1/invoices', {'customer': foreign['id']}, shape='Invoice')
+    expect(draft['lines']['data'] == [] and draft['total'] == 0, 'exclude leaves items pending')
+    api.call('POST', '/v1/invoiceitems', {'customer': foreign['id'], 'amount': 700,
+                                          'currency': 'usd', 'invoice': draft['id']},
+             shape='InvoiceItem')
+    gone = api.call('DELETE', f'/v1/invoices/{draft["id"]}')
+    expect(gone == {'id': draft['id'], 'object': 'invoice', 'deleted': True}, gone)
+    err = api.call('GET', f'/v1/invoices/{draft["id"]}', status=404)
+    expect(err['error']['code'] == 'resource_missing', err)
+    _test(api, 'POST', '/_test/webhooks/drain')
+    evs = _new_events(receiver, n)
+    kinds = [(e['type'], e['data']['object']['id']) for e in evs]
+    for wanted in [('customer.created', foreign['id']),
+                   ('customer.subscription.created', sub['id']),
+                   ('invoiceitem.created', item['id']), ('invoice.created', inv['id']),
+                   ('invoice.finalized', inv['id']), ('invoice.created', draft['id']),
+                   ('invoice.deleted', draft['id'])]:
+        expect(wanted in kinds, f'event {wanted} missing from {kinds}')
+    for ev in evs:
+        errors = api.checker.check_event(ev)
+        expect(not errors, 'webhook event does not deserialize:\n  ' + '\n  '.join(errors[:20]))
+    step('objects made outside Tollgate: a customer without metadata, a subscription on another '
+         'price, one-off invoices (items, finalize, delete a draft) and their webhooks')
+
+    # --- injected faults ---
+    _test(api, 'POST', '/_test/faults', {'method': 'GET', 'path': f'^/v1/customers/{foreign["id"]}$',
+                                         'kind': 'api_error', 'count': 2})
+    for _ in range(2):
+        err = api.call('GET', f'/v1/customers/{foreign["id"]}', status=500)
+        expect(err['error']['type'] == 'api_error', err)
+    api.call('GET', f'/v1/customers/{foreign["id"]}', shape='Customer')
+    _test(api, 'POST', '/_test/faults', {'path': '^/v1/customers$', 'kind': 'rate_limit'})
+    err = api.call('GET', '/v1/customers', status=429)
+    expect(err['error']['code'] == 'rate_limit', err)
+    # lock_timeout on a POST with a key: nothing done, nothing saved; the retry with the same key
+    # makes the change once.
+    _test(api, 'POST', '/_test/faults', {'method': 'POST', 'path': f'^/v1/customers/{foreign["id"]}$',
+                                         'kind': 'lock_timeout'})
+    key = str(uuid.uuid4())
+    err = api.call('POST', f'/v1/customers/{foreign["id"]}', {'name': 'Locked'}, status=429,
+                   idempotency_key=key)
+    expect(err['error']['code'] == 'lock_timeout', err)
+    expect(api.call('GET', f'/v1/customers/{foreign["id"]}')['name'] is None,
+           'a lock_timeout changes nothing')
+    hdrs = {}
+    done = api.call('POST', f'/v1/customers/{foreign["id"]}', {'name': 'Locked'},
+                    shape='Customer', idempotency_key=key, headers_out=hdrs)
+    expect(done['name'] == 'Locked' and 'Idempotent-Replayed' not in hdrs,
+           'the retry with the same key runs (the fault was not saved)')
+    _test(api, 'POST', '/_test/faults', {'method': 'GET', 'path': '^/v1/prices/',
+                                         'kind': 'slow', 'delay_ms': 300})
+    t0 = time.monotonic()
+    api.call('GET', f'/v1/prices/{other_price["id"]}', shape='Price')
+    expect(time.monotonic() - t0 >= 0.3, 'a slow answer is slow')
+    faults = _test(api, 'GET', '/_test/faults')['faults']
+    expect([len(f['hits']) for f in faults] == [2, 1, 1, 1]
+           and all(f['remaining'] == 0 for f in faults), f'faults: {faults}')
+    _test(api, 'DELETE', '/_test/faults')
+    expect(_test(api, 'GET', '/_test/faults')['faults'] == [], 'faults cleared')
+    _test(api, 'POST', '/_test/faults', {'path': '^/v1/', 'kind': 'nope'}, status=400)
+    step('injected faults: 500 api_error, 429 rate_limit, 429 lock_timeout (not saved under '
+         'its idempotency key), slow answers')
+
+    # --- idempotency keys expire after 24 h ---
+    key = str(uuid.uuid4())
+    a = api.call('POST', '/v1/customers', {'email': 'once@example.com'}, idempotency_key=key)
+    hdrs = {}
+    again = api.call('POST', '/v1/customers', {'email': 'once@example.com'}, idempotency_key=key,
+                     headers_out=hdrs)
+    expect(again['id'] == a['id'] and hdrs.get('Idempotent-Replayed') == 'true', 'replayed')
+    err = api.call('POST', '/v1/customers', {'email': 'other@example.com'}, idempotency_key=key,
+                   status=400)
+    expect(err['error']['type'] == 'idempotency_error', err)
+    _test(api, 'POST', '/_test/idempotency/age', {'seconds': 23 * 3600})
+    expect(api.call('POST', '/v1/customers', {'email': 'once@example.com'},
+                    idempotency_key=key)['id'] == a['id'], 'still replayed at 23 h')
+    _test(api, 'POST', '/_test/idempotency/age', {'seconds': 3600})
+    hdrs = {}
+    fresh = api.call('POST', '/v1/customers', {'email': 'other@example.com'}, idempotency_key=key,
+                     headers_out=hdrs)
+    expect(fresh['id'] != a['id'] and 'Idempotent-Replayed' not in hdrs,
+           'after 24 h the key is new again')
+    step('idempotency keys expire after 24 hours; other parameters are an idempotency_error')
+
+    # --- webhooks held, released in reverse ---
+    _test(api, 'POST', '/_test/webhooks/drain')
+    n = len(receiver.events())
+    _test(api, 'POST', '/_test/webhooks/hold')
+    made = [api.call('POST', '/v1/customers', {'email': f'held{i}@example.com'})['id']
+            for i in range(3)]
+    held = _test(api, 'POST', '/_test/webhooks/drain?timeout=0.3')
+    expect(len(held['pending']) == 3 and len(receiver.events()) == n, 'held, none delivered')
+    _test(api, 'POST', '/_test/webhooks/release', {'order': 'reverse'})
+    expect(_test(api, 'POST', '/_test/webhooks/drain')['pending'] == [], 'released')
+    order = [e['data']['object']['id'] for e in _new_events(receiver, n)]
+    expect(order == made[::-1], f'delivered in reverse: {order} vs {made}')
+    n = len(receiver.events())
+    _test(api, 'POST', '/_test/webhooks/hold')
+    late = api.call('POST', '/v1/customers', {'email': 'late@example.com'})['id']
+    _test(api, 'POST', '/_test/webhooks/release', {'delay_ms': 300})
+    expect(len(receiver.events()) == n, 'a late release delivers nothing yet')
+    expect(_test(api, 'POST', '/_test/webhooks/drain')['pending'] == [], 'delivered late')
+    expect([e['data']['object']['id'] for e in _new_events(receiver, n)] == [late], 'late one')
+    step('webhooks held, then delivered in reverse order and late')
+
+
 def upd_customer(api, cust):
     return api.call('GET', f'/v1/customers/{cust["id"]}')
 
@@ -2122,6 +2286,7 @@ def main():
         port = emu.start()
         api.base = f'http://127.0.0.1:{port}'
         run_flows(api, emu, receiver, state_file)
+        run_issue20_events_flows(api, receiver)
         pickle_after = os.stat(pickle_path).st_mtime if os.path.exists(pickle_path) else None
         expect(pickle_after == pickle_before, f'{pickle_path} was written')
         step('localstripe default pickle untouched')

@@ -631,7 +631,7 @@ async def _endpoint_worker(wid, signal):
     async with ClientSession(timeout=ClientTimeout(total=10)) as session:
         while True:
             queue = OUTBOX.get(wid)
-            if not queue:
+            if not queue or HELD['on']:  # HELD: see "Webhooks held, released out of order"
                 signal.clear()
                 await signal.wait()
                 continue
@@ -1303,7 +1303,7 @@ class InvoiceLine:
             'currency': s['currency'], 'description': s['description'],
             'discount_amounts': [], 'discountable': not s['proration'], 'discounts': [],
             'invoice': self.invoice, 'livemode': False, 'metadata': {},
-            'parent': {
+            'parent': one_off_line_parent(s) if s['subscription'] is None else {
                 'invoice_item_details': None,
                 'subscription_item_details': {
                     'invoice_item': s.get('invoice_item'),
@@ -1470,9 +1470,10 @@ class InvoiceItem(Resource):
             'date': self.created, 'description': s['description'],
             'discountable': not s['proration'], 'discounts': [], 'invoice': self.invoice,
             'livemode': False, 'metadata': {}, 'net_amount': s['amount'],
-            'parent': {'subscription_details': {'subscription': s['subscription'],
-                                                'subscription_item': s['subscription_item']},
-                       'type': 'subscription_details'},
+            'parent': None if s['subscription'] is None else {
+                'subscription_details': {'subscription': s['subscription'],
+                                         'subscription_item': s['subscription_item']},
+                'type': 'subscription_details'},
             'period': {'end': s['period_end'], 'start': s['period_start']},
             'pricing': {'price_details': {'price': price.id, 'product': price.product},
                         'type': 'price_details',
@@ -3972,6 +3973,7 @@ async def flush_data(request):
     store.clear()
     IDEMPOTENCY.clear()
     OUTBOX.clear()
+    FAULTS.clear()
     return web.Response()
 
 
@@ -3982,6 +3984,285 @@ RAW_ROUTES = [
     ('DELETE', '/_config/webhooks/{id}', delete_webhook),
     ('DELETE', '/_config/data', flush_data),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 20 (objects made outside Tollgate): one-off invoices and their items.
+# https://docs.stripe.com/invoicing/integration, https://docs.stripe.com/api/invoiceitems/create,
+# https://docs.stripe.com/api/invoices/create, .../finalize, .../delete.  An invoice item made with
+# `amount` gets an inline one-time price (Stripe shows one on every item), its own product.
+# ---------------------------------------------------------------------------------------------
+
+def one_off_line_parent(spec):
+    """The `parent` of an invoice line made from a one-off invoice item (no subscription)."""
+    return {'invoice_item_details': {'invoice_item': spec.get('invoice_item'),
+                                     'proration': False,
+                                     'proration_details': {'credited_items': None},
+                                     'subscription': None},
+            'subscription_item_details': None, 'type': 'invoice_item_details'}
+
+
+def _one_off_spec(amount, currency, description, price):
+    t = wall()
+    return {'amount': amount, 'currency': currency, 'description': description,
+            'period_start': t, 'period_end': t, 'price': price.id, 'quantity': 1,
+            'proration': False, 'subscription': None, 'subscription_item': None}
+
+
+def _draft_invoice(id, param='invoice'):
+    inv = Invoice.get(id, param=param, status=404 if param == 'id' else 400)
+    if inv.status != 'draft':
+        raise invalid(f'This invoice is no longer editable: it has a status of {inv.status}.',
+                      param=None if param == 'id' else param, code='invoice_not_editable')
+    return inv
+
+
+@route('POST', '/v1/invoiceitems')
+def invoice_items_create(p):
+    """A one-off invoice item: `customer`, `amount` + `currency` (or `pricing[price]`, a one-time
+    price), `description`, and optionally a draft `invoice` to add it to (else it is pending)."""
+    cust = Customer.get(p.str('customer', required=True), param='customer', status=400)
+    amount = p.int('amount')
+    currency = p.str('currency')
+    price_id = p.sub('pricing').str('price') if 'pricing' in p else None
+    description = p.str('description')
+    invoice_id = p.str('invoice')
+    metadata = p.metadata()
+    p.ignore('discountable', 'tax_behavior')
+    p.finish()
+    if price_id is not None:
+        price = Price.get(price_id, param='pricing[price]', status=400)
+        amount, currency = price.unit_amount, price.currency
+    else:
+        if amount is None:
+            raise missing_param('amount')
+        if currency is None:
+            raise missing_param('currency')
+        product = Product(description or 'Invoice item')
+        price = Price(currency, amount, product.id, active=False)
+    inv = _draft_invoice(invoice_id) if invoice_id else None
+    spec = _one_off_spec(amount, currency.lower(), description or price._product_name(), price)
+    ii = InvoiceItem(cust.id, spec, wall())
+    ii.metadata = metadata or {}
+    if inv is not None:
+        before = inv._export()
+        ii.invoice = inv.id
+        inv.lines.append(InvoiceLine(inv.id, ii.spec, False))
+        emit('invoice.updated', inv, before)
+    emit('invoiceitem.created', ii)
+    return ii._export()
+
+
+@route('POST', '/v1/invoices')
+def invoices_create(p):
+    """A draft one-off invoice for `customer` (no subscription).  With
+    `pending_invoice_items_behavior=include` it takes the customer's pending items; the default
+    (`exclude`, the API's default since 2022-08-01) leaves them pending."""
+    cust = Customer.get(p.str('customer', required=True), param='customer', status=400)
+    behavior = p.str('pending_invoice_items_behavior', choices=('include', 'exclude'),
+                     default='exclude')
+    currency = p.str('currency')
+    auto_advance = p.bool('auto_advance', default=False)
+    metadata = p.metadata()
+    p.ignore('description', 'collection_method', 'days_until_due')
+    p.finish()
+    pending = [ii for ii in objects('invoiceitem')
+               if ii.customer == cust.id and ii.invoice is None and ii.spec['subscription'] is None]
+    take = sorted(pending, key=lambda ii: ii._seq) if behavior == 'include' else []
+    currency = (currency or (take[0].spec['currency'] if take else None) or cust.currency
+                or 'usd').lower()
+    t = wall()
+    inv = Invoice(cust, None, 'manual', t, t, t, [ii.spec for ii in take] or [{'currency': currency}])
+    if not take:
+        inv.lines = []
+    for ii in take:
+        ii.invoice = inv.id
+    inv.currency = currency
+    inv.auto_advance = auto_advance
+    inv.metadata = metadata or {}
+    emit('invoice.created', inv)
+    return inv._export()
+
+
+@route('POST', '/v1/invoices/{id}/finalize')
+def invoices_finalize(p, id):
+    inv = _draft_invoice(id, param='id')
+    p.ignore('auto_advance')
+    p.finish()
+    finalize_invoice(inv)
+    return inv._export()
+
+
+@route('DELETE', '/v1/invoices/{id}')
+def invoices_delete(p, id):
+    """Stripe deletes draft invoices only ("Permanently deletes a one-off invoice draft"); a later
+    retrieve is 404 resource_missing.  Its items become pending again."""
+    inv = _draft_invoice(id, param='id')
+    p.finish()
+    for ii in objects('invoiceitem'):
+        if ii.invoice == inv.id:
+            ii.invoice = None
+    inv._deleted = True
+    emit('invoice.deleted', inv)
+    return deleted_object(inv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 20: injected faults.  POST /_test/faults {method, path, kind, count, delay_ms, status}
+# makes the next `count` API requests whose method matches and whose path matches the regular
+# expression `path` answer as Stripe does when it fails (https://docs.stripe.com/error-codes,
+# https://docs.stripe.com/rate-limits, https://docs.stripe.com/error-low-level):
+#   api_error     500 {"type": "api_error"}                    (Stripe had a problem)
+#   rate_limit    429 {"type": "invalid_request_error", "code": "rate_limit"}
+#   lock_timeout  429 {"type": "invalid_request_error", "code": "lock_timeout"}  (the object is
+#                 locked by another request; Stripe's libraries retry it)
+#   slow          the normal answer, after delay_ms
+# A fault answers before the endpoint runs, so nothing changes and nothing is saved under an
+# Idempotency-Key: Stripe saves results "only after the execution of an endpoint begins"
+# (https://docs.stripe.com/api/idempotent_requests).  GET /_test/faults lists them with their hits;
+# DELETE /_test/faults removes them.
+# ---------------------------------------------------------------------------------------------
+
+FAULTS = []  # [{method, path, kind, remaining, delay_ms, status, hits}]
+FAULT_KINDS = ('api_error', 'rate_limit', 'lock_timeout', 'slow')
+
+
+def take_fault(method, path):
+    for f in FAULTS:
+        if f['remaining'] > 0 and f['method'] in ('*', method) and re.search(f['path'], path):
+            f['remaining'] -= 1
+            f['hits'].append(f'{method} {path}')
+            return f
+    return None
+
+
+async def fault_response(f):
+    """The response of an injected fault; None for a slow one (it only delays)."""
+    if f['delay_ms']:
+        await asyncio.sleep(f['delay_ms'] / 1000)
+    kind = f['kind']
+    if kind == 'slow':
+        return None
+    if kind == 'api_error':
+        err = StripeError(f['status'] or 500, 'api_error',
+                          'An unknown error occurred (injected by the emulator).')
+    elif kind == 'rate_limit':
+        err = StripeError(f['status'] or 429, 'invalid_request_error',
+                          'Request rate limit exceeded. Learn more about rate limits here '
+                          'https://stripe.com/docs/rate-limits.', code='rate_limit')
+    else:
+        err = StripeError(f['status'] or 429, 'invalid_request_error',
+                          'This object cannot be accessed right now because another API request '
+                          'or Stripe process is currently accessing it. If you see this error '
+                          'intermittently, retry the request.', code='lock_timeout')
+    return err.response()
+
+
+@route('POST', '/_test/faults')
+def test_faults_add(p):
+    method = p.str('method', default='*').upper()
+    path = p.str('path', required=True)
+    kind = p.str('kind', required=True, choices=FAULT_KINDS)
+    count = p.int('count', default=1, minimum=1)
+    delay_ms = p.int('delay_ms', default=0, minimum=0, maximum=60000)
+    status = p.int('status', minimum=400, maximum=599)
+    p.finish()
+    try:
+        re.compile(path)
+    except re.error as e:
+        raise invalid(f'Invalid path pattern: {e}', param='path')
+    f = {'method': method, 'path': path, 'kind': kind, 'remaining': count,
+         'delay_ms': delay_ms, 'status': status, 'hits': []}
+    FAULTS.append(f)
+    return dict(f, hits=list(f['hits']))
+
+
+@route('GET', '/_test/faults')
+def test_faults_list(p):
+    p.finish()
+    return {'faults': [dict(f, hits=list(f['hits'])) for f in FAULTS]}
+
+
+@route('DELETE', '/_test/faults')
+def test_faults_clear(p):
+    p.finish()
+    FAULTS.clear()
+    return {'faults': []}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 20: idempotency keys expire after 24 hours (https://docs.stripe.com/api/idempotent_requests:
+# "You can remove keys from the system automatically after they're at least 24 hours old. We
+# generate a new request if a key is reused after the original is pruned.").  Keys are stored with
+# their creation time on the emulator's wall clock; POST /_test/idempotency/age {seconds} ages every
+# stored key (tests cannot wait a day).
+# ---------------------------------------------------------------------------------------------
+
+IDEMPOTENCY_TTL = 24 * 3600
+
+
+def idempotency_key_expired(rec):
+    return 'created' in rec and wall() - rec['created'] >= IDEMPOTENCY_TTL
+
+
+@route('POST', '/_test/idempotency/age')
+def test_idempotency_age(p):
+    seconds = p.int('seconds', required=True, minimum=0)
+    p.finish()
+    aged = 0
+    for rec in IDEMPOTENCY.values():
+        if 'created' in rec:
+            rec['created'] -= seconds
+            aged += 1
+    return {'aged': aged}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 20: webhooks held, released out of order and late.  Stripe "doesn't guarantee delivery of
+# events in the order in which they're generated" (https://docs.stripe.com/webhooks#event-ordering)
+# and retries failed deliveries for days.  POST /_test/webhooks/hold stops deliveries (events keep
+# queueing); POST /_test/webhooks/release {order: fifo|reverse|shuffle, seed, delay_ms} delivers
+# what was held in that order, after delay_ms.
+# ---------------------------------------------------------------------------------------------
+
+HELD = {'on': False}
+
+
+@route('POST', '/_test/webhooks/hold')
+def test_webhooks_hold(p):
+    p.finish()
+    HELD['on'] = True
+    return {'held': True, 'pending': undelivered()}
+
+
+def _release(order, seed):
+    for wid, queue in OUTBOX.items():
+        if order == 'reverse':
+            queue.reverse()
+        elif order == 'shuffle':
+            random.Random(seed).shuffle(queue)
+    HELD['on'] = False
+    for wid in list(OUTBOX):
+        _wake(wid)
+
+
+async def _release_later(order, seed, delay_ms):
+    await asyncio.sleep(delay_ms / 1000)
+    _release(order, seed)
+
+
+@route('POST', '/_test/webhooks/release')
+def test_webhooks_release(p):
+    order = p.str('order', choices=('fifo', 'reverse', 'shuffle'), default='fifo')
+    seed = p.int('seed', default=0)
+    delay_ms = p.int('delay_ms', default=0, minimum=0, maximum=600000)
+    p.finish()
+    held = undelivered()
+    if delay_ms:
+        asyncio.ensure_future(_release_later(order, seed, delay_ms))
+    else:
+        _release(order, seed)
+    return {'released': held, 'order': order, 'delay_ms': delay_ms}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4077,6 +4358,10 @@ async def _idempotent(request, run, ctx):
     endpoint = f'{request.method} {request.path}'
     slot = (ctx.api_key, key)
     rec = IDEMPOTENCY.get(slot)
+    if rec is not None and idempotency_key_expired(rec):
+        # Pruned after 24 h: the key is new again (see "Idempotency keys expire after 24 hours").
+        IDEMPOTENCY.pop(slot, None)
+        rec = None
     if rec is not None:
         if rec.get('in_flight'):
             return _idempotency_error('There is currently another in-progress request using '
@@ -4107,7 +4392,7 @@ async def _idempotent(request, run, ctx):
         if resp is not None and (resp.status < 400 or resp.status == 402 or resp.status >= 500):
             IDEMPOTENCY[slot] = {'endpoint': endpoint, 'fingerprint': fp,
                                  'status': resp.status, 'body': resp.text,
-                                 'request_id': ctx.id}
+                                 'request_id': ctx.id, 'created': wall()}
         else:
             IDEMPOTENCY.pop(slot, None)
     return resp
@@ -4155,8 +4440,15 @@ async def stripe_middleware(request, handler):
             except StripeError as e:
                 resp = e.response()
             else:
+                # An injected fault answers before the endpoint runs: nothing is changed and
+                # nothing saved under an idempotency key; a slow one only delays (see "Injected
+                # faults").
+                fault = take_fault(request.method, request.path)
+                resp = await fault_response(fault) if fault is not None else None
                 key = request.headers.get('Idempotency-Key')
-                if key and request.method in ('POST', 'DELETE'):
+                if resp is not None:
+                    pass
+                elif key and request.method in ('POST', 'DELETE'):
                     ctx.idempotency_key = key
                     resp = await _idempotent(request, run, ctx)
                 else:

@@ -229,6 +229,97 @@ impl StripeEmulator {
     }
 }
 
+/// Issue 20: the emulator's injected faults, webhook hold/release and one-off objects (tests/stripe/README.md).
+impl StripeEmulator {
+    /// A call to the emulator that may fail: `(status, body)`.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .bearer_auth(SECRET_KEY)
+            .form(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A DELETE of the emulator's API (e.g. a draft invoice).
+    pub async fn delete(&self, path: &str) -> Value {
+        let (status, v) = self.call(reqwest::Method::DELETE, path, &[]).await;
+        assert!((200..300).contains(&status), "DELETE {path}: {status} {v}");
+        v
+    }
+
+    /// Makes the next `count` requests `method` (or `*`) to a path matching the regular expression `path` fail
+    /// as Stripe does: `kind` is `api_error` (500), `rate_limit` (429), `lock_timeout` (429) or `slow` (answered
+    /// after `delay_ms`). Returns the fault's index for [`Self::fault_hits`].
+    pub async fn fault(
+        &self,
+        method: &str,
+        path: &str,
+        kind: &str,
+        count: u32,
+        delay_ms: u64,
+    ) -> usize {
+        let before = self.faults().await.len();
+        self.post(
+            "/_test/faults",
+            &[
+                ("method", method),
+                ("path", path),
+                ("kind", kind),
+                ("count", &count.to_string()),
+                ("delay_ms", &delay_ms.to_string()),
+            ],
+        )
+        .await;
+        before
+    }
+
+    /// The faults, with their hits (`"METHOD path"` of each request they answered).
+    pub async fn faults(&self) -> Vec<Value> {
+        self.get("/_test/faults").await["faults"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many requests fault `index` answered.
+    pub async fn fault_hits(&self, index: usize) -> usize {
+        self.faults().await[index]["hits"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+
+    /// Holds webhook deliveries (events keep queueing) until [`Self::release_webhooks`].
+    pub async fn hold_webhooks(&self) {
+        self.post("/_test/webhooks/hold", &[]).await;
+    }
+
+    /// Delivers what was held in `order` (`fifo`, `reverse`, `shuffle`), after `delay_ms`. Returns the held ids.
+    pub async fn release_webhooks(&self, order: &str, delay_ms: u64) -> Vec<String> {
+        let v = self
+            .post(
+                "/_test/webhooks/release",
+                &[("order", order), ("delay_ms", &delay_ms.to_string())],
+            )
+            .await;
+        v["released"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
 impl Drop for StripeEmulator {
     fn drop(&mut self) {
         if std::thread::panicking() {

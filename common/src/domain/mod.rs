@@ -20,12 +20,14 @@
 //!   body ([`RateLimitEnvelope`], a sibling of the envelope).
 //! * [`billing`]: which plan and period apply to an org, from its subscription state ([`Billing`]).
 //! * [`subscription`]: a Stripe subscription as Tollgate keeps it, and plan changes ([`PlanChange`]).
+//! * [`events`]: why a Stripe event is terminally ignored ([`IgnoreReason`]).
 //!
 //! Every failure is a [`DomainError`] whose message starts with the field or configuration key at
 //! fault, so an edge can put it in a problem+json `detail` or a start-up error line unchanged.
 
 pub mod billing;
 pub mod envelope;
+pub mod events;
 pub mod ids;
 pub mod period;
 pub mod plan;
@@ -37,6 +39,7 @@ pub mod target;
 
 pub use billing::{Access, Billing, PendingPlan, SubscriptionStatus, Terms};
 pub use envelope::DenyEnvelope;
+pub use events::IgnoreReason;
 pub use ids::{Metric, OrgId, PlanCode};
 pub use period::{Period, PeriodKey};
 pub use plan::{Plan, PlanCatalog, PriceRef};

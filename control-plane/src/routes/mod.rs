@@ -105,6 +105,7 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(quota::deny_envelope::deny_envelope_example))
         .routes(routes!(admin::quotas_reset::reset_quotas))
         .routes(routes!(admin::webhooks_replay::replay_webhooks))
+        .routes(routes!(admin::webhooks_list::list_webhooks))
         .routes(routes!(admin::stigg_outbox::list_outbox))
         .routes(routes!(admin::stigg_outbox::requeue_outbox))
         .routes(routes!(billing::customer_ensure::ensure_customer))

@@ -65,6 +65,7 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
             "minItems": 1, "maxItems": MAX_EVENT_IDS, "items": {"type": "string", "pattern": EVENT_ID_PATTERN}
         }),
         (_, "cursor") => json!({"pattern": CURSOR_PATTERN}),
+        (_, "after") => json!({"pattern": EVENT_ID_PATTERN}),
         (_, "limit") => json!({"minimum": 1, "maximum": validate::MAX_PAGE}),
         ("CreateOrgRequest", "name") => {
             json!({"minLength": 1, "maxLength": 200, "pattern": validate::LABEL_PATTERN})
@@ -295,6 +296,7 @@ mod tests {
     use super::*;
     use crate::extract::parse;
     use crate::routes::admin::stigg_outbox::{OutboxQuery, RequeueRequest};
+    use crate::routes::admin::webhooks_list::EventsQuery;
     use crate::routes::billing::invoices::InvoicesQuery;
     use crate::routes::usage::history::HistoryQuery;
     use crate::routes::usage::record::RecordRequest;
@@ -379,6 +381,11 @@ mod tests {
                     .map(|q| q.limit.map_or(-1, i64::from))
                     .map_err(query)
             }
+            "GET /api/admin/webhooks.list limit" => {
+                serde_urlencoded::from_str::<EventsQuery>(&format!("limit={n}"))
+                    .map(|q| q.limit.map_or(-1, i64::from))
+                    .map_err(query)
+            }
             "GET /api/invoices.list limit" => {
                 serde_urlencoded::from_str::<InvoicesQuery>(&format!("limit={n}"))
                     .map(|q| q.limit.map_or(-1, i64::from))
@@ -405,6 +412,7 @@ mod tests {
             fields,
             [
                 "GET /api/admin/stigg.outbox limit",
+                "GET /api/admin/webhooks.list limit",
                 "GET /api/invoices.list limit",
                 "GET /api/usage/history periods",
                 "POST /api/admin/stigg.requeue ids",

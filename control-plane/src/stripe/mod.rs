@@ -20,6 +20,7 @@
 //! Responses are decoded with serde (async-stripe's `deserialize` feature) through `serde_path_to_error`, so a
 //! Stripe answer we cannot read names the field at fault in the log.
 
+pub mod payloads;
 pub mod signature;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -207,6 +208,10 @@ pub enum StripeError {
     /// A 2xx whose body does not decode.
     #[error("stripe's answer could not be read: {0}")]
     Unreadable(String),
+    /// A POST or DELETE that Stripe answered 2xx — so it made the change — whose body does not decode. Never
+    /// "nothing was changed": the change is done in Stripe, and the mirror converges through its webhook.
+    #[error("stripe made the change, but its answer could not be read: {0}")]
+    DoneUnreadable(String),
 }
 
 impl StripeError {
@@ -223,7 +228,7 @@ impl StripeError {
             Self::Refused { .. } => "refused",
             Self::Unavailable(_) => "unavailable",
             Self::Unauthorized => "unauthorized",
-            Self::Unreadable(_) => "unreadable",
+            Self::Unreadable(_) | Self::DoneUnreadable(_) => "unreadable",
         }
     }
 }
@@ -351,12 +356,14 @@ impl StripeClient {
         R::Output: DeserializeOwned,
     {
         let started = Instant::now();
-        let result = self.send_once_or_retry(op, &request.build(), key).await;
+        let builder = request.build();
+        let changes = !matches!(builder.method, StripeMethod::Get);
+        let result = self.send_once_or_retry(op, &builder, key).await;
         self.metrics
             .duration
             .with_label_values(&[op.label()])
             .observe(started.elapsed().as_secs_f64());
-        let result = result.and_then(|bytes| decode::<R::Output>(&bytes));
+        let result = result.and_then(|bytes| decode_answer::<R::Output>(&bytes, changes));
         let outcome = result.as_ref().map_or_else(StripeError::outcome, |_| "ok");
         self.metrics
             .requests
@@ -501,6 +508,15 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StripeError> {
         .map_err(|e| StripeError::Unreadable(format!("{}: {}", e.path(), e.inner())))
 }
 
+/// Decodes a 2xx answer. When the request `changes` something (POST, DELETE), a body that does not decode is
+/// [`StripeError::DoneUnreadable`]: Stripe made the change, so it must never be reported as "nothing was changed".
+fn decode_answer<T: DeserializeOwned>(bytes: &[u8], changes: bool) -> Result<T, StripeError> {
+    decode(bytes).map_err(|e| match e {
+        StripeError::Unreadable(detail) if changes => StripeError::DoneUnreadable(detail),
+        e => e,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,6 +588,24 @@ mod tests {
         ));
         assert!(matches!(final_error(403, b""), StripeError::Unauthorized));
         assert!(matches!(final_error(502, b""), StripeError::Unavailable(_)));
+    }
+
+    #[test]
+    fn an_undecodable_answer_to_a_change_is_done_not_nothing() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Needs {
+            id: String,
+        }
+        let body = br#"{"object":"subscription","status":"a_status_from_a_newer_api"}"#;
+        let read = decode_answer::<Needs>(body, false).unwrap_err();
+        assert!(matches!(read, StripeError::Unreadable(_)), "{read}");
+        let change = decode_answer::<Needs>(body, true).unwrap_err();
+        assert!(matches!(change, StripeError::DoneUnreadable(_)), "{change}");
+        assert!(change.to_string().contains("made the change"), "{change}");
+        assert!(!change.is_missing());
+        assert_eq!(change.outcome(), "unreadable");
+        let read = decode_answer::<Needs>(br#"{"id":"sub_1"}"#, true).expect("decodes");
+        assert_eq!(read.id, "sub_1");
     }
 
     #[test]

@@ -2,4 +2,5 @@
 
 pub mod quotas_reset;
 pub mod stigg_outbox;
+pub mod webhooks_list;
 pub mod webhooks_replay;

@@ -23,9 +23,13 @@ pub struct ProcessRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProcessResponse {
     pub converged: bool,
-    /// `applied`, or `ignored` for event types Tollgate does not act on.
+    /// `applied`, or `ignored`: nothing Tollgate can mirror, for good (terminal; see `reason`).
     #[schema(example = "applied")]
     pub outcome: &'static str,
+    /// Why it was ignored (`unhandled_type`, `foreign_customer`, `unknown_price`, `object_deleted`,
+    /// `no_subscription`); absent when applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// Processes one received event now (reads its object back from Stripe and mirrors it); idempotent.
@@ -55,5 +59,8 @@ pub async fn process_stripe_event(
     Ok(Json(ProcessResponse {
         converged: true,
         outcome: processed.as_str(),
+        reason: processed
+            .reason()
+            .map(tollgate_common::domain::IgnoreReason::as_str),
     }))
 }

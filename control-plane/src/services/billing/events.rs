@@ -13,6 +13,18 @@
 //!   and the next attempt's time instead.
 //! * **Applying twice changes nothing**: the mirror writes Stripe's current state, and the same state is no change.
 //!   So replays (8.1), duplicates and out-of-order events all converge on what Stripe says now.
+//!
+//! # Ignored: terminal, visible, replayable
+//!
+//! An event whose object Tollgate can never mirror ends `ignored` with an [`IgnoreReason`] after one attempt and is
+//! never retried: an event type Tollgate does not act on; a customer no org owns that has no `metadata.orgId`
+//! (made outside Tollgate: a Dashboard subscription, another product); a price no plan of PLANS_CONFIG names; an
+//! object Stripe answers `resource_missing` for (a deleted draft invoice, a deleted customer); an object that
+//! concerns no subscription (a one-off invoice). It is counted (`tollgate_cp_webhook_events_total{outcome=
+//! "ignored"}` and `tollgate_cp_webhook_ignored_total{reason}`), listed by `GET /api/admin/webhooks.list`, and 8.1
+//! replays it like any other (it becomes `applied` if, say, its customer has since been linked to an org). Only
+//! transient failures — Stripe unreachable, 5xx, 429, `lock_timeout`, an unreadable answer, the database — are
+//! `failed` and retried with backoff.
 
 use super::{Billing, BillingError, subscriptions::SubscriptionRead};
 use crate::services::batch::Write;
@@ -25,6 +37,7 @@ use std::collections::HashSet;
 use stripe_billing::invoice::RetrieveInvoice;
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
+use tollgate_common::domain::IgnoreReason;
 use tollgate_common::store::subscriptions as store;
 use uuid::Uuid;
 
@@ -42,8 +55,8 @@ pub struct Received {
 pub enum Processed {
     /// The database now mirrors Stripe for the event's object.
     Applied,
-    /// An event type Tollgate does not act on (stored and acknowledged).
-    Ignored,
+    /// Nothing Tollgate can mirror, for good (terminal, never retried; replayable by 8.1).
+    Ignored(IgnoreReason),
 }
 
 impl Processed {
@@ -51,14 +64,23 @@ impl Processed {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Applied => "applied",
-            Self::Ignored => "ignored",
+            Self::Ignored(_) => "ignored",
+        }
+    }
+
+    /// Why it was ignored.
+    pub fn reason(self) -> Option<IgnoreReason> {
+        match self {
+            Self::Applied => None,
+            Self::Ignored(reason) => Some(reason),
         }
     }
 }
 
-/// The parts of an event intake and processing need.
+/// The parts of an event intake and processing need: a narrow type of our own (Stripe's `Event` carries every
+/// resource type of every API version in `data.object`; intake needs only its id and type).
 #[derive(Deserialize)]
-struct Envelope {
+pub(crate) struct Envelope {
     id: String,
     #[serde(rename = "type")]
     kind: String,
@@ -101,9 +123,12 @@ enum Observed {
         ticket: i64,
         id: String,
         default_method: Option<String>,
+        /// `metadata.orgId`: a customer Tollgate made, even before its org row names it.
+        org_hint: Option<String>,
     },
-    /// Nothing to mirror: an event type Tollgate does not act on, or an object Stripe no longer has.
-    Nothing,
+    /// Nothing to mirror, for good: an event type Tollgate does not act on, an object Stripe no longer has, one
+    /// that concerns no subscription.
+    Nothing(IgnoreReason),
 }
 
 /// How an event type is processed: which object is read back from Stripe, and what is mirrored from it.
@@ -162,6 +187,34 @@ fn retry_delay_secs(attempts: i32) -> i64 {
     2_i64
         .saturating_pow(u32::try_from(attempts.clamp(1, 9)).unwrap_or(9))
         .min(300)
+}
+
+/// A stored event, as the operator's listing shows it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedEvent {
+    #[schema(example = "evt_1Q2x")]
+    pub event_id: String,
+    #[serde(rename = "type")]
+    #[schema(example = "customer.subscription.created")]
+    pub event_type: String,
+    /// The id of the object it concerns (`sub_…`, `in_…`, `cus_…`), empty when it names none.
+    pub object_id: String,
+    /// `pending`, `failed` (retried with backoff), `applied` or `ignored` (terminal; replayable by 8.1).
+    #[schema(example = "ignored")]
+    pub status: String,
+    /// Why it was ignored: `unhandled_type`, `foreign_customer`, `unknown_price`, `object_deleted`,
+    /// `no_subscription`.
+    #[serde(rename = "reason")]
+    #[schema(example = "foreign_customer")]
+    pub ignored_reason: Option<String>,
+    /// The last failure, or what an ignored event concerned.
+    pub last_error: Option<String>,
+    pub attempts: i32,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    /// When a waiting event is tried next.
+    pub next_attempt_at: DateTime<Utc>,
 }
 
 /// A verified delivery, as intake stores it.
@@ -388,18 +441,38 @@ impl Billing {
             Ok(observed) => self.apply(event, &observed).await,
             Err(e) => Err(e),
         };
+        let applied = match applied {
+            // Not Tollgate's to mirror, ever: terminal, with its reason and what it was.
+            Err(BillingError::NotOurs { reason, detail }) => {
+                self.ignore(event, reason, &detail).await
+            }
+            other => other,
+        };
         match applied {
             Ok((processed, settled)) => {
                 self.metrics
                     .events
                     .with_label_values(&[processed.as_str()])
                     .inc_by(settled);
+                if let Some(reason) = processed.reason() {
+                    self.metrics
+                        .ignored
+                        .with_label_values(&[reason.as_str()])
+                        .inc_by(settled);
+                    // Counted and listed; an account busy with objects made elsewhere would flood the log.
+                    tracing::debug!(
+                        stripe.event_id = %event.event_id,
+                        stripe.event_type = %event.event_type,
+                        reason = reason.as_str(),
+                        "stripe event ignored: nothing Tollgate can mirror"
+                    );
+                }
                 Ok(Ok(processed))
             }
             Err(e) => {
                 let attempts = event.attempts + 1;
                 sqlx::query(
-                    "UPDATE stripe_events SET status = 'failed', attempts = $3, last_error = $4,
+                    "UPDATE stripe_events SET status = 'failed', ignored_reason = NULL, attempts = $3, last_error = $4,
                             next_attempt_at = now() + make_interval(secs => $5), processed_at = NULL,
                             lease_token = NULL, lease_until = NULL
                       WHERE event_id = $1 AND lease_token = $2",
@@ -424,6 +497,23 @@ impl Billing {
         }
     }
 
+    /// Marks the event (and the waiting events it settles) `ignored` for `reason`, keeping `detail` as what the
+    /// operator reads. Returns the outcome and how many events were marked.
+    async fn ignore(
+        &self,
+        event: &StoredEvent,
+        reason: IgnoreReason,
+        detail: &str,
+    ) -> Result<(Processed, u64), BillingError> {
+        let processed = Processed::Ignored(reason);
+        let mut tx = self.pg.begin().await?;
+        let settled = self
+            .settle_with(&mut tx, event, processed, Some(detail))
+            .await?;
+        tx.commit().await?;
+        Ok((processed, settled))
+    }
+
     /// Writes what was observed and marks the event (and the waiting events it settles) in one short transaction.
     /// Returns the outcome and how many events were marked.
     async fn apply(
@@ -441,7 +531,26 @@ impl Billing {
                 ticket,
                 id,
                 default_method,
+                org_hint,
             } => {
+                let owned: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM orgs WHERE stripe_customer_id = $1)",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if !owned && org_hint.is_none() {
+                    drop(tx);
+                    return self
+                        .ignore(
+                            event,
+                            IgnoreReason::ForeignCustomer,
+                            &format!(
+                                "customer {id} belongs to no organization and has no metadata.orgId"
+                            ),
+                        )
+                        .await;
+                }
                 if store::newer_read(&mut tx, id, *ticket).await? {
                     sqlx::query(
                         "UPDATE orgs SET stripe_default_payment_method = $2, updated_at = now()
@@ -454,9 +563,9 @@ impl Billing {
                 }
                 Processed::Applied
             }
-            Observed::Nothing => Processed::Ignored,
+            Observed::Nothing(reason) => Processed::Ignored(*reason),
         };
-        let settled = self.settle_with(&mut tx, event, processed.as_str()).await?;
+        let settled = self.settle_with(&mut tx, event, processed, None).await?;
         tx.commit().await?;
         Ok((processed, settled))
     }
@@ -471,16 +580,22 @@ impl Billing {
         &self,
         tx: &mut PgConnection,
         event: &StoredEvent,
-        outcome: &str,
+        processed: Processed,
+        detail: Option<&str>,
     ) -> Result<u64, BillingError> {
+        let outcome = processed.as_str();
+        let reason = processed.reason().map(IgnoreReason::as_str);
+        let detail = detail.map(|d| truncate(d, 1000));
         let own = sqlx::query(
-            "UPDATE stripe_events SET status = $3, attempts = attempts + 1, last_error = NULL, processed_at = now(),
-                    lease_token = NULL, lease_until = NULL
+            "UPDATE stripe_events SET status = $3, ignored_reason = $4, attempts = attempts + 1, last_error = $5,
+                    processed_at = now(), lease_token = NULL, lease_until = NULL
               WHERE event_id = $1 AND lease_token = $2",
         )
         .bind(&event.event_id)
         .bind(event.lease_token)
         .bind(outcome)
+        .bind(reason)
+        .bind(detail.as_deref())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -509,12 +624,14 @@ impl Billing {
             return Ok(own);
         }
         let marked = sqlx::query(
-            "UPDATE stripe_events SET status = $2, attempts = attempts + 1, last_error = NULL, processed_at = now(),
-                    lease_token = NULL, lease_until = NULL
+            "UPDATE stripe_events SET status = $2, ignored_reason = $3, attempts = attempts + 1, last_error = $4,
+                    processed_at = now(), lease_token = NULL, lease_until = NULL
               WHERE event_id = ANY($1)",
         )
         .bind(&ids)
         .bind(outcome)
+        .bind(reason)
+        .bind(detail.as_deref())
         .execute(&mut *tx)
         .await?;
         Ok(own + marked.rows_affected())
@@ -527,14 +644,21 @@ impl Billing {
         let subscription = match Handling::of(&event.event_type) {
             Handling::Subscription => Some(id.to_owned()),
             Handling::Schedule => {
-                let schedule = self
+                let schedule = match self
                     .stripe
                     .send(
                         Op::ScheduleRetrieve,
                         &RetrieveSubscriptionSchedule::new(id),
                         None,
                     )
-                    .await?;
+                    .await
+                {
+                    Ok(schedule) => schedule,
+                    Err(e) if e.is_missing() => {
+                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 schedule
                     .subscription
                     .as_ref()
@@ -542,10 +666,18 @@ impl Billing {
                     .or(schedule.released_subscription)
             }
             Handling::Invoice => {
-                let invoice = self
+                // Stripe deletes draft invoices: one deleted before its events were processed is gone for good.
+                let invoice = match self
                     .stripe
                     .send(Op::InvoiceRetrieve, &RetrieveInvoice::new(id), None)
-                    .await?;
+                    .await
+                {
+                    Ok(invoice) => invoice,
+                    Err(e) if e.is_missing() => {
+                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 invoice
                     .parent
                     .as_ref()
@@ -557,10 +689,16 @@ impl Billing {
                 let customer = match self
                     .stripe
                     .send(Op::CustomerRetrieve, &RetrieveCustomer::new(id), None)
-                    .await?
+                    .await
                 {
-                    RetrieveCustomerReturned::Customer(customer) => customer,
-                    RetrieveCustomerReturned::DeletedCustomer(_) => return Ok(Observed::Nothing),
+                    Ok(RetrieveCustomerReturned::Customer(customer)) => customer,
+                    Ok(RetrieveCustomerReturned::DeletedCustomer(_)) => {
+                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
+                    }
+                    Err(e) if e.is_missing() => {
+                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 let default_method = customer
                     .invoice_settings
@@ -571,17 +709,23 @@ impl Billing {
                     ticket,
                     id: id.to_owned(),
                     default_method,
+                    org_hint: customer
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.get("orgId").cloned()),
                 });
             }
-            Handling::None => None,
+            Handling::None => return Ok(Observed::Nothing(IgnoreReason::UnhandledType)),
         };
         let Some(subscription) = subscription else {
-            return Ok(Observed::Nothing);
+            return Ok(Observed::Nothing(IgnoreReason::NoSubscription));
         };
         match self.read_subscription(&subscription).await {
             Ok(read) => Ok(Observed::Subscription(Box::new(read))),
             // One Stripe no longer has is nothing to mirror.
-            Err(BillingError::Stripe(e)) if e.is_missing() => Ok(Observed::Nothing),
+            Err(BillingError::Stripe(e)) if e.is_missing() => {
+                Ok(Observed::Nothing(IgnoreReason::ObjectDeleted))
+            }
             Err(e) => Err(e),
         }
     }
@@ -589,8 +733,8 @@ impl Billing {
     /// 8.1: puts stored events back in the queue. Returns the ids that were found; the rest are unknown.
     pub async fn replay(&self, event_ids: &[String]) -> Result<Vec<String>, BillingError> {
         let found: Vec<String> = sqlx::query_scalar(
-            "UPDATE stripe_events SET status = 'pending', next_attempt_at = now(), processed_at = NULL,
-                    lease_token = NULL, lease_until = NULL
+            "UPDATE stripe_events SET status = 'pending', ignored_reason = NULL, next_attempt_at = now(),
+                    processed_at = NULL, lease_token = NULL, lease_until = NULL
               WHERE event_id = ANY($1) RETURNING event_id",
         )
         .bind(event_ids)
@@ -600,6 +744,50 @@ impl Billing {
             self.wake.notify_one();
         }
         Ok(found)
+    }
+
+    /// The operator's listing (`GET /api/admin/webhooks.list`): stored events with `status` (all when `None`),
+    /// newest first, `limit` of them after the event `after` (the last of the previous page). An unknown `after`
+    /// is 422 naming it.
+    pub async fn list_events(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<ListedEvent>, BillingError> {
+        let start: Option<(DateTime<Utc>, String)> = match after {
+            Some(id) => Some(
+                sqlx::query_as(
+                    "SELECT received_at, event_id FROM stripe_events WHERE event_id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pg)
+                .await?
+                .ok_or_else(|| {
+                    BillingError::invalid(
+                        "after",
+                        "no such event; pass the last eventId of the previous page",
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let (at, id) = start.unzip();
+        Ok(sqlx::query_as(
+            "SELECT event_id, event_type, object_id, status, ignored_reason, last_error, attempts, received_at,
+                    processed_at, next_attempt_at
+               FROM stripe_events
+              WHERE ($1::text IS NULL OR status = $1)
+                AND ($2::timestamptz IS NULL OR (received_at, event_id) < ($2, $3::text))
+              ORDER BY received_at DESC, event_id DESC
+              LIMIT $4",
+        )
+        .bind(status)
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pg)
+        .await?)
     }
 
     /// Refreshes the queue gauges.

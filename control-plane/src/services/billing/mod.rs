@@ -56,7 +56,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tollgate_common::clock::SharedClock;
-use tollgate_common::domain::{OrgId, Plan, PlanCatalog, PlanCode, PriceRef};
+use tollgate_common::domain::{IgnoreReason, OrgId, Plan, PlanCatalog, PlanCode, PriceRef};
 
 /// How long resolved prices are kept before they are read from Stripe again.
 const PRICE_TTL: Duration = Duration::from_secs(600);
@@ -99,6 +99,15 @@ pub enum BillingError {
     /// Stripe's state cannot be mirrored (a price PLANS_CONFIG does not know, two live subscriptions).
     #[error("{0}")]
     Unmirrorable(String),
+    /// What Stripe holds is not Tollgate's to mirror, and never will be by retrying: a customer no org owns, a
+    /// price PLANS_CONFIG does not name. The webhook worker ends such an event `ignored` with this reason.
+    #[error("{detail}")]
+    NotOurs {
+        /// Why (a closed set: a metric label and a stored column).
+        reason: IgnoreReason,
+        /// What, naming the objects.
+        detail: String,
+    },
     /// PostgreSQL.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -133,6 +142,8 @@ pub struct BillingMetrics {
     /// `tollgate_cp_billing_claims_total{outcome}`: `taken`, `taken_over` (an expired claim: its holder died or
     /// hung), `busy` (409).
     pub claims: IntCounterVec,
+    /// `tollgate_cp_webhook_ignored_total{reason}`: events ended `ignored`, by [`IgnoreReason`].
+    pub ignored: IntCounterVec,
 }
 
 impl BillingMetrics {
@@ -172,6 +183,14 @@ impl BillingMetrics {
                 ),
                 &["outcome"],
             )?,
+            ignored: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cp_webhook_ignored_total",
+                    "Stripe events ended ignored (terminal, never retried), by reason: unhandled_type, \
+                     foreign_customer, unknown_price, object_deleted, no_subscription.",
+                ),
+                &["reason"],
+            )?,
         };
         for outcome in Self::OUTCOMES {
             m.events.with_label_values(&[outcome]);
@@ -179,10 +198,14 @@ impl BillingMetrics {
         for outcome in claims::OUTCOMES {
             m.claims.with_label_values(&[outcome]);
         }
+        for reason in IgnoreReason::ALL {
+            m.ignored.with_label_values(&[reason.as_str()]);
+        }
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.oldest_pending.clone()))?;
         registry.register(Box::new(m.claims.clone()))?;
+        registry.register(Box::new(m.ignored.clone()))?;
         Ok(m)
     }
 }

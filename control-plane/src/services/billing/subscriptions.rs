@@ -18,7 +18,9 @@ use stripe_billing::subscription::{
 };
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use tollgate_common::domain::subscription::{self, StripePrice, StripeSubscription};
-use tollgate_common::domain::{OrgId, Period, PriceRef, SubscriptionState, SubscriptionStatus};
+use tollgate_common::domain::{
+    DomainError, IgnoreReason, OrgId, Period, PriceRef, SubscriptionState, SubscriptionStatus,
+};
 use tollgate_common::store::subscriptions::{self as store, Upserted};
 
 /// 1.3's answer.
@@ -379,8 +381,18 @@ impl Billing {
         subscription: &stripe_shared::Subscription,
     ) -> Result<SubscriptionState, BillingError> {
         let facts = self.facts(subscription).await?;
-        subscription::resolve(&facts, &self.catalog)
-            .map_err(|e| BillingError::Unmirrorable(format!("subscription {}: {e}", facts.id)))
+        subscription::resolve(&facts, &self.catalog).map_err(|e| match e {
+            // A price no plan names: not Tollgate's (another product on the account), or not yet in PLANS_CONFIG
+            // (the operator adds it, then replays the event with 8.1).
+            DomainError::Unknown { field: "price", .. } => BillingError::NotOurs {
+                reason: IgnoreReason::UnknownPrice,
+                detail: format!(
+                    "subscription {}: {e}: not a price of PLANS_CONFIG",
+                    facts.id
+                ),
+            },
+            e => BillingError::Unmirrorable(format!("subscription {}: {e}", facts.id)),
+        })
     }
 
     async fn retrieve_subscription(
@@ -503,7 +515,15 @@ impl Billing {
             ))
         };
         let Some(org) = org_hint else {
-            return Err(orphan());
+            // Made outside Tollgate (the Dashboard, another product): no org will ever own it by itself; an
+            // operator who links the customer to an org replays the event (8.1).
+            return Err(BillingError::NotOurs {
+                reason: IgnoreReason::ForeignCustomer,
+                detail: format!(
+                    "subscription {subscription}: customer {customer} belongs to no organization and has no \
+                     metadata.orgId"
+                ),
+            });
         };
         let linked: Option<i64> = sqlx::query_scalar(
             "UPDATE orgs SET stripe_customer_id = $2, updated_at = now()
