@@ -573,6 +573,7 @@ mod tests {
             anchor: super::super::instant(start),
             trial_end: trial_end.map(super::super::instant),
             cancel_at_period_end: false,
+            cancel_at: None,
             canceled_at: None,
             schedule: Some("sub_sched_1".to_owned()),
             pending: None,

@@ -102,13 +102,12 @@ impl Billing {
         let price = self.price_of(&plan.code).await?;
         let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?.to_owned();
-        if let (Some(live), _) = self.live_subscription(org.id).await? {
+        if let Some(live) = self.live_subscription(org.id).await? {
             return Ok(Created::from(&live));
         }
         self.changing(&org, "subscription.create", async {
             // Read again under the claim: a change that just ended may have made one.
-            let (live, _earlier) = self.live_subscription(org.id).await?;
-            if let Some(live) = live {
+            if let Some(live) = self.live_subscription(org.id).await? {
                 return Ok(Created::from(&live));
             }
             let ticket = store::read_ticket(&self.pg).await?;
@@ -180,28 +179,14 @@ impl Billing {
                         )
                         .await?;
                     tracing::info!("unpaid subscription canceled before subscribing again");
-                    self.new_subscription(
-                        org_id,
-                        &customer,
-                        &price.id,
-                        intent,
-                        None,
-                        card.as_deref(),
-                    )
-                    .await?
+                    self.new_subscription(org_id, &customer, &price.id, intent, None)
+                        .await?
                 }
                 (Some(s), _) => s,
                 (None, _) => {
                     let trial = (!trial_spent).then_some(self.catalog.trial_days());
-                    self.new_subscription(
-                        org_id,
-                        &customer,
-                        &price.id,
-                        intent,
-                        trial,
-                        card.as_deref(),
-                    )
-                    .await?
+                    self.new_subscription(org_id, &customer, &price.id, intent, trial)
+                        .await?
                 }
             };
             let read = self.read_retrieved(ticket, &subscription).await?;
@@ -225,7 +210,6 @@ impl Billing {
         price: &str,
         intent: &Intent,
         trial_days: Option<u32>,
-        card: Option<&str>,
     ) -> Result<stripe_shared::Subscription, BillingError> {
         let trial = trial_days.is_some();
         let mut request = CreateSubscription::new()
@@ -297,22 +281,16 @@ impl Billing {
         .flatten())
     }
 
-    /// The org's live subscription as stored, and how many subscriptions it has had: one short query.
+    /// The org's live subscription as stored.
     async fn live_subscription(
         &self,
         org_id: i64,
-    ) -> Result<(Option<SubscriptionState>, i64), BillingError> {
+    ) -> Result<Option<SubscriptionState>, BillingError> {
         let mut conn = self.pg.acquire().await?;
-        let live = store::current(&mut conn, org_id)
+        Ok(store::current(&mut conn, org_id)
             .await?
             .map(|s| s.state)
-            .filter(|s| s.status.is_live());
-        let earlier: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE org_id = $1")
-                .bind(org_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        Ok((live, earlier))
+            .filter(|s| s.status.is_live()))
     }
 
     /// Reads subscription `id` back from Stripe and mirrors it: the reads with no connection held, then one short
