@@ -328,6 +328,61 @@ async fn an_error_answer_is_never_replayed_as_the_result() {
     assert_eq!(replay.json, retried.json);
 }
 
+/// Stripe saves a 500 under the request's idempotency key and replays it to every retry with that key for 24 h
+/// (<https://docs.stripe.com/api/idempotent_requests>). Keys per intent keep an incident's 500 out of the org's
+/// next call: with keys derived from the org alone, every `customer.ensure` of that day would replay it.
+#[tokio::test]
+async fn a_500_stripe_saved_under_a_key_never_reaches_the_next_intent() {
+    let (stripe, m) = setup_with(50, None).await;
+    m.app.create_org("org_incident").await;
+    let body = json!({"orgId": "org_incident", "email": "i@idem.test"});
+    stripe
+        .post(
+            "/_test/faults",
+            &[
+                ("method", "POST"),
+                ("path", "^/v1/customers$"),
+                ("kind", "api_error"),
+                ("count", "1"),
+                ("saved", "true"),
+            ],
+        )
+        .await;
+    let failed = m
+        .app
+        .post("/api/stripe/customer.ensure", Auth::Operator, &body)
+        .await;
+    assert!(matches!(failed.status, 502 | 503), "{}", failed.text);
+    let orgs_customer: Option<String> = sqlx::query_scalar(
+        "SELECT stripe_customer_id FROM orgs WHERE clerk_org_id = 'org_incident'",
+    )
+    .fetch_one(&m.app.state.pg)
+    .await
+    .unwrap();
+    assert_eq!(orgs_customer, None, "nothing half-written");
+    assert_eq!(stripe.fault_hits(0).await, 1, "the incident answered once");
+
+    let next = m
+        .app
+        .post("/api/stripe/customer.ensure", Auth::Operator, &body)
+        .await;
+    assert_eq!(
+        next.status, 200,
+        "the next intent reaches Stripe anew: {}",
+        next.text
+    );
+    let customer = next.json["stripeCustomerId"].as_str().unwrap().to_owned();
+    let listed = stripe.get("/v1/customers?limit=100").await;
+    let ours: Vec<&Value> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["metadata"]["orgId"] == "org_incident")
+        .collect();
+    assert_eq!(ours.len(), 1, "one customer in Stripe: {listed}");
+    assert_eq!(ours[0]["id"], customer.as_str());
+}
+
 // === defect 7: schedules ===
 
 /// A downgrade to `plan` as the org's owner; the answer.

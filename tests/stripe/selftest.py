@@ -2141,8 +2141,26 @@ def run_issue20_events_flows(api, receiver):
     _test(api, 'DELETE', '/_test/faults')
     expect(_test(api, 'GET', '/_test/faults')['faults'] == [], 'faults cleared')
     _test(api, 'POST', '/_test/faults', {'path': '^/v1/', 'kind': 'nope'}, status=400)
+    _test(api, 'POST', '/_test/faults', {'path': '^/v1/', 'kind': 'rate_limit', 'saved': 'true'},
+          status=400)
+    # A 500 after execution began is saved under the key: the retry with that key replays it,
+    # another key runs.
+    _test(api, 'POST', '/_test/faults', {'method': 'POST', 'path': '^/v1/customers$',
+                                         'kind': 'api_error', 'saved': 'true'})
+    key = str(uuid.uuid4())
+    err = api.call('POST', '/v1/customers', {'email': 'saved@example.com'}, status=500,
+                   idempotency_key=key)
+    expect(err['error']['type'] == 'api_error', err)
+    hdrs = {}
+    again = api.call('POST', '/v1/customers', {'email': 'saved@example.com'}, status=500,
+                     idempotency_key=key, headers_out=hdrs)
+    expect(again == err and hdrs.get('Idempotent-Replayed') == 'true',
+           'a saved 500 is replayed to the same key')
+    api.call('POST', '/v1/customers', {'email': 'saved@example.com'}, shape='Customer',
+             idempotency_key=str(uuid.uuid4()))
+    _test(api, 'DELETE', '/_test/faults')
     step('injected faults: 500 api_error, 429 rate_limit, 429 lock_timeout (not saved under '
-         'its idempotency key), slow answers')
+         'its idempotency key), slow answers; a 500 saved under its key (saved=true)')
 
     # --- idempotency keys expire after 24 h ---
     key = str(uuid.uuid4())

@@ -4119,7 +4119,10 @@ def invoices_delete(p, id):
 #   slow          the normal answer, after delay_ms
 # A fault answers before the endpoint runs, so nothing changes and nothing is saved under an
 # Idempotency-Key: Stripe saves results "only after the execution of an endpoint begins"
-# (https://docs.stripe.com/api/idempotent_requests).  GET /_test/faults lists them with their hits;
+# (https://docs.stripe.com/api/idempotent_requests).  With `saved=true` an api_error fails
+# after execution began: nothing changes either, but the 500 is saved under the request's
+# Idempotency-Key and replayed to every retry with that key for 24 h ("Retries with the same key
+# return the saved response, including 500 errors", same page).  GET /_test/faults lists them with their hits;
 # DELETE /_test/faults removes them.
 # ---------------------------------------------------------------------------------------------
 
@@ -4166,13 +4169,16 @@ def test_faults_add(p):
     count = p.int('count', default=1, minimum=1)
     delay_ms = p.int('delay_ms', default=0, minimum=0, maximum=60000)
     status = p.int('status', minimum=400, maximum=599)
+    saved = p.bool('saved', default=False)
     p.finish()
+    if saved and kind != 'api_error':
+        raise invalid('Only an api_error can be saved under an idempotency key.', param='saved')
     try:
         re.compile(path)
     except re.error as e:
         raise invalid(f'Invalid path pattern: {e}', param='path')
     f = {'method': method, 'path': path, 'kind': kind, 'remaining': count,
-         'delay_ms': delay_ms, 'status': status, 'hits': []}
+         'delay_ms': delay_ms, 'status': status, 'saved': saved, 'hits': []}
     FAULTS.append(f)
     return dict(f, hits=list(f['hits']))
 
@@ -4446,7 +4452,16 @@ async def stripe_middleware(request, handler):
                 fault = take_fault(request.method, request.path)
                 resp = await fault_response(fault) if fault is not None else None
                 key = request.headers.get('Idempotency-Key')
-                if resp is not None:
+                if resp is not None and fault.get('saved') and key \
+                        and request.method in ('POST', 'DELETE'):
+                    # Failed after execution began: saved under the key, replayed to retries.
+                    ctx.idempotency_key = key
+                    failed = resp
+
+                    async def fail(_request):
+                        return failed
+                    resp = await _idempotent(request, fail, ctx)
+                elif resp is not None:
                     pass
                 elif key and request.method in ('POST', 'DELETE'):
                     ctx.idempotency_key = key

@@ -763,11 +763,9 @@ impl Billing {
                 .bind(id)
                 .fetch_optional(&self.pg)
                 .await?
-                .ok_or_else(|| {
-                    BillingError::invalid(
-                        "after",
-                        "no such event; pass the last eventId of the previous page",
-                    )
+                .ok_or_else(|| BillingError::NotFound {
+                    field: "after",
+                    detail: "no such event; pass the last eventId of the previous page".to_owned(),
                 })?,
             ),
             None => None,
