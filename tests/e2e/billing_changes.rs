@@ -372,14 +372,8 @@ async fn a_500_stripe_saved_under_a_key_never_reaches_the_next_intent() {
         next.text
     );
     let customer = next.json["stripeCustomerId"].as_str().unwrap().to_owned();
-    let listed = stripe.get("/v1/customers?limit=100").await;
-    let ours: Vec<&Value> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["metadata"]["orgId"] == "org_incident")
-        .collect();
-    assert_eq!(ours.len(), 1, "one customer in Stripe: {listed}");
+    let ours = stripe.customers_of_org("org_incident").await;
+    assert_eq!(ours.len(), 1, "one customer in Stripe: {ours:?}");
     assert_eq!(ours[0]["id"], customer.as_str());
 }
 
@@ -629,25 +623,34 @@ async fn the_preview_equals_the_invoice_the_upgrade_creates() {
 
 // === defect 6: 3-D Secure ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_needing_3ds_returns_requires_action_and_keeps_the_pending_downgrade() {
+/// An org paying for growth with a downgrade to starter scheduled, whose default card is now the test card
+/// `card`: the emulator, the stack and the subscription id.
+async fn on_growth_with_a_pending_downgrade(
+    org: &str,
+    card: &str,
+) -> (StripeEmulator, Metering, String) {
     let (stripe, m) = setup_with(50, None).await;
-    let sub = paying(&stripe, &m, "org_3ds").await;
-    let r = upgrade(&m, "org_3ds", "growth").await;
+    let sub = paying(&stripe, &m, org).await;
+    let r = upgrade(&m, org, "growth").await;
     assert_eq!(r.json["planCode"], "growth", "{}", r.text);
-    let r = downgrade(&m, "org_3ds", "starter").await;
+    let r = downgrade(&m, org, "starter").await;
     assert_eq!(r.json["pendingPlanCode"], "starter", "{}", r.text);
-    // The card on file now needs 3-D Secure for every payment.
-    let card = stripe.card("4000002760003184").await;
+    let card = stripe.card(card).await;
     let r = m
         .app
         .post(
             "/api/payments/default-method.set",
-            Auth::Bearer(&owner(&m, "org_3ds")),
+            Auth::Bearer(&owner(&m, org)),
             &json!({"paymentMethodId": card}),
         )
         .await;
     assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+    (stripe, m, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_needing_3ds_returns_requires_action_and_keeps_the_pending_downgrade() {
+    let (stripe, m, sub) = on_growth_with_a_pending_downgrade("org_3ds", "4000002760003184").await;
 
     let r = upgrade(&m, "org_3ds", "pro").await;
     assert_eq!(r.status, 202, "{}", r.text);
@@ -846,23 +849,8 @@ async fn a_plan_switch_made_in_stripe_is_mirrored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_upgrade_changes_nothing_and_keeps_the_pending_downgrade() {
-    let (stripe, m) = setup_with(50, None).await;
-    let sub = paying(&stripe, &m, "org_declined").await;
-    let r = upgrade(&m, "org_declined", "growth").await;
-    assert_eq!(r.json["planCode"], "growth", "{}", r.text);
-    let r = downgrade(&m, "org_declined", "starter").await;
-    assert_eq!(r.json["pendingPlanCode"], "starter", "{}", r.text);
-    // Attaches, then declines every charge.
-    let card = stripe.card("4000000000000341").await;
-    let r = m
-        .app
-        .post(
-            "/api/payments/default-method.set",
-            Auth::Bearer(&owner(&m, "org_declined")),
-            &json!({"paymentMethodId": card}),
-        )
-        .await;
-    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+    let (stripe, m, sub) =
+        on_growth_with_a_pending_downgrade("org_declined", "4000000000000341").await;
     let r = upgrade(&m, "org_declined", "pro").await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.json["status"], "requires_action");

@@ -374,25 +374,7 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
     all_settled(&m).await;
     // Made in the Dashboard and deleted before its events were delivered (Stripe deletes drafts).
     stripe.hold_webhooks().await;
-    stripe
-        .post(
-            "/v1/invoiceitems",
-            &[
-                ("customer", customer.as_str()),
-                ("amount", "500"),
-                ("currency", "usd"),
-            ],
-        )
-        .await;
-    let draft = id(&stripe
-        .post(
-            "/v1/invoices",
-            &[
-                ("customer", customer.as_str()),
-                ("pending_invoice_items_behavior", "include"),
-            ],
-        )
-        .await);
+    let draft = stripe.one_off_invoice(&customer, 500).await;
     assert_eq!(
         stripe.delete(&format!("/v1/invoices/{draft}")).await["deleted"],
         true
@@ -402,25 +384,7 @@ async fn a_one_off_invoice_deleted_as_a_draft_is_ignored_as_deleted() {
         .await;
     assert_eq!(status, 404);
     // And one that stays: a one-off invoice, finalized, about no subscription.
-    stripe
-        .post(
-            "/v1/invoiceitems",
-            &[
-                ("customer", customer.as_str()),
-                ("amount", "700"),
-                ("currency", "usd"),
-            ],
-        )
-        .await;
-    let kept = id(&stripe
-        .post(
-            "/v1/invoices",
-            &[
-                ("customer", customer.as_str()),
-                ("pending_invoice_items_behavior", "include"),
-            ],
-        )
-        .await);
+    let kept = stripe.one_off_invoice(&customer, 700).await;
     stripe
         .post(&format!("/v1/invoices/{kept}/finalize"), &[])
         .await;
@@ -498,13 +462,7 @@ async fn transient_stripe_faults_are_retried_and_nothing_is_half_written() {
         assert_eq!(stripe.fault_hits(fault).await, 1);
     }
     let customer = r.json["stripeCustomerId"].as_str().unwrap().to_owned();
-    let all = stripe.get("/v1/customers?limit=100").await;
-    let ours: Vec<&Value> = all["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["metadata"]["orgId"] == "org_faults")
-        .collect();
+    let ours = stripe.customers_of_org("org_faults").await;
     assert_eq!(ours.len(), 1, "one customer: {ours:?}");
     assert_eq!(ours[0]["id"], customer.as_str());
 

@@ -333,3 +333,40 @@ impl Drop for StripeEmulator {
         let _ = std::fs::remove_file(&self.log_file);
     }
 }
+
+impl StripeEmulator {
+    /// The customers whose `metadata.orgId` is `org` (Tollgate's link), as Stripe lists them.
+    pub async fn customers_of_org(&self, org: &str) -> Vec<Value> {
+        self.get("/v1/customers?limit=100").await["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["metadata"]["orgId"] == org)
+            .cloned()
+            .collect()
+    }
+
+    /// A one-off draft invoice for `customer` of one item of `amount` cents, as the Dashboard makes one: its id.
+    pub async fn one_off_invoice(&self, customer: &str, amount: u32) -> String {
+        self.post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", customer),
+                ("amount", &amount.to_string()),
+                ("currency", "usd"),
+            ],
+        )
+        .await;
+        self.post(
+            "/v1/invoices",
+            &[
+                ("customer", customer),
+                ("pending_invoice_items_behavior", "include"),
+            ],
+        )
+        .await["id"]
+            .as_str()
+            .expect("an invoice id")
+            .to_owned()
+    }
+}
