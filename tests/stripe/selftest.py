@@ -821,6 +821,7 @@ RUST_SHAPES = {
         'invoice.payment_failed': 'Invoice',
         'invoice.payment_action_required': 'Invoice',
         'invoice.payment_succeeded': 'Invoice',
+        'invoice.voided': 'Invoice',
         'invoice.updated': 'Invoice',
         'invoiceitem.created': 'InvoiceItem',
         'payment_method.attached': 'PaymentMethod',
@@ -1684,6 +1685,7 @@ def run_flows(api, emu, receiver, state_file):
     S['dan_sub'] = dsub['id']
     step('declining card: renewal past_due + invoice.payment_failed, paid after the fix')
     dunning_flows(api, card, pro)
+    sca_first_invoice_flows(api, card, pro)
 
     # --- without a trial ---
     eve = api.call('POST', '/v1/customers', {'email': 'eve@e.example'}, shape='Customer')
@@ -1912,6 +1914,97 @@ def run_flows(api, emu, receiver, state_file):
 
 
 # --- Dunning: retries on the subscription's clock, the final action, pause and resume (issue 20) ---
+
+# --- issue 20 follow-up (helper D): a first invoice needing 3-D Secure; incomplete expiry ----
+
+def sca_first_invoice_flows(api, card, pro):
+    def customer_with(number):
+        c = api.call('POST', '/v1/customers', {'email': f'{number}@sca.example'},
+                     shape='Customer')
+        pm = card(number)
+        api.call('POST', f'/v1/payment_methods/{pm["id"]}/attach', {'customer': c['id']},
+                 shape='PaymentMethod')
+        api.call('POST', f'/v1/customers/{c["id"]}',
+                 {'invoice_settings': {'default_payment_method': pm['id']}}, shape='Customer')
+        return c
+
+    def events_of(type, id):
+        evs = api.call('GET', '/v1/events', {'type': type, 'limit': 100}, shape='List<Event>')
+        return [e for e in evs['data'] if e['data']['object']['id'] == id]
+
+    def subscribe(c, behavior):
+        return api.call('POST', '/v1/subscriptions', {
+            'customer': c['id'], 'items': [{'price': pro['id']}],
+            'payment_behavior': behavior,
+            'expand': ['latest_invoice.confirmation_secret']}, shape='Subscription')
+
+    # allow_incomplete + the 3-D Secure card: incomplete, open invoice with a confirmation secret.
+    c = customer_with('4000002760003184')
+    sub = subscribe(c, 'allow_incomplete')
+    inv = sub['latest_invoice']
+    secret = (inv.get('confirmation_secret') or {}).get('client_secret', '')
+    expect(sub['status'] == 'incomplete' and inv['status'] == 'open' and '_secret_' in secret
+           and len(events_of('invoice.payment_action_required', inv['id'])) == 1, sub)
+    # error_if_incomplete still refuses it (402) and creates nothing.
+    before = api.call('GET', '/v1/subscriptions', {'customer': c['id'], 'status': 'all'})
+    err = api.call('POST', '/v1/subscriptions', {
+        'customer': c['id'], 'items': [{'price': pro['id']}],
+        'payment_behavior': 'error_if_incomplete'}, status=402)
+    after = api.call('GET', '/v1/subscriptions', {'customer': c['id'], 'status': 'all'})
+    expect(err['error']['code'] == 'authentication_required'
+           and len(after['data']) == len(before['data']), err)
+    # Confirming (Stripe.js) pays the invoice: active.
+    api.call('POST', f'/_test/payment_intents/{secret.split("_secret_")[0]}/confirm', key=None,
+             idempotency_key=None)
+    done = api.call('GET', f'/v1/subscriptions/{sub["id"]}', shape='Subscription')
+    paid = api.call('GET', f'/v1/invoices/{inv["id"]}', shape='Invoice')
+    expect(done['status'] == 'active' and paid['status'] == 'paid'
+           and paid['confirmation_secret'] is None
+           and len(events_of('invoice.paid', inv['id'])) == 1
+           and any(e['data']['object']['status'] == 'active'
+                   for e in events_of('customer.subscription.updated', sub['id'])), (done, paid))
+    step('3-D Secure on a first invoice: incomplete + payment_action_required; confirm -> active')
+
+    # default_incomplete: not charged, a secret to confirm with.
+    lazy = subscribe(customer_with('4242424242424242'), 'default_incomplete')
+    expect(lazy['status'] == 'incomplete' and lazy['latest_invoice']['status'] == 'open'
+           and lazy['latest_invoice']['confirmation_secret'] is not None
+           and lazy['latest_invoice']['attempt_count'] == 0, lazy)
+    # A declined first payment: incomplete, a secret (another card confirms it).
+    declined = subscribe(customer_with('4000000000000341'), 'allow_incomplete')
+    expect(declined['status'] == 'incomplete'
+           and declined['latest_invoice']['confirmation_secret'] is not None
+           and len(events_of('invoice.payment_failed', declined['latest_invoice']['id'])) == 1,
+           declined)
+    step('default_incomplete and a declined first payment: incomplete with a confirmation secret')
+
+    # Unpaid 23 h after creation (on its clock): incomplete_expired, the invoice voided.
+    c = customer_with('4000002760003184')
+    sub = subscribe(c, 'allow_incomplete')
+    inv_id = sub['latest_invoice']['id']
+    s = api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance_clock',
+                 {'to': str(sub['created'] + 23 * 3600 - 60)}, shape='Subscription', key=None,
+                 idempotency_key=None)
+    expect(s['status'] == 'incomplete', s)
+    s = api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance_clock',
+                 {'to': str(sub['created'] + 23 * 3600)}, shape='Subscription', key=None,
+                 idempotency_key=None)
+    voided = api.call('GET', f'/v1/invoices/{inv_id}', shape='Invoice')
+    expect(s['status'] == 'incomplete_expired' and voided['status'] == 'void'
+           and len(events_of('invoice.voided', inv_id)) == 1
+           and any(e['data']['object']['status'] == 'incomplete_expired'
+                   for e in events_of('customer.subscription.updated', sub['id'])), (s, voided))
+    err = api.call('POST', f'/_test/payment_intents/'
+                   f'{sub["latest_invoice"]["confirmation_secret"]["client_secret"].split("_secret_")[0]}'
+                   f'/confirm', key=None, idempotency_key=None, status=400)
+    expect(err['error']['code'] == 'payment_intent_unexpected_state', err)
+    # /advance past the period's end expires one as well.
+    other = subscribe(customer_with('4000002760003184'), 'allow_incomplete')
+    s = api.call('POST', f'/_test/subscriptions/{other["id"]}/advance', shape='Subscription',
+                 key=None, idempotency_key=None)
+    expect(s['status'] == 'incomplete_expired', s)
+    step('incomplete unpaid for 23 h: incomplete_expired, first invoice voided')
+
 
 def dunning_flows(api, card, pro):
     def customer_with(number):

@@ -1940,8 +1940,9 @@ def create_subscription(cust, specs, trial_end, metadata, description, default_p
     emit('customer.subscription.created', sub)
     emit('invoice.created', inv)
     finalize_invoice(inv)
-    if inv.status == 'open' and payment_behavior != 'default_incomplete':
-        attempt_payment(inv, pm)
+    if inv.status == 'open':
+        # issue 20 follow-up (helper D): see 'first invoices that need 3-D Secure' below.
+        charge_first_invoice(inv, pm, attempt=payment_behavior != 'default_incomplete')
     return sub
 
 
@@ -3704,6 +3705,75 @@ def events_list(p):
     return result
 
 
+# --- issue 20 follow-up (helper D): first invoices that need 3-D Secure; incomplete expiry ------
+# https://docs.stripe.com/billing/subscriptions/overview#requires-action: a subscription created
+# without a trial (payment_behavior allow_incomplete or default_incomplete) whose first payment
+# needs authentication is `incomplete`; its first invoice is open and its PaymentIntent
+# `requires_action` (the invoice's `confirmation_secret`,
+# https://docs.stripe.com/api/invoices/object#invoice_object-confirmation_secret), and
+# `invoice.payment_action_required` is sent.  Confirming it (POST /_test/payment_intents/{id}/confirm,
+# standing in for Stripe.js) pays the invoice: the subscription becomes `active`
+# (`invoice.paid`, `customer.subscription.updated`).  A declined first payment leaves the
+# PaymentIntent `requires_payment_method` (the same secret confirms it with another card).
+# https://docs.stripe.com/billing/subscriptions/overview#payment-window: when the first invoice
+# is not paid within 23 hours of the subscription's creation, the subscription becomes
+# `incomplete_expired` and its open invoice is voided (`invoice.voided`,
+# `customer.subscription.updated`).  The 23 hours run on the subscription's clock
+# (/_test/subscriptions/{id}/advance_clock and /advance).
+# https://docs.stripe.com/api/subscriptions/resume: resuming has no payment_behavior; an unpaid
+# resumption invoice makes the subscription `past_due`; its PaymentIntent is handled as above.
+
+INCOMPLETE_PAYMENT_WINDOW = 23 * 3600
+
+
+def charge_first_invoice(inv, pm=None, attempt=True):
+    """Give the open invoice a PaymentIntent and, if `attempt`, charge it: None when paid, else
+    the PaymentIntent's status (`requires_action`: 3-D Secure; `requires_payment_method`: declined
+    or not attempted)."""
+    cust = store[f'customer:{inv.customer}']
+    sub = store.get(f'subscription:{inv.subscription}') if inv.subscription else None
+    pi_id = new_id('pi_')
+    inv._payment_intent = {'id': pi_id, 'client_secret': f'{pi_id}_secret_{new_id("", 24)}',
+                           'status': 'requires_payment_method'}
+    if not attempt:
+        return 'requires_payment_method'
+    pm = pm or default_payment_method(sub, cust)
+    decline = pm._decline('charge') if pm is not None else None
+    if decline is not None and decline[0] == 'authentication_required':
+        inv._payment_intent['status'] = 'requires_action'
+        inv.attempt_count += 1
+        inv.attempted = True
+        emit('invoice.payment_action_required', inv)
+        return 'requires_action'
+    if attempt_payment(inv, pm) is None:
+        inv._payment_intent['status'] = 'succeeded'
+        return None
+    return 'requires_payment_method'
+
+
+def expire_if_unpaid(sub, until):
+    """Move an `incomplete` subscription's clock to `until`; once 23 h have passed since its
+    creation with its first invoice unpaid, it becomes `incomplete_expired` (the invoice voided)."""
+    deadline = sub.created + INCOMPLETE_PAYMENT_WINDOW
+    if until < deadline:
+        sub._sim_time = max(sub._sim_time, until)
+        return
+    sub._sim_time = max(sub._sim_time, deadline)
+    inv = store.get(f'invoice:{sub.latest_invoice}') if sub.latest_invoice else None
+    if inv is not None and inv.status == 'open':
+        inv_before = inv._export()
+        inv.status = 'void'
+        inv.auto_advance = False
+        inv.next_payment_attempt = None
+        inv.status_transitions['voided_at'] = deadline
+        emit('invoice.voided', inv)
+        emit('invoice.updated', inv, inv_before)
+    before = sub._export()
+    sub.status = 'incomplete_expired'
+    emit('customer.subscription.updated', sub, before)
+    sub._sim_time = max(sub._sim_time, until)
+
+
 # --- test-only endpoints (never under /v1) -----------------------------------------------------
 
 @route('POST', '/_test/subscriptions/{id}/advance')
@@ -3714,6 +3784,9 @@ def test_advance(p, id):
     subscription, it is returned as they left it."""
     p.finish()
     sub = Subscription.get(id)
+    if sub.status == 'incomplete':  # issue 20 follow-up: its payment window closes first
+        expire_if_unpaid(sub, sub._period()[1])
+        return sub._export()
     if sub.status not in ('canceled', 'incomplete_expired', 'incomplete', 'paused'):
         run_due_retries(sub, sub._period()[1])
         if sub.status in ('canceled', 'paused'):
@@ -3866,6 +3939,8 @@ def test_advance_clock(p, id):
         raise invalid('The clock cannot go back.', param='to')
     if sub.status in ('past_due', 'active'):
         run_due_retries(sub, to)
+    elif sub.status == 'incomplete':  # issue 20 follow-up: the 23 h payment window
+        expire_if_unpaid(sub, to)
     else:
         sub._sim_time = to
     return sub._export()
@@ -3901,7 +3976,7 @@ def subscriptions_resume(p, id):
     sub.status = 'active'
     emit('invoice.created', inv)
     finalize_invoice(inv)
-    if inv.status == 'open' and attempt_payment(inv) is not None:
+    if inv.status == 'open' and charge_first_invoice(inv) is not None:
         sub.status = 'past_due'
     emit('customer.subscription.resumed', sub)
     emit('customer.subscription.updated', sub, before)
