@@ -139,15 +139,42 @@ async fn resubscribing_after_unpaid_never_opens_a_second_subscription_or_trial()
     );
 
     // With the declining card still the default: the unpaid one is ended, and the new one (charged at once,
-    // `error_if_incomplete`) is refused with nothing created.
+    // `allow_incomplete`) waits `incomplete` for a payment, its first invoice open: 202 with the secret another
+    // card confirms it with. No trial, and the org stays unsubscribed.
     let customer = customer_of(&m, org).await;
     let r = subscribe(&m, org, "plan_starter_m").await;
-    assert_eq!(r.status, 402, "{}", r.text);
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["status"], "incomplete", "{}", r.text);
+    assert!(
+        r.json["trialEndsAt"].is_null(),
+        "no second trial: {}",
+        r.text
+    );
+    assert!(
+        r.json["clientSecret"]
+            .as_str()
+            .is_some_and(|s| s.contains("_secret_")),
+        "{}",
+        r.text
+    );
+    let incomplete = r.json["subscriptionId"].as_str().expect("id").to_owned();
     let all = stripe_subscriptions(&stripe, &customer).await;
-    assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(all[0]["status"], "canceled", "{all:?}");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all.iter()
+            .filter(|s| s["status"] == "canceled" && s["id"] == sub.as_str())
+            .count(),
+        1,
+        "{all:?}"
+    );
+    let (plan, _, own_period, ..) = row(&m, org, &incomplete).await;
+    assert_eq!(
+        (plan.as_str(), own_period),
+        ("trial", false),
+        "incomplete: unsubscribed"
+    );
 
-    // With one, concurrent calls make exactly one new subscription, without a trial.
+    // A working card pays that invoice (2.2); concurrent calls then all see the one subscription, without a trial.
     let r = set_card(&stripe, &m, org, GOOD_CARD).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let answers = join_all((0..6).map(|_| subscribe(&m, org, "plan_starter_m"))).await;
@@ -169,6 +196,8 @@ async fn resubscribing_after_unpaid_never_opens_a_second_subscription_or_trial()
     );
     let new = r.json["subscriptionId"].as_str().expect("id").to_owned();
     assert_ne!(new, sub);
+    assert_eq!(new, incomplete, "the incomplete one, paid");
+    assert!(r.json.get("clientSecret").is_none(), "{}", r.text);
 
     let all = stripe_subscriptions(&stripe, &customer).await;
     let open: Vec<&Value> = all.iter().filter(|s| s["status"] != "canceled").collect();
@@ -595,9 +624,11 @@ async fn an_incomplete_subscription_is_returned_and_a_new_card_pays_it() {
         "unsubscribed"
     );
 
-    // subscription.create returns it rather than opening a second one.
+    // subscription.create returns it rather than opening a second one, with its open invoice's secret (another
+    // card confirms it with Stripe.js).
     let r = subscribe(&m, org, "plan_starter_m").await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(r.json["clientSecret"].is_string(), "{}", r.text);
     assert_eq!(
         (r.json["subscriptionId"].as_str(), r.json["status"].as_str()),
         (Some(incomplete.as_str()), Some("incomplete"))
@@ -616,4 +647,210 @@ async fn an_incomplete_subscription_is_returned_and_a_new_card_pays_it() {
         "{all:?}"
     );
     assert_eq!(entitlements(&m, org).await["planCode"], "starter");
+}
+
+// === issue 20 follow-up (defect 6): subscribing again with a card that needs 3-D Secure; the 23 h window ===
+
+/// Stripe's test card that needs 3-D Secure on every payment.
+const THREE_DS_CARD: &str = "4000002760003184";
+
+/// An org whose trial is spent (its trialing subscription canceled in the Dashboard) and whose default card is now
+/// `card`: the stack, the old subscription and the customer.
+async fn trial_spent_with(org: &str, card: &str) -> (StripeEmulator, Metering, String, String) {
+    let (stripe, m) = setup_with_env(50, None, &[]).await;
+    let sub = sign_up(&m, org).await;
+    stripe.delete(&format!("/v1/subscriptions/{sub}")).await;
+    await_stored(&m, &sub, "the cancellation", |row| {
+        row["status"] == "canceled"
+    })
+    .await;
+    let r = set_card(&stripe, &m, org, card).await;
+    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+    let customer = customer_of(&m, org).await;
+    (stripe, m, sub, customer)
+}
+
+/// 1.3's 202 for a subscription waiting for its first payment: its id and the client secret.
+fn awaiting_payment(r: &tollgate_e2e::app::Resp) -> (String, String) {
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["status"], "incomplete", "{}", r.text);
+    assert!(
+        r.json["trialEndsAt"].is_null(),
+        "no second trial: {}",
+        r.text
+    );
+    let secret = r.json["clientSecret"]
+        .as_str()
+        .expect("clientSecret")
+        .to_owned();
+    assert!(secret.contains("_secret_"), "{secret}");
+    (
+        r.json["subscriptionId"].as_str().expect("id").to_owned(),
+        secret,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_again_with_a_3ds_card_waits_for_the_customer_then_confirming_activates_the_paid_plan()
+ {
+    let org = "org_sca";
+    let (stripe, m, old, customer) = trial_spent_with(org, THREE_DS_CARD).await;
+
+    let r = subscribe(&m, org, "plan_starter_m").await;
+    let (sub, secret) = awaiting_payment(&r);
+    assert_ne!(sub, old);
+    assert_eq!(
+        crate::billing::stored(&m, &sub).await["status"],
+        "incomplete"
+    );
+    // Nothing is paid: the org stays unsubscribed (the state table's `incomplete` row).
+    let (plan, included, own_period, ..) = row(&m, org, &sub).await;
+    assert_eq!(
+        (plan.as_str(), included, own_period),
+        ("trial", 50, false),
+        "incomplete: unsubscribed"
+    );
+    let invoice = &stripe.get(&format!("/v1/subscriptions/{sub}")).await["latest_invoice"];
+    let invoice = stripe
+        .get(&format!(
+            "/v1/invoices/{}",
+            invoice.as_str().expect("invoice")
+        ))
+        .await;
+    assert_eq!(invoice["status"], "open", "{invoice}");
+    wait::until(
+        LONG,
+        "invoice.payment_action_required to be applied",
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM stripe_events WHERE event_type = 'invoice.payment_action_required'
+                    AND status = 'applied'",
+            )
+            .fetch_one(&m.app.state.pg)
+            .await
+            .ok()?;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        entitlements(&m, org).await["planCode"],
+        "trial",
+        "still unsubscribed after the webhook"
+    );
+
+    // Asked again meanwhile: the same subscription and the same secret, never a second one.
+    let again = subscribe(&m, org, "plan_starter_m").await;
+    assert_eq!(awaiting_payment(&again), (sub.clone(), secret.clone()));
+    let all = stripe_subscriptions(&stripe, &customer).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all.iter().filter(|s| s["status"] != "canceled").count(),
+        1,
+        "{all:?}"
+    );
+
+    // The customer passes 3-D Secure (Stripe.js confirms the payment): invoice.paid makes it active through the
+    // webhooks, and the paid plan's limits apply over its own period.
+    let pi = secret.split("_secret_").next().expect("pi");
+    stripe
+        .post(&format!("/_test/payment_intents/{pi}/confirm"), &[])
+        .await;
+    await_stored(&m, &sub, "the paid first invoice", |row| {
+        row["status"] == "active"
+    })
+    .await;
+    let (plan, included, own_period, ..) = row(&m, org, &sub).await;
+    assert_eq!(
+        (plan.as_str(), included, own_period),
+        ("starter", 100_000, true),
+        "active: the paid plan's limits"
+    );
+    let r = subscribe(&m, org, "plan_starter_m").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (r.json["subscriptionId"].as_str(), r.json["status"].as_str()),
+        (Some(sub.as_str()), Some("active"))
+    );
+    assert!(r.json.get("clientSecret").is_none(), "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_subscription_unpaid_for_23_hours_expires_and_subscribing_again_makes_a_new_one_without_a_trial()
+ {
+    let org = "org_sca_expired";
+    let (stripe, m, old, customer) = trial_spent_with(org, THREE_DS_CARD).await;
+    let r = subscribe(&m, org, "plan_starter_m").await;
+    let (sub, _) = awaiting_payment(&r);
+
+    // Stripe's payment window: 23 h after creation, on the subscription's clock, the unpaid first invoice is voided
+    // and the subscription `incomplete_expired` (final).
+    let created = stripe.get(&format!("/v1/subscriptions/{sub}")).await["created"]
+        .as_i64()
+        .expect("created");
+    let almost = (created + 23 * 3600 - 60).to_string();
+    let s = stripe
+        .post(
+            &format!("/_test/subscriptions/{sub}/advance_clock"),
+            &[("to", almost.as_str())],
+        )
+        .await;
+    assert_eq!(s["status"], "incomplete", "{s}");
+    let expiry = (created + 23 * 3600).to_string();
+    let s = stripe
+        .post(
+            &format!("/_test/subscriptions/{sub}/advance_clock"),
+            &[("to", expiry.as_str())],
+        )
+        .await;
+    assert_eq!(s["status"], "incomplete_expired", "{s}");
+    await_stored(&m, &sub, "the expiry", |row| {
+        row["status"] == "incomplete_expired"
+    })
+    .await;
+    let (plan, included, own_period, pending, cancel_at) = row(&m, org, &sub).await;
+    assert_eq!(
+        (plan.as_str(), included, own_period, pending, cancel_at),
+        ("trial", 50, false, Value::Null, Value::Null),
+        "incomplete_expired: unsubscribed"
+    );
+
+    // Subscribing again, now with a card that pays at once: a new subscription, without a trial, active.
+    let r = set_card(&stripe, &m, org, GOOD_CARD).await;
+    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+    let r = subscribe(&m, org, "plan_starter_m").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "active", "{}", r.text);
+    assert!(
+        r.json["trialEndsAt"].is_null(),
+        "no second trial: {}",
+        r.text
+    );
+    let new = r.json["subscriptionId"].as_str().expect("id").to_owned();
+    assert!(new != sub && new != old, "{new}");
+    let all = stripe_subscriptions(&stripe, &customer).await;
+    let mut statuses: Vec<(&str, &str)> = all
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default(),
+                s["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    statuses.sort_unstable();
+    let mut expected = vec![
+        (old.as_str(), "canceled"),
+        (sub.as_str(), "incomplete_expired"),
+        (new.as_str(), "active"),
+    ];
+    expected.sort_unstable();
+    assert_eq!(statuses, expected);
+    let fresh = all.iter().find(|s| s["id"] == new.as_str()).expect("new");
+    assert!(fresh["trial_start"].is_null(), "{fresh}");
+    let (plan, included, own_period, ..) = row(&m, org, &new).await;
+    assert_eq!(
+        (plan.as_str(), included, own_period),
+        ("starter", 100_000, true)
+    );
 }

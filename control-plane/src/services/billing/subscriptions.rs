@@ -32,6 +32,9 @@ pub struct Created {
     pub status: SubscriptionStatus,
     /// When the trial ends.
     pub trial_ends_at: Option<DateTime<Utc>>,
+    /// The payment of its open first (or resumption) invoice needs the customer — 3-D Secure, or another card
+    /// after a decline: that invoice's confirmation secret (a PaymentIntent's client secret), for Stripe.js.
+    pub client_secret: Option<String>,
 }
 
 impl From<&SubscriptionState> for Created {
@@ -40,8 +43,24 @@ impl From<&SubscriptionState> for Created {
             subscription_id: s.id.clone(),
             status: s.status,
             trial_ends_at: s.trial_end,
+            client_secret: None,
         }
     }
+}
+
+/// What `latest_invoice.confirmation_secret` expands to on a subscription Stripe returned.
+const CONFIRMATION_SECRET: &str = "latest_invoice.confirmation_secret";
+
+/// The client secret of `subscription`'s latest invoice while it is open (retrieved or returned with
+/// [`CONFIRMATION_SECRET`] expanded): what the customer confirms with Stripe.js.
+fn open_invoice_secret(subscription: &stripe_shared::Subscription) -> Option<String> {
+    subscription
+        .latest_invoice
+        .as_ref()
+        .and_then(|invoice| invoice.as_object())
+        .filter(|invoice| invoice.status == Some(stripe_shared::InvoiceStatus::Open))
+        .and_then(|invoice| invoice.confirmation_secret.as_ref())
+        .map(|secret| secret.client_secret.clone())
 }
 
 /// What [`Billing::sync_subscription`] did.
@@ -71,13 +90,19 @@ impl Billing {
     /// Never two subscriptions holding the org's slot, and one trial per org (README, "Subscribing again"):
     ///
     /// * `trialing`, `active`, `past_due` (live): returned as it is.
-    /// * `incomplete`: returned as it is; setting a payment method (2.2) pays its open invoice.
+    /// * `incomplete`: returned as it is, with its open first invoice's `client_secret` (the customer confirms it
+    ///   with Stripe.js); setting a payment method (2.2) pays that invoice too.
     /// * `paused` (a trial that ended without a card): resumed (`POST /v1/subscriptions/{id}/resume`, a new period
-    ///   from now, invoiced and charged) — 409 naming `orgId` until the org has a payment method.
-    /// * `unpaid` (Stripe gave up retrying): canceled, then a new subscription without a trial, charged at once
-    ///   (`error_if_incomplete`: a declined card is a 402 and creates nothing) — 409 until the org has a payment
-    ///   method.
+    ///   from now, invoiced and charged; unpaid, `past_due` with the invoice's `client_secret`) — 409 naming
+    ///   `orgId` until the org has a payment method.
+    /// * `unpaid` (Stripe gave up retrying): canceled, then a new subscription without a trial, charged at once —
+    ///   409 until the org has a payment method.
     /// * none: a new subscription, with a trial only if the org never had one.
+    ///
+    /// A subscription without a trial is created with `payment_behavior=allow_incomplete`: paid at once it is
+    /// `active`; a payment that needs 3-D Secure, or a declined card, leaves it `incomplete` with its first
+    /// invoice open, and the answer carries that invoice's `client_secret`. Unpaid for 23 h, Stripe makes it
+    /// `incomplete_expired` (final), and subscribing again makes a new one (still without a trial).
     #[tracing::instrument(skip_all, fields(org.id = %org_id))]
     pub async fn create_subscription(
         &self,
@@ -151,11 +176,14 @@ impl Billing {
                 (Some(s), Some(SubscriptionStatus::Paused)) => {
                     let key =
                         IdempotencyKey::for_intent(intent, Op::SubscriptionResume, s.id.as_str());
+                    // Resume has no payment_behavior: an unpaid resumption invoice (3-D Secure, a decline) leaves
+                    // the subscription `past_due`, and its secret goes back to the caller.
                     let resumed = self
                         .stripe
                         .send(
                             Op::SubscriptionResume,
-                            &ResumeSubscription::new(s.id.as_str()),
+                            &ResumeSubscription::new(s.id.as_str())
+                                .expand(vec![CONFIRMATION_SECRET.to_owned()]),
                             Some(&key),
                         )
                         .await?;
@@ -182,7 +210,17 @@ impl Billing {
                     self.new_subscription(org_id, &customer, &price.id, intent, None)
                         .await?
                 }
-                (Some(s), _) => s,
+                // `incomplete` (or a live one not mirrored yet): read again with its open invoice's secret.
+                (Some(s), _) => {
+                    self.stripe
+                        .send(
+                            Op::SubscriptionRetrieve,
+                            &RetrieveSubscription::new(s.id.as_str())
+                                .expand(vec![CONFIRMATION_SECRET.to_owned()]),
+                            None,
+                        )
+                        .await?
+                }
                 (None, _) => {
                     let trial = (!trial_spent).then_some(self.catalog.trial_days());
                     self.new_subscription(org_id, &customer, &price.id, intent, trial)
@@ -191,18 +229,29 @@ impl Billing {
             };
             let read = self.read_retrieved(ticket, &subscription).await?;
             let state = self.mirror(&read).await?.state;
+            let client_secret = matches!(
+                state.status,
+                SubscriptionStatus::Incomplete | SubscriptionStatus::PastDue
+            )
+            .then(|| open_invoice_secret(&subscription))
+            .flatten();
             tracing::info!(
                 subscription.status = state.status.as_str(),
+                subscription.requires_action = client_secret.is_some(),
                 "subscription created or taken up"
             );
-            Ok(Created::from(&state))
+            Ok(Created {
+                client_secret,
+                ..Created::from(&state)
+            })
         })
         .await
     }
 
     /// Creates a subscription on `price`: with a trial of `trial_days` (ending per `TOLLGATE_TRIAL_END_WITHOUT_CARD`
-    /// when no card is there by then), or without one, charged at once (`error_if_incomplete`: a declined card
-    /// creates nothing).
+    /// when no card is there by then), or without one, charged at once (`allow_incomplete`: a payment that needs
+    /// the customer leaves it `incomplete`, its first invoice open; returned with
+    /// `latest_invoice.confirmation_secret` expanded).
     async fn new_subscription(
         &self,
         org_id: &OrgId,
@@ -234,8 +283,11 @@ impl Billing {
                 }),
             );
         } else {
-            request =
-                request.payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete);
+            // https://docs.stripe.com/billing/subscriptions/overview#requires-action: 3-D Secure (SCA) needs the
+            // customer, so the subscription waits `incomplete` for them rather than being refused.
+            request = request
+                .payment_behavior(CreateSubscriptionPaymentBehavior::AllowIncomplete)
+                .expand(vec![CONFIRMATION_SECRET.to_owned()]);
         }
         // Keyed by the caller's intent: a retry of it (ours or our caller's) replays the same subscription; a new
         // intent (subscribing again after a cancellation, or with another card after a decline) makes a new one.
