@@ -854,3 +854,53 @@ async fn an_incomplete_subscription_unpaid_for_23_hours_expires_and_subscribing_
         ("starter", 100_000, true)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_a_paused_subscription_with_a_3ds_card_answers_past_due_with_the_secret_and_confirming_activates_it()
+ {
+    let (stripe, m) = setup_with_env(50, None, &[]).await;
+    let org = "org_sca_paused";
+    let sub = sign_up(&m, org).await;
+    let ended = stripe.advance(&sub).await;
+    assert_eq!(ended["status"], "paused", "{ended}");
+    await_stored(&m, &sub, "the trial's end", |row| row["status"] == "paused").await;
+    let r = set_card(&stripe, &m, org, THREE_DS_CARD).await;
+    assert_eq!(r.json, json!({"ok": true}), "{}", r.text);
+
+    // Resume has no payment_behavior: Stripe resumes it `past_due` with the resumption invoice open, and 1.3
+    // hands that invoice's secret to the customer.
+    let r = subscribe(&m, org, "plan_starter_m").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        (r.json["subscriptionId"].as_str(), r.json["status"].as_str()),
+        (Some(sub.as_str()), Some("past_due")),
+        "{}",
+        r.text
+    );
+    let secret = r.json["clientSecret"]
+        .as_str()
+        .expect("clientSecret")
+        .to_owned();
+    assert_eq!(
+        stripe.get(&format!("/v1/subscriptions/{sub}")).await["status"],
+        "past_due"
+    );
+    await_stored(&m, &sub, "the resumption", |row| {
+        row["status"] == "past_due"
+    })
+    .await;
+
+    let pi = secret.split("_secret_").next().expect("pi");
+    stripe
+        .post(&format!("/_test/payment_intents/{pi}/confirm"), &[])
+        .await;
+    await_stored(&m, &sub, "the paid resumption invoice", |row| {
+        row["status"] == "active"
+    })
+    .await;
+    let (plan, included, own_period, ..) = row(&m, org, &sub).await;
+    assert_eq!(
+        (plan.as_str(), included, own_period),
+        ("starter", 100_000, true)
+    );
+}

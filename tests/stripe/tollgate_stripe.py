@@ -3743,6 +3743,8 @@ def charge_first_invoice(inv, pm=None, attempt=True):
         inv._payment_intent['status'] = 'requires_action'
         inv.attempt_count += 1
         inv.attempted = True
+        if inv.billing_reason in DUNNING_REASONS:
+            schedule_retry(inv)  # a resumption invoice: Stripe's retries go on (see "Dunning")
         emit('invoice.payment_action_required', inv)
         return 'requires_action'
     if attempt_payment(inv, pm) is None:
