@@ -6,6 +6,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, OperatorOnly};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
+use crate::routes::ProblemDoc;
 use crate::services::billing::events::{ListedEvent, is_event_id};
 use axum::Json;
 use axum::extract::State;
@@ -59,7 +60,10 @@ pub struct EventsQuery {
 #[utoipa::path(
     get, path = "/api/admin/webhooks.list", tag = "admin",
     params(EventsQuery),
-    responses((status = 200, description = "A page of stored events, newest first; the next page starts after the last eventId", body = [ListedEvent])),
+    responses(
+        (status = 200, description = "A page of stored events, newest first; the next page starts after the last eventId", body = [ListedEvent]),
+        (status = 404, description = "`after` names no stored event", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
     security(("operator" = []))
 )]
 pub async fn list_webhooks(
