@@ -6,7 +6,8 @@
 #   bash bench/webhooks.sh [seconds=8] [connections=32] [orgs=20] [steady events/s=500]
 #
 # Prints a table and appends it to bench/results.md. Numbers are measured here, never asserted in tests.
-# TOLLGATE_SKIP_BUILD=1 uses the release binaries already built. DRAIN_EVENTS and DRAIN_DISTINCT size the two
+# TOLLGATE_SKIP_BUILD=1 uses the release binaries already built; TOLLGATE_STRIPE_WORKERS sets the worker tasks
+# (default 4). DRAIN_EVENTS and DRAIN_DISTINCT size the two
 # backlogs; WEBHOOK_LOAD_NICE=19 runs the webhook load generator at that nice level, to tell its own CPU use on a
 # shared box from the control plane's.
 set -euo pipefail
@@ -79,7 +80,7 @@ env -i PATH="$PATH" HOME="$HOME" \
   TOLLGATE_REDIS_NAMESPACE="bh$$" TOLLGATE_PLANS="config/plans.toml" TOLLGATE_ADMIN_TOKEN="$admin" \
   CLERK_JWKS_URL="http://127.0.0.1:9/jwks.json" TOLLGATE_CP_LISTEN="127.0.0.1:$cp_port" \
   STRIPE_SECRET_KEY="$stripe_key" STRIPE_API_BASE="$stripe" STRIPE_WEBHOOK_SECRET="$secret" \
-  TOLLGATE_BILLING_RETURN_URL="https://app.tollgate.test/billing" TOLLGATE_DATABASE_MAX_CONNECTIONS=32 \
+  TOLLGATE_BILLING_RETURN_URL="https://app.tollgate.test/billing" TOLLGATE_DATABASE_MAX_CONNECTIONS=32 TOLLGATE_STRIPE_WORKERS="${TOLLGATE_STRIPE_WORKERS:-4}" \
   STIGG_API_KEY="stigg_bench" STIGG_API_URL="http://127.0.0.1:$stigg_port/graphql" TOLLGATE_STIGG_RETRY_MAX_MS=2000 \
   TOLLGATE_LOG_FORMAT=json RUST_LOG=warn "$bin/tollgate-control-plane" >"$work/cp.log" 2>&1 &
 pids+=($!)
@@ -219,13 +220,14 @@ import json, sys, os
  su_up, su_down, drps, dp50, dp99, waiting, odrain) = sys.argv[1:]
 i, si, fi = (json.loads(x) for x in (intake, sintake, fintake))
 srange, frange, rounds, csteady, cflood = t1.split("|")
+workers = os.environ.get("TOLLGATE_STRIPE_WORKERS", "4")
 t0, calone = t0.split("|")
 print(f"""### webhooks ({secs} s, {conns} connections, {orgs} orgs)
 
 | measure | value |
 |---|---|
 | intake flood | {i['per_second']:.0f} events/s, p50 {i['p50_ms']} ms, p99 {i['p99_ms']} ms, {i['errors']} errors of {i['sent']} |
-| workers during the intake rounds (4 tasks, the emulator answering) | {int(applied)} of the rounds' events applied as they arrived, {int(backlog)} waiting when the last round ended, {int(failed)} retried |
+| workers during the intake rounds ({workers} tasks, the emulator answering) | {int(applied)} of the rounds' events applied as they arrived, {int(backlog)} waiting when the last round ended, {int(failed)} retried |
 | worker drain: {int(dn)} waiting updates of the {orgs} subscriptions | {drain} s = {int(dn)/max(float(drain), 0.01):,.0f} events/s, {dreads} Stripe reads (a read settles the waiting events about its object); {dcpu} ms control-plane CPU per event |
 | worker drain: {int(xn)} events about {int(xn)} distinct (deleted) subscriptions | {xs} s = {int(xn)/max(float(xs), 0.01):,.0f} events/s, {xreads} Stripe reads (one per event: the emulator's pace); {xcpu} ms control-plane CPU per event |
 | quota/check alone (median of {rounds} interleaved rounds) | {brps} req/s, p50 {bp50} ms, p99 {bp99} ms (rounds {t0}); CPU control plane/emulator {calone} % of a core |
