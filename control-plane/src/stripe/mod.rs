@@ -344,6 +344,20 @@ impl StripeClient {
         })
     }
 
+    /// A read whose object may be gone: `None` when Stripe answers `resource_missing` (see
+    /// [`StripeError::is_missing`]), every other failure as [`Self::send`] gives it.
+    pub async fn retrieve<R>(&self, op: Op, request: &R) -> Result<Option<R::Output>, StripeError>
+    where
+        R: StripeRequest,
+        R::Output: DeserializeOwned,
+    {
+        match self.send(op, request, None).await {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.is_missing() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends `request` (a POST needs `key`), retrying transient failures within the budget, and decodes the answer.
     pub async fn send<R>(
         &self,

@@ -644,20 +644,12 @@ impl Billing {
         let subscription = match Handling::of(&event.event_type) {
             Handling::Subscription => Some(id.to_owned()),
             Handling::Schedule => {
-                let schedule = match self
+                let Some(schedule) = self
                     .stripe
-                    .send(
-                        Op::ScheduleRetrieve,
-                        &RetrieveSubscriptionSchedule::new(id),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(schedule) => schedule,
-                    Err(e) if e.is_missing() => {
-                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
-                    }
-                    Err(e) => return Err(e.into()),
+                    .retrieve(Op::ScheduleRetrieve, &RetrieveSubscriptionSchedule::new(id))
+                    .await?
+                else {
+                    return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
                 };
                 schedule
                     .subscription
@@ -667,16 +659,12 @@ impl Billing {
             }
             Handling::Invoice => {
                 // Stripe deletes draft invoices: one deleted before its events were processed is gone for good.
-                let invoice = match self
+                let Some(invoice) = self
                     .stripe
-                    .send(Op::InvoiceRetrieve, &RetrieveInvoice::new(id), None)
-                    .await
-                {
-                    Ok(invoice) => invoice,
-                    Err(e) if e.is_missing() => {
-                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
-                    }
-                    Err(e) => return Err(e.into()),
+                    .retrieve(Op::InvoiceRetrieve, &RetrieveInvoice::new(id))
+                    .await?
+                else {
+                    return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
                 };
                 invoice
                     .parent
@@ -686,19 +674,13 @@ impl Billing {
             }
             Handling::Customer => {
                 let ticket = store::read_ticket(&self.pg).await?;
-                let customer = match self
+                let Some(RetrieveCustomerReturned::Customer(customer)) = self
                     .stripe
-                    .send(Op::CustomerRetrieve, &RetrieveCustomer::new(id), None)
-                    .await
-                {
-                    Ok(RetrieveCustomerReturned::Customer(customer)) => customer,
-                    Ok(RetrieveCustomerReturned::DeletedCustomer(_)) => {
-                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
-                    }
-                    Err(e) if e.is_missing() => {
-                        return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
-                    }
-                    Err(e) => return Err(e.into()),
+                    .retrieve(Op::CustomerRetrieve, &RetrieveCustomer::new(id))
+                    .await?
+                else {
+                    // Gone, or answered as a deleted customer.
+                    return Ok(Observed::Nothing(IgnoreReason::ObjectDeleted));
                 };
                 let default_method = customer
                     .invoice_settings

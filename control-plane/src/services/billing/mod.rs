@@ -323,11 +323,7 @@ impl Billing {
                 Some(PriceRef::LookupKey(key)) => by_key.get(key).cloned(),
                 Some(PriceRef::PriceId(id)) => {
                     let request = stripe_product::price::RetrievePrice::new(id.as_str());
-                    match self.stripe.send(Op::PriceRetrieve, &request, None).await {
-                        Ok(price) => Some(price),
-                        Err(e) if e.is_missing() => None,
-                        Err(e) => return Err(e.into()),
-                    }
+                    self.stripe.retrieve(Op::PriceRetrieve, &request).await?
                 }
             };
             let Some(price) = price else {

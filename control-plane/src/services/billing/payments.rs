@@ -48,24 +48,17 @@ impl Billing {
         let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?.to_owned();
         self.changing(&org, "default-method.set", async {
-            let pm = match self
+            let pm = self
                 .stripe
-                .send(
+                .retrieve(
                     Op::PaymentMethodRetrieve,
                     &RetrievePaymentMethod::new(payment_method),
-                    None,
                 )
-                .await
-            {
-                Ok(pm) => pm,
-                Err(e) if e.is_missing() => {
-                    return Err(BillingError::NotFound {
-                        field: "paymentMethodId",
-                        detail: "no such payment method in Stripe".to_owned(),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            };
+                .await?
+                .ok_or_else(|| BillingError::NotFound {
+                    field: "paymentMethodId",
+                    detail: "no such payment method in Stripe".to_owned(),
+                })?;
             match pm.customer.as_ref().map(|c| c.id().as_str().to_owned()) {
                 Some(owner) if owner != customer => {
                     return Err(BillingError::invalid(
