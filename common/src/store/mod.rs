@@ -2,6 +2,7 @@
 
 pub mod billing;
 pub mod counters;
+pub mod orgs;
 pub mod pg;
 pub mod ratelimit;
 pub mod redis;
