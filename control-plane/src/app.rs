@@ -5,10 +5,11 @@ use crate::error::ApiError;
 use crate::limits::{LimitMetrics, Limits};
 use crate::metrics::Metrics;
 use crate::services::billing::{Billing, BillingMetrics};
+use crate::services::keys::KeyService;
 use crate::services::recorder::Recorder;
 use crate::services::retention::{PurgeMetrics, Purger};
 use crate::services::stigg::{OutboxMetrics, Stigg};
-use crate::services::usage::Accounts;
+use crate::services::usage::{Accounts, Usage};
 use crate::stigg::{StiggClient, StiggMetrics};
 use crate::stripe::{StripeClient, StripeMetrics};
 use anyhow::Context;
@@ -41,13 +42,15 @@ pub struct App {
     /// The Stigg mirror (its outbox records operations as skipped when Stigg is not configured).
     pub stigg: Arc<Stigg>,
     /// Resolved API keys (kept in step with revocations by `jobs::caches`).
-    pub keys: KeyCache,
+    pub keys: Arc<KeyCache>,
+    /// Issuing, listing and revoking API keys, and announcing revocations.
+    pub key_service: KeyService,
+    /// Metering: entitlements, checks, seeding, records, history and resets.
+    pub usage: Usage,
     /// Verified Clerk session tokens, until they expire.
     pub sessions: SessionCache<ClerkSession>,
     /// Orgs' billing state (kept in step with billing changes by `jobs::caches`).
     pub accounts: Accounts,
-    /// `usage/record`'s batch writer.
-    pub recorder: Recorder,
     /// Deletes finished rows past their retention (run by `jobs::purge`).
     pub purger: Arc<Purger>,
     /// Per-org rate limits of the endpoints that call Stripe or change keys.
@@ -84,7 +87,14 @@ impl App {
             ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry).context("registering metrics")?;
-        let keys = KeyCache::new(metrics.keys.clone());
+        let keys = Arc::new(KeyCache::new(metrics.keys.clone()));
+        let key_service = KeyService::new(
+            pg.clone(),
+            redis.clone(),
+            config.common.redis.namespace.clone(),
+            Arc::clone(&keys),
+            metrics.dependency_errors.clone(),
+        );
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
@@ -134,6 +144,15 @@ impl App {
             config.common.redis.namespace.clone(),
             config.retention.usage_records + crate::services::retention::USAGE_MARGIN,
         );
+        let usage = Usage::new(
+            pg.clone(),
+            redis.clone(),
+            config.common.redis.namespace.clone(),
+            Arc::clone(&config.common.plans),
+            Arc::clone(&clock),
+            recorder,
+            config.retention.usage_records,
+        );
         let purger = Arc::new(Purger::new(
             pg.clone(),
             config.retention.clone(),
@@ -157,9 +176,10 @@ impl App {
             billing,
             stigg,
             keys,
+            key_service,
+            usage,
             sessions: SessionCache::default(),
             accounts: Accounts::new(config.refresh_interval),
-            recorder,
             purger,
             config,
         }))

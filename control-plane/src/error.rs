@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tollgate_common::domain::RateLimitEnvelope;
+use tollgate_common::domain::{DenyEnvelope, RateLimitEnvelope};
 use tollgate_common::problem::{self, CONTENT_TYPE, Problem};
 
 /// Every way a control-plane request can fail.
@@ -62,6 +62,21 @@ pub enum ApiError {
     /// The org called an endpoint group more often than its rate limit allows (429, the rate-limit envelope).
     #[error("rate limited")]
     RateLimited(RateLimitEnvelope),
+    /// The org used up a metric (429 with `Retry-After`: the standard denial envelope, built by `common` and
+    /// byte-identical to the proxy's).
+    #[error("quota exceeded")]
+    QuotaExceeded(DenyEnvelope),
+    /// A diagnostic check failed (503 `/problems/dependency-unavailable` with the report: `ok`, `failing`,
+    /// `checks`; no `Retry-After`, the report says what to fix).
+    #[error("{detail}")]
+    DependenciesFailing {
+        /// "name: error" of each failing check, joined by "; ".
+        detail: String,
+        /// The failing checks' names.
+        failing: Vec<&'static str>,
+        /// Every check, as the diagnostic reports it.
+        checks: serde_json::Value,
+    },
     /// A dependency is down; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
@@ -92,6 +107,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 404 naming `orgId`: Tollgate does not know the org.
+    pub fn unknown_org() -> Self {
+        Self::NotFound {
+            field: "orgId",
+            detail: "no such organization; create it with /api/orgs.create".to_owned(),
+        }
+    }
+
     /// Bad input naming `field`. A `detail` that already starts with `field: ` (a domain error's message) is not
     /// prefixed twice.
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
@@ -117,6 +140,7 @@ impl ApiError {
                 | Self::RoleRequired { .. }
                 | Self::RequestTimeout
                 | Self::RateLimited(_)
+                | Self::QuotaExceeded(_)
                 | Self::InProgress { .. }
         ) && !self.status().is_server_error()
     }
@@ -135,10 +159,11 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Conflict { .. } | Self::InProgress { .. } => StatusCode::CONFLICT,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Redis(_) | Self::NotConfigured(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_)
+            | Self::Redis(_)
+            | Self::NotConfigured(_)
+            | Self::DependenciesFailing { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PaymentFailed(_) => StatusCode::PAYMENT_REQUIRED,
             Self::StripeRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -186,6 +211,24 @@ impl ApiError {
                 problem::RATE_LIMITED,
                 format!("retry in {} s", envelope.retry_after),
             ),
+            // Sent as the denial envelope by `into_response`; this form only serves callers of `problem`.
+            Self::QuotaExceeded(envelope) => p(
+                problem::RATE_LIMITED,
+                format!("retry in {} s", envelope.retry_after),
+            ),
+            Self::DependenciesFailing {
+                detail,
+                failing,
+                checks,
+            } => Problem::new(
+                status,
+                "/problems/dependency-unavailable",
+                "Dependency unavailable",
+                detail.clone(),
+            )
+            .with("ok", false)
+            .with("failing", failing.clone())
+            .with("checks", checks.clone()),
             Self::Unavailable(d) => p(problem::UNAVAILABLE, d.clone()),
             Self::NotConfigured(setting) => {
                 p(problem::UNAVAILABLE, self.to_string()).with("setting", *setting)
@@ -252,6 +295,7 @@ impl IntoResponse for ApiError {
         }
         let body = match &self {
             Self::RateLimited(envelope) => envelope.to_json().into_bytes(),
+            Self::QuotaExceeded(envelope) => envelope.to_json().into_bytes(),
             _ => self.problem().to_json(),
         };
         let mut response = (status, body).into_response();
@@ -265,10 +309,15 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && !matches!(self, Self::DependenciesFailing { .. })
+        {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::RateLimited(envelope) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(envelope.retry_after));
+        }
+        if let Self::QuotaExceeded(envelope) = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(envelope.retry_after));
         }
         if status == StatusCode::REQUEST_TIMEOUT {
@@ -290,10 +339,7 @@ impl From<crate::services::billing::BillingError> for ApiError {
         use crate::stripe::StripeError as S;
         match e {
             B::NotConfigured(setting) => Self::NotConfigured(setting),
-            B::UnknownOrg => Self::NotFound {
-                field: "orgId",
-                detail: "no such organization; create it with /api/orgs.create".to_owned(),
-            },
+            B::UnknownOrg => Self::unknown_org(),
             B::Invalid { field, detail } => Self::invalid(field, detail),
             B::Conflict { field, detail } => Self::Conflict { field, detail },
             e @ B::ChangeInProgress => Self::InProgress {
@@ -333,12 +379,53 @@ impl From<crate::services::stigg::StiggMirrorError> for ApiError {
     fn from(e: crate::services::stigg::StiggMirrorError) -> Self {
         use crate::services::stigg::StiggMirrorError as M;
         match e {
-            M::UnknownOrg => Self::NotFound {
-                field: "orgId",
-                detail: "no such organization; create it with /api/orgs.create".to_owned(),
-            },
+            M::UnknownOrg => Self::unknown_org(),
             M::Invalid { field, detail } => Self::invalid(field, detail),
             M::Database(e) => Self::Database(e),
+        }
+    }
+}
+
+impl From<crate::services::keys::KeysError> for ApiError {
+    fn from(e: crate::services::keys::KeysError) -> Self {
+        use crate::services::keys::KeysError as K;
+        match e {
+            K::UnknownOrg => Self::unknown_org(),
+            K::UnknownKey => Self::NotFound {
+                field: "keyId",
+                detail: "no such key in this organization".to_owned(),
+            },
+            e @ K::NotAnnounced(_) => Self::Unavailable(e.to_string()),
+            e @ K::Corrupt(_) => Self::Internal(e.into()),
+            K::Database(e) => Self::Database(e),
+        }
+    }
+}
+
+impl From<crate::services::usage::UsageError> for ApiError {
+    fn from(e: crate::services::usage::UsageError) -> Self {
+        use crate::services::usage::UsageError as U;
+        match e {
+            U::UnknownOrg => Self::unknown_org(),
+            e @ U::NoSubscription => Self::PaymentRequired(e.to_string()),
+            U::Invalid { field, detail } => Self::invalid(field, detail),
+            U::Conflict { field, detail } => Self::Conflict { field, detail },
+            U::Exceeded(envelope) => Self::QuotaExceeded(envelope),
+            e @ U::NotRecorded => Self::Unavailable(e.to_string()),
+            U::Counter(e) => e.into(),
+            U::Database(e) => Self::Database(e),
+            U::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<tollgate_common::store::counters::CounterError> for ApiError {
+    fn from(e: tollgate_common::store::counters::CounterError) -> Self {
+        use tollgate_common::store::counters::CounterError as C;
+        match e {
+            C::Redis(e) => Self::Redis(e),
+            C::Postgres(e) => Self::Database(e),
+            C::Protocol => Self::Internal(anyhow::anyhow!("unexpected reply from a quota script")),
         }
     }
 }

@@ -5,7 +5,6 @@
 //! replica's cache hears of a revocation whose announce failed even if nobody repeats the call.
 
 use crate::app::App;
-use crate::services::keys;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +43,7 @@ async fn announce_owed(app: &App) {
     let mut failing = false;
     loop {
         ticker.tick().await;
-        match keys::announce_owed(app).await {
+        match app.key_service.announce_owed().await {
             Ok(_) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("owed key revocations announced again");

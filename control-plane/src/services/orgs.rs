@@ -68,12 +68,7 @@ pub async fn create(pg: &PgPool, new: &NewOrg) -> ApiResult<Outcome> {
 
 /// The internal id of an org, or 404 naming `orgId`.
 pub async fn internal_id(pg: &PgPool, org: &OrgId) -> ApiResult<i64> {
-    sqlx::query_scalar("SELECT id FROM orgs WHERE clerk_org_id = $1")
-        .bind(org.as_str())
-        .fetch_optional(pg)
+    tollgate_common::store::orgs::id_by_clerk(pg, org)
         .await?
-        .ok_or_else(|| ApiError::NotFound {
-            field: "orgId",
-            detail: "no such organization; create it with /api/orgs.create".to_owned(),
-        })
+        .ok_or_else(ApiError::unknown_org)
 }

@@ -1,10 +1,13 @@
 //! Metering from the control plane: entitlements, checks, recorded usage, seeding, history and resets, on the
 //! same Redis counters the proxy meters (`tollgate_common::store::counters`).
+//!
+//! The [`Usage`] service holds its own dependencies (not the whole app) and returns [`UsageError`], which
+//! `error.rs` maps to problem+json once (a used-up metric included: the 429 with the standard envelope).
 
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::services::orgs;
-use crate::services::recorder::{Record, RecordError};
+use crate::services::recorder::{Record, RecordError, Recorder};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -12,11 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tollgate_common::cache::ExpiringCache;
+use tollgate_common::clock::SharedClock;
 use tollgate_common::domain::{
-    Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, Terms, decide, remaining,
+    Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, PlanCatalog, Terms, decide,
+    remaining,
 };
-use tollgate_common::store::billing;
 use tollgate_common::store::counters::{self, CounterError, CounterKey};
+use tollgate_common::store::redis::RedisConn;
+use tollgate_common::store::{billing, orgs as org_store};
 use utoipa::ToSchema;
 
 /// The largest `value` one `usage/record` call may add.
@@ -41,16 +47,50 @@ pub fn recordable(period: &Period, now: DateTime<Utc>, retention: std::time::Dur
     }
 }
 
-impl From<CounterError> for ApiError {
-    fn from(e: CounterError) -> Self {
-        match e {
-            CounterError::Redis(e) => Self::Redis(e),
-            CounterError::Postgres(e) => Self::Database(e),
-            CounterError::Protocol => {
-                Self::Internal(anyhow::anyhow!("unexpected reply from a quota script"))
-            }
-        }
-    }
+/// Why a metering operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// No such org (404 naming `orgId`).
+    #[error("orgId: no such organization")]
+    UnknownOrg,
+    /// The org has no plan that allows metered endpoints (402).
+    #[error("this organization has no subscription; start one to use metered endpoints")]
+    NoSubscription,
+    /// A field is invalid (422 naming it).
+    #[error("{field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+    /// A field conflicts with the stored state or the clock (409 naming it).
+    #[error("{field}: {detail}")]
+    Conflict { field: &'static str, detail: String },
+    /// The metric is used up (429, the standard denial envelope, byte-identical to the proxy's).
+    #[error("quota exceeded")]
+    Exceeded(DenyEnvelope),
+    /// The batch writer could not record the usage (503; a retry counts once).
+    #[error("usage could not be recorded right now; retry (a retry counts once)")]
+    NotRecorded,
+    /// A quota counter failed (Redis, PostgreSQL or a script's reply).
+    #[error(transparent)]
+    Counter(#[from] CounterError),
+    /// PostgreSQL failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Anything else: a bug.
+    #[error("internal error")]
+    Internal(anyhow::Error),
+}
+
+/// Metering: what `quota/*`, `usage/*`, `me/entitlements` and the quota reset call.
+pub struct Usage {
+    pg: PgPool,
+    redis: RedisConn,
+    /// The Redis namespace of the counters.
+    namespace: String,
+    plans: Arc<PlanCatalog>,
+    clock: SharedClock,
+    /// `usage/record`'s batch writer.
+    recorder: Recorder,
+    /// How long after its end a period takes records (`TOLLGATE_RETENTION_USAGE_RECORDS_DAYS`).
+    retention: std::time::Duration,
 }
 
 /// An org with its billing state.
@@ -149,22 +189,47 @@ impl Account {
     }
 }
 
-/// Parses a metric and checks PLANS_CONFIG names it.
-pub fn metric(app: &App, raw: &str) -> ApiResult<Metric> {
-    app.config.common.plans.metric(raw).map_err(|e| {
-        ApiError::invalid(
-            "metric",
-            e.to_string().trim_start_matches("metric: ").to_owned(),
-        )
-    })
-}
+impl Usage {
+    /// A service over these dependencies.
+    pub fn new(
+        pg: PgPool,
+        redis: RedisConn,
+        namespace: String,
+        plans: Arc<PlanCatalog>,
+        clock: SharedClock,
+        recorder: Recorder,
+        retention: std::time::Duration,
+    ) -> Self {
+        Self {
+            pg,
+            redis,
+            namespace,
+            plans,
+            clock,
+            recorder,
+            retention,
+        }
+    }
 
-fn redis(app: &App) -> tollgate_common::store::redis::RedisConn {
-    app.redis.clone()
-}
+    /// Parses a metric and checks PLANS_CONFIG names it.
+    pub fn metric(&self, raw: &str) -> Result<Metric, UsageError> {
+        self.plans.metric(raw).map_err(|e| UsageError::Invalid {
+            field: "metric",
+            detail: e.to_string(),
+        })
+    }
 
-fn ns(app: &App) -> &str {
-    &app.config.common.redis.namespace
+    /// The plan and period of `account` at `at`, or 402 when the org may not use metered endpoints.
+    fn terms(&self, account: &Account, at: DateTime<Utc>) -> Result<Terms<'_>, UsageError> {
+        account
+            .billing
+            .terms(&self.plans, at)
+            .ok_or(UsageError::NoSubscription)
+    }
+
+    fn redis(&self) -> RedisConn {
+        self.redis.clone()
+    }
 }
 
 // === entitlements ===
@@ -192,88 +257,91 @@ pub struct Entitlements {
     pub cancel_at: Option<DateTime<Utc>>,
 }
 
-/// The live entitlements of `account` for `metric`.
-pub async fn entitlements(
-    app: &App,
-    account: &Account,
-    metric: &Metric,
-) -> ApiResult<Entitlements> {
-    let now = app.clock.now();
-    let Terms { plan, period } = account.terms(app, now)?;
-    let key = account.key(metric, period);
-    let used = counters::current(&mut redis(app), &app.pg, ns(app), &key).await?;
-    let included = plan.limit(metric);
-    Ok(Entitlements {
-        plan_code: plan.code.as_str().to_owned(),
-        metric: metric.as_str().to_owned(),
-        included,
-        used,
-        remaining: remaining(used, included),
-        period_key: period.key(),
-        period_start: period.start,
-        period_end: period.end,
-        pending_plan_code: account
-            .billing
-            .pending()
-            .map(|p| p.plan.as_str().to_owned()),
-        cancel_at: account.billing.cancel_at(),
-    })
+impl Usage {
+    /// The live entitlements of `account` for `metric`.
+    pub async fn entitlements(
+        &self,
+        account: &Account,
+        metric: &Metric,
+    ) -> Result<Entitlements, UsageError> {
+        let now = self.clock.now();
+        let Terms { plan, period } = self.terms(account, now)?;
+        let key = account.key(metric, period);
+        let used = counters::current(&mut self.redis(), &self.pg, &self.namespace, &key).await?;
+        let included = plan.limit(metric);
+        Ok(Entitlements {
+            plan_code: plan.code.as_str().to_owned(),
+            metric: metric.as_str().to_owned(),
+            included,
+            used,
+            remaining: remaining(used, included),
+            period_key: period.key(),
+            period_start: period.start,
+            period_end: period.end,
+            pending_plan_code: account
+                .billing
+                .pending()
+                .map(|p| p.plan.as_str().to_owned()),
+            cancel_at: account.billing.cancel_at(),
+        })
+    }
 }
 
 // === check ===
 
-/// 4.1: whether one more unit would be admitted now, consuming nothing.
-pub async fn check(
-    app: &App,
-    account: &Account,
-    metric: &Metric,
-) -> ApiResult<Result<u64, DenyEnvelope>> {
-    let now = app.clock.now();
-    let Terms { plan, period } = account.terms(app, now)?;
-    let (used, leased) = counters::live(
-        &mut redis(app),
-        &app.pg,
-        ns(app),
-        &account.key(metric, period),
-    )
-    .await?;
-    // Units leased to proxies are spoken for: they count as taken, exactly as a proxy's next round trip counts them.
-    let taken = used + leased;
-    let limit = plan.limit(metric);
-    Ok(if decide(taken, limit, 1).is_allowed() {
-        Ok(remaining(taken, limit))
-    } else {
-        Err(DenyEnvelope::new(
-            metric.clone(),
+impl Usage {
+    /// 4.1: whether one more unit would be admitted now, consuming nothing: what remains, or
+    /// [`UsageError::Exceeded`] with the standard denial envelope.
+    pub async fn check(&self, account: &Account, metric: &Metric) -> Result<u64, UsageError> {
+        let now = self.clock.now();
+        let Terms { plan, period } = self.terms(account, now)?;
+        let (used, leased) = counters::live(
+            &mut self.redis(),
+            &self.pg,
+            &self.namespace,
+            &account.key(metric, period),
+        )
+        .await?;
+        // Units leased to proxies are spoken for: they count as taken, exactly as a proxy's next round trip counts them.
+        let taken = used + leased;
+        let limit = plan.limit(metric);
+        if decide(taken, limit, 1).is_allowed() {
+            Ok(remaining(taken, limit))
+        } else {
+            Err(UsageError::Exceeded(DenyEnvelope::new(
+                metric.clone(),
+                limit,
+                taken,
+                &period,
+                now,
+            )))
+        }
+    }
+
+    /// The envelope 4.3 shows: the proxy's own builder, for a used-up metric (`api_call` where PLANS_CONFIG names
+    /// it) of the `unsubscribed` (else `trial`) plan this calendar month.
+    pub fn example_envelope(&self) -> Result<DenyEnvelope, UsageError> {
+        let now = self.clock.now();
+        let catalog = &self.plans;
+        let plan: &Plan = catalog.unsubscribed().unwrap_or_else(|| catalog.trial());
+        let metric = match catalog.metric(Metric::API_CALL) {
+            Ok(m) => m,
+            Err(_) => match catalog.metrics().next() {
+                Some(m) => m.clone(),
+                None => {
+                    Metric::parse(Metric::API_CALL).map_err(|e| UsageError::Internal(e.into()))?
+                }
+            },
+        };
+        let limit = plan.limit(&metric);
+        Ok(DenyEnvelope::new(
+            metric,
             limit,
-            taken,
-            &period,
+            limit,
+            &Period::calendar_month(now),
             now,
         ))
-    })
-}
-
-/// The envelope 4.3 shows: the proxy's own builder, for a used-up metric (`api_call` where PLANS_CONFIG names
-/// it) of the `unsubscribed` (else `trial`) plan this calendar month.
-pub fn example_envelope(app: &App) -> ApiResult<DenyEnvelope> {
-    let now = app.clock.now();
-    let catalog = &app.config.common.plans;
-    let plan: &Plan = catalog.unsubscribed().unwrap_or_else(|| catalog.trial());
-    let metric = match catalog.metric(Metric::API_CALL) {
-        Ok(m) => m,
-        Err(_) => match catalog.metrics().next() {
-            Some(m) => m.clone(),
-            None => Metric::parse(Metric::API_CALL).map_err(|e| ApiError::Internal(e.into()))?,
-        },
-    };
-    let limit = plan.limit(&metric);
-    Ok(DenyEnvelope::new(
-        metric,
-        limit,
-        limit,
-        &Period::calendar_month(now),
-        now,
-    ))
+    }
 }
 
 // === seed ===
@@ -288,36 +356,44 @@ pub struct Seeded {
     pub period_key: PeriodKey,
 }
 
-/// 1.5: creates the current period's counters (every metric the plan includes) if missing; never resets one.
-pub async fn seed(
-    app: &App,
-    account: &Account,
-    claimed: Option<PeriodKey>,
-    metric: &Metric,
-) -> ApiResult<Seeded> {
-    let now = app.clock.now();
-    let Terms { plan, period } = account.terms(app, now)?;
-    if let Some(claimed) = claimed
-        && claimed != period.key()
-    {
-        return Err(ApiError::Conflict {
-            field: "periodKey",
-            detail: format!("the current period is {}, not {claimed}", period.key()),
-        });
-    }
-    let mut conn = redis(app);
-    let mut used_of_metric = 0;
-    for m in plan.included.keys().chain(std::iter::once(metric)) {
-        let used = counters::ensure(&mut conn, &app.pg, ns(app), &account.key(m, period)).await?;
-        if m == metric {
-            used_of_metric = used;
+impl Usage {
+    /// 1.5: creates the current period's counters (every metric the plan includes) if missing; never resets one.
+    pub async fn seed(
+        &self,
+        account: &Account,
+        claimed: Option<PeriodKey>,
+        metric: &Metric,
+    ) -> Result<Seeded, UsageError> {
+        let now = self.clock.now();
+        let Terms { plan, period } = self.terms(account, now)?;
+        if let Some(claimed) = claimed
+            && claimed != period.key()
+        {
+            return Err(UsageError::Conflict {
+                field: "periodKey",
+                detail: format!("the current period is {}, not {claimed}", period.key()),
+            });
         }
+        let mut conn = self.redis();
+        let mut used_of_metric = 0;
+        for m in plan.included.keys().chain(std::iter::once(metric)) {
+            let used = counters::ensure(
+                &mut conn,
+                &self.pg,
+                &self.namespace,
+                &account.key(m, period),
+            )
+            .await?;
+            if m == metric {
+                used_of_metric = used;
+            }
+        }
+        Ok(Seeded {
+            used: used_of_metric,
+            remaining: remaining(used_of_metric, plan.limit(metric)),
+            period_key: period.key(),
+        })
     }
-    Ok(Seeded {
-        used: used_of_metric,
-        remaining: remaining(used_of_metric, plan.limit(metric)),
-        period_key: period.key(),
-    })
 }
 
 // === record ===
@@ -332,68 +408,72 @@ pub struct NewRecord {
 
 pub use crate::services::recorder::RecordedUsage;
 
-/// 4.2: adds `value` to the period containing `occurredAt`, exactly once per `request_id`, in a batch with the
-/// calls arriving meanwhile (see [`crate::services::recorder`]).
-#[tracing::instrument(skip_all, fields(org.id = %account.org, usage.metric = %record.metric))]
-pub async fn record(app: &App, account: &Account, record: &NewRecord) -> ApiResult<String> {
-    let now = app.clock.now();
-    if record.occurred_at > now + MAX_FUTURE_SKEW {
-        // Well-formed, but the period it falls in has not begun by our clock: it conflicts with "now".
-        return Err(ApiError::Conflict {
-            field: "occurredAt",
-            detail: "is more than 5 minutes ahead of the server's clock".to_owned(),
-        });
-    }
-    if chrono::Datelike::year(&record.occurred_at) < EARLIEST_OCCURRED_YEAR {
-        return Err(ApiError::invalid(
-            "occurredAt",
-            format!("must not be before {EARLIEST_OCCURRED_YEAR}-01-01T00:00:00Z"),
-        ));
-    }
-    let Terms { plan, .. } = account.terms(app, now)?;
-    let period = match account.billing.current_period_for(record.occurred_at, now) {
-        Some(current) => current,
-        // Earlier than the current period: the period Stripe stated for that time, else (no subscription then)
-        // the calendar month the org was unsubscribed in — never a period derived by arithmetic.
-        None => {
-            let at = account.billing.on_stripes_clock(record.occurred_at, now);
-            billing::stated_period_at(&app.pg, account.id, at)
-                .await?
-                .unwrap_or_else(|| Period::calendar_month(at))
+impl Usage {
+    /// 4.2: adds `value` to the period containing `occurredAt`, exactly once per `request_id`, in a batch with the
+    /// calls arriving meanwhile (see [`crate::services::recorder`]).
+    #[tracing::instrument(skip_all, fields(org.id = %account.org, usage.metric = %record.metric))]
+    pub async fn record(
+        &self,
+        account: &Account,
+        record: &NewRecord,
+    ) -> Result<String, UsageError> {
+        let now = self.clock.now();
+        if record.occurred_at > now + MAX_FUTURE_SKEW {
+            // Well-formed, but the period it falls in has not begun by our clock: it conflicts with "now".
+            return Err(UsageError::Conflict {
+                field: "occurredAt",
+                detail: "is more than 5 minutes ahead of the server's clock".to_owned(),
+            });
         }
-    };
-    let retention = app.config.retention.usage_records;
-    if !recordable(&period, now, retention) {
-        return Err(ApiError::invalid(
-            "occurredAt",
-            format!(
-                "falls in the period {} that ended more than {} days ago; usage that old is no longer accepted",
-                period.key(),
-                retention.as_secs() / 86_400
-            ),
-        ));
+        if chrono::Datelike::year(&record.occurred_at) < EARLIEST_OCCURRED_YEAR {
+            return Err(UsageError::Invalid {
+                field: "occurredAt",
+                detail: format!("must not be before {EARLIEST_OCCURRED_YEAR}-01-01T00:00:00Z"),
+            });
+        }
+        let Terms { plan, .. } = self.terms(account, now)?;
+        let period = match account.billing.current_period_for(record.occurred_at, now) {
+            Some(current) => current,
+            // Earlier than the current period: the period Stripe stated for that time, else (no subscription then)
+            // the calendar month the org was unsubscribed in — never a period derived by arithmetic.
+            None => {
+                let at = account.billing.on_stripes_clock(record.occurred_at, now);
+                billing::stated_period_at(&self.pg, account.id, at)
+                    .await?
+                    .unwrap_or_else(|| Period::calendar_month(at))
+            }
+        };
+        let retention = self.retention;
+        if !recordable(&period, now, retention) {
+            return Err(UsageError::Invalid {
+                field: "occurredAt",
+                detail: format!(
+                    "falls in the period {} that ended more than {} days ago; usage that old is no longer accepted",
+                    period.key(),
+                    retention.as_secs() / 86_400
+                ),
+            });
+        }
+        let body = self
+            .recorder
+            .record(Record {
+                key: account.key(&record.metric, period),
+                request_id: record.request_id.clone(),
+                value: record.value,
+                occurred_at: record.occurred_at,
+                limit: plan.limit(&record.metric),
+            })
+            .await
+            .map_err(|e| match e {
+                RecordError::Conflict => UsageError::Conflict {
+                    field: "request_id",
+                    detail: "was already used for a different metric or value".to_owned(),
+                },
+                RecordError::Unavailable(_) => UsageError::NotRecorded,
+            })?;
+        tracing::info!(usage.value = record.value, usage.period = %period.key(), "usage recorded");
+        Ok(body)
     }
-    let body = app
-        .recorder
-        .record(Record {
-            key: account.key(&record.metric, period),
-            request_id: record.request_id.clone(),
-            value: record.value,
-            occurred_at: record.occurred_at,
-            limit: plan.limit(&record.metric),
-        })
-        .await
-        .map_err(|e| match e {
-            RecordError::Conflict => ApiError::Conflict {
-                field: "request_id",
-                detail: "was already used for a different metric or value".to_owned(),
-            },
-            RecordError::Unavailable(_) => ApiError::Unavailable(
-                "usage could not be recorded right now; retry (a retry counts once)".to_owned(),
-            ),
-        })?;
-    tracing::info!(usage.value = record.value, usage.period = %period.key(), "usage recorded");
-    Ok(body)
 }
 
 // === history ===
@@ -409,108 +489,123 @@ pub struct PeriodUsage {
     pub included: u64,
 }
 
-/// The org's usage of `metric` over the last `periods` periods, newest first. The current period is live; past
-/// ones are read from PostgreSQL (or Redis when a closed period's counter is still there).
-pub async fn history(
-    app: &App,
-    account: &Account,
-    metric: &Metric,
-    periods: u32,
-) -> ApiResult<Vec<PeriodUsage>> {
-    let now = app.clock.now();
-    let Terms { plan, period } = account.terms(app, now)?;
-    let included = plan.limit(metric);
-    let mut conn = redis(app);
-    let mut out = Vec::new();
-    let mut p = period;
-    for _ in 0..periods {
-        let used = counters::current(&mut conn, &app.pg, ns(app), &account.key(metric, p)).await?;
-        out.push(PeriodUsage {
-            period_key: p.key(),
-            used,
-            included,
-        });
-        p = account.billing.previous(&p);
+impl Usage {
+    /// The org's usage of `metric` over the last `periods` periods, newest first. The current period is live; past
+    /// ones are read from PostgreSQL (or Redis when a closed period's counter is still there).
+    pub async fn history(
+        &self,
+        account: &Account,
+        metric: &Metric,
+        periods: u32,
+    ) -> Result<Vec<PeriodUsage>, UsageError> {
+        let now = self.clock.now();
+        let Terms { plan, period } = self.terms(account, now)?;
+        let included = plan.limit(metric);
+        let mut conn = self.redis();
+        let mut out = Vec::new();
+        let mut p = period;
+        for _ in 0..periods {
+            let used = counters::current(
+                &mut conn,
+                &self.pg,
+                &self.namespace,
+                &account.key(metric, p),
+            )
+            .await?;
+            out.push(PeriodUsage {
+                period_key: p.key(),
+                used,
+                included,
+            });
+            p = account.billing.previous(&p);
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 // === reset ===
 
-/// 7.1: sets the counters of `period_key` back to 0, for one org or for every org. Returns how many counters had
-/// usage.
-#[tracing::instrument(skip(app), fields(usage.period = %period_key))]
-pub async fn reset(app: &App, period_key: PeriodKey, org: Option<OrgId>) -> ApiResult<u64> {
-    let ids: Vec<i64> = match &org {
-        Some(org) => vec![orgs::internal_id(&app.pg, org).await?],
-        None => {
-            sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
-                .fetch_all(&app.pg)
-                .await?
-        }
-    };
-    let metrics: Vec<Metric> = app.config.common.plans.metrics().cloned().collect();
-    let mut updated = 0;
-    for chunk in ids.chunks(500) {
-        let billing = billing::load_many(&app.pg, chunk).await?;
-        let mut keys: Vec<CounterKey> = chunk
-            .iter()
-            .flat_map(|id| {
-                let period = billing
-                    .get(id)
-                    .unwrap_or(&Billing::Unsubscribed)
-                    .period_with_key(period_key);
-                metrics.iter().map(move |m| CounterKey {
-                    org_id: *id,
-                    metric: m.clone(),
-                    period,
+impl Usage {
+    /// 7.1: sets the counters of `period_key` back to 0, for one org or for every org. Returns how many counters had
+    /// usage.
+    #[tracing::instrument(skip(self), fields(usage.period = %period_key))]
+    pub async fn reset(
+        &self,
+        period_key: PeriodKey,
+        org: Option<OrgId>,
+    ) -> Result<u64, UsageError> {
+        let ids: Vec<i64> = match &org {
+            Some(org) => vec![
+                org_store::id_by_clerk(&self.pg, org)
+                    .await?
+                    .ok_or(UsageError::UnknownOrg)?,
+            ],
+            None => org_store::all_ids(&self.pg).await?,
+        };
+        let metrics: Vec<Metric> = self.plans.metrics().cloned().collect();
+        let mut updated = 0;
+        for chunk in ids.chunks(500) {
+            let billing = billing::load_many(&self.pg, chunk).await?;
+            let mut keys: Vec<CounterKey> = chunk
+                .iter()
+                .flat_map(|id| {
+                    let period = billing
+                        .get(id)
+                        .unwrap_or(&Billing::Unsubscribed)
+                        .period_with_key(period_key);
+                    metrics.iter().map(move |m| CounterKey {
+                        org_id: *id,
+                        metric: m.clone(),
+                        period,
+                    })
                 })
-            })
-            .collect();
-        // Every other period with this key that has a counter (a trial and the period after it can share one).
-        let stored: Vec<(i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT org_id, metric, period_start, period_end FROM usage_counters
+                .collect();
+            // Every other period with this key that has a counter (a trial and the period after it can share one).
+            let stored: Vec<(i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT org_id, metric, period_start, period_end FROM usage_counters
               WHERE org_id = ANY($1) AND period_key = $2",
-        )
-        .bind(chunk)
-        .bind(period_key.to_string())
-        .fetch_all(&app.pg)
-        .await?;
-        for (org_id, metric, start, end) in stored {
-            let Ok(metric) = Metric::parse(&metric) else {
-                continue;
-            };
-            let key = CounterKey {
-                org_id,
-                metric,
-                period: Period { start, end },
-            };
-            if !keys.contains(&key) {
-                keys.push(key);
+            )
+            .bind(chunk)
+            .bind(period_key.to_string())
+            .fetch_all(&self.pg)
+            .await?;
+            for (org_id, metric, start, end) in stored {
+                let Ok(metric) = Metric::parse(&metric) else {
+                    continue;
+                };
+                let key = CounterKey {
+                    org_id,
+                    metric,
+                    period: Period { start, end },
+                };
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
             }
+            updated +=
+                counters::reset_many(&mut self.redis(), &self.pg, &self.namespace, &keys).await?;
         }
-        updated += counters::reset_many(&mut redis(app), &app.pg, ns(app), &keys).await?;
+        // Proxies drop the leases the reset voided now rather than at their next round trip; a lost announcement only
+        // delays that (their next settle sees the new epoch), so it does not fail the call.
+        let payload = counters::ResetAnnouncement {
+            period: period_key,
+            org_id: match ids.as_slice() {
+                [id] if org.is_some() => Some(*id),
+                _ => None,
+            },
+        }
+        .payload();
+        let announced: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
+            .arg(counters::resets_channel(&self.namespace))
+            .arg(payload)
+            .query_async(&mut self.redis())
+            .await;
+        if let Err(e) = announced {
+            tracing::warn!(error = %e, "reset stored but not announced to proxies");
+        }
+        tracing::info!(usage.reset = updated, "counters reset");
+        Ok(updated)
     }
-    // Proxies drop the leases the reset voided now rather than at their next round trip; a lost announcement only
-    // delays that (their next settle sees the new epoch), so it does not fail the call.
-    let payload = counters::ResetAnnouncement {
-        period: period_key,
-        org_id: match ids.as_slice() {
-            [id] if org.is_some() => Some(*id),
-            _ => None,
-        },
-    }
-    .payload();
-    let announced: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
-        .arg(counters::resets_channel(ns(app)))
-        .arg(payload)
-        .query_async(&mut redis(app))
-        .await;
-    if let Err(e) = announced {
-        tracing::warn!(error = %e, "reset stored but not announced to proxies");
-    }
-    tracing::info!(usage.reset = updated, "counters reset");
-    Ok(updated)
 }
 
 #[cfg(test)]

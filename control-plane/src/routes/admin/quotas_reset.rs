@@ -5,7 +5,6 @@ use crate::auth::{Caller, OperatorOnly};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
-use crate::services::usage;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -52,7 +51,7 @@ pub async fn reset_quotas(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<ResetRequest>,
 ) -> ApiResult<Json<ResetResponse>> {
-    let updated = usage::reset(&app, req.period_key, req.org_id).await?;
+    let updated = app.usage.reset(req.period_key, req.org_id).await?;
     Ok(Json(ResetResponse {
         updated,
         period_key: req.period_key,

@@ -1,13 +1,11 @@
 //! 9.1 `GET /api/diag/smoke`.
 
 use crate::app::AppState;
+use crate::error::ApiError;
 use crate::routes::ProblemDoc;
 use crate::services::diag::{self, Report};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use tollgate_common::problem::{CONTENT_TYPE, Problem};
 
 /// Checks PostgreSQL, Redis and the settings, each with its latency, and logs one structured line.
 #[utoipa::path(
@@ -18,7 +16,7 @@ use tollgate_common::problem::{CONTENT_TYPE, Problem};
     ),
     security(())
 )]
-pub async fn smoke(State(app): State<AppState>) -> Response {
+pub async fn smoke(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
     let report = diag::run(&app, true).await;
     let failing = report.failing();
     let latency = |name| report.checks.get(name).map_or(0.0, |c| c.latency_ms);
@@ -30,7 +28,7 @@ pub async fn smoke(State(app): State<AppState>) -> Response {
         "smoke diagnostics"
     );
     if report.ok {
-        return (StatusCode::OK, Json(report)).into_response();
+        return Ok(Json(report));
     }
     let detail = failing
         .iter()
@@ -44,21 +42,9 @@ pub async fn smoke(State(app): State<AppState>) -> Response {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let problem = Problem::new(
-        503,
-        "/problems/dependency-unavailable",
-        "Dependency unavailable",
+    Err(ApiError::DependenciesFailing {
         detail,
-    )
-    .with("ok", false)
-    .with("failing", failing)
-    .with(
-        "checks",
-        serde_json::to_value(&report.checks).unwrap_or_default(),
-    );
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, problem.to_json()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    response
+        failing,
+        checks: serde_json::to_value(&report.checks).unwrap_or_default(),
+    })
 }

@@ -5,7 +5,6 @@ use crate::auth::{Caller, OrgAdmin};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
-use crate::services::{keys, orgs};
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -65,8 +64,7 @@ pub async fn create_key(
         .admit(&caller.principal, crate::limits::Group::Keys)
         .await?;
     let name = crate::validate::label("name", &req.name, 100)?;
-    let org_id = orgs::internal_id(&app.pg, &org).await?;
-    let issued = keys::create(&app.pg, org_id, name).await?;
+    let issued = app.key_service.create(&org, name).await?;
     Ok(Json(CreateKeyResponse {
         key_id: issued.key_id,
         key: issued.key.expose_secret().to_owned(),

@@ -5,7 +5,6 @@ use crate::auth::{Caller, UserOrOperator};
 use crate::error::ApiResult;
 use crate::extract::QueryParams;
 use crate::routes::ProblemDoc;
-use crate::services::{keys, orgs};
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -55,8 +54,7 @@ pub async fn list_keys(
     QueryParams(query): QueryParams<ListKeysQuery>,
 ) -> ApiResult<Json<Vec<KeyView>>> {
     let org = caller.principal.org_scope(query.org_id.as_ref())?;
-    let org_id = orgs::internal_id(&app.pg, &org).await?;
-    let keys = keys::list(&app.pg, org_id).await?;
+    let keys = app.key_service.list(&org).await?;
     Ok(Json(
         keys.into_iter()
             .map(|k| KeyView {

@@ -5,7 +5,6 @@ use crate::auth::{Caller, OrgAdmin, Principal};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::routes::ProblemDoc;
-use crate::services::{keys, orgs};
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -55,11 +54,8 @@ pub async fn revoke_key(
         .await?;
     let scope = match (&caller.principal, &req.org_id) {
         (Principal::Operator, None) => None,
-        (principal, requested) => {
-            let org = principal.org_scope(requested.as_ref())?;
-            Some(orgs::internal_id(&app.pg, &org).await?)
-        }
+        (principal, requested) => Some(principal.org_scope(requested.as_ref())?),
     };
-    keys::revoke(&app, scope, req.key_id).await?;
+    app.key_service.revoke(scope.as_ref(), req.key_id).await?;
     Ok(Json(RevokeKeyResponse { revoked: true }))
 }

@@ -40,7 +40,9 @@ pub async fn read_entitlements(
     QueryParams(query): QueryParams<EntitlementsQuery>,
 ) -> ApiResult<Json<Entitlements>> {
     let org = caller.principal.org_scope(None)?;
-    let metric = usage::metric(&app, query.metric.as_deref().unwrap_or(Metric::API_CALL))?;
+    let metric = app
+        .usage
+        .metric(query.metric.as_deref().unwrap_or(Metric::API_CALL))?;
     let account = usage::account(&app, org).await?;
-    Ok(Json(usage::entitlements(&app, &account, &metric).await?))
+    Ok(Json(app.usage.entitlements(&account, &metric).await?))
 }

@@ -8,7 +8,6 @@ use crate::routes::ProblemDoc;
 use crate::services::usage;
 use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tollgate_common::domain::OrgId;
 use utoipa::ToSchema;
@@ -50,16 +49,13 @@ pub async fn check_quota(
     caller: Caller<AnyPrincipal>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<CheckRequest>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<CheckAllowed>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
-    let metric = usage::metric(&app, &req.metric)?;
+    let metric = app.usage.metric(&req.metric)?;
     let account = usage::account(&app, org).await?;
-    Ok(match usage::check(&app, &account, &metric).await? {
-        Ok(remaining) => Json(CheckAllowed {
-            allow: true,
-            remaining,
-        })
-        .into_response(),
-        Err(envelope) => super::quota_exceeded(&envelope),
-    })
+    let remaining = app.usage.check(&account, &metric).await?;
+    Ok(Json(CheckAllowed {
+        allow: true,
+        remaining,
+    }))
 }

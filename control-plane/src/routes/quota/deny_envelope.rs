@@ -1,11 +1,9 @@
 //! 4.3 `POST /api/quota/deny-envelope.example`.
 
 use crate::app::AppState;
-use crate::error::ApiResult;
+use crate::error::ApiError;
 use crate::routes::ProblemDoc;
-use crate::services::usage;
 use axum::extract::State;
-use axum::response::Response;
 
 /// An example of the standard denial envelope, exactly as the proxy sends it.
 #[utoipa::path(
@@ -15,6 +13,9 @@ use axum::response::Response;
     ),
     security(())
 )]
-pub async fn deny_envelope_example(State(app): State<AppState>) -> ApiResult<Response> {
-    Ok(super::quota_exceeded(&usage::example_envelope(&app)?))
+pub async fn deny_envelope_example(State(app): State<AppState>) -> ApiError {
+    match app.usage.example_envelope() {
+        Ok(envelope) => ApiError::QuotaExceeded(envelope),
+        Err(e) => e.into(),
+    }
 }

@@ -45,7 +45,9 @@ pub async fn usage_history(
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> ApiResult<Json<Vec<PeriodUsage>>> {
     let org = caller.principal.org_scope(query.org_id.as_ref())?;
-    let metric = usage::metric(&app, query.metric.as_deref().unwrap_or(Metric::API_CALL))?;
+    let metric = app
+        .usage
+        .metric(query.metric.as_deref().unwrap_or(Metric::API_CALL))?;
     let periods = query.periods.unwrap_or(6);
     if !(1..=MAX_HISTORY_PERIODS).contains(&periods) {
         return Err(ApiError::invalid(
@@ -54,7 +56,5 @@ pub async fn usage_history(
         ));
     }
     let account = usage::account(&app, org).await?;
-    Ok(Json(
-        usage::history(&app, &account, &metric, periods).await?,
-    ))
+    Ok(Json(app.usage.history(&account, &metric, periods).await?))
 }

@@ -41,7 +41,7 @@ pub struct RecordRequest {
 
 impl RecordRequest {
     fn validate(self, app: &crate::app::App) -> ApiResult<NewRecord> {
-        let metric = usage::metric(app, &self.metric)?;
+        let metric = app.usage.metric(&self.metric)?;
         if self.value == 0 || self.value > MAX_RECORD_VALUE {
             return Err(ApiError::invalid(
                 "value",
@@ -80,7 +80,7 @@ pub async fn record_usage(
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     let record = req.validate(&app)?;
     let account = usage::account(&app, org).await?;
-    let body = usage::record(&app, &account, &record).await?;
+    let body = app.usage.record(&account, &record).await?;
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

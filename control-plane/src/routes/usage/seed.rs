@@ -47,9 +47,11 @@ pub async fn seed_usage(
     JsonBody(req): JsonBody<SeedRequest>,
 ) -> ApiResult<Json<Seeded>> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
-    let metric = usage::metric(&app, req.metric.as_deref().unwrap_or(Metric::API_CALL))?;
+    let metric = app
+        .usage
+        .metric(req.metric.as_deref().unwrap_or(Metric::API_CALL))?;
     let account = usage::account(&app, org).await?;
     Ok(Json(
-        usage::seed(&app, &account, req.period_key, &metric).await?,
+        app.usage.seed(&account, req.period_key, &metric).await?,
     ))
 }

@@ -56,14 +56,9 @@ impl Billing {
                 }
             };
             let mut tx = self.pg.begin().await?;
-            let linked: Option<String> = sqlx::query_scalar(
-                "UPDATE orgs SET stripe_customer_id = $2, updated_at = now()
-                  WHERE id = $1 AND stripe_customer_id IS NULL RETURNING name",
-            )
-            .bind(org.id)
-            .bind(&customer)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let linked =
+                tollgate_common::store::orgs::link_stripe_customer(&mut *tx, org.id, &customer)
+                    .await?;
             let Some(name) = linked else {
                 // The webhook worker linked it meanwhile (a subscription's `metadata.orgId`): that one is the org's.
                 drop(tx);

@@ -533,12 +533,9 @@ impl Billing {
                 default_method,
                 org_hint,
             } => {
-                let owned: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM orgs WHERE stripe_customer_id = $1)",
-                )
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+                let owned = tollgate_common::store::orgs::id_by_stripe_customer(&mut *tx, id)
+                    .await?
+                    .is_some();
                 if !owned && org_hint.is_none() {
                     drop(tx);
                     return self

@@ -397,13 +397,13 @@ impl OrgBilling {
 
 /// Loads the org: one short query.
 async fn org(pg: impl PgExecutor<'_>, org: &OrgId) -> Result<OrgBilling, BillingError> {
-    let row: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, stripe_customer_id FROM orgs WHERE clerk_org_id = $1")
-            .bind(org.as_str())
-            .fetch_optional(pg)
-            .await?;
-    let (id, customer) = row.ok_or(BillingError::UnknownOrg)?;
-    Ok(OrgBilling { id, customer })
+    let identity = tollgate_common::store::orgs::identity_by_clerk(pg, org)
+        .await?
+        .ok_or(BillingError::UnknownOrg)?;
+    Ok(OrgBilling {
+        id: identity.id,
+        customer: identity.stripe_customer,
+    })
 }
 
 /// A Unix timestamp from Stripe as an instant.

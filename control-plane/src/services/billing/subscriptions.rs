@@ -21,6 +21,7 @@ use tollgate_common::domain::subscription::{self, StripePrice, StripeSubscriptio
 use tollgate_common::domain::{
     DomainError, IgnoreReason, OrgId, Period, PriceRef, SubscriptionState, SubscriptionStatus,
 };
+use tollgate_common::store::orgs;
 use tollgate_common::store::subscriptions::{self as store, Upserted};
 
 /// 1.3's answer.
@@ -531,12 +532,7 @@ impl Billing {
         customer: &str,
         org_hint: Option<&str>,
     ) -> Result<i64, BillingError> {
-        let by_customer: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM orgs WHERE stripe_customer_id = $1")
-                .bind(customer)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(id) = by_customer {
+        if let Some(id) = orgs::id_by_stripe_customer(&mut *conn, customer).await? {
             return Ok(id);
         }
         let orphan = || {
@@ -555,15 +551,13 @@ impl Billing {
                 ),
             });
         };
-        let linked: Option<i64> = sqlx::query_scalar(
-            "UPDATE orgs SET stripe_customer_id = $2, updated_at = now()
-              WHERE clerk_org_id = $1 AND stripe_customer_id IS NULL RETURNING id",
-        )
-        .bind(org)
-        .bind(customer)
-        .fetch_optional(&mut *conn)
-        .await?;
-        linked.ok_or_else(orphan)
+        // A hint that is no Clerk id names no org, as the lookup by it would find none.
+        let Ok(org) = OrgId::parse(org) else {
+            return Err(orphan());
+        };
+        orgs::link_stripe_customer_by_clerk(&mut *conn, &org, customer)
+            .await?
+            .ok_or_else(orphan)
     }
 
     /// Queues the Stigg operations that carry a change of the subscription, in the same transaction (Stripe →
@@ -578,11 +572,8 @@ impl Billing {
         if before == Some(after) {
             return Ok(());
         }
-        let org: String = sqlx::query_scalar("SELECT clerk_org_id FROM orgs WHERE id = $1")
-            .bind(org_id)
-            .fetch_one(&mut *conn)
-            .await?;
-        let Ok(org) = OrgId::parse(&org) else {
+        // The org exists (the subscription refers to it); one whose stored id no longer parses has no Stigg twin.
+        let Some(org) = orgs::clerk_by_id(&mut *conn, org_id).await? else {
             return Ok(());
         };
         let items = crate::services::stigg::ops::for_subscription(&org, before, after);

@@ -414,13 +414,10 @@ impl Stigg {
             detail: detail.to_owned(),
         };
         let mut tx = self.pg.begin().await?;
-        let row: Option<(i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, name, stripe_customer_id FROM orgs WHERE clerk_org_id = $1 FOR UPDATE",
-        )
-        .bind(org.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (org_id, name, own_customer) = row.ok_or(StiggMirrorError::UnknownOrg)?;
+        let locked = tollgate_common::store::orgs::lock_by_clerk(&mut *tx, org)
+            .await?
+            .ok_or(StiggMirrorError::UnknownOrg)?;
+        let (org_id, name, own_customer) = (locked.id, locked.name, locked.stripe_customer);
         if own_customer.as_deref() != Some(customer) {
             return Err(invalid(
                 "stripeCustomerId",
