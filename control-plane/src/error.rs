@@ -459,3 +459,65 @@ mod stripe_answer_tests {
         assert!(detail.contains("nothing was changed"), "{detail}");
     }
 }
+
+#[cfg(test)]
+mod rendering_tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use tollgate_common::domain::{Metric, Period};
+
+    async fn body(response: Response) -> Vec<u8> {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body")
+            .to_vec()
+    }
+
+    /// The quota 429 is the denial envelope byte for byte (the proxy's), as problem+json with `Retry-After`, and
+    /// never stored as an idempotent answer.
+    #[tokio::test]
+    async fn a_used_up_metric_is_the_standard_envelope_with_retry_after() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+            .single()
+            .expect("instant");
+        let metric = Metric::parse(Metric::API_CALL).expect("metric");
+        let envelope = DenyEnvelope::new(metric, 100, 100, &Period::calendar_month(now), now);
+        let expected = envelope.to_json().into_bytes();
+        let retry_after = envelope.retry_after.to_string();
+        let response = ApiError::QuotaExceeded(envelope).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers();
+        assert_eq!(headers[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(headers[header::RETRY_AFTER], retry_after.as_str());
+        assert!(
+            response
+                .extensions()
+                .get::<crate::idempotency::NotFinal>()
+                .is_some()
+        );
+        assert_eq!(body(response).await, expected);
+    }
+
+    /// The diagnostic's 503 names the failing checks in the problem body and sends no `Retry-After`.
+    #[tokio::test]
+    async fn failing_dependencies_are_a_problem_naming_them_without_retry_after() {
+        let response = ApiError::DependenciesFailing {
+            detail: "redis: connection refused".to_owned(),
+            failing: vec!["redis"],
+            checks: serde_json::json!({"redis": {"ok": false}}),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let body: serde_json::Value = serde_json::from_slice(&body(response).await).expect("json");
+        assert_eq!(body["type"], "/problems/dependency-unavailable");
+        assert_eq!(body["title"], "Dependency unavailable");
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["detail"], "redis: connection refused");
+        assert_eq!(body["ok"], false);
+        assert_eq!(body["failing"], serde_json::json!(["redis"]));
+        assert_eq!(body["checks"]["redis"]["ok"], false);
+    }
+}
