@@ -165,16 +165,16 @@ impl KeyService {
         .await?)
     }
 
-    /// Revokes a key (idempotently) and announces it to every proxy. `org_id` limits the key to one org; `None`
+    /// Revokes a key (idempotently) and announces it to every proxy. `org` limits the key to one org; `None`
     /// (the operator) reaches any.
     ///
     /// A revocation is announced once: the call that revokes the key claims the announcement in the same statement
-    /// (`announce_due_at`, a lease), announces, and clears the claim. Revoking an already revoked key writes nothing and
-    /// announces nothing, so a stream of repeats cannot make the proxies re-resolve their keys, and concurrent revokes
-    /// of one key announce once (the row lock orders them; the later ones find the claim taken). PostgreSQL is written
-    /// first and this replica's cache forgets the key, so it is refused here at once; the announce then tells the
-    /// proxies and the other control planes. If the announce fails the call fails with 503 and hands the claim back,
-    /// so repeating it re-announces (and so does [`announce_owed`], the sweep, if nobody repeats it).
+    /// (`announce_due_at`, a lease), announces, and clears the claim. Revoking an already revoked key writes nothing
+    /// and announces nothing, so a stream of repeats cannot make the proxies re-resolve their keys, and concurrent
+    /// revokes of one key announce once (the row lock orders them; the later ones find the claim taken). PostgreSQL is
+    /// written first and this replica's cache forgets the key, so it is refused here at once; the announce then tells
+    /// the proxies and the other control planes. If the announce fails the call fails with 503 and hands the claim
+    /// back, so repeating it re-announces (and so does [`KeyService::announce_owed`], the sweep, if nobody repeats it).
     #[tracing::instrument(skip(self), fields(key.id = %key_id))]
     pub async fn revoke(&self, org: Option<&OrgId>, key_id: Uuid) -> Result<(), KeysError> {
         let org_id = match org {

@@ -302,7 +302,8 @@ impl Usage {
             &account.key(metric, period),
         )
         .await?;
-        // Units leased to proxies are spoken for: they count as taken, exactly as a proxy's next round trip counts them.
+        // Units leased to proxies are spoken for: they count as taken, exactly as a proxy's next round trip counts
+        // them.
         let taken = used + leased;
         let limit = plan.limit(metric);
         if decide(taken, limit, 1).is_allowed() {
