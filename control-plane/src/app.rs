@@ -147,11 +147,9 @@ impl App {
         let usage = Usage::new(
             pg.clone(),
             redis.clone(),
-            config.common.redis.namespace.clone(),
-            Arc::clone(&config.common.plans),
+            &config,
             Arc::clone(&clock),
             recorder,
-            config.retention.usage_records,
         );
         let purger = Arc::new(Purger::new(
             pg.clone(),

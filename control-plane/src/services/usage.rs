@@ -190,24 +190,22 @@ impl Account {
 }
 
 impl Usage {
-    /// A service over these dependencies.
+    /// A service over the stores, taking the namespace, the plans and the record retention from `config`.
     pub fn new(
         pg: PgPool,
         redis: RedisConn,
-        namespace: String,
-        plans: Arc<PlanCatalog>,
+        config: &crate::config::Config,
         clock: SharedClock,
         recorder: Recorder,
-        retention: std::time::Duration,
     ) -> Self {
         Self {
+            namespace: config.common.redis.namespace.clone(),
+            plans: Arc::clone(&config.common.plans),
+            retention: config.retention.usage_records,
             pg,
             redis,
-            namespace,
-            plans,
             clock,
             recorder,
-            retention,
         }
     }
 
