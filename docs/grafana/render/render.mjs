@@ -3,7 +3,7 @@
 // variables substituted ($__rate_interval, $__range), legends from `legendFormat`, and the panels are laid out on
 // Grafana's 24-column grid (gridPos) and drawn with uPlot in Debian's Chromium, driven by playwright-core.
 //
-// node render.mjs --dashboard FILE --prometheus URL --out PNG [--minutes 10] [--rate-interval 1m]
+// node render.mjs --dashboard FILE --prometheus URL --out PNG [--minutes 10 | --start UNIX_SECONDS] [--rate-interval 1m]
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
@@ -13,11 +13,11 @@ const args = Object.fromEntries(
 );
 const dashboard = JSON.parse(readFileSync(args.dashboard, 'utf8'));
 const prom = args.prometheus;
-const minutes = Number(args.minutes ?? 10);
 const rateInterval = args['rate-interval'] ?? '1m';
 const end = Math.floor(Date.now() / 1000);
-const start = end - minutes * 60;
-const step = Math.max(5, Math.floor((end - start) / 240));
+const start = args.start ? Number(args.start) : end - Number(args.minutes ?? 10) * 60;
+const minutes = Math.round((end - start) / 6) / 10;
+const step = Math.max(2, Math.floor((end - start) / 240));
 
 const substitute = (expr) => expr.replaceAll('$__rate_interval', rateInterval).replaceAll('$__range', `${end - start}s`);
 const legend = (format, metric) =>
