@@ -239,8 +239,15 @@ async fn settle_passes_are_counted_ok_while_redis_answers_and_failed_while_it_is
             (s.0 > 0 && s.2 > 0).then_some(s)
         })
         .await;
-    assert!(reports >= ok, "every counted pass reported at least one lease");
-    assert_eq!(settles(&proxy).await.1, 0, "no failed pass while Redis answers");
+    assert!(
+        reports >= ok,
+        "every counted pass reported at least one lease"
+    );
+    assert_eq!(
+        settles(&proxy).await.1,
+        0,
+        "no failed pass while Redis answers"
+    );
 
     // With Redis gone, the lease's unreported consumption makes every pass fail until Redis returns.
     redis.stop();
