@@ -92,6 +92,8 @@ pub async fn settle(
     };
     match result {
         Ok(replies) => {
+            core.metrics.settle_passes[0].inc();
+            core.metrics.settle_reports.inc_by(work.len() as u64);
             let now = core.clock.now();
             for ((slot, report, _), (applied, epoch)) in work.iter().zip(replies) {
                 slot.finish_settle(applied, epoch, *report);
@@ -106,6 +108,7 @@ pub async fn settle(
             }
         }
         Err(e) => {
+            core.metrics.settle_passes[1].inc();
             // Reports are absolute: the next pass repeats them, whether or not Redis applied this one.
             if !std::mem::replace(&mut episodes.settling, true) {
                 tracing::warn!(error = %e, "settling leases failed; retrying every interval");

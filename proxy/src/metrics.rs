@@ -82,6 +82,11 @@ pub struct Metrics {
     /// `tollgate_proxy_refunds_total`: admitted requests whose units were given back because the upstream never
     /// answered.
     pub refunds: IntCounter,
+    /// `tollgate_proxy_settle_passes_total{outcome}`: settle passes that had leases to report, by outcome (`ok`,
+    /// `failed`: Redis unreachable, repeated next interval).
+    pub settle_passes: [IntCounter; 2],
+    /// `tollgate_proxy_settle_reports_total`: lease reports (consumption and returns) that settle passes sent.
+    pub settle_reports: IntCounter,
     /// The key cache's: `tollgate_proxy_key_resolutions_total{outcome}`, `tollgate_proxy_key_cache_flushes_total{reason}`,
     /// `tollgate_proxy_revocation_announcements_total`.
     pub keys: KeyCacheMetrics,
@@ -125,6 +130,13 @@ impl Metrics {
                 (m.clone(), DecisionCounters(counters))
             })
             .collect();
+        let settle_vec = IntCounterVec::new(
+            Opts::new(
+                "tollgate_proxy_settle_passes_total",
+                "Settle passes that had leases to report, by outcome (ok, failed: retried next interval).",
+            ),
+            &["outcome"],
+        )?;
         let m = Self {
             requests,
             request_children,
@@ -189,6 +201,11 @@ impl Metrics {
                 "tollgate_proxy_refunds_total",
                 "Admitted requests whose units were given back because the upstream never answered.",
             )?,
+            settle_passes: ["ok", "failed"].map(|o| settle_vec.with_label_values(&[o])),
+            settle_reports: IntCounter::new(
+                "tollgate_proxy_settle_reports_total",
+                "Lease reports (consumption and returned units) sent by settle passes.",
+            )?,
             keys: KeyCacheMetrics::register(registry, "tollgate_proxy")?,
         };
         for reason in crate::auth::AuthFailure::LABELS {
@@ -209,6 +226,8 @@ impl Metrics {
         registry.register(Box::new(m.lease_forfeits.clone()))?;
         registry.register(Box::new(m.reset_announcements.clone()))?;
         registry.register(Box::new(m.refunds.clone()))?;
+        registry.register(Box::new(settle_vec))?;
+        registry.register(Box::new(m.settle_reports.clone()))?;
         Ok(m)
     }
 

@@ -200,3 +200,66 @@ async fn graceful_shutdown_flushes_pending_usage() {
     assert!(status.success(), "{status:?}\n{}", proxy.log());
     assert_eq!(m.durable_used("org_shutdown", "api_call").await, 25);
 }
+
+/// `tollgate_proxy_settle_passes_total{outcome}` and `tollgate_proxy_settle_reports_total` as scraped.
+async fn settles(proxy: &ProxyProcess) -> (u64, u64, u64) {
+    let m = proxy.metrics().await;
+    (
+        metric_value(&m, "tollgate_proxy_settle_passes_total{outcome=\"ok\"}"),
+        metric_value(&m, "tollgate_proxy_settle_passes_total{outcome=\"failed\"}"),
+        metric_value(&m, "tollgate_proxy_settle_reports_total"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_passes_are_counted_ok_while_redis_answers_and_failed_while_it_is_down() {
+    let mut redis = RedisServer::start().await;
+    let m = Metering::start(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let proxy = m.proxy(&[]).await;
+    let key = m.org_with_key("org_settle_metrics").await;
+    let metrics = proxy.metrics().await;
+    for series in [
+        "tollgate_proxy_settle_passes_total{outcome=\"ok\"} 0",
+        "tollgate_proxy_settle_passes_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} from the start");
+    }
+
+    // Consumption from the lease is reported by a settle pass that reaches Redis.
+    for _ in 0..3 {
+        assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    }
+    let (ok, _, reports) =
+        tollgate_e2e::wait::until(Duration::from_secs(10), "a settle pass", || async {
+            let s = settles(&proxy).await;
+            (s.0 > 0 && s.2 > 0).then_some(s)
+        })
+        .await;
+    assert!(
+        reports >= ok,
+        "every counted pass reported at least one lease"
+    );
+    assert_eq!(
+        settles(&proxy).await.1,
+        0,
+        "no failed pass while Redis answers"
+    );
+
+    // With Redis gone, the lease's unreported consumption makes every pass fail until Redis returns.
+    redis.stop();
+    assert_eq!(get(&proxy, "/v1/x", &key).await.status(), 200);
+    tollgate_e2e::wait::until(Duration::from_secs(10), "a failed settle pass", || async {
+        (settles(&proxy).await.1 > 0).then_some(())
+    })
+    .await;
+    redis.restart().await;
+    let ok_before = settles(&proxy).await.0;
+    tollgate_e2e::wait::until(Duration::from_secs(10), "settling to recover", || async {
+        (settles(&proxy).await.0 > ok_before).then_some(())
+    })
+    .await;
+}

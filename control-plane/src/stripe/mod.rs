@@ -17,8 +17,11 @@
 //!   `tollgate_cp_stripe_request_duration_seconds{operation}`; the secret key and request bodies never reach a log,
 //!   an error or a label.
 //!
-//! Responses are decoded with serde (async-stripe's `deserialize` feature) through `serde_path_to_error`, so a
-//! Stripe answer we cannot read names the field at fault in the log.
+//! Responses are decoded with the miniserde impls async-stripe generates for every type (what its own client
+//! uses), not serde: async-stripe's `deserialize` feature, serde derives over all of its generated types, was most
+//! of the control plane's compile time. miniserde's errors carry no position, so an answer we cannot read is named
+//! by the type we expected and the answer's `object`; `stripe::payloads`' test reads Stripe's published example of
+//! every resource with the same decoder.
 
 pub mod payloads;
 pub mod signature;
@@ -26,7 +29,6 @@ pub mod signature;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use stripe_client_core::{RequestBuilder, StripeMethod, StripeRequest};
@@ -349,7 +351,7 @@ impl StripeClient {
     pub async fn retrieve<R>(&self, op: Op, request: &R) -> Result<Option<R::Output>, StripeError>
     where
         R: StripeRequest,
-        R::Output: DeserializeOwned,
+        R::Output: miniserde::Deserialize,
     {
         match self.send(op, request, None).await {
             Ok(found) => Ok(Some(found)),
@@ -367,7 +369,7 @@ impl StripeClient {
     ) -> Result<R::Output, StripeError>
     where
         R: StripeRequest,
-        R::Output: DeserializeOwned,
+        R::Output: miniserde::Deserialize,
     {
         let started = Instant::now();
         let builder = request.build();
@@ -516,15 +518,22 @@ fn backoff(attempt: u32) -> Duration {
     base.mul_f64(1.0 - jitter)
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StripeError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de)
-        .map_err(|e| StripeError::Unreadable(format!("{}: {}", e.path(), e.inner())))
+fn decode<T: miniserde::Deserialize>(bytes: &[u8]) -> Result<T, StripeError> {
+    let unreadable = || {
+        // miniserde says only that it failed: name what was expected and what Stripe says the answer is.
+        let object = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("object").and_then(|o| o.as_str()).map(str::to_owned))
+            .map_or_else(|| "no object".to_owned(), |o| format!("object {o:?}"));
+        StripeError::Unreadable(format!("not a {} ({object})", std::any::type_name::<T>()))
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| unreadable())?;
+    miniserde::json::from_str(text).map_err(|_| unreadable())
 }
 
 /// Decodes a 2xx answer. When the request `changes` something (POST, DELETE), a body that does not decode is
 /// [`StripeError::DoneUnreadable`]: Stripe made the change, so it must never be reported as "nothing was changed".
-fn decode_answer<T: DeserializeOwned>(bytes: &[u8], changes: bool) -> Result<T, StripeError> {
+fn decode_answer<T: miniserde::Deserialize>(bytes: &[u8], changes: bool) -> Result<T, StripeError> {
     decode(bytes).map_err(|e| match e {
         StripeError::Unreadable(detail) if changes => StripeError::DoneUnreadable(detail),
         e => e,
@@ -606,7 +615,7 @@ mod tests {
 
     #[test]
     fn an_undecodable_answer_to_a_change_is_done_not_nothing() {
-        #[derive(Debug, serde::Deserialize)]
+        #[derive(Debug, miniserde::Deserialize)]
         struct Needs {
             id: String,
         }

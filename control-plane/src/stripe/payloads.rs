@@ -8,7 +8,6 @@
 #[cfg(test)]
 mod tests {
     use crate::stripe::decode;
-    use serde::de::DeserializeOwned;
     use serde_json::{Value, json};
     use stripe_client_core::StripeRequest;
 
@@ -25,8 +24,8 @@ mod tests {
         json!({"object": "list", "data": [object], "has_more": false, "url": url})
     }
 
-    /// Decodes `value` as `T` the way the client decodes an answer; the error names the field at fault.
-    fn reads<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T, String> {
+    /// Decodes `value` as `T` the way the client decodes an answer.
+    fn reads<T: miniserde::Deserialize>(what: &str, value: &Value) -> Result<T, String> {
         decode::<T>(value.to_string().as_bytes()).map_err(|e| format!("{what}: {e}"))
     }
 
@@ -134,8 +133,9 @@ mod tests {
         );
         // Events: 2.3 reads the envelope with its own narrow type.
         check(
-            reads::<crate::services::billing::events::Envelope>("event", &resource("event"))
-                .map(drop),
+            serde_json::from_value::<crate::services::billing::events::Envelope>(resource("event"))
+                .map(drop)
+                .map_err(|e| format!("event: {e}")),
         );
         assert!(
             failures.is_empty(),

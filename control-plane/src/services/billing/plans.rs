@@ -544,13 +544,14 @@ mod tests {
             .iter()
             .find(|p| p["start_date"] == current)
             .map_or(0, |p| p["end_date"].as_i64().unwrap_or(0));
-        serde_json::from_value(serde_json::json!({
+        miniserde::json::from_str(&serde_json::json!({
             "id": "sub_sched_1", "object": "subscription_schedule", "created": 1, "customer": "cus_1",
             "livemode": false, "status": "active", "end_behavior": "release", "phases": phases,
             "billing_mode": {"type": "flexible"},
             "current_phase": {"start_date": current, "end_date": end},
             "default_settings": {"billing_cycle_anchor": "automatic", "invoice_settings": {"issuer": {"type": "self"}}},
-        }))
+        })
+        .to_string())
         .expect("a schedule")
     }
 
