@@ -8,7 +8,7 @@ use crate::services::billing::{Billing, BillingMetrics};
 use crate::services::recorder::Recorder;
 use crate::services::retention::{PurgeMetrics, Purger};
 use crate::services::stigg::{OutboxMetrics, Stigg};
-use crate::services::usage::Accounts;
+use crate::services::accounts::Accounts;
 use crate::stigg::{StiggClient, StiggMetrics};
 use crate::stripe::{StripeClient, StripeMetrics};
 use anyhow::Context;
@@ -44,8 +44,9 @@ pub struct App {
     pub keys: KeyCache,
     /// Verified Clerk session tokens, until they expire.
     pub sessions: SessionCache<ClerkSession>,
-    /// Orgs' billing state (kept in step with billing changes by `jobs::caches`).
-    pub accounts: Accounts,
+    /// Orgs' billing state (kept in step with billing changes by `jobs::caches`; reloaded by billing after the
+    /// changes it commits).
+    pub accounts: Arc<Accounts>,
     /// `usage/record`'s batch writer.
     pub recorder: Recorder,
     /// Deletes finished rows past their retention (run by `jobs::purge`).
@@ -84,7 +85,11 @@ impl App {
             ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry).context("registering metrics")?;
-        let keys = KeyCache::new(metrics.keys.clone());
+        let keys = KeyCache::new(config.common.caches.key_capacity, metrics.keys.clone());
+        let accounts = Arc::new(Accounts::new(
+            config.common.caches.org_capacity,
+            metrics.accounts.clone(),
+        ));
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
@@ -124,6 +129,7 @@ impl App {
                     settings.clone(),
                     billing_metrics,
                     Arc::clone(&stigg),
+                    Arc::clone(&accounts),
                 )))
             }
             None => None,
@@ -158,7 +164,7 @@ impl App {
             stigg,
             keys,
             sessions: SessionCache::default(),
-            accounts: Accounts::new(config.refresh_interval),
+            accounts,
             recorder,
             purger,
             config,

@@ -237,6 +237,9 @@ pub struct Billing {
     stigg: Arc<crate::services::stigg::Stigg>,
     /// Metrics.
     pub metrics: BillingMetrics,
+    /// The billing cache of this process, reloaded right after each subscription change billing commits (the
+    /// other replicas hear PostgreSQL's announcement), so no handler or job touches it.
+    accounts: Arc<crate::services::accounts::Accounts>,
 }
 
 impl Billing {
@@ -249,6 +252,7 @@ impl Billing {
         settings: StripeSettings,
         metrics: BillingMetrics,
         stigg: Arc<crate::services::stigg::Stigg>,
+        accounts: Arc<crate::services::accounts::Accounts>,
     ) -> Self {
         let intake = Batcher::start(
             events::Intake { pg: pg.clone() },
@@ -266,6 +270,16 @@ impl Billing {
             wake: Notify::new(),
             stigg,
             metrics,
+            accounts,
+        }
+    }
+
+    /// Reloads org `org_id` in this process's billing cache after a subscription change committed (read-your-
+    /// writes on this replica). A failure is logged, not returned: the change is committed, and the announcement
+    /// and the safety net still bring the cache in step.
+    pub(crate) async fn committed(&self, org_id: i64) {
+        if let Err(e) = self.accounts.reload(&self.pg, &[org_id]).await {
+            tracing::warn!(error = %e, "cannot reload the billing cache after a change; the announcement will");
         }
     }
 
