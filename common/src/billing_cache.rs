@@ -274,18 +274,41 @@ impl Pending {
     }
 }
 
-/// Collects a burst: `first`, then whatever `next` yields within `window` (at most [`RELOAD_CHUNK`] orgs). `next`
-/// returns `None` when the source is gone; the burst collected so far is returned with `false` (not alive).
-pub async fn coalesce<F, Fut>(first: &str, mut next: F, window: Duration) -> (Pending, bool)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<String>>,
-{
+/// A source of announcements' payloads.
+pub trait Announcements {
+    /// The next payload; `None` when the source is gone (announcements may have been lost).
+    fn next_payload(&mut self) -> impl Future<Output = Option<String>> + Send;
+}
+
+impl Announcements for sqlx::postgres::PgListener {
+    fn next_payload(&mut self) -> impl Future<Output = Option<String>> + Send {
+        async move {
+            match self.try_recv().await {
+                Ok(Some(n)) => Some(n.payload().to_owned()),
+                _ => None,
+            }
+        }
+    }
+}
+
+impl Announcements for tokio::sync::mpsc::UnboundedReceiver<String> {
+    fn next_payload(&mut self) -> impl Future<Output = Option<String>> + Send {
+        self.recv()
+    }
+}
+
+/// Collects a burst: `first`, then whatever `source` yields within `window` (at most [`RELOAD_CHUNK`] orgs). When
+/// the source is gone, the burst collected so far is returned with `false` (not alive).
+pub async fn coalesce(
+    first: &str,
+    source: &mut impl Announcements,
+    window: Duration,
+) -> (Pending, bool) {
     let mut pending = Pending::default();
     pending.add(first);
     let deadline = tokio::time::Instant::now() + window;
     while pending.ids.len() < RELOAD_CHUNK && !pending.all {
-        match tokio::time::timeout_at(deadline, next()).await {
+        match tokio::time::timeout_at(deadline, source.next_payload()).await {
             Ok(Some(payload)) => pending.add(&payload),
             Ok(None) => return (pending, false),
             Err(_) => break,
@@ -574,17 +597,8 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
                 // The connection dropped: announcements may be lost. Start over.
                 return Ok(());
             };
-            let (pending, alive) = coalesce(
-                first.payload(),
-                || async {
-                    match listener.try_recv().await {
-                        Ok(Some(n)) => Some(n.payload().to_owned()),
-                        _ => None,
-                    }
-                },
-                COALESCE_WINDOW,
-            )
-            .await;
+            let first = first.payload().to_owned();
+            let (pending, alive) = coalesce(&first, &mut listener, COALESCE_WINDOW).await;
             self.announced(pg, &pending).await?;
             if !alive {
                 return Ok(());
@@ -835,13 +849,13 @@ mod tests {
             tx.send(p.to_owned()).expect("send");
         }
         let (pending, alive) =
-            coalesce("1", || rx.recv(), Duration::from_millis(50)).await;
+            coalesce("1", &mut rx, Duration::from_millis(50)).await;
         assert!(alive);
         assert_eq!(pending.ids, BTreeSet::from([1, 2, 3, 4]));
         assert!(!pending.all);
         // Nothing more arrives: the window ends the burst; a closed source ends it too.
         drop(tx);
-        let (pending, alive) = coalesce("9", || rx.recv(), Duration::from_millis(50)).await;
+        let (pending, alive) = coalesce("9", &mut rx, Duration::from_millis(50)).await;
         assert_eq!(pending.ids, BTreeSet::from([9]));
         assert!(!alive);
     }
@@ -850,7 +864,7 @@ mod tests {
     async fn an_unreadable_payload_in_a_burst_asks_for_everything() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         tx.send("garbage".to_owned()).expect("send");
-        let (pending, _) = coalesce("1", || rx.recv(), Duration::from_millis(50)).await;
+        let (pending, _) = coalesce("1", &mut rx, Duration::from_millis(50)).await;
         assert!(pending.all);
     }
 }

@@ -559,3 +559,43 @@ mod past_due_grace_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod cache_settings_tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> (CacheSettings, Result<(), ConfigErrors>) {
+        let e: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut r = Reader::new(&e);
+        let s = CacheSettings::read(&mut r);
+        (s, r.finish())
+    }
+
+    #[test]
+    fn cache_bounds_default_and_are_validated() {
+        let (s, ok) = read(&[]);
+        assert!(ok.is_ok());
+        assert_eq!(s.org_capacity, 200_000);
+        assert_eq!(s.key_capacity, 1_000_000);
+        assert_eq!(s.billing_recheck, Duration::from_secs(300));
+        let (_, errors) = read(&[
+            (ENV_ORG_CACHE_CAPACITY, "0"),
+            (ENV_KEY_CACHE_CAPACITY, "many"),
+            (ENV_BILLING_RECHECK_MS, "9999"),
+        ]);
+        let line = errors.expect_err("invalid").to_string();
+        for key in [
+            ENV_ORG_CACHE_CAPACITY,
+            ENV_KEY_CACHE_CAPACITY,
+            ENV_BILLING_RECHECK_MS,
+        ] {
+            assert!(line.contains(key), "{key} missing from {line}");
+        }
+        let (s, ok) = read(&[(ENV_ORG_CACHE_CAPACITY, "2"), (ENV_BILLING_RECHECK_MS, "10000")]);
+        assert!(ok.is_ok());
+        assert_eq!(s.org_capacity, 2);
+    }
+}

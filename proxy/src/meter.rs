@@ -286,13 +286,9 @@ impl Meter {
     }
 
     /// How many slots are registered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no slot is registered.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CounterKey, Arc<Slot>>> {

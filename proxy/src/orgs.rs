@@ -4,15 +4,12 @@
 
 use crate::meter::{Meter, Slot};
 use std::sync::{Arc, PoisonError, RwLock};
-use tollgate_common::billing_cache::{BillingCache, Entry};
+use tollgate_common::billing_cache::BillingCache;
 use tollgate_common::domain::{Metric, Period};
 use tollgate_common::store::counters::CounterKey;
 
 /// The proxy's org cache.
 pub type OrgCache = BillingCache<Slots>;
-
-/// One cached org.
-pub type OrgEntry = Entry<Slots>;
 
 /// The slots of an org's current counters, so a warm request finds its slot without the meter's lock.
 #[derive(Default)]
