@@ -212,15 +212,15 @@ impl BillingCacheMetrics {
         registry.register(Box::new(queries.clone()))?;
         Ok(Self {
             entries,
-            hits: counter("hits_total", "Billing-state look-ups answered from the cache.")?,
+            hits: counter(
+                "hits_total",
+                "Billing-state look-ups answered from the cache.",
+            )?,
             misses: counter(
                 "misses_total",
                 "Billing-state look-ups that loaded the org cold.",
             )?,
-            announcements: counter(
-                "announcements_total",
-                "Billing change announcements heard.",
-            )?,
+            announcements: counter("announcements_total", "Billing change announcements heard.")?,
             reloads: counter(
                 "reloads_total",
                 "Cached orgs reloaded because an announcement or a local write named them.",
@@ -542,7 +542,12 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
     /// Keeps the cache in step with billing changes until `shutdown` resolves: follows announcements on
     /// [`CHANGES_CHANNEL`] (reloading every cached org after each (re)connect) and runs the safety net, one step a
     /// second, a full round per `recheck_every`.
-    pub async fn follow(&self, pg: &PgPool, recheck_every: Duration, shutdown: impl Future<Output = ()>) {
+    pub async fn follow(
+        &self,
+        pg: &PgPool,
+        recheck_every: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let steps = recheck_every.as_secs().max(1);
         let listen = async {
             let options = (*pg.connect_options())
@@ -658,7 +663,12 @@ mod tests {
             let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
             let out: HashMap<i64, Billing> = ids
                 .iter()
-                .map(|id| (*id, states.get(id).cloned().unwrap_or(Billing::Unsubscribed)))
+                .map(|id| {
+                    (
+                        *id,
+                        states.get(id).cloned().unwrap_or(Billing::Unsubscribed),
+                    )
+                })
                 .collect();
             std::future::ready(Ok(out))
         }
@@ -779,12 +789,19 @@ mod tests {
         let mut pending = Pending::default();
         pending.add("2");
         now(cache.announced(&fake, &pending)).expect("announce");
-        assert_eq!(fake.queries.load(Ordering::SeqCst), before, "2 is not cached: no query");
+        assert_eq!(
+            fake.queries.load(Ordering::SeqCst),
+            before,
+            "2 is not cached: no query"
+        );
         assert!(cache.cached(2).is_none());
         pending.add("1");
         now(cache.announced(&fake, &pending)).expect("announce");
         assert_eq!(fake.queries.load(Ordering::SeqCst), before + 1, "one query");
-        assert_eq!(cache.cached(1).map(|e| e.billing()), Some(subscribed("pro")));
+        assert_eq!(
+            cache.cached(1).map(|e| e.billing()),
+            Some(subscribed("pro"))
+        );
         assert_eq!(cache.metrics.reloads.get(), 1);
     }
 
@@ -800,7 +817,10 @@ mod tests {
         pending.add("not an id");
         now(cache.announced(&fake, &pending)).expect("announce");
         for id in 1..=3 {
-            assert_eq!(cache.cached(id).map(|e| e.billing()), Some(subscribed("pro")));
+            assert_eq!(
+                cache.cached(id).map(|e| e.billing()),
+                Some(subscribed("pro"))
+            );
         }
         assert_eq!(cache.metrics.full_reloads.get(), 1);
     }
@@ -819,8 +839,16 @@ mod tests {
         for _ in 0..4 {
             corrections += now(cache.recheck(&fake, 4)).expect("recheck");
         }
-        assert_eq!(fake.queries.load(Ordering::SeqCst), before + 4, "one query per step");
-        assert_eq!(cache.metrics.rechecked.get(), 10, "3 + 3 + 3 + 1: every org once");
+        assert_eq!(
+            fake.queries.load(Ordering::SeqCst),
+            before + 4,
+            "one query per step"
+        );
+        assert_eq!(
+            cache.metrics.rechecked.get(),
+            10,
+            "3 + 3 + 3 + 1: every org once"
+        );
         // The next round starts after the round's steps: 10 orgs per 4 steps, whatever the calls.
         for _ in 0..4 {
             now(cache.recheck(&fake, 4)).expect("recheck");
@@ -828,7 +856,10 @@ mod tests {
         assert_eq!(cache.metrics.rechecked.get(), 20);
         assert_eq!(corrections, 1);
         assert_eq!(cache.metrics.corrections.get(), 1);
-        assert_eq!(cache.cached(7).map(|e| e.billing()), Some(subscribed("pro")));
+        assert_eq!(
+            cache.cached(7).map(|e| e.billing()),
+            Some(subscribed("pro"))
+        );
     }
 
     #[test]
@@ -848,8 +879,7 @@ mod tests {
         for p in ["2", "3", "2", " 4 "] {
             tx.send(p.to_owned()).expect("send");
         }
-        let (pending, alive) =
-            coalesce("1", &mut rx, Duration::from_millis(50)).await;
+        let (pending, alive) = coalesce("1", &mut rx, Duration::from_millis(50)).await;
         assert!(alive);
         assert_eq!(pending.ids, BTreeSet::from([1, 2, 3, 4]));
         assert!(!pending.all);

@@ -594,7 +594,10 @@ mod cache_settings_tests {
         ] {
             assert!(line.contains(key), "{key} missing from {line}");
         }
-        let (s, ok) = read(&[(ENV_ORG_CACHE_CAPACITY, "2"), (ENV_BILLING_RECHECK_MS, "10000")]);
+        let (s, ok) = read(&[
+            (ENV_ORG_CACHE_CAPACITY, "2"),
+            (ENV_BILLING_RECHECK_MS, "10000"),
+        ]);
         assert!(ok.is_ok());
         assert_eq!(s.org_capacity, 2);
     }

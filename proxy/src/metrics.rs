@@ -4,8 +4,8 @@
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use tollgate_common::domain::{Metric, PlanCatalog};
 use tollgate_common::billing_cache::BillingCacheMetrics;
+use tollgate_common::domain::{Metric, PlanCatalog};
 use tollgate_common::keys::cache::KeyCacheMetrics;
 
 /// Sub-millisecond buckets: the quota round trip lives well below a millisecond.

@@ -64,13 +64,21 @@ async fn limit_at(proxy: &ProxyProcess, key: &str) -> Option<String> {
         .send()
         .await
         .ok()?;
-    Some(r.headers().get("ratelimit-limit")?.to_str().ok()?.to_owned())
+    Some(
+        r.headers()
+            .get("ratelimit-limit")?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    )
 }
 
 async fn await_limit(proxy: &ProxyProcess, key: &str, limit: &str) {
-    wait::until(SHOW, &format!("the proxy to meter against {limit}"), || async {
-        (limit_at(proxy, key).await.as_deref() == Some(limit)).then_some(())
-    })
+    wait::until(
+        SHOW,
+        &format!("the proxy to meter against {limit}"),
+        || async { (limit_at(proxy, key).await.as_deref() == Some(limit)).then_some(()) },
+    )
     .await;
 }
 
@@ -85,9 +93,11 @@ async fn plan_at_control_plane(m: &Metering, key: &str) -> Value {
 }
 
 async fn await_plan(m: &Metering, key: &str, plan: &str) {
-    wait::until(SHOW, &format!("the control plane to show {plan}"), || async {
-        (plan_at_control_plane(m, key).await == plan).then_some(())
-    })
+    wait::until(
+        SHOW,
+        &format!("the control plane to show {plan}"),
+        || async { (plan_at_control_plane(m, key).await == plan).then_some(()) },
+    )
     .await;
 }
 
@@ -174,7 +184,10 @@ async fn a_missed_announcement_is_repaired_after_the_listener_reconnects() {
     .await;
     let proxy_before = proxy_metric(&proxy.metrics().await, "full_reloads_total");
     let cp_before = cp_metric(&cp_metrics(&m).await, "full_reloads_total");
-    assert!(proxy_before >= 1 && cp_before >= 1, "the first connect reloads");
+    assert!(
+        proxy_before >= 1 && cp_before >= 1,
+        "the first connect reloads"
+    );
 
     // A change whose announcement nobody hears, then the listeners' connections are cut.
     set_plan(&m, "org_missed", "growth", false).await;
@@ -215,12 +228,20 @@ async fn the_safety_net_finds_a_change_no_announcement_named() {
 
     set_plan(&m, "org_net", "pro", false).await;
     let started = Instant::now();
-    wait::until(Duration::from_secs(60), "the safety net's correction", || async {
-        (proxy_metric(&proxy.metrics().await, "safety_net_corrections_total") >= 1).then_some(())
-    })
+    wait::until(
+        Duration::from_secs(60),
+        "the safety net's correction",
+        || async {
+            (proxy_metric(&proxy.metrics().await, "safety_net_corrections_total") >= 1)
+                .then_some(())
+        },
+    )
     .await;
     await_limit(&proxy, &key, "10000000").await;
-    println!("the safety net corrected the state after {:?}", started.elapsed());
+    println!(
+        "the safety net corrected the state after {:?}",
+        started.elapsed()
+    );
     let metrics = proxy.metrics().await;
     assert!(proxy_metric(&metrics, "safety_net_rows_total") >= 2);
     assert_eq!(
@@ -232,12 +253,8 @@ async fn the_safety_net_finds_a_change_no_announcement_named() {
 
 /// The proxy's billing queries by reason.
 fn queries(metrics: &str) -> [u64; 4] {
-    ["cold", "announced", "full", "safety_net"].map(|reason| {
-        proxy_metric(
-            metrics,
-            &format!("queries_total{{reason=\"{reason}\"}}"),
-        )
-    })
+    ["cold", "announced", "full", "safety_net"]
+        .map(|reason| proxy_metric(metrics, &format!("queries_total{{reason=\"{reason}\"}}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
