@@ -18,10 +18,15 @@ const LISTENER: &str = tollgate_common::billing_cache::LISTENER_APPLICATION_NAME
 
 /// Gives `org` a live subscription on `plan` by plain SQL (the trigger announces it).
 async fn subscribe(m: &Metering, org: &str, plan: &str) {
+    sqlx::query("UPDATE orgs SET stripe_customer_id = 'cus_x' || id WHERE clerk_org_id = $1")
+        .bind(org)
+        .execute(&m.app.state.pg)
+        .await
+        .expect("link a customer");
     sqlx::query(
         "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
                                     stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
-         SELECT id, 'cus_' || clerk_org_id, 'sub_' || clerk_org_id, 'active', $2, 'price_x',
+         SELECT id, 'cus_x' || id, 'sub_x' || id, 'active', $2, 'price_x',
                 now() - interval '1 day', now() + interval '29 days', now() - interval '1 day'
            FROM orgs WHERE clerk_org_id = $1",
     )
@@ -182,6 +187,13 @@ async fn a_missed_announcement_is_repaired_after_the_listener_reconnects() {
         (listeners(&m).await >= 2).then_some(())
     })
     .await;
+    // The safety net's first round (started when the org was cached) is over: a day until the next.
+    wait::until(SHOW, "the safety nets' first round", || async {
+        let proxy = proxy_metric(&proxy.metrics().await, "safety_net_rows_total");
+        let cp = cp_metric(&cp_metrics(&m).await, "safety_net_rows_total");
+        (proxy >= 1 && cp >= 1).then_some(())
+    })
+    .await;
     let proxy_before = proxy_metric(&proxy.metrics().await, "full_reloads_total");
     let cp_before = cp_metric(&cp_metrics(&m).await, "full_reloads_total");
     assert!(
@@ -225,6 +237,11 @@ async fn the_safety_net_finds_a_change_no_announcement_named() {
     let key = m.org_with_key("org_net").await;
     subscribe(&m, "org_net", "starter").await;
     await_limit(&proxy, &key, "100000").await;
+    // The round that started when the org was cached is over: the change below is for the next one.
+    wait::until(SHOW, "the safety net's first round", || async {
+        (proxy_metric(&proxy.metrics().await, "safety_net_rows_total") >= 1).then_some(())
+    })
+    .await;
 
     set_plan(&m, "org_net", "pro", false).await;
     let started = Instant::now();
@@ -251,6 +268,16 @@ async fn the_safety_net_finds_a_change_no_announcement_named() {
     );
 }
 
+/// Waits until the proxy's safety net re-read `more` rows.
+async fn await_rows(proxy: &ProxyProcess, more: u64) {
+    let rows = proxy_metric(&proxy.metrics().await, "safety_net_rows_total");
+    wait::until(Duration::from_secs(90), "safety-net rounds", || async {
+        let now = proxy_metric(&proxy.metrics().await, "safety_net_rows_total");
+        (now >= rows + more).then_some(())
+    })
+    .await;
+}
+
 /// The proxy's billing queries by reason.
 fn queries(metrics: &str) -> [u64; 4] {
     ["cold", "announced", "full", "safety_net"]
@@ -275,15 +302,14 @@ async fn an_idle_proxy_sends_no_billing_queries() {
             assert!(limit_at(proxy, key).await.is_some());
         }
     }
-    // Idle from here: measure two full safety-net rounds at each proxy.
+    // Idle from here. Two rounds' worth of rows first, so the round under way began with every org cached; then
+    // two more rounds are measured at each proxy.
+    for (proxy, n) in [(&few, FEW), (&many, MANY)] {
+        await_rows(proxy, 2 * n as u64).await;
+    }
     let before = [few.metrics().await, many.metrics().await];
-    for (proxy, n, metrics) in [(&few, FEW, &before[0]), (&many, MANY, &before[1])] {
-        let rows = proxy_metric(metrics, "safety_net_rows_total");
-        wait::until(Duration::from_secs(90), "two safety-net rounds", || async {
-            let now = proxy_metric(&proxy.metrics().await, "safety_net_rows_total");
-            (now >= rows + 2 * n as u64).then_some(())
-        })
-        .await;
+    for (proxy, n) in [(&few, FEW), (&many, MANY)] {
+        await_rows(proxy, 2 * n as u64).await;
     }
     for (proxy, n, metrics) in [(&few, FEW, &before[0]), (&many, MANY, &before[1])] {
         let after = proxy.metrics().await;
