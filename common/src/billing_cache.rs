@@ -281,12 +281,10 @@ pub trait Announcements {
 }
 
 impl Announcements for sqlx::postgres::PgListener {
-    fn next_payload(&mut self) -> impl Future<Output = Option<String>> + Send {
-        async move {
-            match self.try_recv().await {
-                Ok(Some(n)) => Some(n.payload().to_owned()),
-                _ => None,
-            }
+    async fn next_payload(&mut self) -> Option<String> {
+        match self.try_recv().await {
+            Ok(Some(n)) => Some(n.payload().to_owned()),
+            _ => None,
         }
     }
 }

@@ -128,8 +128,10 @@ impl App {
                     Arc::clone(&clock),
                     settings.clone(),
                     billing_metrics,
-                    Arc::clone(&stigg),
-                    Arc::clone(&accounts),
+                    crate::services::billing::Followers {
+                        stigg: Arc::clone(&stigg),
+                        accounts: Arc::clone(&accounts),
+                    },
                 )))
             }
             None => None,

@@ -221,6 +221,14 @@ pub struct PriceInfo {
     pub currency: String,
 }
 
+/// What billing keeps in step with the changes it commits.
+pub struct Followers {
+    /// The Stigg mirror, whose outbox billing writes to.
+    pub stigg: Arc<crate::services::stigg::Stigg>,
+    /// This process's billing cache, reloaded right after each subscription change.
+    pub accounts: Arc<crate::services::accounts::Accounts>,
+}
+
 /// Everything billing needs.
 pub struct Billing {
     pg: PgPool,
@@ -251,9 +259,9 @@ impl Billing {
         clock: SharedClock,
         settings: StripeSettings,
         metrics: BillingMetrics,
-        stigg: Arc<crate::services::stigg::Stigg>,
-        accounts: Arc<crate::services::accounts::Accounts>,
+        followers: Followers,
     ) -> Self {
+        let Followers { stigg, accounts } = followers;
         let intake = Batcher::start(
             events::Intake { pg: pg.clone() },
             events::INTAKE_WRITERS,
