@@ -896,3 +896,17 @@ mod tests {
         assert!(pending.all);
     }
 }
+
+#[cfg(test)]
+mod sizes {
+    use std::mem::size_of;
+
+    /// The README's memory estimates are built on these sizes (x86-64); a change here must update them.
+    #[test]
+    fn the_inline_sizes_behind_the_readme_estimates() {
+        assert!(size_of::<super::Entry<()>>() <= 216);
+        assert!(size_of::<crate::domain::Billing>() <= 128);
+        assert!(size_of::<crate::keys::cache::CachedKey>() <= 32);
+        assert!(size_of::<crate::keys::cache::OrgRef>() <= 72);
+    }
+}
