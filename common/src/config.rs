@@ -25,11 +25,17 @@ pub const ENV_SENTRY_DSN: &str = "SENTRY_DSN";
 pub const ENV_LOG_FORMAT: &str = "TOLLGATE_LOG_FORMAT";
 pub const ENV_DATABASE_MAX_CONNECTIONS: &str = "TOLLGATE_DATABASE_MAX_CONNECTIONS";
 pub const ENV_PAST_DUE_GRACE: &str = "TOLLGATE_PAST_DUE_GRACE";
+pub const ENV_ORG_CACHE_CAPACITY: &str = "TOLLGATE_ORG_CACHE_CAPACITY";
+pub const ENV_KEY_CACHE_CAPACITY: &str = "TOLLGATE_KEY_CACHE_CAPACITY";
+pub const ENV_BILLING_RECHECK_MS: &str = "TOLLGATE_BILLING_RECHECK_MS";
 
 pub const DEFAULT_PLANS: &str = "config/plans.toml";
 pub const DEFAULT_ROUTES: &str = "config/routes.toml";
 pub const DEFAULT_REDIS_NAMESPACE: &str = "tg";
 pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
+pub const DEFAULT_ORG_CACHE_CAPACITY: usize = 200_000;
+pub const DEFAULT_KEY_CACHE_CAPACITY: usize = 1_000_000;
+pub const DEFAULT_BILLING_RECHECK_MS: u64 = 300_000;
 
 // === Env ===
 
@@ -283,6 +289,61 @@ pub struct CommonSettings {
     pub sentry_dsn: Option<SecretString>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Bounds of the per-process caches and the billing safety net.
+    pub caches: CacheSettings,
+}
+
+/// Bounds of the per-process caches (`TOLLGATE_ORG_CACHE_CAPACITY`, `TOLLGATE_KEY_CACHE_CAPACITY`) and the period of
+/// the billing cache's safety net (`TOLLGATE_BILLING_RECHECK_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Orgs whose billing state is cached at most (and as many Clerk ids).
+    pub org_capacity: usize,
+    /// Valid API keys cached at most.
+    pub key_capacity: usize,
+    /// How long the safety net takes to re-read every cached org once.
+    pub billing_recheck: Duration,
+}
+
+impl CacheSettings {
+    fn read(r: &mut Reader<'_>) -> Self {
+        let org_capacity = r.parse_or(
+            ENV_ORG_CACHE_CAPACITY,
+            DEFAULT_ORG_CACHE_CAPACITY,
+            "a number of orgs",
+        );
+        if org_capacity == 0 {
+            r.error(ENV_ORG_CACHE_CAPACITY, "must be at least 1");
+        }
+        let key_capacity = r.parse_or(
+            ENV_KEY_CACHE_CAPACITY,
+            DEFAULT_KEY_CACHE_CAPACITY,
+            "a number of keys",
+        );
+        if key_capacity == 0 {
+            r.error(ENV_KEY_CACHE_CAPACITY, "must be at least 1");
+        }
+        let billing_recheck = r.millis(
+            ENV_BILLING_RECHECK_MS,
+            DEFAULT_BILLING_RECHECK_MS,
+            10_000..=86_400_000,
+        );
+        Self {
+            org_capacity,
+            key_capacity,
+            billing_recheck,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            org_capacity: DEFAULT_ORG_CACHE_CAPACITY,
+            key_capacity: DEFAULT_KEY_CACHE_CAPACITY,
+            billing_recheck: Duration::from_millis(DEFAULT_BILLING_RECHECK_MS),
+        }
+    }
 }
 
 impl CommonSettings {
@@ -321,6 +382,7 @@ impl CommonSettings {
         let sentry_dsn = r.optional_secret(ENV_SENTRY_DSN);
         let log_format = r.parse_or(ENV_LOG_FORMAT, LogFormat::Json, "json or pretty");
         let grace = read_past_due_grace(r);
+        let caches = CacheSettings::read(r);
         let (plans_path, plans) = plans?;
         let plans = Arc::new((*plans).clone().with_past_due_grace(grace));
         Some(Self {
@@ -338,6 +400,7 @@ impl CommonSettings {
             },
             sentry_dsn,
             log_format,
+            caches,
         })
     }
 
@@ -494,5 +557,48 @@ mod past_due_grace_tests {
         for bad in ["", "0m", "61d", "7", "d", "-1d", "7w", "1.5d"] {
             assert_eq!(parse_grace(bad), Err(()), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_settings_tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> (CacheSettings, Result<(), ConfigErrors>) {
+        let e: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut r = Reader::new(&e);
+        let s = CacheSettings::read(&mut r);
+        (s, r.finish())
+    }
+
+    #[test]
+    fn cache_bounds_default_and_are_validated() {
+        let (s, ok) = read(&[]);
+        assert!(ok.is_ok());
+        assert_eq!(s.org_capacity, 200_000);
+        assert_eq!(s.key_capacity, 1_000_000);
+        assert_eq!(s.billing_recheck, Duration::from_secs(300));
+        let (_, errors) = read(&[
+            (ENV_ORG_CACHE_CAPACITY, "0"),
+            (ENV_KEY_CACHE_CAPACITY, "many"),
+            (ENV_BILLING_RECHECK_MS, "9999"),
+        ]);
+        let line = errors.expect_err("invalid").to_string();
+        for key in [
+            ENV_ORG_CACHE_CAPACITY,
+            ENV_KEY_CACHE_CAPACITY,
+            ENV_BILLING_RECHECK_MS,
+        ] {
+            assert!(line.contains(key), "{key} missing from {line}");
+        }
+        let (s, ok) = read(&[
+            (ENV_ORG_CACHE_CAPACITY, "2"),
+            (ENV_BILLING_RECHECK_MS, "10000"),
+        ]);
+        assert!(ok.is_ok());
+        assert_eq!(s.org_capacity, 2);
     }
 }

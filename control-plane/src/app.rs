@@ -4,12 +4,13 @@ use crate::config::{Config, DEFAULT_STIGG_RETRY_MAX_MS};
 use crate::error::ApiError;
 use crate::limits::{LimitMetrics, Limits};
 use crate::metrics::Metrics;
+use crate::services::accounts::Accounts;
 use crate::services::billing::{Billing, BillingMetrics};
 use crate::services::keys::KeyService;
 use crate::services::recorder::Recorder;
 use crate::services::retention::{PurgeMetrics, Purger};
 use crate::services::stigg::{OutboxMetrics, Stigg};
-use crate::services::usage::{Accounts, Usage};
+use crate::services::usage::Usage;
 use crate::stigg::{StiggClient, StiggMetrics};
 use crate::stripe::{StripeClient, StripeMetrics};
 use anyhow::Context;
@@ -49,8 +50,9 @@ pub struct App {
     pub usage: Usage,
     /// Verified Clerk session tokens, until they expire.
     pub sessions: SessionCache<ClerkSession>,
-    /// Orgs' billing state (kept in step with billing changes by `jobs::caches`).
-    pub accounts: Accounts,
+    /// Orgs' billing state (kept in step with billing changes by `jobs::caches`; reloaded by billing after the
+    /// changes it commits).
+    pub accounts: Arc<Accounts>,
     /// Deletes finished rows past their retention (run by `jobs::purge`).
     pub purger: Arc<Purger>,
     /// Per-org rate limits of the endpoints that call Stripe or change keys.
@@ -87,7 +89,10 @@ impl App {
             ClerkVerifier::new(config.common.clerk.clone()).context("building the JWKS client")?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry).context("registering metrics")?;
-        let keys = Arc::new(KeyCache::new(metrics.keys.clone()));
+        let keys = Arc::new(KeyCache::new(
+            config.common.caches.key_capacity,
+            metrics.keys.clone(),
+        ));
         let key_service = KeyService::new(
             pg.clone(),
             redis.clone(),
@@ -95,6 +100,10 @@ impl App {
             Arc::clone(&keys),
             metrics.dependency_errors.clone(),
         );
+        let accounts = Arc::new(Accounts::new(
+            config.common.caches.org_capacity,
+            metrics.accounts.clone(),
+        ));
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
@@ -133,7 +142,10 @@ impl App {
                     Arc::clone(&clock),
                     settings.clone(),
                     billing_metrics,
-                    Arc::clone(&stigg),
+                    crate::services::billing::Followers {
+                        stigg: Arc::clone(&stigg),
+                        accounts: Arc::clone(&accounts),
+                    },
                 )))
             }
             None => None,
@@ -177,7 +189,7 @@ impl App {
             key_service,
             usage,
             sessions: SessionCache::default(),
-            accounts: Accounts::new(config.refresh_interval),
+            accounts,
             purger,
             config,
         }))

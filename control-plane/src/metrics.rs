@@ -3,6 +3,7 @@
 //! No label ever carries an org id, key or user: cardinality stays bounded and nothing identifying leaks.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tollgate_common::billing_cache::BillingCacheMetrics;
 use tollgate_common::keys::cache::KeyCacheMetrics;
 
 /// The `dependency` label values of `tollgate_cp_dependency_errors_total`.
@@ -22,6 +23,8 @@ pub struct Metrics {
     /// The key cache's: `tollgate_cp_key_resolutions_total{outcome}`, `tollgate_cp_key_cache_flushes_total{reason}`,
     /// `tollgate_cp_revocation_announcements_total`.
     pub keys: KeyCacheMetrics,
+    /// The billing cache's: `tollgate_cp_billing_cache_…` (see `tollgate_common::billing_cache`).
+    pub accounts: BillingCacheMetrics,
 }
 
 impl Metrics {
@@ -60,6 +63,7 @@ impl Metrics {
                 &["dependency"],
             )?,
             keys: KeyCacheMetrics::register(registry, "tollgate_cp")?,
+            accounts: BillingCacheMetrics::register(registry, "tollgate_cp")?,
         };
         // Known label values exist from the start, so dashboards and alerts see the series before the first error.
         for dependency in DEPENDENCIES {

@@ -175,7 +175,8 @@ async fn write(
 
 // === Refresher ===
 
-/// Reloads cached orgs' billing state every `TOLLGATE_REFRESH_INTERVAL_MS`.
+/// Keeps cached orgs' billing state in step with PostgreSQL: follows change announcements and runs the slow safety
+/// net (`BillingCache::follow`); no per-interval reload. Updates `tollgate_proxy_cached_orgs` every second.
 pub struct Refresher {
     pub core: Arc<Core>,
 }
@@ -184,30 +185,25 @@ pub struct Refresher {
 impl BackgroundService for Refresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let core = &self.core;
-        let mut ticker = tokio::time::interval(core.config.refresh_interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut pg_failing = false;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
+        let follow = core.orgs.follow(
+            &core.pg,
+            core.config.common.caches.billing_recheck,
+            std::future::pending(),
+        );
+        let gauge = async {
+            let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                core.metrics
+                    .cached_orgs
+                    .set(i64::try_from(core.orgs.len()).unwrap_or(i64::MAX));
             }
-            match core.orgs.refresh(&core.pg).await {
-                Ok(_) => {
-                    if std::mem::take(&mut pg_failing) {
-                        tracing::info!("billing refresh recovered");
-                    }
-                }
-                Err(e) => {
-                    core.metrics.postgres_errors.inc();
-                    if !std::mem::replace(&mut pg_failing, true) {
-                        tracing::warn!(error = %e, "billing refresh failed; serving cached state");
-                    }
-                }
-            }
-            core.metrics
-                .cached_orgs
-                .set(i64::try_from(core.orgs.len()).unwrap_or(i64::MAX));
+        };
+        tokio::select! {
+            () = follow => {}
+            () = gauge => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

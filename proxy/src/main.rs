@@ -110,9 +110,9 @@ fn start(config: Config) -> anyhow::Result<std::convert::Infallible> {
         routes,
         clerk: ClerkVerifier::new(config.common.clerk.clone())
             .context("building the JWKS client")?,
-        keys: KeyCache::new(metrics.keys.clone()),
+        keys: KeyCache::new(config.common.caches.key_capacity, metrics.keys.clone()),
         sessions: Default::default(),
-        orgs: orgs::OrgCache::default(),
+        orgs: orgs::OrgCache::new(config.common.caches.org_capacity, metrics.orgs.clone()),
         meter: meter::Meter::new(&config.common.redis.namespace),
         metrics,
         registry,

@@ -25,6 +25,7 @@
 //! flush.
 
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tollgate_common::domain::PeriodKey;
@@ -250,11 +251,12 @@ impl Slot {
     }
 }
 
-/// Every slot of this process.
+/// Every slot of this process, one per counter: an org evicted from the org cache and loaded again finds its live
+/// slot here rather than making a second one (two slots of one counter would report its consumption twice).
 #[derive(Default)]
 pub struct Meter {
     namespace: String,
-    slots: Mutex<Vec<Arc<Slot>>>,
+    slots: Mutex<HashMap<CounterKey, Arc<Slot>>>,
 }
 
 /// Slots taken for one flush, with the age of their oldest change.
@@ -268,18 +270,28 @@ impl Meter {
     pub fn new(namespace: &str) -> Self {
         Self {
             namespace: namespace.to_owned(),
-            slots: Mutex::new(Vec::new()),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A new slot, registered for write-back.
+    /// The slot of counter `key`: the one registered for write-back, else a new one (registered).
     pub fn slot(&self, key: CounterKey) -> Arc<Slot> {
-        let slot = Arc::new(Slot::new(key, &self.namespace));
-        self.lock().push(Arc::clone(&slot));
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get(&key) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot::new(key.clone(), &self.namespace));
+        slots.insert(key, Arc::clone(&slot));
         slot
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
+    /// How many slots are registered.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CounterKey, Arc<Slot>>> {
         self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -292,7 +304,7 @@ impl Meter {
             slots: Vec::new(),
             since_ms: Vec::new(),
         };
-        self.lock().retain(|slot| {
+        self.lock().retain(|_, slot| {
             if slot.dirty.swap(false, Ordering::AcqRel) {
                 batch
                     .since_ms
@@ -308,7 +320,7 @@ impl Meter {
 
     /// Every slot (for the settle loop).
     pub fn slots(&self) -> Vec<Arc<Slot>> {
-        self.lock().clone()
+        self.lock().values().cloned().collect()
     }
 
     /// Forfeits the leases of the counters of `period` (every period when `None`), of one org or all, after a
@@ -316,7 +328,7 @@ impl Meter {
     pub fn forfeit(&self, period: Option<PeriodKey>, org_id: Option<i64>) -> usize {
         let slots = self.lock();
         let mut n = 0;
-        for slot in slots.iter() {
+        for slot in slots.values() {
             if period.is_none_or(|p| slot.counter.key().period.key() == p)
                 && org_id.is_none_or(|id| id == slot.counter.key().org_id)
             {
@@ -347,7 +359,7 @@ impl Meter {
     pub fn lag_seconds(&self, now: DateTime<Utc>) -> f64 {
         let oldest = self
             .lock()
-            .iter()
+            .values()
             .map(|s| s.dirty_since_ms.load(Ordering::Acquire))
             .filter(|ms| *ms > 0)
             .min();

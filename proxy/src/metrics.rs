@@ -4,6 +4,7 @@
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+use tollgate_common::billing_cache::BillingCacheMetrics;
 use tollgate_common::domain::{Metric, PlanCatalog};
 use tollgate_common::keys::cache::KeyCacheMetrics;
 
@@ -90,6 +91,9 @@ pub struct Metrics {
     /// The key cache's: `tollgate_proxy_key_resolutions_total{outcome}`, `tollgate_proxy_key_cache_flushes_total{reason}`,
     /// `tollgate_proxy_revocation_announcements_total`.
     pub keys: KeyCacheMetrics,
+    /// The billing cache's: `tollgate_proxy_billing_cache_…` (entries, hits, misses, announcements, reloads, full
+    /// reloads, safety-net rows and corrections, queries by reason).
+    pub orgs: BillingCacheMetrics,
 }
 
 impl Metrics {
@@ -207,6 +211,7 @@ impl Metrics {
                 "Lease reports (consumption and returned units) sent by settle passes.",
             )?,
             keys: KeyCacheMetrics::register(registry, "tollgate_proxy")?,
+            orgs: BillingCacheMetrics::register(registry, "tollgate_proxy")?,
         };
         for reason in crate::auth::AuthFailure::LABELS {
             m.auth_failures.with_label_values(&[reason]);

@@ -209,7 +209,7 @@ impl MeteringProxy {
             .terms(core.catalog, now)
             .ok_or(Refusal::SubscriptionRequired)?;
         let limit = plan.limit(metric);
-        let slot = entry.slot(&core.meter, metric, &period);
+        let slot = entry.ext.slot(&core.meter, entry.id, metric, &period);
 
         let now_ms = now.timestamp_millis();
         // The common case: the replica's lease covers the request. No I/O.

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod billing;
+mod billing_cache;
 mod billing_changes;
 mod counters;
 mod diag;

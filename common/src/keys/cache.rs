@@ -100,8 +100,6 @@ const VALID_FOR: Duration = Duration::from_secs(600);
 const UNKNOWN_FOR: Duration = Duration::from_secs(5);
 /// How long a verified session token is used at most, whatever its own expiry.
 const SESSION_FOR: Duration = Duration::from_secs(300);
-/// Valid keys kept at most.
-const VALID_CAPACITY: usize = 100_000;
 /// Unknown keys kept at most.
 const UNKNOWN_CAPACITY: usize = 10_000;
 
@@ -246,10 +244,11 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    /// An empty cache counting into `metrics`.
-    pub fn new(metrics: KeyCacheMetrics) -> Self {
+    /// An empty cache of at most `capacity` valid keys (`TOLLGATE_KEY_CACHE_CAPACITY`; at the bound a key is
+    /// evicted and its next request looks it up again), counting into `metrics`.
+    pub fn new(capacity: usize, metrics: KeyCacheMetrics) -> Self {
         Self {
-            valid: ExpiringCache::new(VALID_CAPACITY, VALID_FOR),
+            valid: ExpiringCache::new(capacity.max(1), VALID_FOR),
             unknown: ExpiringCache::new(UNKNOWN_CAPACITY, UNKNOWN_FOR),
             generation: AtomicU64::new(0),
             epochs: Mutex::default(),
@@ -588,7 +587,10 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn cache() -> KeyCache {
-        KeyCache::new(KeyCacheMetrics::register(&Registry::new(), "test").expect("metrics"))
+        KeyCache::new(
+            1000,
+            KeyCacheMetrics::register(&Registry::new(), "test").expect("metrics"),
+        )
     }
 
     /// Caches `presented` as a valid key of org `id`; returns its revocation (if it has a key's shape).

@@ -1,15 +1,12 @@
 //! Keeps the per-process caches in step with changes made elsewhere: key revocations (Redis announcements and the
 //! revocation epoch, `KeyCache::follow`) and billing changes (PostgreSQL's `NOTIFY` on
-//! `store::billing::CHANGES_CHANNEL`). Both caches also expire by themselves, so a lost announcement costs at most
-//! their time-to-live. It also announces the revocations still owed (`services::keys::announce_owed`), so every
+//! `store::billing::CHANGES_CHANNEL`, `BillingCache::follow`: the org named is reloaded, everything after a reconnect,
+//! and a slow safety net re-reads every cached org once per `TOLLGATE_BILLING_RECHECK_MS`). It also announces the revocations still owed (`services::keys::announce_owed`), so every
 //! replica's cache hears of a revocation whose announce failed even if nobody repeats the call.
 
 use crate::app::App;
-use sqlx::postgres::PgListener;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
-use tollgate_common::store::billing::CHANGES_CHANNEL;
 
 /// Runs until `shutdown` turns true.
 pub async fn run(app: Arc<App>, shutdown: watch::Receiver<bool>) {
@@ -21,12 +18,11 @@ pub async fn run(app: Arc<App>, shutdown: watch::Receiver<bool>) {
         app.config.refresh_interval,
         stopped(shutdown.clone()),
     );
-    let billing = async {
-        tokio::select! {
-            () = follow_billing(&app) => {}
-            () = stopped(shutdown.clone()) => {}
-        }
-    };
+    let billing = app.accounts.follow(
+        &app.pg,
+        app.config.common.caches.billing_recheck,
+        stopped(shutdown.clone()),
+    );
     let owed = async {
         tokio::select! {
             () = announce_owed(&app) => {}
@@ -55,36 +51,5 @@ async fn announce_owed(app: &App) {
                 }
             }
         }
-    }
-}
-
-/// Drops an org's cached billing state when PostgreSQL announces a change; every org after a reconnect.
-async fn follow_billing(app: &App) {
-    let mut connected_before = false;
-    loop {
-        let listened = async {
-            let mut listener = PgListener::connect_with(&app.pg).await?;
-            listener.listen(CHANGES_CHANNEL).await?;
-            if std::mem::replace(&mut connected_before, true) {
-                app.accounts.invalidate_all();
-            }
-            loop {
-                match listener.try_recv().await? {
-                    Some(notification) => match notification.payload().parse::<i64>() {
-                        Ok(org_id) => app.accounts.invalidate(org_id),
-                        Err(_) => app.accounts.invalidate_all(),
-                    },
-                    // The connection dropped (sqlx reconnects on the next call): notifications may be lost.
-                    None => app.accounts.invalidate_all(),
-                }
-            }
-        }
-        .await;
-        let result: Result<(), sqlx::Error> = listened;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "billing change listener disconnected; reconnecting");
-        }
-        app.accounts.invalidate_all();
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

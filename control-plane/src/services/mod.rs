@@ -1,5 +1,6 @@
 //! Service functions: the SQL and Redis work behind the handlers. Handlers extract and authorize; services act.
 
+pub mod accounts;
 pub mod batch;
 pub mod billing;
 pub mod diag;

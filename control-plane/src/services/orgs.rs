@@ -65,10 +65,3 @@ pub async fn create(pg: &PgPool, new: &NewOrg) -> ApiResult<Outcome> {
     }
     Ok(Outcome::AlreadyExisted)
 }
-
-/// The internal id of an org, or 404 naming `orgId`.
-pub async fn internal_id(pg: &PgPool, org: &OrgId) -> ApiResult<i64> {
-    tollgate_common::store::orgs::id_by_clerk(pg, org)
-        .await?
-        .ok_or_else(ApiError::unknown_org)
-}

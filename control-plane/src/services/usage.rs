@@ -4,17 +4,12 @@
 //! The [`Usage`] service holds its own dependencies (not the whole app) and returns [`UsageError`], which
 //! `error.rs` maps to problem+json once (a used-up metric included: the 429 with the standard envelope).
 
-use crate::app::App;
-use crate::error::{ApiError, ApiResult};
-use crate::services::orgs;
+pub use crate::services::accounts::account;
 use crate::services::recorder::{Record, RecordError, Recorder};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-use tollgate_common::cache::ExpiringCache;
 use tollgate_common::clock::SharedClock;
 use tollgate_common::domain::{
     Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, PlanCatalog, Terms, decide,
@@ -101,85 +96,7 @@ pub struct Account {
     pub billing: Billing,
 }
 
-/// The org named by the caller's scope, from [`Accounts`].
-pub async fn account(app: &App, org: OrgId) -> ApiResult<Arc<Account>> {
-    app.accounts.get(&app.pg, org).await
-}
-
-/// Orgs' billing state, cached for `TOLLGATE_REFRESH_INTERVAL_MS` (the bound the proxy keeps too) and dropped at
-/// once when PostgreSQL announces a change of the org's subscriptions (`jobs::billing_changes`), so a warm
-/// `quota/check` or `entitlements.read` costs no query.
-pub struct Accounts {
-    cache: ExpiringCache<OrgId, Arc<Account>>,
-    /// Bumped by every invalidation, so a load that raced with one is not cached.
-    generation: AtomicU64,
-}
-
-impl Accounts {
-    /// A cache keeping each org for at most `ttl`.
-    pub fn new(ttl: std::time::Duration) -> Self {
-        Self {
-            cache: ExpiringCache::new(100_000, ttl),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    /// The org and its billing state: cached, or loaded (404 naming `orgId` for an unknown org).
-    pub async fn get(&self, pg: &PgPool, org: OrgId) -> ApiResult<Arc<Account>> {
-        let now = Instant::now();
-        if let Some(account) = self.cache.get(&org, now) {
-            return Ok(account);
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let id = orgs::internal_id(pg, &org).await?;
-        let billing = billing::load(pg, id).await?;
-        let account = Arc::new(Account { org, id, billing });
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.cache
-                .insert(account.org.clone(), Arc::clone(&account), now);
-        }
-        Ok(account)
-    }
-
-    /// What is cached for the org with internal id `org_id`, if anything (for tests and diagnostics).
-    pub fn cached(&self, org_id: i64) -> Option<Arc<Account>> {
-        self.cache
-            .find(Instant::now(), |account| account.id == org_id)
-    }
-
-    /// Drops `org`: its billing changed in this process, so the next request must see it (PostgreSQL's
-    /// announcement of the same change reaches the other replicas).
-    pub fn forget(&self, org: &OrgId) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.remove(org);
-    }
-
-    /// Drops the org with internal id `org_id`.
-    pub fn invalidate(&self, org_id: i64) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.retain(|_, account| account.id != org_id);
-    }
-
-    /// Drops every org (after announcements may have been missed).
-    pub fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.clear();
-    }
-}
-
 impl Account {
-    /// The plan and period at `at`, or 402 when the org may not use metered endpoints.
-    pub fn terms<'c>(&self, app: &'c App, at: DateTime<Utc>) -> ApiResult<Terms<'c>> {
-        self.billing
-            .terms(&app.config.common.plans, at)
-            .ok_or_else(|| {
-                ApiError::PaymentRequired(
-                    "this organization has no subscription; start one to use metered endpoints"
-                        .to_owned(),
-                )
-            })
-    }
-
     fn key(&self, metric: &Metric, period: Period) -> CounterKey {
         CounterKey {
             org_id: self.id,

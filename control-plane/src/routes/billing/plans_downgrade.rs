@@ -48,7 +48,6 @@ pub async fn schedule_downgrade(
         .billing()?
         .schedule_downgrade(&org, &req.new_plan_code, &intent)
         .await?;
-    app.accounts.forget(&org);
     Ok(Json(DowngradeResponse {
         effective_at: scheduled.effective_at,
         pending_plan_code: scheduled.pending_plan.as_str().to_owned(),

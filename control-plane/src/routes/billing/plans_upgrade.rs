@@ -69,7 +69,6 @@ pub async fn upgrade_now(
         .billing()?
         .upgrade_now(&org, &req.new_plan_code, &intent)
         .await?;
-    app.accounts.forget(&org);
     Ok(match upgraded {
         Upgraded::Immediate(plan) => Json(UpgradeResponse {
             plan_code: plan.as_str().to_owned(),

@@ -79,7 +79,6 @@ pub async fn create_subscription(
         .billing()?
         .create_subscription(&org, &req.price_lookup, &intent)
         .await?;
-    app.accounts.forget(&org);
     let code = if created.client_secret.is_some() {
         StatusCode::ACCEPTED
     } else {

@@ -55,7 +55,6 @@ pub async fn process_stripe_event(
         ));
     }
     let processed = app.billing()?.process_event(&req.event_id).await?;
-    app.accounts.invalidate_all();
     Ok(Json(ProcessResponse {
         converged: true,
         outcome: processed.as_str(),

@@ -522,9 +522,10 @@ impl Billing {
         observed: &Observed,
     ) -> Result<(Processed, u64), BillingError> {
         let mut tx = self.pg.begin().await?;
+        let mut changed_org = None;
         let processed = match observed {
             Observed::Subscription(read) => {
-                self.write_read(&mut tx, read).await?;
+                changed_org = Some(self.write_read(&mut tx, read).await?.org_id);
                 Processed::Applied
             }
             Observed::Customer {
@@ -564,6 +565,9 @@ impl Billing {
         };
         let settled = self.settle_with(&mut tx, event, processed, None).await?;
         tx.commit().await?;
+        if let Some(org_id) = changed_org {
+            self.committed(org_id).await;
+        }
         Ok((processed, settled))
     }
 

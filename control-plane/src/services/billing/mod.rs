@@ -221,6 +221,14 @@ pub struct PriceInfo {
     pub currency: String,
 }
 
+/// What billing keeps in step with the changes it commits.
+pub struct Followers {
+    /// The Stigg mirror, whose outbox billing writes to.
+    pub stigg: Arc<crate::services::stigg::Stigg>,
+    /// This process's billing cache, reloaded right after each subscription change.
+    pub accounts: Arc<crate::services::accounts::Accounts>,
+}
+
 /// Everything billing needs.
 pub struct Billing {
     pg: PgPool,
@@ -237,6 +245,9 @@ pub struct Billing {
     stigg: Arc<crate::services::stigg::Stigg>,
     /// Metrics.
     pub metrics: BillingMetrics,
+    /// The billing cache of this process, reloaded right after each subscription change billing commits (the
+    /// other replicas hear PostgreSQL's announcement), so no handler or job touches it.
+    accounts: Arc<crate::services::accounts::Accounts>,
 }
 
 impl Billing {
@@ -248,8 +259,9 @@ impl Billing {
         clock: SharedClock,
         settings: StripeSettings,
         metrics: BillingMetrics,
-        stigg: Arc<crate::services::stigg::Stigg>,
+        followers: Followers,
     ) -> Self {
+        let Followers { stigg, accounts } = followers;
         let intake = Batcher::start(
             events::Intake { pg: pg.clone() },
             events::INTAKE_WRITERS,
@@ -266,6 +278,16 @@ impl Billing {
             wake: Notify::new(),
             stigg,
             metrics,
+            accounts,
+        }
+    }
+
+    /// Reloads org `org_id` in this process's billing cache after a subscription change committed (read-your-
+    /// writes on this replica). A failure is logged, not returned: the change is committed, and the announcement
+    /// and the safety net still bring the cache in step.
+    pub(crate) async fn committed(&self, org_id: i64) {
+        if let Err(e) = self.accounts.reload(&self.pg, &[org_id]).await {
+            tracing::warn!(error = %e, "cannot reload the billing cache after a change; the announcement will");
         }
     }
 

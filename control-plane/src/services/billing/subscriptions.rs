@@ -71,6 +71,8 @@ pub struct Synced {
     pub state: SubscriptionState,
     /// Whether the row changed.
     pub changed: bool,
+    /// The org's internal id.
+    pub org_id: i64,
 }
 
 /// What was read back from Stripe about one subscription, ready to be written by [`Billing::write_read`]: its
@@ -358,6 +360,7 @@ impl Billing {
         let mut tx = self.pg.begin().await?;
         let synced = self.write_read(&mut tx, read).await?;
         tx.commit().await?;
+        self.committed(synced.org_id).await;
         Ok(synced)
     }
 
@@ -496,6 +499,7 @@ impl Billing {
             return Ok(Synced {
                 state: stored.map_or_else(|| state.clone(), |s| s.state),
                 changed: false,
+                org_id,
             });
         }
         let (upserted, before) = store::upsert(&mut *conn, org_id, state).await?;
@@ -521,6 +525,7 @@ impl Billing {
         Ok(Synced {
             state: state.clone(),
             changed: upserted != Upserted::Unchanged,
+            org_id,
         })
     }
 
