@@ -165,45 +165,69 @@ def poll_until(proxy, k, done, deadline):
         c.close()
 
 
-def plan_changes(db, proxies, active, count, batch=10):
-    """count plan changes (starter <-> growth) of active orgs that both proxies have cached, written straight to
-    `subscriptions` as an operator or the webhook worker would; each timed from its commit until the proxy's
-    RateLimit-Limit shows the new plan's quota, at every proxy."""
+def plan_changes(db, proxies, active, count):
+    """count plan changes (starter <-> growth) of active orgs that both proxies have cached, one at a time, written
+    straight to `subscriptions` as the webhook worker or an operator would. A thread per proxy polls with the org's
+    key from before the change; each change is timed from just before its COMMIT until the proxy's RateLimit-Limit
+    shows the new plan's quota, at every proxy."""
     candidates = [n for n in range(1, active + 1) if n % 10 != 0 and n % 3 in (1, 2)]
     chosen = random.Random(count * active).sample(candidates, count)
     times, timeouts = [], 0
-    for b in range(0, count, batch):
-        commits = []
-        for n in chosen[b:b + batch]:
-            org = f"org_s{n}"
-            (plan,) = db.execute(
-                "SELECT s.plan_code FROM subscriptions s JOIN orgs o ON o.id = s.org_id WHERE o.clerk_org_id = %s",
-                (org,)).fetchone()
-            new = "growth" if plan == "starter" else "starter"
-            with db.transaction():
-                db.execute(
-                    "UPDATE subscriptions s SET plan_code = %s, stripe_price_id = %s, stripe_updated_at = now() "
-                    "FROM orgs o WHERE o.id = s.org_id AND o.clerk_org_id = %s", (new, "price_" + new, org))
-            commits.append((n, new, time.perf_counter()))
-        results = []
-        threads = []
-        for n, new, t0 in commits:
-            want = str(LIMITS[new])
-            for p in proxies:
-                def run(p=p, n=n, want=want, t0=t0):
-                    t = poll_until(p, key(n, 0), lambda s, lim: s == 200 and lim == want, t0 + 30)
-                    results.append(None if t is None else t - t0)
-                threads.append(threading.Thread(target=run))
+    for n in chosen:
+        org = f"org_s{n}"
+        (plan,) = db.execute(
+            "SELECT s.plan_code FROM subscriptions s JOIN orgs o ON o.id = s.org_id WHERE o.clerk_org_id = %s",
+            (org,)).fetchone()
+        new = "growth" if plan == "starter" else "starter"
+        want = str(LIMITS[new])
+        seen = []
+        start = threading.Barrier(len(proxies) + 1)
+        deadline = time.perf_counter() + 30
+
+        def run(p):
+            c = p.conn()
+            try:
+                s, limit, _ = get(c, key(n, 0))
+                if s != 200 or limit != str(LIMITS[plan]):
+                    raise RuntimeError(f"org {n} at proxy {p.port} shows {s} {limit} before the change to {new}")
+                start.wait()
+                while time.perf_counter() < deadline:
+                    s, limit, _ = get(c, key(n, 0))
+                    if s == 200 and limit == want:
+                        seen.append(time.perf_counter())
+                        return
+                    time.sleep(0.001)
+                seen.append(None)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=run, args=(p,)) for p in proxies]
         for t in threads:
             t.start()
+        start.wait()
+        with db.transaction():
+            db.execute(
+                "UPDATE subscriptions s SET plan_code = %s, stripe_price_id = %s, stripe_updated_at = now() "
+                "FROM orgs o WHERE o.id = s.org_id AND o.clerk_org_id = %s", (new, "price_" + new, org))
+            t0 = time.perf_counter()
         for t in threads:
             t.join()
-        for r in results:
-            if r is None:
+        for t in seen:
+            if t is None:
                 timeouts += 1
             else:
-                times.append(r * 1e3)
+                times.append((t - t0) * 1e3)
     return times, timeouts
+
+
+def top_statements(db, out):
+    """The proxies' statements by calls since the design started (for the log: what the counts are made of)."""
+    rows = db.execute(
+        "SELECT s.calls, s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 110) FROM pg_stat_statements s "
+        "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = 'tg_proxy' ORDER BY s.calls DESC LIMIT 12").fetchall()
+    with open(out, "a") as f:
+        for calls, nrows, q in rows:
+            f.write(f"{calls:>10} {nrows:>12}  {q}\n")
 
 
 def revocations(db, proxies, cp_url, token, orgs):
@@ -307,6 +331,9 @@ def measure(a):
             row["rss_second_key"] = [p.rss_bytes() for p in proxies]
         with open(a.out, "a") as f:
             f.write(json.dumps(row) + "\n")
+        with open(a.out + ".statements", "a") as f:
+            f.write(f"{a.design} after {n} orgs: calls, rows, statement\n")
+        top_statements(db, a.out + ".statements")
         log(f"{a.design} @ {n}: " + json.dumps(row))
 
 

@@ -61,7 +61,8 @@ pub struct Episodes {
 }
 
 /// One settle pass: a report for every slot whose consumption Redis has not seen or whose lease sat idle. Slots
-/// with a round trip in flight are skipped (that round trip reports for them).
+/// with a round trip in flight are skipped (that round trip reports for them). Only the meter's settle list is
+/// visited (slots that owe nothing leave it first), except at shutdown, when every lease is handed back.
 pub async fn settle(
     core: &Core,
     conn: &mut Option<RedisConn>,
@@ -69,7 +70,12 @@ pub async fn settle(
     release_all: bool,
 ) {
     let now_ms = core.clock.now().timestamp_millis();
-    let slots = core.meter.slots();
+    let slots = if release_all {
+        core.meter.slots()
+    } else {
+        core.meter.prune_settled();
+        core.meter.to_settle()
+    };
     let mut work = Vec::new();
     for slot in &slots {
         let Ok(turn) = slot.in_flight.try_lock() else {

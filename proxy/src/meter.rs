@@ -18,6 +18,14 @@
 //! Reports are absolute (total consumed in the epoch, units held now), so a call whose reply is lost — a timeout
 //! after Redis applied it — is corrected by the next report instead of being counted twice or leaking a lease.
 //!
+//! # The settle list
+//!
+//! The settle loop visits only the slots that may owe Redis something: a slot is listed when a request takes from
+//! its lease or refunds to it (one relaxed load when it is listed already, the common case) and leaves the list
+//! once it holds nothing and Redis knows all it consumed. An idle proxy with 100,000 cached orgs therefore settles
+//! nothing, instead of visiting every slot every pass. Leaving the list happens under the slot's lease lock and
+//! the list's lock, so a request that takes from the slot afterwards always lists it again.
+//!
 //! # Dirty flags
 //!
 //! Marking a slot dirty is two atomic stores. Write-back swaps the flag off *before* reading Redis, and a request
@@ -113,6 +121,8 @@ pub struct Slot {
     /// When the oldest unflushed change was made (ms since the epoch); 0 when clean.
     dirty_since_ms: AtomicI64,
     lease: Mutex<Lease>,
+    /// Whether the slot is on the meter's settle list.
+    listed: AtomicBool,
     /// One Redis call per slot at a time: a replica's reports must not overtake each other.
     pub in_flight: tokio::sync::Mutex<()>,
 }
@@ -124,6 +134,7 @@ impl Slot {
             dirty: AtomicBool::new(false),
             dirty_since_ms: AtomicI64::new(0),
             lease: Mutex::new(Lease::default()),
+            listed: AtomicBool::new(false),
             in_flight: tokio::sync::Mutex::new(()),
         }
     }
@@ -233,6 +244,20 @@ impl Slot {
         }
     }
 
+    /// Leaves the settle list when the slot holds nothing and Redis acknowledged everything it consumed and
+    /// refunded; returns whether it left. Called with the list's lock held (see "The settle list").
+    fn delist_if_quiescent(&self) -> bool {
+        let lease = self.lease();
+        let quiescent = lease.epoch < 0
+            || (lease.available == 0
+                && lease.consumed == lease.reported
+                && lease.refunded == lease.refunds_reported);
+        if quiescent {
+            self.listed.store(false, Ordering::Release);
+        }
+        quiescent
+    }
+
     /// Drops the lease after a reset of this counter was announced; the next round trip learns the new epoch.
     pub fn forfeit(&self) {
         self.lease().restart(-1);
@@ -257,6 +282,8 @@ impl Slot {
 pub struct Meter {
     namespace: String,
     slots: Mutex<HashMap<CounterKey, Arc<Slot>>>,
+    /// The slots that may owe Redis a report (see "The settle list").
+    settle_list: Mutex<Vec<Arc<Slot>>>,
 }
 
 /// Slots taken for one flush, with the age of their oldest change.
@@ -271,6 +298,7 @@ impl Meter {
         Self {
             namespace: namespace.to_owned(),
             slots: Mutex::new(HashMap::new()),
+            settle_list: Mutex::new(Vec::new()),
         }
     }
 
@@ -318,9 +346,44 @@ impl Meter {
         batch
     }
 
-    /// Every slot (for the settle loop).
+    /// Every slot (the last settle pass at shutdown hands back every lease).
     pub fn slots(&self) -> Vec<Arc<Slot>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Puts `slot` on the settle list after a request took from its lease or refunded to it.
+    #[inline]
+    pub fn list(&self, slot: &Arc<Slot>) {
+        if slot.listed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut list = self.settle_list();
+        if !slot.listed.swap(true, Ordering::AcqRel) {
+            list.push(Arc::clone(slot));
+        }
+    }
+
+    /// The slots on the settle list.
+    pub fn to_settle(&self) -> Vec<Arc<Slot>> {
+        self.settle_list().clone()
+    }
+
+    /// Takes the slots that owe nothing off the settle list (after a settle pass).
+    pub fn prune_settled(&self) {
+        self.settle_list()
+            .retain(|slot| !slot.delist_if_quiescent());
+    }
+
+    /// How many slots are on the settle list.
+    #[cfg(test)]
+    pub fn settle_list_len(&self) -> usize {
+        self.settle_list().len()
+    }
+
+    fn settle_list(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
+        self.settle_list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forfeits the leases of the counters of `period` (every period when `None`), of one org or all, after a
@@ -552,6 +615,113 @@ mod tests {
         let again = request(&slot, &mut counter, 0, 1, 1_000).expect("admitted in the new epoch");
         assert_eq!(again.epoch, counter.epoch);
         assert_eq!(counter.used + counter.leased, counter.held[&0]);
+    }
+
+    #[test]
+    fn only_slots_that_owe_redis_are_on_the_settle_list() {
+        let meter = Meter::new("t");
+        let mut counter = Counter::default();
+        let slot = meter.slot(slot().counter.key().clone());
+        assert_eq!(
+            meter.settle_list_len(),
+            0,
+            "a slot nobody took from owes nothing"
+        );
+
+        // Cold, the first request leases its cost alone; the second leases a block.
+        for _ in 0..2 {
+            request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+            meter.list(&slot);
+        }
+        assert_eq!(meter.settle_list_len(), 1, "listed once");
+        meter.prune_settled();
+        assert_eq!(meter.settle_list_len(), 1, "it holds a lease: it stays");
+
+        settle(&slot, &mut counter, 0, false).expect("consumption to report");
+        meter.prune_settled();
+        assert_eq!(
+            meter.settle_list_len(),
+            1,
+            "reported, but still holding units"
+        );
+
+        settle(&slot, &mut counter, 0, true).expect("the lease handed back");
+        meter.prune_settled();
+        assert_eq!(
+            meter.settle_list_len(),
+            0,
+            "holds nothing, Redis knows everything: it leaves"
+        );
+
+        request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+        meter.list(&slot);
+        assert_eq!(
+            meter.settle_list_len(),
+            1,
+            "a request after it left lists it again"
+        );
+    }
+
+    #[test]
+    fn a_slot_taken_from_while_it_leaves_the_list_is_listed_again() {
+        // Requests take from the lease and list the slot while another thread prunes and settles: whenever the
+        // slot owes Redis something, it must be on the list.
+        let meter = Arc::new(Meter::new("t"));
+        let counter = Arc::new(Mutex::new(Counter::default()));
+        let slot = meter.slot(slot().counter.key().clone());
+        request(
+            &slot,
+            &mut counter.lock().expect("model"),
+            0,
+            1,
+            u64::MAX / 2,
+        )
+        .expect("admitted");
+        meter.list(&slot);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pruner = {
+            let (meter, counter, slot, stop) =
+                (meter.clone(), counter.clone(), slot.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    meter.prune_settled();
+                    settle(&slot, &mut counter.lock().expect("model"), 0, true);
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            let admitted = match slot.take_local(1, 0) {
+                Some(a) => Some(a),
+                None => request(
+                    &slot,
+                    &mut counter.lock().expect("model"),
+                    0,
+                    1,
+                    u64::MAX / 2,
+                ),
+            };
+            if admitted.is_some() {
+                meter.list(&slot);
+            }
+            let lease = slot.lease();
+            let owes =
+                lease.epoch >= 0 && (lease.available > 0 || lease.consumed != lease.reported);
+            let listed = slot.listed.load(Ordering::Acquire);
+            drop(lease);
+            assert!(
+                !owes || listed,
+                "a slot that owes Redis is on the settle list"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        pruner.join().expect("pruner");
+        let lease = slot.lease();
+        let owes = lease.available > 0 || lease.consumed != lease.reported;
+        drop(lease);
+        assert_eq!(
+            slot.listed.load(Ordering::Acquire),
+            owes || meter.settle_list_len() == 1
+        );
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl MeteringProxy {
         now: DateTime<Utc>,
     ) {
         slot.mark_dirty(now);
+        self.core.meter.list(slot);
         let left = admitted.left;
         if let Some(d) = decisions {
             d.inc(if left.saturating_mul(10) < limit {
@@ -476,6 +477,7 @@ impl ProxyHttp for MeteringProxy {
             && let Some(charge) = ctx.charge.take()
             && charge.slot.refund(charge.cost, charge.epoch)
         {
+            self.core.meter.list(&charge.slot);
             self.core.metrics.refunds.inc();
         }
         let refusal = match e.etype() {
