@@ -84,15 +84,15 @@ RUST_SHAPES = {
             'required': '',
             'optional': 'credited_items:BillingBillResourceInvoicingLinesCommonCreditedItems',
         },
-        'BillingBillResourceInvoicingLinesParentsInvoiceLineItemParent': {
-            'required': 'type:BillingBillResourceInvoicingLinesParentsInvoiceLineItemParentType',
-            'optional': 'invoice_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent '
-                        'subscription_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent',
-        },
         'BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent': {
             'required': 'invoice_item:String proration:bool',
             'optional': 'proration_details:BillingBillResourceInvoicingLinesCommonProrationDetails '
                         'subscription:String',
+        },
+        'BillingBillResourceInvoicingLinesParentsInvoiceLineItemParent': {
+            'required': 'type:BillingBillResourceInvoicingLinesParentsInvoiceLineItemParentType',
+            'optional': 'invoice_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemInvoiceItemParent '
+                        'subscription_item_details:BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent',
         },
         'BillingBillResourceInvoicingLinesParentsInvoiceLineItemSubscriptionItemParent': {
             'required': 'proration:bool subscription_item:String',
@@ -121,6 +121,43 @@ RUST_SHAPES = {
         'BillingDetails': {
             'required': '',
             'optional': 'address:Address email:String name:String phone:String tax_id:String',
+        },
+        'BillingMeter': {
+            'required': 'created:Timestamp '
+                        'customer_mapping:BillingMeterResourceCustomerMappingSettings '
+                        'default_aggregation:BillingMeterResourceAggregationSettings '
+                        'display_name:String event_name:String id:BillingMeterId livemode:bool '
+                        'status:BillingMeterStatus '
+                        'status_transitions:BillingMeterResourceBillingMeterStatusTransitions '
+                        'updated:Timestamp value_settings:BillingMeterResourceBillingMeterValue',
+            'optional': 'event_time_window:BillingMeterEventTimeWindow',
+        },
+        'BillingMeterEvent': {
+            'required': 'created:Timestamp event_name:String identifier:String livemode:bool '
+                        'payload:HashMap<String,String> timestamp:Timestamp',
+            'optional': '',
+        },
+        'BillingMeterEventSummary': {
+            'required': 'aggregated_value:f64 end_time:Timestamp id:BillingMeterEventSummaryId '
+                        'livemode:bool meter:String start_time:Timestamp',
+            'optional': '',
+        },
+        'BillingMeterResourceAggregationSettings': {
+            'required': 'formula:BillingMeterResourceAggregationSettingsFormula',
+            'optional': '',
+        },
+        'BillingMeterResourceBillingMeterStatusTransitions': {
+            'required': '',
+            'optional': 'deactivated_at:Timestamp',
+        },
+        'BillingMeterResourceBillingMeterValue': {
+            'required': 'event_payload_key:String',
+            'optional': '',
+        },
+        'BillingMeterResourceCustomerMappingSettings': {
+            'required': 'event_payload_key:String '
+                        'type:BillingMeterResourceCustomerMappingSettingsType',
+            'optional': '',
         },
         'BillingPortalSession': {
             'required': 'configuration:Expandable<BillingPortalConfiguration> created:Timestamp '
@@ -544,18 +581,18 @@ RUST_SHAPES = {
             'required': '',
             'optional': 'proration_discounts:SubscriptionsResourceBillingModeFlexibleProrationDiscounts',
         },
-        'SubscriptionsResourcePendingUpdate': {
-            'required': 'expires_at:Timestamp',
-            'optional': 'billing_cycle_anchor:Timestamp cancel_at_period_end:bool discount:Discount '
-                        'discounts:Vec<Expandable<Discount>> metadata:HashMap<String,String> '
-                        'subscription_items:Vec<SubscriptionItem> trial_end:Timestamp '
-                        'trial_from_plan:bool',
-        },
         'SubscriptionsResourcePaymentSettings': {
             'required': '',
             'optional': 'payment_method_options:SubscriptionsResourcePaymentMethodOptions '
                         'payment_method_types:Vec<SubscriptionsResourcePaymentSettingsPaymentMethodTypes> '
                         'save_default_payment_method:SubscriptionsResourcePaymentSettingsSaveDefaultPaymentMethod',
+        },
+        'SubscriptionsResourcePendingUpdate': {
+            'required': 'expires_at:Timestamp',
+            'optional': 'billing_cycle_anchor:Timestamp cancel_at_period_end:bool '
+                        'discount:Discount discounts:Vec<Expandable<Discount>> '
+                        'metadata:HashMap<String,String> subscription_items:Vec<SubscriptionItem> '
+                        'trial_end:Timestamp trial_from_plan:bool',
         },
         'SubscriptionsResourceSubscriptionInvoiceSettings': {
             'required': 'issuer:ConnectAccountReference',
@@ -660,6 +697,10 @@ RUST_SHAPES = {
                                                                            'subscription_item_details',
         'BillingBillResourceInvoicingParentsInvoiceParentType': 'quote_details subscription_details',
         'BillingBillResourceInvoicingPricingPricingType': 'price_details',
+        'BillingMeterEventTimeWindow': 'day hour',
+        'BillingMeterResourceAggregationSettingsFormula': 'count last sum',
+        'BillingMeterResourceCustomerMappingSettingsType': 'by_id',
+        'BillingMeterStatus': 'active inactive',
         'CancellationDetailsReason': 'canceled_by_retention_policy cancellation_requested '
                                    'payment_disputed payment_failed',
         'ConnectAccountReferenceType': 'account self',
@@ -800,9 +841,9 @@ RUST_SHAPES = {
         'SubscriptionsResourceTrialSettingsEndBehaviorMissingPaymentMethod': 'cancel create_invoice '
                                                                            'pause',
     },
-    'ids': 'BillingPortalSessionId CustomerId EventId InvoiceId InvoiceItemId InvoiceLineItemId '
-           'PaymentMethodId PlanId PriceId ProductId SetupIntentId SubscriptionId '
-           'SubscriptionItemId SubscriptionScheduleId',
+    'ids': 'BillingMeterEventSummaryId BillingMeterId BillingPortalSessionId CustomerId EventId '
+           'InvoiceId InvoiceItemId InvoiceLineItemId PaymentMethodId PlanId PriceId ProductId '
+           'SetupIntentId SubscriptionId SubscriptionItemId SubscriptionScheduleId',
     # event type -> Rust type of data.object (async-stripe-webhook EventObject)
     'events': {
         'customer.created': 'Customer',
@@ -818,11 +859,11 @@ RUST_SHAPES = {
         'invoice.deleted': 'Invoice',
         'invoice.finalized': 'Invoice',
         'invoice.paid': 'Invoice',
-        'invoice.payment_failed': 'Invoice',
         'invoice.payment_action_required': 'Invoice',
+        'invoice.payment_failed': 'Invoice',
         'invoice.payment_succeeded': 'Invoice',
-        'invoice.voided': 'Invoice',
         'invoice.updated': 'Invoice',
+        'invoice.voided': 'Invoice',
         'invoiceitem.created': 'InvoiceItem',
         'payment_method.attached': 'PaymentMethod',
         'price.created': 'Price',
@@ -1913,6 +1954,105 @@ def run_flows(api, emu, receiver, state_file):
     step('--exit-on-stdin-eof')
 
 
+# --- Billing Meters and meter events (issue 22, first slice) ------------------------------------
+
+def meter_flows(api):
+    meter = api.call('POST', '/v1/billing/meters', {
+        'display_name': 'API calls past the plan', 'event_name': 'selftest_api_call',
+        'default_aggregation': {'formula': 'sum'}}, shape='BillingMeter')
+    expect(meter['status'] == 'active' and meter['customer_mapping'] == {
+        'event_payload_key': 'stripe_customer_id', 'type': 'by_id'}
+        and meter['value_settings'] == {'event_payload_key': 'value'}, f'meter defaults: {meter}')
+    err = api.call('POST', '/v1/billing/meters', {
+        'display_name': 'twin', 'event_name': 'selftest_api_call',
+        'default_aggregation': {'formula': 'sum'}}, status=400)
+    expect(err['error']['param'] == 'event_name', f'one active meter per event name: {err}')
+    api.call('GET', f'/v1/billing/meters/{meter["id"]}', shape='BillingMeter')
+    listed = api.call('GET', '/v1/billing/meters', {'status': 'active'}, shape='List<BillingMeter>')
+    expect(meter['id'] in [m['id'] for m in listed['data']], 'the meter is listed')
+    step('meters: create, one active meter per event name, retrieve, list')
+
+    price = api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount': 50, 'product_data': {'name': 'Overage'},
+        'recurring': {'interval': 'month', 'usage_type': 'metered', 'meter': meter['id']}},
+        shape='Price')
+    expect(price['recurring']['meter'] == meter['id'], f'metered price: {price["recurring"]}')
+    err = api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount': 50, 'product_data': {'name': 'Overage'},
+        'recurring': {'interval': 'month', 'usage_type': 'metered'}}, status=400)
+    expect(err['error']['param'] == 'recurring[meter]', f'a metered price needs a meter: {err}')
+    step('metered prices bill a meter')
+
+    cus = api.call('POST', '/v1/customers', {'email': 'meters@example.com'}, shape='Customer')
+    now = int(time.time())
+    hour = now - now % 3600
+
+    def event(value, identifier=None, ts=None, status=200, customer=None, name='selftest_api_call'):
+        params = {'event_name': name,
+                  'payload': {'stripe_customer_id': customer or cus['id'], 'value': str(value)}}
+        if identifier:
+            params['identifier'] = identifier
+        if ts is not None:
+            params['timestamp'] = ts
+        return api.call('POST', '/v1/billing/meter_events', params, status=status,
+                        shape='BillingMeterEvent' if status == 200 else None)
+
+    first = event(25, 'tg:1:api_call:p1:25', ts=hour - 1800)
+    expect(first['identifier'] == 'tg:1:api_call:p1:25' and first['timestamp'] == hour - 1800,
+           f'the event as sent: {first}')
+    headers = {}
+    dup = api.call('POST', '/v1/billing/meter_events', {
+        'event_name': 'selftest_api_call', 'identifier': 'tg:1:api_call:p1:25',
+        'payload': {'stripe_customer_id': cus['id'], 'value': '25'}}, status=400,
+        headers_out=headers)
+    expect(dup['error']['message'] == 'An event already exists with identifier '
+           'tg:1:api_call:p1:25.' and headers.get('Stripe-Should-Retry') == 'false',
+           f'a repeated identifier is refused, not counted: {dup} {headers}')
+    event(7, ts=hour + 60)
+    generated = event(3, ts=hour + 120)
+    expect(len(generated['identifier']) > 0, 'an identifier is generated when none is sent')
+    err = event(1, ts=now - 36 * DAY, status=400)
+    expect(err['error']['param'] == 'timestamp', f'35 days back at most: {err}')
+    err = event(1, ts=now + 3600, status=400)
+    expect(err['error']['param'] == 'timestamp', f'5 minutes ahead at most: {err}')
+    step('meter events: identifiers refused when repeated within 24 h, timestamps checked')
+
+    event(1000, customer='cus_nobody')
+    event(1000, name='no_such_meter')
+    api.call('POST', '/v1/billing/meter_events', {
+        'event_name': 'selftest_api_call', 'payload': {'stripe_customer_id': cus['id'],
+                                                       'value': 'lots'}}, shape='BillingMeterEvent')
+    errors = [e['error'] for e in _test(api, 'GET', '/_test/meter_errors')['errors']]
+    expect(sorted(errors) == ['meter_event_customer_not_found', 'meter_event_invalid_value',
+                              'no_meter'], f'asynchronous refusals: {errors}')
+    step('meter events Stripe refuses asynchronously are accepted and never aggregated')
+
+    url = f'/v1/billing/meters/{meter["id"]}/event_summaries'
+    whole = api.call('GET', url, {'customer': cus['id'], 'start_time': hour - 3600,
+                                  'end_time': hour + 3600}, shape='List<BillingMeterEventSummary>')
+    expect([s['aggregated_value'] for s in whole['data']] == [35.0],
+           f'one summary over the range: {whole}')
+    hourly = api.call('GET', url, {'customer': cus['id'], 'start_time': hour - 3600,
+                                   'end_time': hour + 3600, 'value_grouping_window': 'hour'},
+                      shape='List<BillingMeterEventSummary>')
+    expect([(s['start_time'], s['aggregated_value']) for s in hourly['data']]
+           == [(hour, 10.0), (hour - 3600, 25.0)], f'hourly summaries, newest first: {hourly}')
+    err = api.call('GET', url, {'customer': cus['id'], 'start_time': hour + 30,
+                                'end_time': hour + 3600}, status=400)
+    expect(err['error']['param'] == 'start_time', f'minute-aligned bounds: {err}')
+    step('event summaries: sum over a range and per hour, bounds aligned')
+
+    api.call('POST', f'/v1/billing/meters/{meter["id"]}/deactivate', shape='BillingMeter')
+    event(5, ts=hour + 180)
+    again = api.call('GET', url, {'customer': cus['id'], 'start_time': hour - 3600,
+                                  'end_time': hour + 3600}, shape='List<BillingMeterEventSummary>')
+    expect(again['data'][0]['aggregated_value'] == 35.0, 'an inactive meter aggregates nothing new')
+    back = api.call('POST', f'/v1/billing/meters/{meter["id"]}/reactivate', shape='BillingMeter')
+    expect(back['status'] == 'active' and back['status_transitions']['deactivated_at'] is None,
+           f'reactivated: {back}')
+    step('meters deactivate and reactivate')
+
+
 # --- Dunning: retries on the subscription's clock, the final action, pause and resume (issue 20) ---
 
 # --- issue 20 follow-up (helper D): a first invoice needing 3-D Secure; incomplete expiry ----
@@ -2398,6 +2538,7 @@ def main():
         api.base = f'http://127.0.0.1:{port}'
         run_flows(api, emu, receiver, state_file)
         run_issue20_events_flows(api, receiver)
+        meter_flows(api)
         pickle_after = os.stat(pickle_path).st_mtime if os.path.exists(pickle_path) else None
         expect(pickle_after == pickle_before, f'{pickle_path} was written')
         step('localstripe default pickle untouched')

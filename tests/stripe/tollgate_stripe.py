@@ -60,7 +60,7 @@ API_VERSION = '2026-09-30.endive'
 OWNED_PREFIXES = (
     '/v1/billing_portal', '/v1/customers', '/v1/events', '/v1/invoiceitems', '/v1/invoices',
     '/v1/payment_methods', '/v1/prices', '/v1/products', '/v1/setup_intents',
-    '/v1/subscription_items', '/v1/subscription_schedules', '/v1/subscriptions',
+    '/v1/billing/meters', '/v1/billing/meter_events', '/v1/subscription_items', '/v1/subscription_schedules', '/v1/subscriptions',
 )
 
 
@@ -778,7 +778,7 @@ class Price(Resource):
             'amount': self.unit_amount, 'amount_decimal': str(self.unit_amount),
             'billing_scheme': 'per_unit', 'created': self.created, 'currency': self.currency,
             'interval': r.get('interval'), 'interval_count': r.get('interval_count'),
-            'livemode': False, 'metadata': dict(self.metadata), 'meter': None,
+            'livemode': False, 'metadata': dict(self.metadata), 'meter': r.get('meter'),
             'nickname': self.nickname, 'product': self.product, 'tiers_mode': None,
             'transform_usage': None, 'trial_period_days': None,
             'usage_type': r.get('usage_type', 'licensed'),
@@ -2515,10 +2515,19 @@ def prices_create(p):
         recurring = {'interval': r.str('interval', required=True,
                                        choices=('day', 'week', 'month', 'year')),
                      'interval_count': r.int('interval_count', default=1, minimum=1),
-                     'meter': None, 'trial_period_days': None,
+                     'meter': r.str('meter'), 'trial_period_days': None,
                      'usage_type': r.str('usage_type', default='licensed',
                                          choices=('licensed', 'metered'))}
         r.ignore('aggregate_usage', 'trial_period_days')
+        # Since 2025-03-31.basil a metered price bills a Billing Meter's aggregate, and only it.
+        if recurring['usage_type'] == 'metered':
+            if recurring['meter'] is None:
+                raise missing_param('recurring[meter]')
+            Meter.get(recurring['meter'], param='recurring[meter]', status=400,
+                      kind='billing.meter')
+        elif recurring['meter'] is not None:
+            raise invalid('`recurring[meter]` can only be set on a price with '
+                          '`recurring[usage_type]=metered`.', param='recurring[meter]')
     lookup_key = p.str('lookup_key')
     transfer = p.bool('transfer_lookup_key', default=False)
     nickname = p.str('nickname')
@@ -2618,6 +2627,243 @@ def prices_list(p):
     result = export_list(p, items, '/v1/prices', 'price')
     p.finish()
     return result
+
+
+# --- billing meters and meter events -------------------------------------------------------------
+#
+# https://docs.stripe.com/api/billing/meter, .../meter-event/create, .../meter-event-summary.
+# Meter events are not objects with ids: they are kept apart from the store (METER_EVENTS), with
+# the identifiers seen in the last 24 hours (METER_IDENTIFIERS) for Stripe's uniqueness rule.
+
+METER_EVENTS = []          # accepted and aggregated: dicts, in arrival order
+METER_ERRORS = []          # accepted, then refused by the asynchronous validation (README)
+METER_IDENTIFIERS = {}     # identifier -> wall time it was first seen
+IDENTIFIER_WINDOW = 86400
+
+
+class Meter(Resource):
+    """A Billing Meter (https://docs.stripe.com/api/billing/meter/object)."""
+
+    object = 'billing.meter'
+    _id_prefix = 'mtr_'
+
+    def __init__(self, display_name, event_name, formula, customer_key, value_key,
+                 event_time_window=None):
+        super().__init__()
+        self.display_name = display_name
+        self.event_name = event_name
+        self.formula = formula
+        self.customer_key = customer_key
+        self.value_key = value_key
+        self.event_time_window = event_time_window
+        self.status = 'active'
+        self.deactivated_at = None
+        self.updated = self.created
+
+    def _fields(self):
+        return {
+            'id': self.id, 'object': 'billing.meter', 'created': self.created,
+            'customer_mapping': {'event_payload_key': self.customer_key, 'type': 'by_id'},
+            'default_aggregation': {'formula': self.formula},
+            'display_name': self.display_name, 'event_name': self.event_name,
+            'event_time_window': self.event_time_window, 'livemode': False,
+            'status': self.status, 'status_transitions': {'deactivated_at': self.deactivated_at},
+            'updated': self.updated,
+            'value_settings': {'event_payload_key': self.value_key},
+        }
+
+
+def active_meter(event_name):
+    return next((m for m in objects('billing.meter')
+                 if m.event_name == event_name and m.status == 'active'), None)
+
+
+@route('POST', '/v1/billing/meters')
+def meters_create(p):
+    display_name = p.str('display_name', required=True)
+    event_name = p.str('event_name', required=True)
+    agg = p.sub('default_aggregation')
+    if agg is None:
+        raise missing_param('default_aggregation')
+    formula = agg.str('formula', required=True, choices=('count', 'last', 'sum'))
+    cm = p.sub('customer_mapping')
+    customer_key = 'stripe_customer_id'
+    if cm is not None:
+        customer_key = cm.str('event_payload_key', required=True)
+        cm.str('type', required=True, choices=('by_id',))
+    vs = p.sub('value_settings')
+    value_key = vs.str('event_payload_key', required=True) if vs is not None else 'value'
+    window = p.str('event_time_window', choices=('day', 'hour'))
+    p.finish()
+    if len(event_name) > 100:
+        raise invalid('Invalid event_name: must be at most 100 characters', param='event_name')
+    if active_meter(event_name) is not None:
+        raise invalid(f'An active meter with event_name `{event_name}` already exists.',
+                      param='event_name')
+    return Meter(display_name, event_name, formula, customer_key, value_key, window)._export()
+
+
+@route('GET', '/v1/billing/meters/{id}')
+def meters_retrieve(p, id):
+    p.finish()
+    return Meter.get(id, kind='billing.meter')._export()
+
+
+@route('POST', '/v1/billing/meters/{id}')
+def meters_update(p, id):
+    meter = Meter.get(id, kind='billing.meter')
+    name = p.str('display_name')
+    p.finish()
+    if name is not None:
+        meter.display_name = name
+        meter.updated = wall()
+    return meter._export()
+
+
+def _meter_status(id, status):
+    meter = Meter.get(id, kind='billing.meter')
+    if status == 'active' and meter.status != 'active' and active_meter(meter.event_name):
+        raise invalid(f'An active meter with event_name `{meter.event_name}` already exists.')
+    meter.status = status
+    meter.deactivated_at = wall() if status == 'inactive' else None
+    meter.updated = wall()
+    return meter._export()
+
+
+@route('POST', '/v1/billing/meters/{id}/deactivate')
+def meters_deactivate(p, id):
+    p.finish()
+    return _meter_status(id, 'inactive')
+
+
+@route('POST', '/v1/billing/meters/{id}/reactivate')
+def meters_reactivate(p, id):
+    p.finish()
+    return _meter_status(id, 'active')
+
+
+@route('GET', '/v1/billing/meters')
+def meters_list(p):
+    items = newest_first(objects('billing.meter'))
+    status = p.str('status', choices=('active', 'inactive'))
+    if status is not None:
+        items = [m for m in items if m.status == status]
+    result = export_list(p, items, '/v1/billing/meters', 'billing.meter')
+    p.finish()
+    return result
+
+
+def customer_clock(customer_id):
+    """The time a customer's usage is judged by: its live subscription's clock (the emulator's
+    stand-in for a test clock), else the wall clock."""
+    subs = [s for s in objects('subscription')
+            if s.customer == customer_id and s.status not in ('canceled', 'incomplete_expired')]
+    return max((s._now() for s in subs), default=wall())
+
+
+def meter_value(text):
+    """A payload value: a non-negative decimal number (Stripe sends and returns it as a string)."""
+    if not isinstance(text, str) or not re.fullmatch(r'\d+(\.\d+)?', text):
+        return None
+    return Fraction(text)
+
+
+@route('POST', '/v1/billing/meter_events')
+def meter_events_create(p):
+    event_name = p.str('event_name', required=True)
+    payload = p.raw('payload')
+    identifier = p.str('identifier')
+    timestamp = p.ts('timestamp')
+    p.finish()
+    if payload is None:
+        raise missing_param('payload')
+    if not isinstance(payload, dict) or not all(isinstance(v, str) for v in payload.values()):
+        raise invalid('Invalid payload: a map of strings', param='payload')
+    for key, param in ((event_name, 'event_name'), (identifier, 'identifier')):
+        if key is not None and len(key) > 100:
+            raise invalid(f'Invalid {param}: must be at most 100 characters', param=param)
+    meter = active_meter(event_name)
+    customer = payload.get(meter.customer_key if meter else 'stripe_customer_id')
+    now = customer_clock(customer) if isinstance(customer, str) else wall()
+    if timestamp is None:
+        timestamp = now
+    elif not now - 35 * 86400 <= timestamp <= now + 300:
+        raise invalid('Invalid timestamp: must be within the past 35 calendar days or up to 5 '
+                      'minutes in the future.', param='timestamp')
+    seen = wall()
+    for k in [k for k, t in METER_IDENTIFIERS.items() if t <= seen - IDENTIFIER_WINDOW]:
+        del METER_IDENTIFIERS[k]
+    if identifier is None:
+        identifier = new_id('', 32)
+    elif identifier in METER_IDENTIFIERS:
+        raise invalid(f'An event already exists with identifier {identifier}.')
+    METER_IDENTIFIERS[identifier] = seen
+    event = {'object': 'billing.meter_event', 'created': seen, 'event_name': event_name,
+             'identifier': identifier, 'livemode': False, 'payload': dict(payload),
+             'timestamp': timestamp}
+    # Stripe validates the rest asynchronously: the call succeeds, the event is not aggregated
+    # and the error is reported later (billing.meter.error_report_triggered); /_test/meter_errors
+    # lists them here.
+    error = None
+    value = meter_value(payload.get(meter.value_key)) if meter else None
+    if meter is None:
+        error = 'no_meter'
+    elif not isinstance(customer, str) or store.get(f'customer:{customer}') is None:
+        error = 'meter_event_customer_not_found'
+    elif meter.formula != 'count' and meter.value_key not in payload:
+        error = 'meter_event_value_not_found'
+    elif meter.formula != 'count' and value is None:
+        error = 'meter_event_invalid_value'
+    if error is None:
+        METER_EVENTS.append(dict(event, _meter=meter.id, _customer=customer,
+                                 _value=value if value is not None else Fraction(1)))
+    else:
+        METER_ERRORS.append(dict(event, error=error))
+    return event
+
+
+def meter_aggregate(meter, customer, start, end):
+    """The meter's aggregate of a customer's events with start <= timestamp < end."""
+    events = [e for e in METER_EVENTS
+              if e['_meter'] == meter.id and e['_customer'] == customer
+              and start <= e['timestamp'] < end]
+    if meter.formula == 'count':
+        return Fraction(len(events))
+    if meter.formula == 'last':
+        return max(events, key=lambda e: (e['timestamp'], e['created']))['_value'] if events \
+            else Fraction(0)
+    return sum((e['_value'] for e in events), Fraction(0))
+
+
+@route('GET', '/v1/billing/meters/{id}/event_summaries')
+def meter_event_summaries(p, id):
+    meter = Meter.get(id, kind='billing.meter')
+    customer = p.str('customer', required=True)
+    start = p.ts('start_time', required=True)
+    end = p.ts('end_time', required=True)
+    window = p.str('value_grouping_window', choices=('day', 'hour'))
+    limit = p.int('limit', default=10)
+    p.ignore('starting_after', 'ending_before')
+    p.finish()
+    if not 1 <= limit <= 100:
+        raise invalid('Invalid limit: must be between 1 and 100', param='limit')
+    step = {'day': 86400, 'hour': 3600, None: 60}[window]
+    for name, t in (('start_time', start), ('end_time', end)):
+        if t % step:
+            raise invalid(f'Invalid {name}: must be aligned with '
+                          f'{window or "minute"} boundaries', param=name)
+    if end <= start:
+        raise invalid('Invalid end_time: must be after start_time', param='end_time')
+    Customer.get(customer, param='customer', status=400)
+    bounds = [(start, end)] if window is None else \
+        [(t, min(t + step, end)) for t in range(start, end, step)]
+    data = [{'id': 'mtrusg_' + hashlib.sha256(f'{meter.id}{customer}{a}{b}'.encode())
+             .hexdigest()[:24], 'object': 'billing.meter_event_summary',
+             'aggregated_value': float(meter_aggregate(meter, customer, a, b)),
+             'end_time': b, 'livemode': False, 'meter': meter.id, 'start_time': a}
+            for a, b in reversed(bounds)]
+    return list_object(f'/v1/billing/meters/{meter.id}/event_summaries', data[:limit],
+                       len(data) > limit)
 
 
 # --- customers --------------------------------------------------------------------------------
@@ -4051,6 +4297,9 @@ async def flush_data(request):
     IDEMPOTENCY.clear()
     OUTBOX.clear()
     FAULTS.clear()
+    METER_EVENTS.clear()
+    METER_ERRORS.clear()
+    METER_IDENTIFIERS.clear()
     return web.Response()
 
 
@@ -4258,6 +4507,15 @@ def test_faults_add(p):
          'delay_ms': delay_ms, 'status': status, 'saved': saved, 'hits': []}
     FAULTS.append(f)
     return dict(f, hits=list(f['hits']))
+
+
+@route('GET', '/_test/meter_errors')
+def test_meter_errors(p):
+    """Meter events accepted but refused by the asynchronous validation, with Stripe's error
+    code (what billing.meter.error_report_triggered would report)."""
+    p.finish()
+    return {'errors': [{k: v for k, v in e.items() if not k.startswith('_')}
+                       for e in METER_ERRORS]}
 
 
 @route('GET', '/_test/faults')
@@ -4596,6 +4854,9 @@ def save_state(path):
         'idempotency': {k: v for k, v in IDEMPOTENCY.items() if not v.get('in_flight')},
         'outbox': {wid: list(q) for wid, q in OUTBOX.items()},
         'deliveries': DELIVERIES[-500:],
+        'meter_events': list(METER_EVENTS),
+        'meter_errors': list(METER_ERRORS),
+        'meter_identifiers': dict(METER_IDENTIFIERS),
         'seq': next_seq(),
     }
     tmp = f'{path}.tmp'
@@ -4619,4 +4880,8 @@ def load_state(path):
     OUTBOX.clear()
     OUTBOX.update(state['outbox'])
     DELIVERIES[:] = state['deliveries']
+    METER_EVENTS[:] = state.get('meter_events', [])
+    METER_ERRORS[:] = state.get('meter_errors', [])
+    METER_IDENTIFIERS.clear()
+    METER_IDENTIFIERS.update(state.get('meter_identifiers', {}))
     _seq = itertools.count(state['seq'] + 1)
