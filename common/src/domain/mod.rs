@@ -21,6 +21,8 @@
 //! * [`billing`]: which plan and period apply to an org, from its subscription state ([`Billing`]).
 //! * [`subscription`]: a Stripe subscription as Tollgate keeps it, and plan changes ([`PlanChange`]).
 //! * [`events`]: why a Stripe event is terminally ignored ([`IgnoreReason`]).
+//! * [`overage`]: usage past the included units (issue 22, being built): what it costs as Stripe invoices it,
+//!   what a spend cap buys, the [`overage::Bound`] admission stops at, and the thresholds a change crosses.
 //!
 //! Every failure is a [`DomainError`] whose message starts with the field or configuration key at
 //! fault, so an edge can put it in a problem+json `detail` or a start-up error line unchanged.
@@ -29,6 +31,7 @@ pub mod billing;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod overage;
 pub mod period;
 pub mod plan;
 pub mod quota;
