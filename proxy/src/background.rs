@@ -106,7 +106,7 @@ pub async fn settle(
                 if applied && report.consumed > report.acknowledged {
                     // The counter in Redis moved: the next flush must write it, even if a flush since the
                     // admission already cleared the flag.
-                    slot.mark_dirty(now);
+                    core.meter.mark_dirty(slot, now);
                 }
             }
             if std::mem::take(&mut episodes.settling) {

@@ -263,16 +263,19 @@ impl Slot {
         self.lease().restart(-1);
     }
 
-    /// Records that Redis holds a change PostgreSQL does not have yet.
-    pub fn mark_dirty(&self, now: DateTime<Utc>) {
-        if !self.dirty.swap(true, Ordering::AcqRel) {
-            let _ = self.dirty_since_ms.compare_exchange(
-                0,
-                now.timestamp_millis(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+    /// Records that Redis holds a change PostgreSQL does not have yet; true when the slot was clean (the caller
+    /// puts it on the meter's dirty list).
+    fn mark_dirty(&self, now: DateTime<Utc>) -> bool {
+        if self.dirty.swap(true, Ordering::AcqRel) {
+            return false;
         }
+        let _ = self.dirty_since_ms.compare_exchange(
+            0,
+            now.timestamp_millis(),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        true
     }
 }
 
@@ -284,6 +287,11 @@ pub struct Meter {
     slots: Mutex<HashMap<CounterKey, Arc<Slot>>>,
     /// The slots that may owe Redis a report (see "The settle list").
     settle_list: Mutex<Vec<Arc<Slot>>>,
+    /// The dirty slots, each once: a slot joins when its flag goes from clean to dirty and leaves when write-back
+    /// takes it, so a flush visits only what changed.
+    dirty_list: Mutex<Vec<Arc<Slot>>>,
+    /// The minute (of `forget_before`) when clean slots of ended periods were last forgotten.
+    forgot_minute: AtomicI64,
 }
 
 /// Slots taken for one flush, with the age of their oldest change.
@@ -299,6 +307,8 @@ impl Meter {
             namespace: namespace.to_owned(),
             slots: Mutex::new(HashMap::new()),
             settle_list: Mutex::new(Vec::new()),
+            dirty_list: Mutex::new(Vec::new()),
+            forgot_minute: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -325,24 +335,38 @@ impl Meter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes every dirty slot (clearing its flag) and forgets clean slots of periods that ended before
-    /// `forget_before`.
+    /// Records that `slot`'s counter in Redis moved past what PostgreSQL has (after an admission or a settle that
+    /// Redis applied).
+    pub fn mark_dirty(&self, slot: &Arc<Slot>, now: DateTime<Utc>) {
+        if slot.mark_dirty(now) {
+            self.dirty_list().push(Arc::clone(slot));
+        }
+    }
+
+    /// Takes every dirty slot (clearing its flag), visiting only the dirty list; once a minute (of
+    /// `forget_before`) also forgets clean slots of periods that ended before `forget_before`.
     pub fn take_dirty(&self, forget_before: DateTime<Utc>) -> Batch {
         let mut batch = Batch {
             slots: Vec::new(),
             since_ms: Vec::new(),
         };
-        self.lock().retain(|_, slot| {
+        for slot in std::mem::take(&mut *self.dirty_list()) {
+            // Only write-back clears the flag, so every listed slot is dirty; the check keeps that a fact here.
             if slot.dirty.swap(false, Ordering::AcqRel) {
                 batch
                     .since_ms
                     .push(slot.dirty_since_ms.swap(0, Ordering::AcqRel));
-                batch.slots.push(Arc::clone(slot));
-                true
-            } else {
-                slot.counter.key().period.end >= forget_before || Arc::strong_count(slot) > 1
+                batch.slots.push(slot);
             }
-        });
+        }
+        let minute = forget_before.timestamp().div_euclid(60);
+        if self.forgot_minute.swap(minute, Ordering::AcqRel) != minute {
+            self.lock().retain(|_, slot| {
+                slot.counter.key().period.end >= forget_before
+                    || Arc::strong_count(slot) > 1
+                    || slot.dirty.load(Ordering::Acquire)
+            });
+        }
         batch
     }
 
@@ -380,6 +404,12 @@ impl Meter {
         self.settle_list().len()
     }
 
+    fn dirty_list(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
+        self.dirty_list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn settle_list(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
         self.settle_list
             .lock()
@@ -405,7 +435,9 @@ impl Meter {
     /// Puts a failed batch back so the next flush retries it, keeping the original age.
     pub fn requeue(&self, batch: Batch) {
         for (slot, since) in batch.slots.iter().zip(batch.since_ms) {
-            slot.dirty.store(true, Ordering::Release);
+            if !slot.dirty.swap(true, Ordering::AcqRel) {
+                self.dirty_list().push(Arc::clone(slot));
+            }
             let _ =
                 slot.dirty_since_ms
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
@@ -421,8 +453,8 @@ impl Meter {
     /// Seconds since the oldest change that is not yet in PostgreSQL (0 when everything is written).
     pub fn lag_seconds(&self, now: DateTime<Utc>) -> f64 {
         let oldest = self
-            .lock()
-            .values()
+            .dirty_list()
+            .iter()
             .map(|s| s.dirty_since_ms.load(Ordering::Acquire))
             .filter(|ms| *ms > 0)
             .min();
@@ -659,6 +691,86 @@ mod tests {
             meter.settle_list_len(),
             1,
             "a request after it left lists it again"
+        );
+    }
+
+    #[test]
+    fn write_back_takes_only_the_slots_that_changed_each_once() {
+        let meter = Meter::new("t");
+        let key = slot().counter.key().clone();
+        let now = key.period.start;
+        let a = meter.slot(key.clone());
+        let mut other = key.clone();
+        other.org_id = 2;
+        let b = meter.slot(other);
+        assert!(meter.take_dirty(now).is_empty(), "nothing changed");
+
+        meter.mark_dirty(&a, now);
+        meter.mark_dirty(&a, now + chrono::Duration::seconds(5));
+        assert_eq!(
+            meter.lag_seconds(now + chrono::Duration::seconds(2)),
+            2.0,
+            "aged from the first change"
+        );
+        let batch = meter.take_dirty(now);
+        assert_eq!(
+            batch.slots.len(),
+            1,
+            "one slot, once, however often it changed"
+        );
+        assert!(Arc::ptr_eq(&batch.slots[0], &a));
+        assert_eq!(meter.lag_seconds(now), 0.0);
+        assert!(
+            meter.take_dirty(now).is_empty(),
+            "taken: clean until it changes again"
+        );
+
+        meter.requeue(batch);
+        meter.mark_dirty(&b, now);
+        meter.mark_dirty(&a, now);
+        let again = meter.take_dirty(now);
+        assert_eq!(
+            again.slots.len(),
+            2,
+            "a failed batch comes back, beside the new change"
+        );
+    }
+
+    #[test]
+    fn clean_slots_of_ended_periods_are_forgotten_once_a_minute() {
+        let meter = Meter::new("t");
+        let key = slot().counter.key().clone();
+        let end = key.period.end;
+        drop(meter.slot(key.clone()));
+        let kept = meter.slot({
+            let mut k = key.clone();
+            k.org_id = 2;
+            k
+        });
+        meter.mark_dirty(&kept, end);
+        drop(kept);
+        let after = end + chrono::Duration::minutes(10);
+        let batch = meter.take_dirty(after);
+        assert_eq!(batch.slots.len(), 1);
+        assert_eq!(
+            meter.lock().len(),
+            1,
+            "the clean one is forgotten, the one being written is kept"
+        );
+        drop(batch);
+        assert_eq!(meter.take_dirty(after).slots.len(), 0);
+        assert_eq!(meter.lock().len(), 1, "the same minute: no second walk");
+        assert_eq!(
+            meter
+                .take_dirty(after + chrono::Duration::minutes(1))
+                .slots
+                .len(),
+            0
+        );
+        assert_eq!(
+            meter.lock().len(),
+            0,
+            "a new minute: clean slots of ended periods are forgotten"
         );
     }
 

@@ -270,7 +270,7 @@ impl MeteringProxy {
             }
         };
         core.redis_health.succeeded();
-        slot.mark_dirty(now);
+        core.meter.mark_dirty(&slot, now);
         match slot.finish_lease(&reply, report, cost, limit, now_ms) {
             Some(admitted) => {
                 self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
@@ -308,7 +308,7 @@ impl MeteringProxy {
         period: &Period,
         now: DateTime<Utc>,
     ) {
-        slot.mark_dirty(now);
+        self.core.meter.mark_dirty(slot, now);
         self.core.meter.list(slot);
         let left = admitted.left;
         if let Some(d) = decisions {
