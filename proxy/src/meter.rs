@@ -350,7 +350,10 @@ impl Meter {
             slots: Vec::new(),
             since_ms: Vec::new(),
         };
-        for slot in std::mem::take(&mut *self.dirty_list()) {
+        // Drained, not replaced: the list keeps its buffer, so a request that lists a slot never allocates (and
+        // the batch is allocated and freed by the write-back task alone).
+        let taken: Vec<Arc<Slot>> = self.dirty_list().drain(..).collect();
+        for slot in taken {
             // Only write-back clears the flag, so every listed slot is dirty; the check keeps that a fact here.
             if slot.dirty.swap(false, Ordering::AcqRel) {
                 batch
