@@ -29,6 +29,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib/services.sh
 source "$(dirname "$0")/../scripts/lib/services.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 die() { log "$*"; exit 1; }
 
@@ -59,18 +61,12 @@ dir=$(mktemp -d /tmp/tg-bench-XXXX)
 db="tg_bench_$(date +%s)_$$"
 db_made=
 pids=()
-alive() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]; }
 cleanup() {
-  local rc=$? i p
+  local rc=$?
   trap - EXIT INT TERM
   set +e
-  # newest first: proxy, control plane, nginx, Redis; a process still up after 8 s (a graceful drain) is killed
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-  for _ in $(seq 80); do
-    p=; for i in "${pids[@]}"; do if alive "$i"; then p=1; fi; done
-    if [ -z "$p" ]; then break; fi; sleep 0.1
-  done
-  for i in "${pids[@]}"; do if alive "$i"; then kill -9 "$i" 2>/dev/null; fi; done
+  # newest first: proxy, control plane, nginx, Redis
+  [ ${#pids[@]} = 0 ] || stop_pids "${pids[@]}"
   wait 2>/dev/null
   if [ -n "$db_made" ]; then
     psql -h 127.0.0.1 -U postgres -qAtc "drop database if exists $db with (force)" >/dev/null 2>&1 ||
@@ -82,16 +78,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# wait_http URL PID WHAT LOG: until URL answers 2xx; fails early when PID has exited
-wait_http() {
-  for _ in $(seq 600); do
-    curl -sf -o /dev/null "$1" && return 0
-    alive "$2" || { log "$3 exited:"; tail -n 20 "$4" >&2; return 1; }
-    sleep 0.2
-  done
-  log "$3 did not answer $1 within 120 s:"; tail -n 20 "$4" >&2; return 1
-}
 
 # --- upstream: nginx, a fixed 200 (the same config as shared/perf) -------------------------------------------------
 UP=$(free_port)
@@ -136,7 +122,8 @@ CP=$(free_port) PP=$(free_port) MP=$(free_port)
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL="redis://127.0.0.1:$RP" \
   TOLLGATE_PLANS="$dir/plans.toml" TOLLGATE_ROUTES="$dir/routes.toml" TOLLGATE_ADMIN_TOKEN="tgop_bench_$$" \
   STRIPE_SECRET_KEY=sk_test_bench STRIPE_API_BASE=http://127.0.0.1:9 STRIPE_WEBHOOK_SECRET=whsec_bench \
-  STIGG_API_KEY=bench STIGG_API_URL=http://127.0.0.1:9/graphql CLERK_JWKS_URL=http://127.0.0.1:9/jwks RUST_LOG=warn
+  STIGG_API_KEY=bench STIGG_API_URL=http://127.0.0.1:9/graphql CLERK_JWKS_URL=http://127.0.0.1:9/jwks RUST_LOG=warn \
+  TOLLGATE_BILLING_RETURN_URL=http://127.0.0.1:9/billing
 
 # --- control plane (migrates the database), org and API key --------------------------------------------------------
 TOLLGATE_CP_LISTEN="127.0.0.1:$CP" "$bin/tollgate-control-plane" >"$dir/control-plane.log" 2>&1 &

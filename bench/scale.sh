@@ -24,6 +24,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib/services.sh
 source "$root/scripts/lib/services.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$here/lib.sh"
 die() { log "$*"; exit 1; }
 
 command -v wrk >/dev/null || apt_install wrk
@@ -66,16 +68,6 @@ dir=$(mktemp -d /tmp/tg-scale-XXXX)
 cluster="tgscale$$"
 cluster_made=
 pids=()
-alive() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]; }
-stop_pids() {
-  local i p
-  for i in "$@"; do kill "$i" 2>/dev/null || true; done
-  for _ in $(seq 80); do
-    p=; for i in "$@"; do if alive "$i"; then p=1; fi; done
-    [ -n "$p" ] || break; sleep 0.1
-  done
-  for i in "$@"; do if alive "$i"; then kill -9 "$i" 2>/dev/null || true; fi; done
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -89,15 +81,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-wait_http() {
-  for _ in $(seq 600); do
-    curl -sf -o /dev/null "$1" && return 0
-    alive "$2" || { log "$3 exited:"; tail -n 20 "$4" >&2; return 1; }
-    sleep 0.2
-  done
-  log "$3 did not answer $1 within 120 s:"; tail -n 20 "$4" >&2; return 1
-}
 
 # --- a private PostgreSQL cluster with pg_stat_statements, so statements can be counted per role ------------------
 PG=$(free_port)
