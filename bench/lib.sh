@@ -24,3 +24,11 @@ wait_http() {
   done
   log "$3 did not answer $1 within 120 s:"; tail -n 20 "$4" >&2; return 1
 }
+
+# export_unreached: the settings the control plane and the proxy require for services a benchmark never calls
+# (Stripe, Stigg and Clerk at a closed port), the same in every bench script; quiet logs
+export_unreached() {
+  export STRIPE_SECRET_KEY=sk_test_bench STRIPE_API_BASE=http://127.0.0.1:9 STRIPE_WEBHOOK_SECRET=whsec_bench \
+    STIGG_API_KEY=bench STIGG_API_URL=http://127.0.0.1:9/graphql CLERK_JWKS_URL=http://127.0.0.1:9/jwks \
+    TOLLGATE_BILLING_RETURN_URL=http://127.0.0.1:9/billing RUST_LOG=warn
+}

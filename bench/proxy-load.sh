@@ -120,10 +120,8 @@ TOML
 
 CP=$(free_port) PP=$(free_port) MP=$(free_port)
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL="redis://127.0.0.1:$RP" \
-  TOLLGATE_PLANS="$dir/plans.toml" TOLLGATE_ROUTES="$dir/routes.toml" TOLLGATE_ADMIN_TOKEN="tgop_bench_$$" \
-  STRIPE_SECRET_KEY=sk_test_bench STRIPE_API_BASE=http://127.0.0.1:9 STRIPE_WEBHOOK_SECRET=whsec_bench \
-  STIGG_API_KEY=bench STIGG_API_URL=http://127.0.0.1:9/graphql CLERK_JWKS_URL=http://127.0.0.1:9/jwks RUST_LOG=warn \
-  TOLLGATE_BILLING_RETURN_URL=http://127.0.0.1:9/billing
+  TOLLGATE_PLANS="$dir/plans.toml" TOLLGATE_ROUTES="$dir/routes.toml" TOLLGATE_ADMIN_TOKEN="tgop_bench_$$"
+export_unreached
 
 # --- control plane (migrates the database), org and API key --------------------------------------------------------
 TOLLGATE_CP_LISTEN="127.0.0.1:$CP" "$bin/tollgate-control-plane" >"$dir/control-plane.log" 2>&1 &

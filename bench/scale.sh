@@ -129,9 +129,8 @@ default = { metric = "api_call", cost = 1 }
 TOML
 token="tgop_scale_$$"
 export REDIS_URL="redis://127.0.0.1:$RP" TOLLGATE_PLANS="$dir/plans.toml" TOLLGATE_ROUTES="$dir/routes.toml" \
-  TOLLGATE_ADMIN_TOKEN="$token" STRIPE_SECRET_KEY=sk_test_scale STRIPE_API_BASE=http://127.0.0.1:9 \
-  STRIPE_WEBHOOK_SECRET=whsec_scale STIGG_API_KEY=scale STIGG_API_URL=http://127.0.0.1:9/graphql \
-  CLERK_JWKS_URL=http://127.0.0.1:9/jwks TOLLGATE_BILLING_RETURN_URL=http://127.0.0.1:9/billing RUST_LOG=warn
+  TOLLGATE_ADMIN_TOKEN="$token"
+export_unreached
 
 CP=$(free_port)
 DATABASE_URL=$dsn TOLLGATE_CP_LISTEN="127.0.0.1:$CP" "$cpdir/tollgate-control-plane" >"$dir/control-plane.log" 2>&1 &

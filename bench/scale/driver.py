@@ -277,7 +277,7 @@ def measure(a):
     cold_probe = {0: 4, 1: 6, 2: 9}
     for p in proxies:
         c = p.conn()
-        s, limit, _ = get(c, key(1, 0))
+        s, _, _ = get(c, key(1, 0))
         if s != 200:
             raise RuntimeError(f"proxy {p.port} answered {s} for a seeded key")
     rss_start = [p.rss_bytes() for p in proxies]
