@@ -113,6 +113,13 @@ impl Default for Lease {
     }
 }
 
+/// Every lock here guards state that no holder leaves half-changed, so a poisoned one is taken as it is.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One counter the proxy meters.
 pub struct Slot {
     /// Which counter, and its Redis key.
@@ -140,9 +147,7 @@ impl Slot {
     }
 
     fn lease(&self) -> MutexGuard<'_, Lease> {
-        self.lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.lease)
     }
 
     /// Admits `cost` from the local lease when it covers it.
@@ -329,17 +334,15 @@ impl Meter {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CounterKey, Arc<Slot>>> {
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<CounterKey, Arc<Slot>>> {
+        locked(&self.slots)
     }
 
     /// Records that `slot`'s counter in Redis moved past what PostgreSQL has (after an admission or a settle that
     /// Redis applied).
     pub fn mark_dirty(&self, slot: &Arc<Slot>, now: DateTime<Utc>) {
         if slot.mark_dirty(now) {
-            self.dirty_list().push(Arc::clone(slot));
+            locked(&self.dirty_list).push(Arc::clone(slot));
         }
     }
 
@@ -352,7 +355,7 @@ impl Meter {
         };
         // Drained, not replaced: the list keeps its buffer, so a request that lists a slot never allocates (and
         // the batch is allocated and freed by the write-back task alone).
-        let taken: Vec<Arc<Slot>> = self.dirty_list().drain(..).collect();
+        let taken: Vec<Arc<Slot>> = locked(&self.dirty_list).drain(..).collect();
         for slot in taken {
             // Only write-back clears the flag, so every listed slot is dirty; the check keeps that a fact here.
             if slot.dirty.swap(false, Ordering::AcqRel) {
@@ -384,7 +387,7 @@ impl Meter {
         if slot.listed.load(Ordering::Relaxed) {
             return;
         }
-        let mut list = self.settle_list();
+        let mut list = locked(&self.settle_list);
         if !slot.listed.swap(true, Ordering::AcqRel) {
             list.push(Arc::clone(slot));
         }
@@ -392,31 +395,18 @@ impl Meter {
 
     /// The slots on the settle list.
     pub fn to_settle(&self) -> Vec<Arc<Slot>> {
-        self.settle_list().clone()
+        locked(&self.settle_list).clone()
     }
 
     /// Takes the slots that owe nothing off the settle list (after a settle pass).
     pub fn prune_settled(&self) {
-        self.settle_list()
-            .retain(|slot| !slot.delist_if_quiescent());
+        locked(&self.settle_list).retain(|slot| !slot.delist_if_quiescent());
     }
 
     /// How many slots are on the settle list.
     #[cfg(test)]
     pub fn settle_list_len(&self) -> usize {
-        self.settle_list().len()
-    }
-
-    fn dirty_list(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
-        self.dirty_list
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn settle_list(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
-        self.settle_list
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.settle_list).len()
     }
 
     /// Forfeits the leases of the counters of `period` (every period when `None`), of one org or all, after a
@@ -439,7 +429,7 @@ impl Meter {
     pub fn requeue(&self, batch: Batch) {
         for (slot, since) in batch.slots.iter().zip(batch.since_ms) {
             if !slot.dirty.swap(true, Ordering::AcqRel) {
-                self.dirty_list().push(Arc::clone(slot));
+                locked(&self.dirty_list).push(Arc::clone(slot));
             }
             let _ =
                 slot.dirty_since_ms
@@ -455,8 +445,7 @@ impl Meter {
 
     /// Seconds since the oldest change that is not yet in PostgreSQL (0 when everything is written).
     pub fn lag_seconds(&self, now: DateTime<Utc>) -> f64 {
-        let oldest = self
-            .dirty_list()
+        let oldest = locked(&self.dirty_list)
             .iter()
             .map(|s| s.dirty_since_ms.load(Ordering::Acquire))
             .filter(|ms| *ms > 0)
