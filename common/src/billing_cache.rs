@@ -26,8 +26,8 @@
 //! result). A cold load has no entry yet to count on, so every announcement also moves a cache-wide counter; a cold
 //! load that sees it moved while it ran reloads the org once more after inserting it.
 
-use crate::domain::{Billing, OrgId, PlanCatalog, Terms};
-use crate::store::billing::{self, CHANGES_CHANNEL};
+use crate::domain::{Billing, Bound, Metric, OrgId, PlanCatalog, SpendCap, Terms, overage};
+use crate::store::billing::{self, CHANGES_CHANNEL, OrgBilling};
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use quick_cache::sync::Cache;
@@ -54,14 +54,14 @@ pub trait Loader: Sync {
     fn load_many(
         &self,
         ids: &[i64],
-    ) -> impl Future<Output = Result<HashMap<i64, Billing>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<HashMap<i64, OrgBilling>, sqlx::Error>> + Send;
 }
 
 impl Loader for PgPool {
     fn load_many(
         &self,
         ids: &[i64],
-    ) -> impl Future<Output = Result<HashMap<i64, Billing>, sqlx::Error>> + Send {
+    ) -> impl Future<Output = Result<HashMap<i64, OrgBilling>, sqlx::Error>> + Send {
         billing::load_many(self, ids)
     }
 }
@@ -70,7 +70,7 @@ impl Loader for PgPool {
 
 /// The billing state and the terms last derived from it.
 struct State {
-    billing: Billing,
+    billing: OrgBilling,
     terms: Option<Terms<'static>>,
 }
 
@@ -88,7 +88,7 @@ pub struct Entry<E> {
 }
 
 impl<E: Default> Entry<E> {
-    fn new(id: i64, org: OrgId, billing: Billing) -> Self {
+    fn new(id: i64, org: OrgId, billing: OrgBilling) -> Self {
         Self {
             id,
             org,
@@ -105,7 +105,22 @@ impl<E: Default> Entry<E> {
 impl<E> Entry<E> {
     /// The billing state (a clone).
     pub fn billing(&self) -> Billing {
-        self.read().billing.clone()
+        self.read().billing.billing.clone()
+    }
+
+    /// The org's spend cap, if it set one.
+    pub fn cap(&self) -> Option<Arc<SpendCap>> {
+        self.read().billing.cap.clone()
+    }
+
+    /// Where admission of `metric` stops under `terms` (from [`Self::terms`]): see [`overage::bound`]. Reads the
+    /// spend cap only when the plan bills overage of `metric`.
+    pub fn bound(&self, terms: &Terms<'_>, metric: &Metric) -> Bound {
+        if terms.billable && terms.plan.overage(metric).is_some() {
+            overage::bound(terms.plan, metric, true, self.read().billing.cap.as_deref())
+        } else {
+            Bound::Included(terms.plan.limit(metric))
+        }
     }
 
     /// The plan and period in force at `now` (see [`Billing::terms`]), without cloning the state: the terms last
@@ -120,7 +135,7 @@ impl<E> Entry<E> {
             return Some(terms);
         }
         let mut state = self.write();
-        let terms = state.billing.terms(catalog, now);
+        let terms = state.billing.billing.terms(catalog, now);
         state.terms = terms;
         terms
     }
@@ -134,7 +149,7 @@ impl<E> Entry<E> {
     }
 
     /// Applies a loaded state if no reload was asked for since `asked` was read. True when the state changed.
-    fn apply(&self, billing: Billing, asked: u64) -> bool {
+    fn apply(&self, billing: OrgBilling, asked: u64) -> bool {
         let mut state = self.write();
         if self.asked.load(Ordering::SeqCst) != asked || state.billing == billing {
             return false;
@@ -391,7 +406,7 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
             .load_many(&[id])
             .await?
             .remove(&id)
-            .unwrap_or(Billing::Unsubscribed);
+            .unwrap_or_else(|| Billing::Unsubscribed.into());
         let fresh = Arc::new(Entry::new(id, org.clone(), billing));
         // Two first look-ups may race: keep whichever entry landed first (so the extension is not split).
         let Ok(entry) = self
@@ -457,7 +472,9 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
         self.metrics.query(why);
         let mut loaded = pg.load_many(&ids).await?;
         for (entry, asked) in entries.iter().zip(asked) {
-            let billing = loaded.remove(&entry.id).unwrap_or(Billing::Unsubscribed);
+            let billing = loaded
+                .remove(&entry.id)
+                .unwrap_or_else(|| Billing::Unsubscribed.into());
             if entry.apply(billing, asked) {
                 tracing::info!(org.id = %entry.org, "billing state changed");
             }
@@ -502,7 +519,9 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
         self.metrics.rechecked.inc_by(ids.len() as u64);
         let mut corrections = 0;
         for (entry, asked) in batch.iter().zip(asked) {
-            let billing = loaded.remove(&entry.id).unwrap_or(Billing::Unsubscribed);
+            let billing = loaded
+                .remove(&entry.id)
+                .unwrap_or_else(|| Billing::Unsubscribed.into());
             if entry.apply(billing, asked) {
                 corrections += 1;
                 tracing::warn!(org.id = %entry.org, "safety net corrected a billing state: an announcement was missed");
@@ -656,15 +675,19 @@ mod tests {
         fn load_many(
             &self,
             ids: &[i64],
-        ) -> impl Future<Output = Result<HashMap<i64, Billing>, sqlx::Error>> + Send {
+        ) -> impl Future<Output = Result<HashMap<i64, OrgBilling>, sqlx::Error>> + Send {
             self.queries.fetch_add(1, Ordering::SeqCst);
             let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-            let out: HashMap<i64, Billing> = ids
+            let out: HashMap<i64, OrgBilling> = ids
                 .iter()
                 .map(|id| {
                     (
                         *id,
-                        states.get(id).cloned().unwrap_or(Billing::Unsubscribed),
+                        states
+                            .get(id)
+                            .cloned()
+                            .unwrap_or(Billing::Unsubscribed)
+                            .into(),
                     )
                 })
                 .collect();
@@ -675,7 +698,7 @@ mod tests {
     /// A loader whose answer was read before a change committed: it answers `stale` once, then reads `fake`.
     struct StaleOnce<'a> {
         fake: &'a Fake,
-        stale: Mutex<Option<HashMap<i64, Billing>>>,
+        stale: Mutex<Option<HashMap<i64, OrgBilling>>>,
         /// Runs between the stale read and its answer (the change commits and is announced there).
         meanwhile: Box<dyn Fn() + Sync + 'a>,
     }
@@ -684,7 +707,7 @@ mod tests {
         fn load_many(
             &self,
             ids: &[i64],
-        ) -> impl Future<Output = Result<HashMap<i64, Billing>, sqlx::Error>> + Send {
+        ) -> impl Future<Output = Result<HashMap<i64, OrgBilling>, sqlx::Error>> + Send {
             let stale = self
                 .stale
                 .lock()
@@ -904,7 +927,7 @@ mod sizes {
     /// The README's memory estimates are built on these sizes (x86-64); a change here must update them.
     #[test]
     fn the_inline_sizes_behind_the_readme_estimates() {
-        assert!(size_of::<super::Entry<()>>() <= 216);
+        assert!(size_of::<super::Entry<()>>() <= 232);
         assert!(size_of::<crate::domain::Billing>() <= 128);
         assert!(size_of::<crate::keys::cache::CachedKey>() <= 32);
         assert!(size_of::<crate::keys::cache::OrgRef>() <= 72);

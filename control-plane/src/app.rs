@@ -162,6 +162,7 @@ impl App {
             &config,
             Arc::clone(&clock),
             recorder,
+            billing.as_ref().map(|b| b.overage_prices()),
         );
         let purger = Arc::new(Purger::new(
             pg.clone(),

@@ -61,6 +61,9 @@ struct Lease {
     epoch: i64,
     /// `limit - used - leased` as of the last round trip: what other requests could still be granted.
     unreserved: u64,
+    /// The limit the lease was granted under: a request under another limit (a spend cap or a plan changed) goes
+    /// to Redis, handing the remainder back, so a lowered bound stops admission at this replica's next request.
+    limit: u64,
     /// Last admission (ms since the epoch).
     last_used_ms: i64,
 }
@@ -108,6 +111,7 @@ impl Default for Lease {
             refunds_reported: 0,
             epoch: -1,
             unreserved: 0,
+            limit: 0,
             last_used_ms: 0,
         }
     }
@@ -150,10 +154,10 @@ impl Slot {
         locked(&self.lease)
     }
 
-    /// Admits `cost` from the local lease when it covers it.
-    pub fn take_local(&self, cost: u64, now_ms: i64) -> Option<Admitted> {
+    /// Admits `cost` from the local lease when it covers it and was granted under `limit`.
+    pub fn take_local(&self, cost: u64, limit: u64, now_ms: i64) -> Option<Admitted> {
         let mut lease = self.lease();
-        if lease.epoch < 0 || lease.available < cost {
+        if lease.epoch < 0 || lease.available < cost || lease.limit != limit {
             return None;
         }
         lease.available -= cost;
@@ -209,6 +213,7 @@ impl Slot {
             lease.restart(reply.epoch);
         }
         lease.unreserved = limit.saturating_sub(reply.used + reply.leased);
+        lease.limit = limit;
         if !reply.admitted {
             return None;
         }
@@ -574,7 +579,7 @@ mod tests {
         cost: u64,
         limit: u64,
     ) -> Option<Admitted> {
-        if let Some(admitted) = slot.take_local(cost, 0) {
+        if let Some(admitted) = slot.take_local(cost, limit, 0) {
             return Some(admitted);
         }
         let (report, want) = slot.begin_lease(cost);
@@ -599,9 +604,9 @@ mod tests {
         let granted = counter.held[&0];
         assert_eq!(granted, 999 / 16, "a sixteenth of what is unreserved");
         for _ in 1..granted {
-            assert!(slot.take_local(1, 0).is_some());
+            assert!(slot.take_local(1, 1_000, 0).is_some());
         }
-        assert!(slot.take_local(1, 0).is_none(), "the lease is spent");
+        assert!(slot.take_local(1, 1_000, 0).is_none(), "the lease is spent");
     }
 
     #[test]
@@ -629,7 +634,7 @@ mod tests {
         counter.reset();
         slot.forfeit();
         assert!(
-            slot.take_local(1, 0).is_none(),
+            slot.take_local(1, 1_000, 0).is_none(),
             "the voided lease admits nothing"
         );
         assert!(
@@ -639,6 +644,27 @@ mod tests {
         let again = request(&slot, &mut counter, 0, 1, 1_000).expect("admitted in the new epoch");
         assert_eq!(again.epoch, counter.epoch);
         assert_eq!(counter.used + counter.leased, counter.held[&0]);
+    }
+
+    #[test]
+    fn a_lowered_limit_stops_admission_at_the_next_request() {
+        let (slot, mut counter) = (slot(), Counter::default());
+        for _ in 0..50 {
+            request(&slot, &mut counter, 0, 1, 1_000).expect("admitted");
+        }
+        assert!(counter.held[&0] > 0, "the replica holds a lease");
+        // A spend cap lowered below what was used: the lease granted under 1,000 admits nothing more, and the
+        // round trip hands it back.
+        assert!(slot.take_local(1, 40, 0).is_none());
+        assert!(request(&slot, &mut counter, 0, 1, 40).is_none());
+        assert_eq!(
+            (counter.used, counter.leased),
+            (50, 0),
+            "everything consumed is used, nothing is held"
+        );
+        // Raised again: admitted under the new limit.
+        assert!(request(&slot, &mut counter, 0, 1, 60).is_some());
+        assert!(counter.used + counter.leased <= 60);
     }
 
     #[test]
@@ -794,7 +820,7 @@ mod tests {
             })
         };
         for _ in 0..20_000 {
-            let admitted = match slot.take_local(1, 0) {
+            let admitted = match slot.take_local(1, u64::MAX / 2, 0) {
                 Some(a) => Some(a),
                 None => request(
                     &slot,

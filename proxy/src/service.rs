@@ -23,7 +23,7 @@ use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_common::credential;
-use tollgate_common::domain::{DenyEnvelope, Metric, Period, RouteClass, Terms, canonicalize};
+use tollgate_common::domain::{DenyEnvelope, Metric, Period, RouteClass, canonicalize};
 use tollgate_common::jwt::JwtError;
 use tollgate_common::keys::cache::{OrgRef, ResolveError};
 use tollgate_common::store::counters::{self, CounterError};
@@ -205,15 +205,16 @@ impl MeteringProxy {
             Refusal::BillingUnavailable
         })?;
         let now = core.clock.now();
-        let Terms { plan, period } = entry
+        let terms = entry
             .terms(core.catalog, now)
             .ok_or(Refusal::SubscriptionRequired)?;
-        let limit = plan.limit(metric);
+        let bound = entry.bound(&terms, metric);
+        let (limit, period) = (bound.units(), terms.period);
         let slot = entry.ext.slot(&core.meter, entry.id, metric, &period);
 
         let now_ms = now.timestamp_millis();
         // The common case: the replica's lease covers the request. No I/O.
-        if let Some(admitted) = slot.take_local(cost, now_ms) {
+        if let Some(admitted) = slot.take_local(cost, limit, now_ms) {
             self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
             return Ok(());
         }
@@ -224,7 +225,7 @@ impl MeteringProxy {
         // One round trip per slot at a time: a replica's reports must not overtake each other. Whoever waited
         // here may find the lease refilled by the request before it.
         let _turn = slot.in_flight.lock().await;
-        if let Some(admitted) = slot.take_local(cost, now_ms) {
+        if let Some(admitted) = slot.take_local(cost, limit, now_ms) {
             self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
             return Ok(());
         }
@@ -280,13 +281,16 @@ impl MeteringProxy {
                 if let Some(d) = decisions {
                     d.inc(Decision::Over);
                 }
-                Err(Refusal::QuotaExceeded(DenyEnvelope::new(
-                    metric.clone(),
-                    limit,
-                    reply.used + reply.leased,
-                    &period,
-                    now,
-                )))
+                Err(Refusal::QuotaExceeded(
+                    DenyEnvelope::new(
+                        metric.clone(),
+                        limit,
+                        reply.used + reply.leased,
+                        &period,
+                        now,
+                    )
+                    .at_spend_cap(bound.is_budget()),
+                ))
             }
         }
     }
@@ -323,7 +327,8 @@ impl MeteringProxy {
             cost,
             epoch: admitted.epoch,
         });
-        ctx.rate = Some(RateInfo {
+        // Overage without a ceiling or a spend cap has no bound for the RateLimit headers to describe.
+        ctx.rate = (limit != u64::MAX).then(|| RateInfo {
             limit,
             remaining: left.min(limit),
             reset: period.seconds_until_end(now),

@@ -113,7 +113,7 @@ pub(crate) async fn await_stored(
             .await
             .ok()?;
         match m.app.state.accounts.cached(org_id) {
-            Some(cached) if cached.billing() != stored => None,
+            Some(cached) if cached.billing() != stored.billing => None,
             _ => Some(()),
         }
     })

@@ -14,6 +14,7 @@ mod keys;
 mod lifecycle;
 mod ops;
 mod orgs;
+mod overage;
 mod proxy_exactness;
 mod proxy_failures;
 mod proxy_http;

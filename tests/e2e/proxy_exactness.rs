@@ -1,65 +1,9 @@
 //! Exactness under concurrency: two proxies, 64 clients, never one admission past the limit.
 
 use futures_util::future::join_all;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tollgate_e2e::metering::{Metering, Options};
-use tollgate_e2e::proxy::ProxyProcess;
+use tollgate_e2e::metering::{Metering, Options, count, hammer};
 use tollgate_e2e::redis_cluster::RedisCluster;
-
-/// Sends `attempts` requests to `path` from `clients` concurrent clients spread over `proxies`; returns the
-/// statuses seen.
-async fn hammer(
-    proxies: &[&ProxyProcess],
-    key: &str,
-    path: &str,
-    clients: usize,
-    attempts: usize,
-) -> Vec<u16> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
-    let next = Arc::new(AtomicUsize::new(0));
-    let urls: Vec<String> = proxies
-        .iter()
-        .map(|p| format!("{}{path}", p.url()))
-        .collect();
-    let tasks = (0..clients).map(|_| {
-        let (http, next, urls, key) = (
-            http.clone(),
-            Arc::clone(&next),
-            urls.clone(),
-            key.to_owned(),
-        );
-        tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= attempts {
-                    return statuses;
-                }
-                let r = http
-                    .get(&urls[i % urls.len()])
-                    .header("x-api-key", &key)
-                    .send()
-                    .await
-                    .unwrap();
-                statuses.push(r.status().as_u16());
-            }
-        })
-    });
-    join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(Result::unwrap)
-        .collect()
-}
-
-fn count(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
-}
 
 async fn exactly_the_limit_reaches_the_upstream(m: &Metering) {
     let a = m.proxy(&[]).await;

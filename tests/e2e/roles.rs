@@ -290,7 +290,7 @@ async fn a_members_billing_change_reaches_neither_stripe_nor_the_database() {
 }
 
 /// The operations whose `clerk` requirement names roles in the document: those that change the org.
-const CHANGING: [&str; 11] = [
+const CHANGING: [&str; 13] = [
     "POST /api/orgs.create",
     "POST /api/keys.create",
     "POST /api/keys.revoke",
@@ -302,6 +302,8 @@ const CHANGING: [&str; 11] = [
     "POST /api/payments/portal.create",
     "POST /api/plans/upgrade.now",
     "POST /api/plans/downgrade.schedule",
+    "POST /api/billing/budget.set",
+    "POST /api/billing/budget.clear",
 ];
 
 /// The document and the server agree: every operation whose `clerk` security requirement lists the admin roles

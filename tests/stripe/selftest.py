@@ -1981,7 +1981,16 @@ def meter_flows(api):
         'currency': 'usd', 'unit_amount': 50, 'product_data': {'name': 'Overage'},
         'recurring': {'interval': 'month', 'usage_type': 'metered'}}, status=400)
     expect(err['error']['param'] == 'recurring[meter]', f'a metered price needs a meter: {err}')
-    step('metered prices bill a meter')
+    sub_cent = api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount_decimal': '0.050', 'product_data': {'name': 'Overage'},
+        'recurring': {'interval': 'month', 'usage_type': 'metered', 'meter': meter['id']}},
+        shape='Price')
+    expect(sub_cent['unit_amount'] is None and sub_cent['unit_amount_decimal'] == '0.05',
+           f'a sub-cent metered price: {sub_cent}')
+    api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount_decimal': '0.5', 'product_data': {'name': 'Seat'},
+        'recurring': {'interval': 'month'}}, status=400)
+    step('metered prices bill a meter, at sub-cent amounts')
 
     cus = api.call('POST', '/v1/customers', {'email': 'meters@example.com'}, shape='Customer')
     now = int(time.time())

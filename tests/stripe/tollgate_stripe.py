@@ -41,6 +41,7 @@ import sys
 import time
 import traceback
 from datetime import datetime, timezone
+from decimal import Decimal
 from fractions import Fraction
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -734,10 +735,13 @@ class Price(Resource):
     _id_prefix = 'price_'
 
     def __init__(self, currency, unit_amount, product, recurring=None, lookup_key=None,
-                 nickname=None, metadata=None, active=True, tax_behavior='unspecified'):
+                 nickname=None, metadata=None, active=True, tax_behavior='unspecified',
+                 unit_amount_decimal=None):
         super().__init__()
         self.currency = currency
         self.unit_amount = unit_amount
+        # A fractional amount (metered prices only); `unit_amount` is then null, as in Stripe.
+        self.unit_amount_decimal = unit_amount_decimal
         self.product = product
         self.recurring = recurring
         self.lookup_key = lookup_key
@@ -767,7 +771,9 @@ class Price(Resource):
             'recurring': dict(self.recurring) if self.recurring else None,
             'tax_behavior': self.tax_behavior, 'tiers_mode': None, 'transform_quantity': None,
             'type': 'recurring' if self.recurring else 'one_time',
-            'unit_amount': self.unit_amount, 'unit_amount_decimal': str(self.unit_amount),
+            'unit_amount': self.unit_amount,
+            'unit_amount_decimal': (getattr(self, 'unit_amount_decimal', None)
+                                    or str(self.unit_amount)),
         }
 
     def _plan(self):
@@ -2503,10 +2509,17 @@ def prices_create(p):
     currency = p.str('currency', required=True).lower()
     unit_amount = p.int('unit_amount', minimum=0)
     decimal = p.str('unit_amount_decimal')
+    fractional = None
     if unit_amount is None and decimal is not None:
-        if not re.fullmatch(r'\d+', decimal):
-            raise unsupported('fractional unit_amount_decimal', param='unit_amount_decimal')
-        unit_amount = int(decimal)
+        if re.fullmatch(r'\d+', decimal):
+            unit_amount = int(decimal)
+        elif re.fullmatch(r'\d+\.\d{1,12}', decimal):
+            # Stripe answers the decimal normalised (no trailing zeros).
+            fractional = format(Decimal(decimal).normalize(), 'f')
+            if re.fullmatch(r'\d+', fractional):
+                unit_amount, fractional = int(fractional), None
+        else:
+            raise invalid('Invalid decimal: ' + decimal, param='unit_amount_decimal')
     product_id = p.str('product')
     pd = p.sub('product_data')
     r = p.sub('recurring')
@@ -2545,7 +2558,10 @@ def prices_create(p):
                          statement_descriptor=pd.str('statement_descriptor'),
                          unit_label=pd.str('unit_label'), tax_code=pd.str('tax_code'))
     p.finish()
-    if unit_amount is None:
+    if fractional is not None and (recurring is None or recurring['usage_type'] != 'metered'):
+        raise unsupported('fractional unit_amount_decimal on a price that is not metered',
+                          param='unit_amount_decimal')
+    if unit_amount is None and fractional is None:
         raise missing_param('unit_amount')
     if (product_id is None) == (pd is None):
         raise (missing_param('product') if product_id is None else
@@ -2560,7 +2576,7 @@ def prices_create(p):
         emit('product.created', prod)
         product_id = prod.id
     price = Price(currency, unit_amount, product_id, recurring, lookup_key, nickname, metadata,
-                  active, tax_behavior)
+                  active, tax_behavior, fractional)
     emit('price.created', price)
     return price._export()
 

@@ -4,8 +4,65 @@
 use crate::app::TestApp;
 use crate::proxy::{ProxyProcess, proxy_binary};
 use crate::upstream::Upstream;
+use futures_util::future::join_all;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Sends `attempts` GET requests to `path` with API key `key` from `clients` concurrent clients spread over
+/// `proxies` (round robin); returns the statuses seen.
+pub async fn hammer(
+    proxies: &[&ProxyProcess],
+    key: &str,
+    path: &str,
+    clients: usize,
+    attempts: usize,
+) -> Vec<u16> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("{}{path}", p.url()))
+        .collect();
+    let tasks = (0..clients).map(|_| {
+        let (http, next, urls, key) = (
+            http.clone(),
+            Arc::clone(&next),
+            urls.clone(),
+            key.to_owned(),
+        );
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= attempts {
+                    return statuses;
+                }
+                let r = http
+                    .get(&urls[i % urls.len()])
+                    .header("x-api-key", &key)
+                    .send()
+                    .await
+                    .expect("request");
+                statuses.push(r.status().as_u16());
+            }
+        })
+    });
+    join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("client task"))
+        .collect()
+}
+
+/// How many of `statuses` are `status`.
+pub fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
 
 /// Metric `tokens` is limited to this in every test plan.
 pub const TOKENS_LIMIT: u64 = 100;
@@ -26,6 +83,8 @@ pub struct Options<'a> {
     pub stigg: Option<&'a crate::stigg::FakeStigg>,
     /// Settings added to the control plane's.
     pub control_plane_env: Vec<(String, String)>,
+    /// PLANS_CONFIG in place of the default plans (whose `trial` has `limit`).
+    pub plans: Option<String>,
 }
 
 impl Default for Options<'_> {
@@ -38,6 +97,7 @@ impl Default for Options<'_> {
             stripe: None,
             stigg: None,
             control_plane_env: Vec::new(),
+            plans: None,
         }
     }
 }
@@ -69,8 +129,7 @@ impl Metering {
             std::env::temp_dir().join(format!("tg-metering-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let limit = options.limit;
-        std::fs::write(
-            dir.join("plans.toml"),
+        let plans = options.plans.clone().unwrap_or_else(|| {
             format!(
                 r#"trial_days = 14
 unsubscribed = "trial"
@@ -90,9 +149,9 @@ included = {{ api_call = 1000000 }}
 price = "plan_pro_m"
 included = {{ api_call = 10000000, tokens = 50000000 }}
 "#
-            ),
-        )
-        .expect("write plans");
+            )
+        });
+        std::fs::write(dir.join("plans.toml"), plans).expect("write plans");
         std::fs::write(
             dir.join("routes.toml"),
             r#"default = { metric = "api_call", cost = 1 }

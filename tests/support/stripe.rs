@@ -195,6 +195,42 @@ impl StripeEmulator {
         out
     }
 
+    /// A Billing Meter summing `event_name` and a metered price on it at `unit_amount_decimal` cents per unit,
+    /// with `lookup_key`; returns the price id and the meter id.
+    pub async fn seed_overage_price(
+        &self,
+        lookup_key: &str,
+        unit_amount_decimal: &str,
+        event_name: &str,
+    ) -> (String, String) {
+        let meter = self
+            .post(
+                "/v1/billing/meters",
+                &[
+                    ("display_name", lookup_key),
+                    ("event_name", event_name),
+                    ("default_aggregation[formula]", "sum"),
+                ],
+            )
+            .await;
+        let meter = meter["id"].as_str().expect("meter id").to_owned();
+        let price = self
+            .post(
+                "/v1/prices",
+                &[
+                    ("currency", "usd"),
+                    ("unit_amount_decimal", unit_amount_decimal),
+                    ("recurring[interval]", "month"),
+                    ("recurring[usage_type]", "metered"),
+                    ("recurring[meter]", &meter),
+                    ("product_data[name]", lookup_key),
+                    ("lookup_key", lookup_key),
+                ],
+            )
+            .await;
+        (price["id"].as_str().expect("price id").to_owned(), meter)
+    }
+
     /// Sends every event to `url`, signed with [`WEBHOOK_SECRET`].
     pub async fn register_webhook(&self, url: &str) {
         let id = format!("wh_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

@@ -160,6 +160,9 @@ pub struct Terms<'c> {
     pub plan: &'c Plan,
     /// The billing period containing the instant.
     pub period: Period,
+    /// Whether usage past the included units can be invoiced: a paid subscription (not a trial, not an org held
+    /// to the `unsubscribed` plan).
+    pub billable: bool,
 }
 
 impl Billing {
@@ -294,14 +297,15 @@ impl Billing {
     /// The plan and period at `now`; `None` when the org may not use metered endpoints (no subscription and no
     /// `unsubscribed` plan, or a subscribed plan PLANS_CONFIG no longer defines).
     pub fn terms<'c>(&self, catalog: &'c PlanCatalog, now: DateTime<Utc>) -> Option<Terms<'c>> {
-        let plan = match (self.access(catalog, now), self) {
-            (Access::Trial, _) => catalog.trial(),
-            (Access::Paid, Self::Subscribed { plan, .. }) => catalog.plan(plan)?,
-            _ => catalog.unsubscribed()?,
+        let (plan, billable) = match (self.access(catalog, now), self) {
+            (Access::Trial, _) => (catalog.trial(), false),
+            (Access::Paid, Self::Subscribed { plan, .. }) => (catalog.plan(plan)?, true),
+            _ => (catalog.unsubscribed()?, false),
         };
         Some(Terms {
             plan,
             period: self.current(now),
+            billable,
         })
     }
 }

@@ -10,9 +10,12 @@ use super::quota::remaining;
 
 /// Media type of the envelope (RFC 9457).
 pub const CONTENT_TYPE: &str = "application/problem+json";
-/// The envelope's problem `type`.
+/// The envelope's problem `type` when the plan's quota (its included units, or its overage ceiling) is reached.
 pub const QUOTA_EXCEEDED_TYPE: &str = "/problems/quota-exceeded";
+/// The envelope's problem `type` when the org's spend cap on overage is reached (CONTRACT §9).
+pub const SPEND_CAP_REACHED_TYPE: &str = "/problems/spend-cap-reached";
 const TITLE: &str = "Quota exceeded";
+const SPEND_CAP_TITLE: &str = "Spend cap reached";
 const STATUS: u16 = 429;
 
 /// A quota denial: what was exceeded, for which period, and when it resets.
@@ -20,7 +23,7 @@ const STATUS: u16 = 429;
 pub struct DenyEnvelope {
     /// The metric whose quota is exhausted.
     pub metric: Metric,
-    /// Units included in the period.
+    /// Where admission stops in the period: the included units, or with overage the bound.
     pub limit: u64,
     /// Units used in the period.
     pub used: u64,
@@ -30,6 +33,8 @@ pub struct DenyEnvelope {
     pub reset_at: DateTime<Utc>,
     /// Seconds until `reset_at`, rounded up and at least 1: the `Retry-After` header.
     pub retry_after: u64,
+    /// Whether the org's spend cap set `limit` (rather than the plan).
+    pub spend_cap: bool,
 }
 
 /// The wire form, with members in the contract's order.
@@ -64,7 +69,15 @@ impl DenyEnvelope {
             // A client told to retry after 0 seconds would retry at once; at `end` itself the quota
             // has already reset.
             retry_after: period.seconds_until_end(now).max(1),
+            spend_cap: false,
         }
+    }
+
+    /// The same denial, at the org's spend cap (`/problems/spend-cap-reached`) when `spend_cap`.
+    #[must_use]
+    pub fn at_spend_cap(mut self, spend_cap: bool) -> Self {
+        self.spend_cap = spend_cap;
+        self
     }
 
     /// Units left: 0 once the quota is used up, or a few too few for the denied request's cost.
@@ -80,7 +93,12 @@ impl DenyEnvelope {
 
     fn wire(&self) -> Wire<'_> {
         let remaining = self.remaining();
-        let detail = if remaining == 0 {
+        let detail = if self.spend_cap {
+            format!(
+                "{} usage for period {} reached the {} units the spend cap allows",
+                self.metric, self.period_key, self.limit
+            )
+        } else if remaining == 0 {
             format!(
                 "{} quota of {} for period {} is used up",
                 self.metric, self.limit, self.period_key
@@ -92,8 +110,16 @@ impl DenyEnvelope {
             )
         };
         Wire {
-            kind: QUOTA_EXCEEDED_TYPE,
-            title: TITLE,
+            kind: if self.spend_cap {
+                SPEND_CAP_REACHED_TYPE
+            } else {
+                QUOTA_EXCEEDED_TYPE
+            },
+            title: if self.spend_cap {
+                SPEND_CAP_TITLE
+            } else {
+                TITLE
+            },
             status: STATUS,
             detail,
             allow: false,
@@ -164,6 +190,24 @@ mod tests {
         );
         let embedded = serde_json::json!({ "error": envelope });
         assert_eq!(embedded["error"]["periodKey"], "2026-11");
+    }
+
+    #[test]
+    fn the_spend_cap_has_its_own_type() {
+        let now = utc(2026, 11, 24);
+        let period = Period::calendar_month(now);
+        let envelope = DenyEnvelope::new(api_call(), 1200, 1200, &period, now).at_spend_cap(true);
+        let json: serde_json::Value = serde_json::from_str(&envelope.to_json()).expect("json");
+        assert_eq!(json["type"], SPEND_CAP_REACHED_TYPE);
+        assert_eq!(json["title"], "Spend cap reached");
+        assert_eq!(
+            (json["limit"].as_u64(), json["remaining"].as_u64()),
+            (Some(1200), Some(0))
+        );
+        assert_eq!(
+            envelope.retry_after, 604_800,
+            "Retry-After as for the quota"
+        );
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! (up to 12 decimal places of a minor unit) and its `transform_quantity` are kept exactly, so the cost computed
 //! here is the amount of Stripe's invoice line to the unit.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use super::ids::Metric;
+use super::plan::{Plan, PriceRef};
 
 /// Stripe's limit on the decimal places of `unit_amount_decimal`.
 const MAX_DECIMALS: u32 = 12;
@@ -173,6 +177,45 @@ impl Bound {
     }
 }
 
+/// An org's spend cap on overage (`budget.set`), as the billing state carries it: the amount, and the whole
+/// units it buys at each overage price of PLANS_CONFIG (computed by the control plane from Stripe's prices when the
+/// cap is set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendCap {
+    /// Minor units of `currency`.
+    pub amount: u64,
+    /// ISO 4217, lower case, as Stripe writes it.
+    pub currency: String,
+    /// Units the amount buys, by overage price (its lookup key or id as PLANS_CONFIG writes it).
+    pub units: BTreeMap<String, u64>,
+}
+
+// === impl SpendCap ===
+
+impl SpendCap {
+    /// The overage units the cap buys at `price`: none when the cap was set before the price was known (the cap
+    /// stops overage rather than letting it run unpriced).
+    pub fn units_at(&self, price: &PriceRef) -> u64 {
+        self.units.get(price.as_str()).copied().unwrap_or(0)
+    }
+}
+
+/// Where admission of `metric` stops under `plan`: the included units, or, when the plan bills overage of it and
+/// the org is `billable` (a paid subscription: a trial or an org without a subscription is not invoiced), the
+/// lowest of the plan's ceiling and the included units plus what the org's spend cap buys.
+pub fn bound(plan: &Plan, metric: &Metric, billable: bool, cap: Option<&SpendCap>) -> Bound {
+    let included = plan.limit(metric);
+    match plan.overage(metric) {
+        Some(overage) if billable => Bound::of(
+            included,
+            true,
+            overage.ceiling,
+            cap.map(|c| c.units_at(&overage.price)),
+        ),
+        _ => Bound::Included(included),
+    }
+}
+
 /// A usage threshold: a percentage of the included units, or the bound itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Threshold {
@@ -286,6 +329,58 @@ mod tests {
             price("0").units_within(0),
             u64::MAX,
             "free units are unbounded"
+        );
+    }
+
+    #[test]
+    fn only_a_billable_plan_with_overage_of_the_metric_goes_past_included() {
+        let catalog = crate::domain::PlanCatalog::from_toml_str(
+            r#"
+trial_days = 14
+[plans.trial]
+included = { api_call = 10 }
+[plans.payg]
+price = "plan_payg"
+included = { api_call = 100, tokens = 5 }
+[plans.payg.overage.api_call]
+price = "api_call_overage"
+ceiling = 1000
+"#,
+        )
+        .expect("plans");
+        let plan = catalog
+            .plan(&crate::domain::PlanCode::parse("payg").expect("code"))
+            .expect("payg");
+        let (api_call, tokens) = (
+            Metric::parse("api_call").expect("metric"),
+            Metric::parse("tokens").expect("metric"),
+        );
+        let cap = |units: Option<u64>| SpendCap {
+            amount: 100,
+            currency: "usd".into(),
+            units: units
+                .map(|u| [("api_call_overage".to_owned(), u)].into())
+                .unwrap_or_default(),
+        };
+        assert_eq!(bound(plan, &api_call, true, None), Bound::Ceiling(1000));
+        assert_eq!(
+            bound(plan, &api_call, false, None),
+            Bound::Included(100),
+            "a trial"
+        );
+        assert_eq!(
+            bound(plan, &tokens, true, None),
+            Bound::Included(5),
+            "no overage of tokens"
+        );
+        assert_eq!(
+            bound(plan, &api_call, true, Some(&cap(Some(300)))),
+            Bound::Budget(400)
+        );
+        assert_eq!(
+            bound(plan, &api_call, true, Some(&cap(None))),
+            Bound::Budget(100),
+            "a cap that does not know the price buys nothing"
         );
     }
 

@@ -11,7 +11,8 @@ use super::ids::{Metric, PlanCode};
 use super::toml_table::{self, Fields};
 
 const ROOT_KEYS: &[&str] = &["trial_days", "unsubscribed", "plans"];
-const PLAN_KEYS: &[&str] = &["price", "included"];
+const PLAN_KEYS: &[&str] = &["price", "included", "overage"];
+const OVERAGE_KEYS: &[&str] = &["price", "ceiling"];
 const TRIAL_DAYS: std::ops::RangeInclusive<i64> = 1..=730;
 /// Stripe's limit on a lookup key's length.
 const MAX_PRICE_LEN: usize = 200;
@@ -70,6 +71,18 @@ pub struct Plan {
     pub price: Option<PriceRef>,
     /// Units included per period, by metric; a metric not listed has a limit of 0.
     pub included: BTreeMap<Metric, u64>,
+    /// Usage billed past `included`, by metric (`[plans.<code>.overage.<metric>]`); a metric not listed stops at
+    /// `included`.
+    pub overage: BTreeMap<Metric, Overage>,
+}
+
+/// Usage of one metric billed past a plan's included units (CONTRACT §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overage {
+    /// The metered Stripe price (on a Billing Meter) the overage is billed at.
+    pub price: PriceRef,
+    /// A hard stop, in total units of the period (≥ the included units); `None`: only a spend cap stops it.
+    pub ceiling: Option<u64>,
 }
 
 // === impl Plan ===
@@ -78,6 +91,14 @@ impl Plan {
     /// Units of `metric` included per period: 0 when the plan does not include it.
     pub fn limit(&self, metric: &Metric) -> u64 {
         self.included.get(metric).copied().unwrap_or(0)
+    }
+
+    /// The overage of `metric`, if the plan bills usage past its included units.
+    pub fn overage(&self, metric: &Metric) -> Option<&Overage> {
+        if self.overage.is_empty() {
+            return None;
+        }
+        self.overage.get(metric)
     }
 }
 
@@ -146,10 +167,41 @@ impl PlanCatalog {
                     }
                 }
             }
+            if plan.code.as_str() == PlanCode::TRIAL
+                && let Some(metric) = plan.overage.keys().next()
+            {
+                let key = toml_table::join(
+                    &toml_table::join(&path_of(&plan), "overage"),
+                    metric.as_str(),
+                );
+                return Err(toml_table::error(
+                    key,
+                    "the trial plan cannot bill overage: a trial is not invoiced",
+                ));
+            }
             if plan.code.as_str() == PlanCode::TRIAL {
                 trial = Some(plan);
             } else {
                 paid.insert(plan.code.clone(), plan);
+            }
+        }
+        // An overage price is a metered price, never a plan's flat price.
+        for plan in paid.values() {
+            for (metric, overage) in &plan.overage {
+                if let Some(first) = prices.get(overage.price.as_str()) {
+                    let key = toml_table::join(
+                        &toml_table::join(
+                            &toml_table::join(&path_of(plan), "overage"),
+                            metric.as_str(),
+                        ),
+                        "price",
+                    );
+                    let reason = format!(
+                        "`{}` is the flat price of {first}; overage needs a metered price",
+                        overage.price
+                    );
+                    return Err(toml_table::error(key, reason));
+                }
             }
         }
         let trial = trial.ok_or_else(|| {
@@ -174,7 +226,7 @@ impl PlanCatalog {
 
         let metrics = std::iter::once(&trial)
             .chain(paid.values())
-            .flat_map(|plan| plan.included.keys().cloned())
+            .flat_map(|plan| plan.included.keys().chain(plan.overage.keys()).cloned())
             .collect();
         Ok(Self {
             trial_days,
@@ -304,11 +356,53 @@ fn parse_plan(code: PlanCode, path: String, value: &toml::Value) -> Result<Plan,
             included.insert(metric, units);
         }
     }
+    let mut overage = BTreeMap::new();
+    if let Some(table) = fields.table("overage")? {
+        let overage_key = fields.key("overage");
+        for (name, value) in table {
+            let key = toml_table::join(&overage_key, name);
+            let metric = Metric::parse(name).map_err(|e| e.at(key.clone()))?;
+            let entry = parse_overage(key, value, included.get(&metric).copied().unwrap_or(0))?;
+            overage.insert(metric, entry);
+        }
+    }
     Ok(Plan {
         code,
         price,
         included,
+        overage,
     })
+}
+
+/// One `[plans.<code>.overage.<metric>]` table at `path`, for a metric with `included` units.
+fn parse_overage(path: String, value: &toml::Value, included: u64) -> Result<Overage, DomainError> {
+    let fields = Fields::of_value(path, value, OVERAGE_KEYS)?;
+    let price = fields.string("price")?.ok_or_else(|| {
+        toml_table::error(fields.key("price"), "required: the metered Stripe price")
+    })?;
+    let price =
+        PriceRef::parse(price).map_err(|reason| toml_table::error(fields.key("price"), reason))?;
+    let ceiling = match fields.integer("ceiling")? {
+        None => None,
+        Some(n) => {
+            let ceiling = u64::try_from(n)
+                .ok()
+                .filter(|c| *c >= included)
+                .ok_or_else(|| {
+                    toml_table::error(
+                        fields.key("ceiling"),
+                        format!("must be an integer of at least the included units ({included})"),
+                    )
+                })?;
+            Some(ceiling)
+        }
+    };
+    Ok(Overage { price, ceiling })
+}
+
+/// The `[plans.<code>]` key path of `plan`.
+fn path_of(plan: &Plan) -> String {
+    toml_table::join("plans", plan.code.as_str())
 }
 
 #[cfg(test)]
@@ -429,5 +523,90 @@ included = { api_call = 10000000, tokens = 50000000 }
             "{err:?}"
         );
         assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    const OVERAGE: &str = r#"
+trial_days = 14
+
+[plans.trial]
+included = { api_call = 1000 }
+
+[plans.starter]
+price = "plan_starter_m"
+included = { api_call = 100000 }
+
+[plans.starter.overage.api_call]
+price = "api_call_overage"
+ceiling = 500000
+
+[plans.pro]
+price = "plan_pro_m"
+included = { api_call = 1000000 }
+
+[plans.pro.overage.tokens]
+price = "price_1Tok"
+"#;
+
+    #[test]
+    fn overage_is_parsed_per_plan_and_metric() {
+        let catalog = PlanCatalog::from_toml_str(OVERAGE).expect("valid");
+        let starter = catalog
+            .plan(&PlanCode::parse("starter").expect("code"))
+            .expect("starter");
+        let api_call = Metric::parse("api_call").expect("metric");
+        assert_eq!(
+            starter.overage(&api_call),
+            Some(&Overage {
+                price: PriceRef::LookupKey("api_call_overage".into()),
+                ceiling: Some(500_000),
+            })
+        );
+        let pro = catalog
+            .plan(&PlanCode::parse("pro").expect("code"))
+            .expect("pro");
+        let tokens = Metric::parse("tokens").expect("metric");
+        assert_eq!(pro.overage(&api_call), None, "stops at included");
+        assert_eq!(
+            pro.overage(&tokens).map(|o| (&o.price, o.ceiling)),
+            Some((&PriceRef::PriceId("price_1Tok".into()), None))
+        );
+        assert!(
+            catalog.is_known_metric(&tokens),
+            "a metric billed only as overage is known"
+        );
+    }
+
+    #[test]
+    fn overage_keys_are_checked() {
+        let cases = [
+            (
+                OVERAGE.replace("ceiling = 500000", "ceiling = 99999"),
+                "plans.starter.overage.api_call.ceiling: must be an integer of at least the included units (100000)",
+            ),
+            (
+                OVERAGE.replace("ceiling = 500000", "ceiling = -1"),
+                "plans.starter.overage.api_call.ceiling: must be an integer of at least the included units (100000)",
+            ),
+            (
+                OVERAGE.replace("price = \"api_call_overage\"\n", ""),
+                "plans.starter.overage.api_call.price: required: the metered Stripe price",
+            ),
+            (
+                OVERAGE.replace("price = \"api_call_overage\"", "price = \"plan_pro_m\""),
+                "plans.starter.overage.api_call.price: `plan_pro_m` is the flat price of plans.pro; overage needs a metered price",
+            ),
+            (
+                OVERAGE.replace("ceiling = 500000", "cieling = 500000"),
+                "plans.starter.overage.api_call.cieling: unknown key",
+            ),
+            (
+                format!("{OVERAGE}\n[plans.trial.overage.api_call]\nprice = \"x\"\n"),
+                "plans.trial.overage.api_call: the trial plan cannot bill overage: a trial is not invoiced",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = PlanCatalog::from_toml_str(&text).expect_err(expected);
+            assert!(err.to_string().starts_with(expected), "{err}");
+        }
     }
 }

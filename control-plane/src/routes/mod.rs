@@ -117,6 +117,8 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::plans_preview::preview_plan_change))
         .routes(routes!(billing::plans_upgrade::upgrade_now))
         .routes(routes!(billing::plans_downgrade::schedule_downgrade))
+        .routes(routes!(billing::budget::set_budget))
+        .routes(routes!(billing::budget::clear_budget))
         .routes(routes!(stigg::provision::provision))
         .routes(routes!(webhooks::stripe_receive::receive_stripe_event))
         .routes(routes!(jobs::stripe_process::process_stripe_event))

@@ -10,6 +10,7 @@
 use crate::auth::AdminRoles;
 use crate::routes::admin::stigg_outbox::MAX_ITEMS as MAX_REQUEUE;
 use crate::routes::admin::webhooks_replay::MAX_EVENT_IDS;
+use crate::routes::billing::budget::{CURRENCY_PATTERN, MAX_BUDGET};
 use crate::routes::billing::customer_ensure::EMAIL_PATTERN;
 use crate::routes::billing::default_method::PAYMENT_METHOD_PATTERN;
 use crate::routes::billing::invoices::CURSOR_PATTERN;
@@ -53,6 +54,8 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
         }
         ("EnsureCustomerRequest", "email") => json!({"pattern": EMAIL_PATTERN}),
         (_, "paymentMethodId") => json!({"pattern": PAYMENT_METHOD_PATTERN}),
+        ("BudgetRequest", "amount") => json!({"minimum": 0, "maximum": MAX_BUDGET}),
+        ("BudgetRequest", "currency") => json!({"pattern": CURRENCY_PATTERN}),
         ("ProcessRequest", "eventId") => json!({"pattern": EVENT_ID_PATTERN}),
         ("ProvisionRequest", "stripeCustomerId") => json!({"pattern": STRIPE_CUSTOMER_PATTERN}),
         ("ProvisionRequest", "stripeSubscriptionId") => {
@@ -297,6 +300,7 @@ mod tests {
     use crate::extract::parse;
     use crate::routes::admin::stigg_outbox::{OutboxQuery, RequeueRequest};
     use crate::routes::admin::webhooks_list::EventsQuery;
+    use crate::routes::billing::budget::BudgetRequest;
     use crate::routes::billing::invoices::InvoicesQuery;
     use crate::routes::usage::history::HistoryQuery;
     use crate::routes::usage::record::RecordRequest;
@@ -371,6 +375,11 @@ mod tests {
                     .map(|r| i64::try_from(r.value).unwrap_or(i64::MAX))
                     .map_err(named)
             }
+            "POST /api/billing/budget.set amount" => {
+                parse::<BudgetRequest>(format!(r#"{{"amount":{n},"currency":"usd"}}"#).as_bytes())
+                    .map(|r| i64::try_from(r.amount).unwrap_or(i64::MAX))
+                    .map_err(named)
+            }
             "POST /api/admin/stigg.requeue ids" => {
                 parse::<RequeueRequest>(format!(r#"{{"ids":[1,{n}]}}"#).as_bytes())
                     .map(|r| r.ids[1])
@@ -416,6 +425,7 @@ mod tests {
                 "GET /api/invoices.list limit",
                 "GET /api/usage/history periods",
                 "POST /api/admin/stigg.requeue ids",
+                "POST /api/billing/budget.set amount",
                 "POST /api/usage/record value",
             ]
         );

@@ -26,5 +26,6 @@ pub async fn account(app: &App, org: OrgId) -> ApiResult<Arc<Account>> {
         org,
         id,
         billing: entry.billing(),
+        cap: entry.cap(),
     }))
 }

@@ -5,6 +5,7 @@
 //! `error.rs` maps to problem+json once (a used-up metric included: the 429 with the standard envelope).
 
 pub use crate::services::accounts::account;
+use crate::services::billing::overage::OveragePrices;
 use crate::services::recorder::{Record, RecordError, Recorder};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -12,8 +13,8 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tollgate_common::clock::SharedClock;
 use tollgate_common::domain::{
-    Billing, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, PlanCatalog, Terms, decide,
-    remaining,
+    Billing, Bound, DenyEnvelope, Metric, OrgId, Period, PeriodKey, Plan, PlanCatalog, PriceRef,
+    SpendCap, Terms, decide, overage, remaining,
 };
 use tollgate_common::store::counters::{self, CounterError, CounterKey};
 use tollgate_common::store::redis::RedisConn;
@@ -86,6 +87,8 @@ pub struct Usage {
     recorder: Recorder,
     /// How long after its end a period takes records (`TOLLGATE_RETENTION_USAGE_RECORDS_DAYS`).
     retention: std::time::Duration,
+    /// The overage prices (entitlements' `overageCost`), when Stripe is configured.
+    overage: Option<Arc<OveragePrices>>,
 }
 
 /// An org with its billing state.
@@ -94,9 +97,16 @@ pub struct Account {
     pub org: OrgId,
     pub id: i64,
     pub billing: Billing,
+    /// The org's spend cap on overage, if it set one.
+    pub cap: Option<Arc<SpendCap>>,
 }
 
 impl Account {
+    /// Where admission of `metric` stops under `terms` (see [`overage::bound`]).
+    pub fn bound(&self, terms: &Terms<'_>, metric: &Metric) -> Bound {
+        overage::bound(terms.plan, metric, terms.billable, self.cap.as_deref())
+    }
+
     fn key(&self, metric: &Metric, period: Period) -> CounterKey {
         CounterKey {
             org_id: self.id,
@@ -114,8 +124,10 @@ impl Usage {
         config: &crate::config::Config,
         clock: SharedClock,
         recorder: Recorder,
+        overage: Option<Arc<OveragePrices>>,
     ) -> Self {
         Self {
+            overage,
             namespace: config.common.redis.namespace.clone(),
             plans: Arc::clone(&config.common.plans),
             retention: config.retention.usage_records,
@@ -170,6 +182,50 @@ pub struct Entitlements {
     /// When Stripe will cancel the subscription (`cancel_at`, or the period's end with `cancel_at_period_end`),
     /// if it is to be canceled; its limits apply until then.
     pub cancel_at: Option<DateTime<Utc>>,
+    /// Units used past `included` this period: max(0, used − included).
+    pub overage_used: u64,
+    /// Where admission stops this period, in total units (included and overage); `null` when the plan bills
+    /// overage with neither a ceiling nor a spend cap.
+    pub bound: Option<u64>,
+    /// What set `bound`: the plan's included units, its overage ceiling, or the org's spend cap.
+    pub bound_by: Option<BoundBy>,
+    /// The overage so far as Stripe will invoice it; `null` when the plan bills no overage of the metric, or
+    /// its price cannot be read from Stripe right now.
+    pub overage_cost: Option<Money>,
+}
+
+/// What set an org's bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BoundBy {
+    /// The plan's included units (no overage).
+    Included,
+    /// The plan's overage ceiling.
+    Ceiling,
+    /// The org's spend cap.
+    Budget,
+}
+
+/// An amount of money.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Money {
+    /// In the currency's minor units (cents).
+    #[schema(example = 1250)]
+    pub amount: u64,
+    /// ISO 4217, lower case.
+    #[schema(example = "usd")]
+    pub currency: String,
+}
+
+impl BoundBy {
+    fn of(bound: Bound) -> Option<Self> {
+        match bound {
+            Bound::Included(_) => Some(Self::Included),
+            Bound::Ceiling(_) => Some(Self::Ceiling),
+            Bound::Budget(_) => Some(Self::Budget),
+            Bound::Unbounded => None,
+        }
+    }
 }
 
 impl Usage {
@@ -180,11 +236,22 @@ impl Usage {
         metric: &Metric,
     ) -> Result<Entitlements, UsageError> {
         let now = self.clock.now();
-        let Terms { plan, period } = self.terms(account, now)?;
+        let terms = self.terms(account, now)?;
+        let Terms { plan, period, .. } = terms;
         let key = account.key(metric, period);
         let used = counters::current(&mut self.redis(), &self.pg, &self.namespace, &key).await?;
         let included = plan.limit(metric);
+        let bound = account.bound(&terms, metric);
+        let overage_used = used.saturating_sub(included);
+        let overage_cost = match (plan.overage(metric), terms.billable) {
+            (Some(o), true) => self.overage_cost(&o.price, overage_used).await,
+            _ => None,
+        };
         Ok(Entitlements {
+            overage_used,
+            bound: (bound != Bound::Unbounded).then(|| bound.units()),
+            bound_by: BoundBy::of(bound),
+            overage_cost,
             plan_code: plan.code.as_str().to_owned(),
             metric: metric.as_str().to_owned(),
             included,
@@ -202,6 +269,24 @@ impl Usage {
     }
 }
 
+impl Usage {
+    /// What `units` of overage at `price` cost as Stripe will invoice them; `None` when the price cannot be read.
+    async fn overage_cost(&self, price: &PriceRef, units: u64) -> Option<Money> {
+        let prices = match self.overage.as_ref()?.all().await {
+            Ok(prices) => prices,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the overage prices; overageCost is left out");
+                return None;
+            }
+        };
+        let p = prices.get(price.as_str())?;
+        Some(Money {
+            amount: p.unit.cost(units),
+            currency: p.currency.clone(),
+        })
+    }
+}
+
 // === check ===
 
 impl Usage {
@@ -209,7 +294,9 @@ impl Usage {
     /// [`UsageError::Exceeded`] with the standard denial envelope.
     pub async fn check(&self, account: &Account, metric: &Metric) -> Result<u64, UsageError> {
         let now = self.clock.now();
-        let Terms { plan, period } = self.terms(account, now)?;
+        let terms = self.terms(account, now)?;
+        let period = terms.period;
+        let bound = account.bound(&terms, metric);
         let (used, leased) = counters::live(
             &mut self.redis(),
             &self.pg,
@@ -220,17 +307,14 @@ impl Usage {
         // Units leased to proxies are spoken for: they count as taken, exactly as a proxy's next round trip counts
         // them.
         let taken = used + leased;
-        let limit = plan.limit(metric);
+        let limit = bound.units();
         if decide(taken, limit, 1).is_allowed() {
             Ok(remaining(taken, limit))
         } else {
-            Err(UsageError::Exceeded(DenyEnvelope::new(
-                metric.clone(),
-                limit,
-                taken,
-                &period,
-                now,
-            )))
+            Err(UsageError::Exceeded(
+                DenyEnvelope::new(metric.clone(), limit, taken, &period, now)
+                    .at_spend_cap(bound.is_budget()),
+            ))
         }
     }
 
@@ -281,7 +365,7 @@ impl Usage {
         metric: &Metric,
     ) -> Result<Seeded, UsageError> {
         let now = self.clock.now();
-        let Terms { plan, period } = self.terms(account, now)?;
+        let Terms { plan, period, .. } = self.terms(account, now)?;
         if let Some(claimed) = claimed
             && claimed != period.key()
         {
@@ -347,7 +431,7 @@ impl Usage {
                 detail: format!("must not be before {EARLIEST_OCCURRED_YEAR}-01-01T00:00:00Z"),
             });
         }
-        let Terms { plan, .. } = self.terms(account, now)?;
+        let terms = self.terms(account, now)?;
         let period = match account.billing.current_period_for(record.occurred_at, now) {
             Some(current) => current,
             // Earlier than the current period: the period Stripe stated for that time, else (no subscription then)
@@ -377,7 +461,7 @@ impl Usage {
                 request_id: record.request_id.clone(),
                 value: record.value,
                 occurred_at: record.occurred_at,
-                limit: plan.limit(&record.metric),
+                limit: account.bound(&terms, &record.metric).units(),
             })
             .await
             .map_err(|e| match e {
@@ -415,7 +499,7 @@ impl Usage {
         periods: u32,
     ) -> Result<Vec<PeriodUsage>, UsageError> {
         let now = self.clock.now();
-        let Terms { plan, period } = self.terms(account, now)?;
+        let Terms { plan, period, .. } = self.terms(account, now)?;
         let included = plan.limit(metric);
         let mut conn = self.redis();
         let mut out = Vec::new();
@@ -467,7 +551,7 @@ impl Usage {
                 .flat_map(|id| {
                     let period = billing
                         .get(id)
-                        .unwrap_or(&Billing::Unsubscribed)
+                        .map_or(&Billing::Unsubscribed, |b| &b.billing)
                         .period_with_key(period_key);
                     metrics.iter().map(move |m| CounterKey {
                         org_id: *id,

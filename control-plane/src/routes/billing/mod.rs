@@ -2,6 +2,7 @@
 //! Users and the operator; not API keys. Every route answers 503 naming `STRIPE_SECRET_KEY` when Stripe is not
 //! configured.
 
+pub mod budget;
 pub mod customer_ensure;
 pub mod default_method;
 pub mod invoices;

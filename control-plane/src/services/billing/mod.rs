@@ -41,6 +41,7 @@ pub mod claims;
 pub mod customers;
 pub mod events;
 pub mod invoices;
+pub mod overage;
 pub mod payments;
 pub mod plans;
 pub mod subscriptions;
@@ -232,7 +233,9 @@ pub struct Followers {
 /// Everything billing needs.
 pub struct Billing {
     pg: PgPool,
-    stripe: StripeClient,
+    stripe: Arc<StripeClient>,
+    /// The overage prices, shared with usage (entitlements' overage cost).
+    overage: Arc<overage::OveragePrices>,
     catalog: Arc<PlanCatalog>,
     clock: SharedClock,
     settings: StripeSettings,
@@ -267,9 +270,15 @@ impl Billing {
             events::INTAKE_WRITERS,
             events::INTAKE_BATCH,
         );
+        let stripe = Arc::new(stripe);
+        let overage = Arc::new(overage::OveragePrices::new(
+            Arc::clone(&stripe),
+            Arc::clone(&catalog),
+        ));
         Self {
             pg,
             stripe,
+            overage,
             catalog,
             clock,
             settings,
@@ -289,6 +298,11 @@ impl Billing {
         if let Err(e) = self.accounts.reload(&self.pg, &[org_id]).await {
             tracing::warn!(error = %e, "cannot reload the billing cache after a change; the announcement will");
         }
+    }
+
+    /// The overage prices (usage reads them for entitlements' overage cost).
+    pub fn overage_prices(&self) -> Arc<overage::OveragePrices> {
+        Arc::clone(&self.overage)
     }
 
     /// The settings billing runs with.

@@ -1,0 +1,326 @@
+//! Issue 22: admission past a plan's included units, up to the bound (the plan's ceiling, or what the org's spend
+//! cap buys at the overage price), exact with two proxies and 64 clients; spend caps set by the org; the bound in
+//! entitlements and in the 429.
+
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tollgate_e2e::app::Auth;
+use tollgate_e2e::metering::{Metering, Options, count, hammer};
+use tollgate_e2e::proxy::ProxyProcess;
+use tollgate_e2e::stripe::StripeEmulator;
+use tollgate_e2e::wait;
+
+/// Included units of both test plans.
+const INCLUDED: u64 = 300;
+/// `capped`'s ceiling.
+const CEILING: u64 = 500;
+/// The overage price: half a cent per call.
+const UNIT_DECIMAL: &str = "0.5";
+
+const PLANS: &str = r#"
+trial_days = 14
+unsubscribed = "trial"
+
+[plans.trial]
+included = { api_call = 10, tokens = 100 }
+
+[plans.capped]
+price = "plan_starter_m"
+included = { api_call = 300 }
+
+[plans.capped.overage.api_call]
+price = "api_call_overage"
+ceiling = 500
+
+[plans.payg]
+price = "plan_growth_m"
+included = { api_call = 300 }
+
+[plans.payg.overage.api_call]
+price = "api_call_overage"
+"#;
+
+async fn start(stripe: &StripeEmulator) -> Metering {
+    stripe
+        .seed_overage_price("api_call_overage", UNIT_DECIMAL, "api_call_overage")
+        .await;
+    Metering::start(Options {
+        plans: Some(PLANS.to_owned()),
+        stripe: Some(stripe),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Gives `org` a live subscription on `plan` by plain SQL (the mirror's row; the trigger announces it).
+async fn subscribe(m: &Metering, org: &str, plan: &str) {
+    sqlx::query("UPDATE orgs SET stripe_customer_id = 'cus_x' || id WHERE clerk_org_id = $1")
+        .bind(org)
+        .execute(&m.app.state.pg)
+        .await
+        .expect("link a customer");
+    sqlx::query(
+        "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
+                                    stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
+         SELECT id, 'cus_x' || id, 'sub_x' || id, 'active', $2, 'price_x',
+                now() - interval '1 day', now() + interval '29 days', now() - interval '1 day'
+           FROM orgs WHERE clerk_org_id = $1",
+    )
+    .bind(org)
+    .bind(plan)
+    .execute(&m.app.state.pg)
+    .await
+    .expect("insert subscription");
+}
+
+async fn entitlements(m: &Metering, key: &str) -> Value {
+    let r = m
+        .app
+        .get("/api/me/entitlements.read", Auth::ApiKey(key))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json
+}
+
+/// One request through `proxy`: its status, its body and its `RateLimit-Limit`.
+async fn one(proxy: &ProxyProcess, key: &str) -> (u16, Value, Option<String>) {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/items", proxy.url()))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let limit = r
+        .headers()
+        .get("ratelimit-limit")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, body, limit)
+}
+
+/// Waits until `proxy` meters `key` against `bound`, answering from a lease or the 429.
+/// Returns how many of the requests it sent were admitted.
+async fn await_bound(proxy: &ProxyProcess, key: &str, bound: u64) -> u64 {
+    let admitted = AtomicU64::new(0);
+    wait::until(
+        Duration::from_secs(20),
+        &format!("the proxy to meter against {bound}"),
+        || async {
+            let (status, body, limit) = one(proxy, key).await;
+            if status == 200 {
+                admitted.fetch_add(1, Ordering::Relaxed);
+            }
+            let seen = limit.or_else(|| body["limit"].as_u64().map(|l| l.to_string()));
+            (seen == Some(bound.to_string())).then_some(())
+        },
+    )
+    .await;
+    admitted.into_inner()
+}
+
+async fn set_budget(m: &Metering, org: &str, amount: u64) -> Value {
+    let r = m
+        .app
+        .post(
+            "/api/billing/budget.set",
+            Auth::Operator,
+            &json!({"orgId": org, "amount": amount, "currency": "usd"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_and_64_clients_never_admit_past_the_ceiling() {
+    let stripe = StripeEmulator::start().await;
+    let m = start(&stripe).await;
+    let key = m.org_with_key("org_ceiling").await;
+    subscribe(&m, "org_ceiling", "capped").await;
+    let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
+
+    let statuses = hammer(&[&a, &b], &key, "/v1/items", 64, 800).await;
+    assert_eq!(
+        count(&statuses, 200),
+        500,
+        "included and overage up to the ceiling, exactly"
+    );
+    assert_eq!(count(&statuses, 429), 300);
+    assert_eq!(m.upstream.count_path_prefix("/v1/items"), 500);
+
+    let (status, body, _) = one(&a, &key).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["type"], "/problems/quota-exceeded", "{body}");
+    assert_eq!(body["limit"], CEILING);
+    m.await_durable("org_ceiling", "api_call", 500, Duration::from_secs(10))
+        .await;
+
+    let e = entitlements(&m, &key).await;
+    assert_eq!(e["included"], INCLUDED, "{e}");
+    assert_eq!(e["used"], 500);
+    assert_eq!(e["remaining"], 0);
+    assert_eq!(e["overageUsed"], 200);
+    assert_eq!(e["bound"], CEILING);
+    assert_eq!(e["boundBy"], "ceiling");
+    // 200 units at half a cent: 100 cents, as Stripe's line computes it.
+    assert_eq!(e["overageCost"], json!({"amount": 100, "currency": "usd"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_and_64_clients_never_admit_past_the_spend_cap() {
+    let stripe = StripeEmulator::start().await;
+    let m = start(&stripe).await;
+    let key = m.org_with_key("org_cap").await;
+    subscribe(&m, "org_cap", "payg").await;
+    let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
+
+    // Overage without a ceiling or a cap: no bound, so no RateLimit headers.
+    let (status, _, limit) = one(&a, &key).await;
+    assert_eq!((status, limit), (200, None));
+    let e = entitlements(&m, &key).await;
+    assert_eq!(
+        (e["bound"].clone(), e["boundBy"].clone()),
+        (Value::Null, Value::Null),
+        "{e}"
+    );
+
+    // A dollar at half a cent a call buys 200 calls past the 300 included.
+    let set = set_budget(&m, "org_cap", 100).await;
+    assert_eq!(
+        set,
+        json!({"orgId": "org_cap", "amount": 100, "currency": "usd", "units": 200})
+    );
+    let mut admitted = 1 + await_bound(&a, &key, 500).await + await_bound(&b, &key, 500).await;
+    let statuses = hammer(&[&a, &b], &key, "/v1/items", 64, 800).await;
+    admitted += count(&statuses, 200) as u64;
+    assert_eq!(admitted, 500, "exactly what the cap allows");
+    let (status, body, _) = one(&b, &key).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["type"], "/problems/spend-cap-reached", "{body}");
+    assert_eq!(body["limit"], 500);
+    let check = m
+        .app
+        .post(
+            "/api/quota/check",
+            Auth::ApiKey(&key),
+            &json!({"metric": "api_call"}),
+        )
+        .await;
+    assert_eq!(check.status, 429, "{}", check.text);
+    assert_eq!(check.json["type"], "/problems/spend-cap-reached");
+    let e = entitlements(&m, &key).await;
+    assert_eq!(e["boundBy"], "budget", "{e}");
+    assert_eq!(e["bound"], 500);
+    assert_eq!(e["overageCost"], json!({"amount": 100, "currency": "usd"}));
+    m.await_durable("org_cap", "api_call", 500, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_below_what_was_spent_stops_admission_at_once_and_clearing_it_lifts_the_bound() {
+    let stripe = StripeEmulator::start().await;
+    let m = start(&stripe).await;
+    let key = m.org_with_key("org_lower").await;
+    subscribe(&m, "org_lower", "payg").await;
+    let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
+    set_budget(&m, "org_lower", 100).await;
+    let mut admitted = await_bound(&a, &key, 500).await + await_bound(&b, &key, 500).await;
+    let statuses = hammer(&[&a, &b], &key, "/v1/items", 16, 450 - admitted as usize).await;
+    admitted += count(&statuses, 200) as u64;
+    assert_eq!(admitted, 450);
+
+    // 50 cents buy 100 calls: a bound of 400, below the 450 used. Both proxies hand their leases back.
+    let set = set_budget(&m, "org_lower", 50).await;
+    assert_eq!(set["units"], 100);
+    // A request that reached a proxy before the announcement did is admitted from its lease (counted); once the
+    // proxy meters against the new bound, nothing more is.
+    let late = await_bound(&a, &key, 400).await + await_bound(&b, &key, 400).await;
+    let statuses = hammer(&[&a, &b], &key, "/v1/items", 64, 200).await;
+    assert_eq!(count(&statuses, 429), 200, "every request is refused");
+    m.await_durable(
+        "org_lower",
+        "api_call",
+        450 + i64::try_from(late).expect("small"),
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // A user of the org clears it: overage runs unbounded again.
+    let token = m.app.user_token("user_lower", "org_lower");
+    let r = m
+        .app
+        .post(
+            "/api/billing/budget.clear",
+            Auth::Bearer(&token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json, json!({"orgId": "org_lower", "cleared": true}));
+    wait::until(
+        Duration::from_secs(20),
+        "both proxies to admit again",
+        || async {
+            let (sa, _, _) = one(&a, &key).await;
+            let (sb, _, _) = one(&b, &key).await;
+            (sa == 200 && sb == 200).then_some(())
+        },
+    )
+    .await;
+    let statuses = hammer(&[&a, &b], &key, "/v1/items", 16, 100).await;
+    assert_eq!(count(&statuses, 200), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_calls_are_checked() {
+    let stripe = StripeEmulator::start().await;
+    let m = start(&stripe).await;
+    let key = m.org_with_key("org_budget_checks").await;
+    let cases = [
+        (
+            json!({"orgId": "org_budget_checks", "amount": 100, "currency": "eur"}),
+            422,
+            "currency",
+        ),
+        (
+            json!({"orgId": "org_budget_checks", "amount": 100, "currency": "us"}),
+            422,
+            "currency",
+        ),
+        (
+            json!({"orgId": "org_budget_checks", "amount": -1, "currency": "usd"}),
+            422,
+            "amount",
+        ),
+        (
+            json!({"orgId": "org_budget_checks", "currency": "usd"}),
+            422,
+            "amount",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let r = m
+            .app
+            .post("/api/billing/budget.set", Auth::Operator, &body)
+            .await;
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{body}: names {field}: {}", r.text);
+    }
+    let r = m
+        .app
+        .post(
+            "/api/billing/budget.set",
+            Auth::ApiKey(&key),
+            &json!({"amount": 100, "currency": "usd"}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "an API key cannot set the cap: {}", r.text);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM org_budgets")
+        .fetch_one(&m.app.state.pg)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0, "nothing was written");
+}
