@@ -9,7 +9,7 @@ use crate::services::billing::{Billing, BillingMetrics};
 use crate::services::keys::KeyService;
 use crate::services::recorder::Recorder;
 use crate::services::retention::{PurgeMetrics, Purger};
-use crate::services::stigg::{OutboxMetrics, Stigg};
+use crate::services::stigg::Stigg;
 use crate::services::usage::Usage;
 use crate::stigg::{StiggClient, StiggMetrics};
 use crate::stripe::{StripeClient, StripeMetrics};
@@ -107,7 +107,17 @@ impl App {
         let stripe_metrics = StripeMetrics::register(&registry).context("registering metrics")?;
         let billing_metrics = BillingMetrics::register(&registry).context("registering metrics")?;
         let stigg_metrics = StiggMetrics::register(&registry).context("registering metrics")?;
-        let outbox_metrics = OutboxMetrics::register(&registry).context("registering metrics")?;
+        let queue = crate::queue::Queue {
+            metrics: crate::queue::QueueMetrics::register(
+                &registry,
+                &[
+                    crate::services::billing::events::STRIPE_EVENTS.kind,
+                    crate::services::stigg::STIGG_OPS.kind,
+                ],
+            )
+            .context("registering metrics")?,
+            max_attempts: config.queue_max_attempts,
+        };
         let purge_metrics = PurgeMetrics::register(&registry).context("registering metrics")?;
         let limit_metrics = LimitMetrics::register(&registry).context("registering metrics")?;
         let stigg_client = config
@@ -128,7 +138,7 @@ impl App {
                     s.retry_max
                 }),
             stigg_metrics,
-            outbox_metrics,
+            queue.clone(),
         );
         let billing = match &config.stripe {
             Some(settings) => {
@@ -145,6 +155,7 @@ impl App {
                     crate::services::billing::Followers {
                         stigg: Arc::clone(&stigg),
                         accounts: Arc::clone(&accounts),
+                        queue: queue.clone(),
                     },
                 )))
             }

@@ -39,6 +39,7 @@ pub const ENV_TRIAL_END_WITHOUT_CARD: &str = "TOLLGATE_TRIAL_END_WITHOUT_CARD";
 pub const ENV_BILLING_RATE_LIMIT: &str = "TOLLGATE_CP_BILLING_RATE_LIMIT";
 pub const ENV_KEYS_RATE_LIMIT: &str = "TOLLGATE_CP_KEYS_RATE_LIMIT";
 pub const ENV_STIGG_RATE_LIMIT: &str = "TOLLGATE_CP_STIGG_RATE_LIMIT";
+pub const ENV_QUEUE_MAX_ATTEMPTS: &str = "TOLLGATE_QUEUE_MAX_ATTEMPTS";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 /// Clerk's own administrator role.
@@ -56,6 +57,8 @@ pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
 pub const DEFAULT_STIGG_BUDGET_MS: u64 = 3_000;
 pub const DEFAULT_STIGG_RETRY_MAX_MS: u64 = 300_000;
+/// With the backoff capped at 5 min, 30 attempts keep a job retrying for about two hours.
+pub const DEFAULT_QUEUE_MAX_ATTEMPTS: i32 = 30;
 /// Stripe redelivers an event for up to 3 days and lets it be fetched for 30: past that a stored event can neither
 /// come again nor be replayed from Stripe, so the row has done its work.
 pub const DEFAULT_RETENTION_STRIPE_EVENTS_DAYS: u32 = 30;
@@ -250,6 +253,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// Per-org limits of the endpoints that call Stripe or change keys.
     pub rate_limits: RateLimits,
+    /// Failed attempts after which a queued job is dead (`TOLLGATE_QUEUE_MAX_ATTEMPTS`).
+    pub queue_max_attempts: i32,
 }
 
 /// Per-org rate limits by endpoint group (`None`: that group is not limited). The operator is never limited.
@@ -294,6 +299,14 @@ impl Config {
             keys: rate_limit(&mut r, ENV_KEYS_RATE_LIMIT, DEFAULT_KEYS_RATE_LIMIT),
             stigg: rate_limit(&mut r, ENV_STIGG_RATE_LIMIT, DEFAULT_STIGG_RATE_LIMIT),
         };
+        let queue_max_attempts = r.parse_or(
+            ENV_QUEUE_MAX_ATTEMPTS,
+            DEFAULT_QUEUE_MAX_ATTEMPTS,
+            "a number of attempts",
+        );
+        if !(1..=1000).contains(&queue_max_attempts) {
+            r.error(ENV_QUEUE_MAX_ATTEMPTS, "must be between 1 and 1000");
+        }
         r.finish()?;
         match (common, admin_token) {
             (Some(common), Some(admin_token)) => Ok(Self {
@@ -309,6 +322,7 @@ impl Config {
                 stigg,
                 retention,
                 rate_limits,
+                queue_max_attempts,
             }),
             // `finish` reported every missing part already; this arm is unreachable in practice.
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),

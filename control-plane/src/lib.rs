@@ -28,6 +28,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod queue;
 pub mod routes;
 pub mod services;
 pub mod stigg;
@@ -57,9 +58,13 @@ pub async fn run(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = app.billing.clone().map(|billing| {
         let workers = app.config.stripe.as_ref().map_or(1, |s| s.workers);
-        tokio::spawn(jobs::stripe_events::run(billing, workers, stopped.clone()))
+        tokio::spawn(queue::run(billing, workers, stopped.clone()))
     });
-    let outbox = tokio::spawn(jobs::stigg_outbox::run(app.stigg.clone(), stopped.clone()));
+    let outbox = tokio::spawn(queue::run(
+        app.stigg.clone(),
+        jobs::STIGG_TASKS,
+        stopped.clone(),
+    ));
     let caches = tokio::spawn(jobs::caches::run(app.clone(), stopped.clone()));
     let purge = tokio::spawn(jobs::purge::run(app.purger.clone(), stopped.clone()));
     let mut server_stop = stopped.clone();

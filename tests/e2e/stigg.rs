@@ -428,7 +428,8 @@ async fn with_stigg_down_everything_else_answers_and_the_outbox_drains_in_order_
     );
     let metrics = wait::until(LONG, "the outbox gauges", || async {
         let metrics = m.app.get("/metrics", Auth::None).await.text;
-        (metric_value(&metrics, "tollgate_cp_stigg_outbox_depth") > 0).then_some(metrics)
+        (metric_value(&metrics, "tollgate_cp_queue_depth{kind=\"stigg_op\"}") > 0)
+            .then_some(metrics)
     })
     .await;
     assert!(
@@ -462,11 +463,15 @@ async fn with_stigg_down_everything_else_answers_and_the_outbox_drains_in_order_
     assert_only_mirror_operations(&stigg);
     let metrics = wait::until(LONG, "the depth gauge to fall", || async {
         let metrics = m.app.get("/metrics", Auth::None).await.text;
-        (metric_value(&metrics, "tollgate_cp_stigg_outbox_depth") == 0).then_some(metrics)
+        (metric_value(&metrics, "tollgate_cp_queue_depth{kind=\"stigg_op\"}") == 0)
+            .then_some(metrics)
     })
     .await;
     assert_eq!(
-        metric_value(&metrics, "tollgate_cp_stigg_outbox_oldest_seconds"),
+        metric_value(
+            &metrics,
+            "tollgate_cp_queue_oldest_seconds{kind=\"stigg_op\"}"
+        ),
         0
     );
 
@@ -703,5 +708,115 @@ async fn without_stigg_operations_are_recorded_as_skipped_and_nothing_fails() {
         ) >= 2,
         "{metrics}"
     );
-    assert_eq!(metric_value(&metrics, "tollgate_cp_stigg_outbox_depth"), 0);
+    assert_eq!(
+        metric_value(&metrics, "tollgate_cp_queue_depth{kind=\"stigg_op\"}"),
+        0
+    );
+}
+
+/// Issue 22's one queue: a job that keeps failing ends `dead` after `TOLLGATE_QUEUE_MAX_ATTEMPTS` (never tried
+/// again; the org's later jobs go on), is counted and listed by the queue's own operator view, and a replay runs it
+/// once more, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_dies_is_listed_and_replays_in_order() {
+    let stigg = FakeStigg::start().await;
+    stigg.refuse("org_dead", "FailedToImportCustomer");
+    let (_stripe, m) =
+        crate::billing::setup_with_env(50, Some(&stigg), &[("TOLLGATE_QUEUE_MAX_ATTEMPTS", "2")])
+            .await;
+    let subscription = sign_up(&m, "org_dead").await;
+    // Every operation of the org is refused: each dies after two attempts, and the next one goes on.
+    let dead = wait::until(LONG, "the org's operations to die", || async {
+        let r = m
+            .app
+            .get(
+                "/api/admin/jobs.list?kind=stigg_op&status=dead",
+                Auth::Operator,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let jobs = r.json.as_array()?.clone();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stigg_outbox WHERE status IN ('pending', 'failed')",
+        )
+        .fetch_one(&m.app.state.pg)
+        .await
+        .ok()?;
+        (jobs.len() >= 2 && waiting == 0).then_some(jobs)
+    })
+    .await;
+    for job in &dead {
+        assert_eq!(job["kind"], "stigg_op");
+        assert_eq!(job["attempts"], 2, "{job}");
+        assert!(
+            job["lastError"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("stigg refused")),
+            "{job}"
+        );
+    }
+    // Each dead job was tried exactly twice: one retry and one last failure each, and nothing more.
+    let n = dead.len() as u64;
+    let metrics = wait::until(LONG, "the gauges to count the dead jobs", || async {
+        let metrics = m.app.get("/metrics", Auth::None).await.text;
+        (metric_value(&metrics, "tollgate_cp_queue_dead{kind=\"stigg_op\"}") == n)
+            .then_some(metrics)
+    })
+    .await;
+    let attempts = |outcome: &str| {
+        metric_value(
+            &metrics,
+            &format!("tollgate_cp_queue_attempts_total{{kind=\"stigg_op\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!((attempts("retry"), attempts("dead")), (n, n), "{metrics}");
+
+    // Fixed on Stigg's side: the operator replays them, oldest first, and the org's mirror catches up in order.
+    stigg.accept("org_dead");
+    let mut ids: Vec<String> = dead
+        .iter()
+        .filter_map(|j| j["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort_by_key(|id| id.parse::<i64>().unwrap_or(i64::MAX));
+    let r = m
+        .app
+        .post(
+            "/api/admin/jobs.replay",
+            Auth::Operator,
+            &json!({"kind": "stigg_op", "ids": ids.iter().cloned().chain(["999999".to_owned()]).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["replayed"].as_array().map(Vec::len), Some(ids.len()));
+    assert_eq!(r.json["skipped"], json!(["999999"]));
+    mirrored(&stigg, "the org's subscription after the replay", |s| {
+        s.subscriptions.contains_key(&subscription)
+    })
+    .await;
+    drained(&m, LONG).await;
+    assert_eq!(applied(&stigg, "org_dead"), delivered(&m, "org_dead").await);
+
+    // The queue's operator view checks its input.
+    let r = m
+        .app
+        .get("/api/admin/jobs.list?kind=nope", Auth::Operator)
+        .await;
+    r.problem(422);
+    let r = m
+        .app
+        .post(
+            "/api/admin/jobs.replay",
+            Auth::Operator,
+            &json!({"kind": "stripe_event", "ids": []}),
+        )
+        .await;
+    assert_eq!(r.problem(422)["field"], "ids");
+    let r = m
+        .app
+        .get(
+            "/api/admin/jobs.list?kind=stigg_op",
+            Auth::Bearer(&owner(&m, "org_dead")),
+        )
+        .await;
+    r.problem(403);
 }

@@ -225,7 +225,7 @@ async fn an_event_for_a_customer_no_org_owns_is_ignored_once_and_never_retried()
     );
     wait::until(LONG, "the queue gauge to read 0", || async {
         let text = metrics(&m).await;
-        (text.contains("\ntollgate_cp_webhook_queue_depth 0\n")).then_some(())
+        (text.contains("\ntollgate_cp_queue_depth{kind=\"stripe_event\"} 0\n")).then_some(())
     })
     .await;
 

@@ -1,11 +1,13 @@
 //! Background work of the control plane, stopped by the same shutdown signal as the server.
 //!
 //! * [`caches`] — keeps cached keys and billing state in step with revocations and billing changes.
-//! * [`stripe_events`] — processes received Stripe webhook events.
-//! * [`stigg_outbox`] — delivers the Stigg mirror's outbox.
 //! * [`purge`] — deletes finished rows past their retention.
+//!
+//! Received Stripe events and the Stigg outbox are kinds of job on the one queue (`crate::queue`): its runner
+//! works them, `TOLLGATE_STRIPE_WORKERS` and [`STIGG_TASKS`] tasks per replica.
 
 pub mod caches;
 pub mod purge;
-pub mod stigg_outbox;
-pub mod stripe_events;
+
+/// Stigg delivery tasks per replica.
+pub const STIGG_TASKS: usize = 2;

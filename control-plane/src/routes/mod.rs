@@ -108,6 +108,8 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::webhooks_list::list_webhooks))
         .routes(routes!(admin::stigg_outbox::list_outbox))
         .routes(routes!(admin::stigg_outbox::requeue_outbox))
+        .routes(routes!(admin::jobs::list_jobs))
+        .routes(routes!(admin::jobs::replay_jobs))
         .routes(routes!(billing::customer_ensure::ensure_customer))
         .routes(routes!(billing::subscription_create::create_subscription))
         .routes(routes!(billing::setup_intent::create_setup_intent))

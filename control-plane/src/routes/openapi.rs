@@ -8,6 +8,7 @@
 //! changes an org.
 
 use crate::auth::AdminRoles;
+use crate::routes::admin::jobs::MAX_JOB_IDS;
 use crate::routes::admin::stigg_outbox::MAX_ITEMS as MAX_REQUEUE;
 use crate::routes::admin::webhooks_replay::MAX_EVENT_IDS;
 use crate::routes::billing::budget::{CURRENCY_PATTERN, MAX_BUDGET};
@@ -54,6 +55,9 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
         }
         ("EnsureCustomerRequest", "email") => json!({"pattern": EMAIL_PATTERN}),
         (_, "paymentMethodId") => json!({"pattern": PAYMENT_METHOD_PATTERN}),
+        ("ReplayJobsRequest", "ids") => {
+            json!({"minItems": 1, "maxItems": MAX_JOB_IDS, "items": {"minLength": 1, "maxLength": 255}})
+        }
         ("BudgetRequest", "amount") => json!({"minimum": 0, "maximum": MAX_BUDGET}),
         ("BudgetRequest", "currency") => json!({"pattern": CURRENCY_PATTERN}),
         ("ProcessRequest", "eventId") => json!({"pattern": EVENT_ID_PATTERN}),

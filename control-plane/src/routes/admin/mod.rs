@@ -1,5 +1,6 @@
 //! Operator-only endpoints.
 
+pub mod jobs;
 pub mod quotas_reset;
 pub mod stigg_outbox;
 pub mod webhooks_list;

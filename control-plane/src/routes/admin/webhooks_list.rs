@@ -28,6 +28,8 @@ pub enum EventStatus {
     Applied,
     /// Nothing Tollgate can mirror, for good (with its reason).
     Ignored,
+    /// Failed `TOLLGATE_QUEUE_MAX_ATTEMPTS` times; never retried, replayable by 8.1.
+    Dead,
 }
 
 impl EventStatus {
@@ -37,6 +39,7 @@ impl EventStatus {
             Self::Failed => "failed",
             Self::Applied => "applied",
             Self::Ignored => "ignored",
+            Self::Dead => "dead",
         }
     }
 }

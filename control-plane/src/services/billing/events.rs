@@ -27,6 +27,7 @@
 //! `failed` and retried with backoff.
 
 use super::{Billing, BillingError, subscriptions::SubscriptionRead};
+use crate::queue;
 use crate::services::batch::Write;
 use crate::stripe::Op;
 use crate::stripe::signature;
@@ -182,12 +183,21 @@ pub fn is_event_id(id: &str) -> bool {
     })
 }
 
-/// Retry delay after `attempts` failed attempts: 2 s doubling to at most 5 min.
-fn retry_delay_secs(attempts: i32) -> i64 {
-    2_i64
-        .saturating_pow(u32::try_from(attempts.clamp(1, 9)).unwrap_or(9))
-        .min(300)
-}
+/// Stripe events as a kind of job on the queue: ordered per object (events naming no object stand alone), in
+/// Stripe's order.
+pub static STRIPE_EVENTS: queue::Spec = queue::Spec {
+    kind: "stripe_event",
+    table: "stripe_events",
+    id: "event_id",
+    key: "COALESCE(NULLIF({a}.object_id, ''), {a}.event_id)",
+    same_key: "{h}.object_id = {j}.object_id AND {j}.object_id <> ''",
+    seq: "({a}.stripe_created, {a}.event_id)",
+    created: "{a}.received_at",
+    returning: "event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at, lease_token",
+};
+
+/// The longest wait between two attempts of an event.
+pub const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A stored event, as the operator's listing shows it.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -402,21 +412,15 @@ impl Billing {
     pub async fn process_next(
         &self,
     ) -> Result<Option<(String, Result<Processed, String>)>, BillingError> {
-        // The claim is one statement, committed at once: the event's next attempt moves to the lease's end, so
-        // other workers skip it while this one reads Stripe, and take it again if this one dies.
-        let event: Option<StoredEvent> = sqlx::query_as(
-            "UPDATE stripe_events SET lease_token = $1, lease_until = now() + make_interval(secs => $2),
-                    next_attempt_at = now() + make_interval(secs => $2)
-              WHERE event_id = (SELECT event_id FROM stripe_events
-                                 WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
-                                 ORDER BY next_attempt_at, stripe_created
-                                 LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING event_id, event_type, object_id, attempts, clock_timestamp() AS claimed_at, lease_token",
-        )
-        .bind(Uuid::new_v4())
-        .bind(self.event_lease().as_secs_f64())
-        .fetch_optional(&self.pg)
-        .await?;
+        // The queue's claim: one statement, committed at once; the event's next attempt moves to the lease's end, so
+        // other workers skip it while this one reads Stripe, and take it again if this one dies. Only the head of
+        // its object's waiting events is taken.
+        let event: Option<StoredEvent> = sqlx::query_as(&queue::claim_sql(&STRIPE_EVENTS))
+            .bind(Uuid::new_v4())
+            .bind(self.event_lease().as_secs_f64())
+            .bind(None::<String>)
+            .fetch_optional(&self.pg)
+            .await?;
         let Some(event) = event else {
             return Ok(None);
         };
@@ -450,6 +454,7 @@ impl Billing {
         };
         match applied {
             Ok((processed, settled)) => {
+                self.queue.attempt(&STRIPE_EVENTS, None);
                 self.metrics
                     .events
                     .with_label_values(&[processed.as_str()])
@@ -471,8 +476,9 @@ impl Billing {
             }
             Err(e) => {
                 let attempts = event.attempts + 1;
+                let failure = queue::after_failure(attempts, &self.queue_policy());
                 sqlx::query(
-                    "UPDATE stripe_events SET status = 'failed', ignored_reason = NULL, attempts = $3, last_error = $4,
+                    "UPDATE stripe_events SET status = $6, ignored_reason = NULL, attempts = $3, last_error = $4,
                             next_attempt_at = now() + make_interval(secs => $5), processed_at = NULL,
                             lease_token = NULL, lease_until = NULL
                       WHERE event_id = $1 AND lease_token = $2",
@@ -481,9 +487,11 @@ impl Billing {
                 .bind(event.lease_token)
                 .bind(attempts)
                 .bind(truncate(&e.to_string(), 1000))
-                .bind(retry_delay_secs(attempts) as f64)
+                .bind(failure.delay.as_secs_f64())
+                .bind(failure.status)
                 .execute(&self.pg)
                 .await?;
+                self.queue.attempt(&STRIPE_EVENTS, Some(&failure));
                 self.metrics.events.with_label_values(&["failed"]).inc();
                 tracing::warn!(
                     stripe.event_id = %event.event_id,
@@ -717,7 +725,8 @@ impl Billing {
     pub async fn replay(&self, event_ids: &[String]) -> Result<Vec<String>, BillingError> {
         let found: Vec<String> = sqlx::query_scalar(
             "UPDATE stripe_events SET status = 'pending', ignored_reason = NULL, next_attempt_at = now(),
-                    processed_at = NULL, lease_token = NULL, lease_until = NULL
+                    processed_at = NULL, lease_token = NULL, lease_until = NULL,
+                    attempts = CASE WHEN status = 'dead' THEN 0 ELSE attempts END
               WHERE event_id = ANY($1) RETURNING event_id",
         )
         .bind(event_ids)
@@ -771,23 +780,39 @@ impl Billing {
         .await?)
     }
 
-    /// Refreshes the queue gauges.
-    pub async fn refresh_queue_metrics(&self) -> Result<(), BillingError> {
-        let (depth, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(received_at))::float8
-               FROM stripe_events WHERE status IN ('pending', 'failed')",
-        )
-        .fetch_one(&self.pg)
-        .await?;
-        self.metrics.queue_depth.set(depth);
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "seconds of age, far below i64::MAX"
-        )]
-        self.metrics
-            .oldest_pending
-            .set(oldest.unwrap_or(0.0) as i64);
-        Ok(())
+    /// How events are retried.
+    fn queue_policy(&self) -> queue::Policy {
+        queue::Policy {
+            max_attempts: self.max_attempts,
+            max_delay: MAX_RETRY_DELAY,
+        }
+    }
+}
+
+impl queue::Worker for Billing {
+    fn spec(&self) -> &'static queue::Spec {
+        &STRIPE_EVENTS
+    }
+
+    async fn step(&self) -> Result<bool, String> {
+        match self.process_next().await {
+            Ok(Some((event_id, Ok(processed)))) => {
+                tracing::debug!(stripe.event_id = %event_id, ?processed, "stripe event processed");
+                Ok(true)
+            }
+            // Recorded on the event (attempts, last error, next attempt) and logged.
+            Ok(Some((_, Err(_)))) => Ok(true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn wake(&self) -> &tokio::sync::Notify {
+        &self.wake
+    }
+
+    fn gauges(&self) -> (&PgPool, &queue::QueueMetrics) {
+        (&self.pg, &self.queue)
     }
 }
 
@@ -805,8 +830,7 @@ mod tests {
         for bad in ["", "evt_", "ev_1", "evt_1-2", "evt_ 1"] {
             assert!(!is_event_id(bad), "{bad}");
         }
-        assert_eq!(retry_delay_secs(1), 2);
-        assert_eq!(retry_delay_secs(3), 8);
-        assert_eq!(retry_delay_secs(40), 300);
+        let delay = |a| queue::retry_delay(a, MAX_RETRY_DELAY).as_secs();
+        assert_eq!((delay(1), delay(3), delay(40)), (2, 8, 300));
     }
 }

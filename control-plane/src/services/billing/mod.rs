@@ -50,7 +50,7 @@ use crate::config::StripeSettings;
 use crate::services::batch::Batcher;
 use crate::stripe::{Op, StripeClient, StripeError};
 use chrono::{DateTime, Utc};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::{PgExecutor, PgPool};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -136,10 +136,6 @@ pub struct BillingMetrics {
     /// `tollgate_cp_webhook_events_total{outcome}`: intake (`received`, `duplicate`, `rejected`) and processing
     /// (`applied`, `ignored`, `failed`).
     pub events: IntCounterVec,
-    /// `tollgate_cp_webhook_queue_depth`: events waiting to be processed (pending or failed).
-    pub queue_depth: IntGauge,
-    /// `tollgate_cp_webhook_oldest_pending_seconds`: age of the oldest of them.
-    pub oldest_pending: IntGauge,
     /// `tollgate_cp_billing_claims_total{outcome}`: `taken`, `taken_over` (an expired claim: its holder died or
     /// hung), `busy` (409).
     pub claims: IntCounterVec,
@@ -169,14 +165,6 @@ impl BillingMetrics {
                 ),
                 &["outcome"],
             )?,
-            queue_depth: IntGauge::new(
-                "tollgate_cp_webhook_queue_depth",
-                "Stripe events waiting to be processed (pending or failed, retried with backoff).",
-            )?,
-            oldest_pending: IntGauge::new(
-                "tollgate_cp_webhook_oldest_pending_seconds",
-                "Age in seconds of the oldest Stripe event waiting to be processed.",
-            )?,
             claims: IntCounterVec::new(
                 Opts::new(
                     "tollgate_cp_billing_claims_total",
@@ -203,8 +191,6 @@ impl BillingMetrics {
             m.ignored.with_label_values(&[reason.as_str()]);
         }
         registry.register(Box::new(m.events.clone()))?;
-        registry.register(Box::new(m.queue_depth.clone()))?;
-        registry.register(Box::new(m.oldest_pending.clone()))?;
         registry.register(Box::new(m.claims.clone()))?;
         registry.register(Box::new(m.ignored.clone()))?;
         Ok(m)
@@ -222,12 +208,15 @@ pub struct PriceInfo {
     pub currency: String,
 }
 
-/// What billing keeps in step with the changes it commits.
+/// What billing shares with the rest of the control plane: what it keeps in step with the changes it commits, and
+/// the queue its events are a kind of job on.
 pub struct Followers {
     /// The Stigg mirror, whose outbox billing writes to.
     pub stigg: Arc<crate::services::stigg::Stigg>,
     /// This process's billing cache, reloaded right after each subscription change.
     pub accounts: Arc<crate::services::accounts::Accounts>,
+    /// The queue's metrics and retry limit.
+    pub queue: crate::queue::Queue,
 }
 
 /// Everything billing needs.
@@ -242,6 +231,10 @@ pub struct Billing {
     prices: RwLock<Option<(Instant, HashMap<PlanCode, PriceInfo>)>>,
     /// Woken by intake so a local worker picks an event up at once.
     pub wake: Notify,
+    /// The queue's metrics (Stripe events are one of its kinds).
+    queue: crate::queue::QueueMetrics,
+    /// Failed attempts after which an event is dead (`TOLLGATE_QUEUE_MAX_ATTEMPTS`).
+    max_attempts: i32,
     /// Intake's group commit.
     intake: Batcher<events::Intake>,
     /// The Stigg mirror, whose outbox billing writes to.
@@ -264,7 +257,11 @@ impl Billing {
         metrics: BillingMetrics,
         followers: Followers,
     ) -> Self {
-        let Followers { stigg, accounts } = followers;
+        let Followers {
+            stigg,
+            accounts,
+            queue,
+        } = followers;
         let intake = Batcher::start(
             events::Intake { pg: pg.clone() },
             events::INTAKE_WRITERS,
@@ -285,6 +282,8 @@ impl Billing {
             intake,
             prices: RwLock::new(None),
             wake: Notify::new(),
+            queue: queue.metrics,
+            max_attempts: queue.max_attempts,
             stigg,
             metrics,
             accounts,

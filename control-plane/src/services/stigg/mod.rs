@@ -5,10 +5,13 @@
 //! * **Writers** queue operations with [`Stigg::queue`] in the *same transaction* as the change they mirror: billing when
 //!   it links a Stripe customer or mirrors a subscription (`services::billing`), and 1.4 `stigg/provision`. So the
 //!   order is always Stripe → database → Stigg, and a change is in the outbox iff it is in the database.
-//! * **The drain** ([`Stigg::deliver_next`], run by `jobs::stigg_outbox` on every replica) takes only the *head* of an
-//!   org's queue (its oldest undelivered operation), locked with `FOR UPDATE SKIP LOCKED`: operations of one org go
-//!   out in order, one at a time across all replicas, while other orgs' proceed. A failure records the attempt, the
-//!   error and the next attempt's time (2 s doubling to 5 min) and holds only that org's queue.
+//! * **The drain** ([`Stigg::deliver_next`]; Stigg operations are a kind of job on the control plane's one queue,
+//!   `crate::queue`, run on every replica) takes only the *head* of an org's queue (its oldest undelivered
+//!   operation) with the queue's claim (a lease, no transaction held across the call to Stigg): operations of one
+//!   org go out in order, one at a time across all replicas, while other orgs' proceed. A failure records the
+//!   attempt, the error and the next attempt's time (the queue's backoff, to `TOLLGATE_STIGG_RETRY_MAX_MS`) and
+//!   holds only that org's queue; after `TOLLGATE_QUEUE_MAX_ATTEMPTS` the operation is `dead` and the org's next
+//!   ones proceed.
 //! * **Coalescing**: an update carries the subscription's whole state, so queueing one supersedes the same
 //!   subscription's updates still waiting.
 //! * **Nothing queued twice**: an operation is queued only when its content differs from the newest row of the same
@@ -25,10 +28,10 @@
 
 pub mod ops;
 
+use crate::queue;
 use crate::stigg::{StiggClient, StiggError, StiggMetrics, StiggOp};
 use chrono::{DateTime, Utc};
 use ops::Queued;
-use prometheus::{IntGauge, Registry};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -60,34 +63,6 @@ pub enum Provisioned {
     Queued,
     /// Stigg is not configured: recorded as skipped.
     Skipped,
-}
-
-/// The outbox gauges.
-#[derive(Clone)]
-pub struct OutboxMetrics {
-    /// `tollgate_cp_stigg_outbox_depth`: operations waiting (pending or failed).
-    pub depth: IntGauge,
-    /// `tollgate_cp_stigg_outbox_oldest_seconds`: age of the oldest waiting operation.
-    pub oldest: IntGauge,
-}
-
-impl OutboxMetrics {
-    /// Creates and registers the gauges.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = Self {
-            depth: IntGauge::new(
-                "tollgate_cp_stigg_outbox_depth",
-                "Stigg operations waiting to be delivered (pending or failed).",
-            )?,
-            oldest: IntGauge::new(
-                "tollgate_cp_stigg_outbox_oldest_seconds",
-                "Age in seconds of the oldest Stigg operation waiting to be delivered.",
-            )?,
-        };
-        registry.register(Box::new(m.depth.clone()))?;
-        registry.register(Box::new(m.oldest.clone()))?;
-        Ok(m)
-    }
 }
 
 /// The outbox row's `dedup_key`: the org, the operation, its subject and content, the id of the newest row of the
@@ -154,6 +129,7 @@ async fn enqueue(
                   WHERE id IN (SELECT id FROM stigg_outbox
                                 WHERE org_id = $1 AND subject = $2 AND operation = 'update_subscription'
                                   AND status IN ('pending', 'failed')
+                                  AND (lease_until IS NULL OR lease_until <= now())
                                 FOR UPDATE SKIP LOCKED)",
             )
             .bind(org_id)
@@ -194,11 +170,21 @@ async fn enqueue(
     Ok(added)
 }
 
-/// How long after its `attempts`-th failure an operation is tried again: 2 s, doubling, at most `max`.
-fn retry_delay(attempts: i32, max: std::time::Duration) -> std::time::Duration {
-    let doublings = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
-    std::time::Duration::from_secs(2u64 << doublings).min(max)
-}
+/// Stigg operations as a kind of job on the queue: ordered per org, oldest first.
+pub static STIGG_OPS: queue::Spec = queue::Spec {
+    kind: "stigg_op",
+    table: "stigg_outbox",
+    id: "id",
+    key: "{a}.org_id::text",
+    same_key: "{h}.org_id = {j}.org_id",
+    seq: "{a}.id",
+    created: "{a}.created_at",
+    returning: "id, org_id, operation, payload, attempts, lease_token",
+};
+
+/// How long a claimed operation stays invisible to other workers: longer than any delivery
+/// (`TOLLGATE_STIGG_BUDGET_MS` is at most 60 s), so only a dead worker's operations are taken again.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// An outbox row, as delivery reads it.
 #[derive(sqlx::FromRow)]
@@ -208,6 +194,7 @@ struct Item {
     operation: String,
     payload: sqlx::types::Json<serde_json::Value>,
     attempts: i32,
+    lease_token: uuid::Uuid,
 }
 
 /// A waiting or failing operation, for the operator.
@@ -249,7 +236,8 @@ pub struct Stigg {
     pub wake: Notify,
     /// Delivery metrics.
     pub metrics: StiggMetrics,
-    outbox: OutboxMetrics,
+    /// The queue's metrics and retry limit.
+    queue: queue::Queue,
 }
 
 impl Stigg {
@@ -261,7 +249,7 @@ impl Stigg {
         client: Option<StiggClient>,
         retry_max: std::time::Duration,
         metrics: StiggMetrics,
-        outbox: OutboxMetrics,
+        queue: queue::Queue,
     ) -> Arc<Self> {
         Arc::new(Self {
             pg,
@@ -270,7 +258,7 @@ impl Stigg {
             retry_max,
             wake: Notify::new(),
             metrics,
-            outbox,
+            queue,
         })
     }
 
@@ -281,7 +269,7 @@ impl Stigg {
 
     /// Queues `items` for `org_id` in the caller's transaction (recorded as skipped when Stigg is not configured),
     /// and wakes a local worker. A wake that comes before the caller commits finds nothing; the worker's poll then
-    /// picks the items up within [`crate::jobs::stigg_outbox::POLL`].
+    /// picks the items up within [`crate::queue::POLL`].
     pub async fn queue(
         &self,
         conn: &mut PgConnection,
@@ -336,63 +324,74 @@ impl Stigg {
         let Some(client) = &self.client else {
             return Ok(None);
         };
-        let mut tx = self.pg.begin().await?;
-        let item: Option<Item> = sqlx::query_as(
-            "SELECT o.id, o.org_id, o.operation, o.payload, o.attempts FROM stigg_outbox o
-              WHERE o.status IN ('pending', 'failed') AND o.next_attempt_at <= now()
-                AND ($1::bigint IS NULL OR o.org_id = $1)
-                AND o.id = (SELECT min(h.id) FROM stigg_outbox h
-                             WHERE h.org_id = o.org_id AND h.status IN ('pending', 'failed'))
-              ORDER BY o.next_attempt_at, o.id
-              LIMIT 1 FOR UPDATE OF o SKIP LOCKED",
-        )
-        .bind(org)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // The queue's claim, committed at once: nothing is held while Stigg answers.
+        let item: Option<Item> = sqlx::query_as(&queue::claim_sql(&STIGG_OPS))
+            .bind(uuid::Uuid::new_v4())
+            .bind(LEASE.as_secs_f64())
+            .bind(org.map(|o| o.to_string()))
+            .fetch_optional(&self.pg)
+            .await?;
         let Some(item) = item else {
             return Ok(None);
         };
-        let Some(op) = StiggOp::parse(&item.operation) else {
-            return Ok(None);
+        let outcome = match StiggOp::parse(&item.operation) {
+            Some(op) => client.execute(op, &item.payload.0).await.map(|_| op),
+            None => Err(StiggError::Refused {
+                operation: "unknown",
+                code: None,
+                message: format!("unknown operation `{}`", item.operation),
+            }),
         };
-        let outcome = client.execute(op, &item.payload.0).await;
         let delivery = match outcome {
             Ok(_) => {
                 sqlx::query(
                     "UPDATE stigg_outbox SET status = 'done', done_at = now(), attempts = attempts + 1,
-                            last_error = NULL WHERE id = $1",
+                            last_error = NULL, lease_token = NULL, lease_until = NULL
+                      WHERE id = $1 AND lease_token = $2",
                 )
                 .bind(item.id)
-                .execute(&mut *tx)
+                .bind(item.lease_token)
+                .execute(&self.pg)
                 .await?;
+                self.queue.metrics.attempt(&STIGG_OPS, None);
                 Delivery::Delivered
             }
             Err(e) => {
                 let attempts = item.attempts + 1;
-                let delay = retry_delay(attempts, self.retry_max);
+                let failure = queue::after_failure(
+                    attempts,
+                    &queue::Policy {
+                        max_attempts: self.queue.max_attempts,
+                        max_delay: self.retry_max,
+                    },
+                );
                 let message = e.to_string();
                 sqlx::query(
-                    "UPDATE stigg_outbox SET status = 'failed', attempts = $2, last_error = $3,
-                            next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
+                    "UPDATE stigg_outbox SET status = $5, attempts = $2, last_error = $3,
+                            next_attempt_at = now() + make_interval(secs => $4),
+                            lease_token = NULL, lease_until = NULL
+                      WHERE id = $1 AND lease_token = $6",
                 )
                 .bind(item.id)
                 .bind(attempts)
                 .bind(message.chars().take(1000).collect::<String>())
-                .bind(delay.as_secs_f64())
-                .execute(&mut *tx)
+                .bind(failure.delay.as_secs_f64())
+                .bind(failure.status)
+                .bind(item.lease_token)
+                .execute(&self.pg)
                 .await?;
+                self.queue.metrics.attempt(&STIGG_OPS, Some(&failure));
                 match &e {
                     StiggError::Unavailable(_) => {
-                        tracing::debug!(org.internal_id = item.org_id, stigg.operation = op.as_str(), error = %e, "stigg delivery failed; retrying");
+                        tracing::debug!(org.internal_id = item.org_id, stigg.operation = %item.operation, error = %e, "stigg delivery failed; retrying");
                     }
                     StiggError::Refused { .. } => {
-                        tracing::warn!(org.internal_id = item.org_id, stigg.operation = op.as_str(), attempts, error = %e, "stigg refused an operation; retrying with backoff");
+                        tracing::warn!(org.internal_id = item.org_id, stigg.operation = %item.operation, attempts, status = failure.status, error = %e, "stigg refused an operation");
                     }
                 }
                 Delivery::Failed(message)
             }
         };
-        tx.commit().await?;
         Ok(Some(delivery))
     }
 
@@ -471,7 +470,7 @@ impl Stigg {
             "SELECT o.id, g.clerk_org_id AS org_id, o.operation, o.subject, o.status, o.attempts, o.last_error,
                     o.next_attempt_at, o.created_at
                FROM stigg_outbox o JOIN orgs g ON g.id = o.org_id
-              WHERE o.status IN ('pending', 'failed')
+              WHERE o.status IN ('pending', 'failed', 'dead')
               ORDER BY o.attempts DESC, o.id LIMIT $1",
         )
         .bind(limit)
@@ -482,8 +481,11 @@ impl Stigg {
     /// Makes failed operations due now (their org's order is kept). Returns the ids that were waiting.
     pub async fn requeue(&self, ids: &[i64]) -> Result<Vec<i64>, StiggMirrorError> {
         let found: Vec<i64> = sqlx::query_scalar(
-            "UPDATE stigg_outbox SET status = 'pending', next_attempt_at = now()
-              WHERE id = ANY($1) AND status IN ('pending', 'failed') RETURNING id",
+            "UPDATE stigg_outbox SET status = 'pending', next_attempt_at = now(),
+                    attempts = CASE WHEN status = 'dead' THEN 0 ELSE attempts END
+              WHERE id = ANY($1) AND status IN ('pending', 'failed', 'dead')
+                AND (lease_until IS NULL OR lease_until <= now())
+             RETURNING id",
         )
         .bind(ids)
         .fetch_all(&self.pg)
@@ -491,32 +493,36 @@ impl Stigg {
         self.wake.notify_one();
         Ok(found)
     }
+}
 
-    /// Refreshes the outbox gauges.
-    pub async fn refresh_metrics(&self) -> Result<(), StiggMirrorError> {
-        let (depth, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
-               FROM stigg_outbox WHERE status IN ('pending', 'failed')",
-        )
-        .fetch_one(&self.pg)
-        .await?;
-        self.outbox.depth.set(depth);
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "seconds of age, far below i64::MAX"
-        )]
-        self.outbox.oldest.set(oldest.unwrap_or(0.0) as i64);
-        Ok(())
+impl queue::Worker for Stigg {
+    fn spec(&self) -> &'static queue::Spec {
+        &STIGG_OPS
+    }
+
+    async fn step(&self) -> Result<bool, String> {
+        match self.deliver_next().await {
+            Ok(Some(Delivery::Delivered | Delivery::Failed(_))) => Ok(true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn gauges(&self) -> (&PgPool, &queue::QueueMetrics) {
+        (&self.pg, &self.queue.metrics)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{dedup_key, retry_delay};
+    use super::dedup_key;
     use crate::services::stigg::ops::Queued;
     use crate::stigg::StiggOp;
     use serde_json::{Map, Value, json};
-    use std::time::Duration;
 
     #[test]
     fn the_dedup_key_names_the_change_and_the_row_it_follows() {
@@ -568,18 +574,5 @@ mod tests {
         ] {
             assert_ne!(key, other, "{what}");
         }
-    }
-
-    #[test]
-    fn retries_back_off_from_two_seconds_to_the_cap() {
-        let max = Duration::from_secs(300);
-        let delays: Vec<u64> = (1..=10).map(|a| retry_delay(a, max).as_secs()).collect();
-        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(retry_delay(0, max), Duration::from_secs(2));
-        assert_eq!(retry_delay(i32::MAX, max), max);
-        assert_eq!(
-            retry_delay(3, Duration::from_secs(1)),
-            Duration::from_secs(1)
-        );
     }
 }
