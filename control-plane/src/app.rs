@@ -57,6 +57,8 @@ pub struct App {
     pub purger: Arc<Purger>,
     /// Per-org rate limits of the endpoints that call Stripe or change keys.
     pub limits: Limits,
+    /// Outgoing webhooks: the orgs' endpoints and the delivery of usage alerts.
+    pub outbound: Arc<crate::services::outbound::Outbound>,
 }
 
 /// The axum state type.
@@ -113,6 +115,7 @@ impl App {
                 &[
                     crate::services::billing::events::STRIPE_EVENTS.kind,
                     crate::services::stigg::STIGG_OPS.kind,
+                    crate::services::outbound::WEBHOOK_DELIVERIES.kind,
                 ],
             )
             .context("registering metrics")?,
@@ -181,6 +184,13 @@ impl App {
             Arc::clone(&clock),
             purge_metrics,
         ));
+        let outbound = crate::services::outbound::Outbound::new(
+            pg.clone(),
+            &config.webhooks,
+            Arc::clone(&clock),
+            queue.clone(),
+        )
+        .context("outgoing webhooks")?;
         let limits = Limits::new(
             redis.clone(),
             config.common.redis.namespace.clone(),
@@ -188,6 +198,7 @@ impl App {
             limit_metrics,
         );
         Ok(Arc::new(Self {
+            outbound,
             limits,
             pg,
             redis,

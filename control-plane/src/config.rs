@@ -40,6 +40,9 @@ pub const ENV_BILLING_RATE_LIMIT: &str = "TOLLGATE_CP_BILLING_RATE_LIMIT";
 pub const ENV_KEYS_RATE_LIMIT: &str = "TOLLGATE_CP_KEYS_RATE_LIMIT";
 pub const ENV_STIGG_RATE_LIMIT: &str = "TOLLGATE_CP_STIGG_RATE_LIMIT";
 pub const ENV_QUEUE_MAX_ATTEMPTS: &str = "TOLLGATE_QUEUE_MAX_ATTEMPTS";
+pub const ENV_WEBHOOK_SECRETS_KEY: &str = "TOLLGATE_WEBHOOK_SECRETS_KEY";
+pub const ENV_WEBHOOK_ALLOW_PRIVATE: &str = "TOLLGATE_WEBHOOK_ALLOW_PRIVATE";
+pub const ENV_WEBHOOK_TIMEOUT_MS: &str = "TOLLGATE_WEBHOOK_TIMEOUT_MS";
 
 pub const DEFAULT_CP_LISTEN: &str = "0.0.0.0:8080";
 /// Clerk's own administrator role.
@@ -57,6 +60,7 @@ pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
 pub const DEFAULT_STIGG_BUDGET_MS: u64 = 3_000;
 pub const DEFAULT_STIGG_RETRY_MAX_MS: u64 = 300_000;
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
 /// With the backoff capped at 5 min, 30 attempts keep a job retrying for about two hours.
 pub const DEFAULT_QUEUE_MAX_ATTEMPTS: i32 = 30;
 /// Stripe redelivers an event for up to 3 days and lets it be fetched for 30: past that a stored event can neither
@@ -255,6 +259,50 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Failed attempts after which a queued job is dead (`TOLLGATE_QUEUE_MAX_ATTEMPTS`).
     pub queue_max_attempts: i32,
+    /// Outgoing webhooks.
+    pub webhooks: WebhookSettings,
+}
+
+/// Outgoing webhooks (usage alerts to the orgs' endpoints).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `TOLLGATE_WEBHOOK_SECRETS_KEY`: the AES-256 key that seals endpoints' signing secrets at rest (32 bytes,
+    /// base64). Unset: `endpoints.set` answers 503 naming it.
+    pub secrets_key: Option<SecretString>,
+    /// `TOLLGATE_WEBHOOK_ALLOW_PRIVATE`: endpoints may be on private, loopback and link-local addresses (tests,
+    /// a private network). Default false.
+    pub allow_private: bool,
+    /// `TOLLGATE_WEBHOOK_TIMEOUT_MS`: one delivery's whole exchange.
+    pub timeout: Duration,
+}
+
+impl WebhookSettings {
+    fn read(r: &mut Reader<'_>) -> Self {
+        let secrets_key = r.optional_secret(ENV_WEBHOOK_SECRETS_KEY);
+        if let Some(key) = &secrets_key {
+            use base64::Engine;
+            use secrecy::ExposeSecret;
+            let decoded =
+                base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
+            if decoded.map(|k| k.len()) != Ok(32) {
+                r.error(
+                    ENV_WEBHOOK_SECRETS_KEY,
+                    "must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)",
+                );
+            }
+        }
+        let allow_private = r.parse_or(ENV_WEBHOOK_ALLOW_PRIVATE, false, "true or false");
+        let timeout = r.millis(
+            ENV_WEBHOOK_TIMEOUT_MS,
+            DEFAULT_WEBHOOK_TIMEOUT_MS,
+            100..=60_000,
+        );
+        Self {
+            secrets_key,
+            allow_private,
+            timeout,
+        }
+    }
 }
 
 /// Per-org rate limits by endpoint group (`None`: that group is not limited). The operator is never limited.
@@ -307,6 +355,7 @@ impl Config {
         if !(1..=1000).contains(&queue_max_attempts) {
             r.error(ENV_QUEUE_MAX_ATTEMPTS, "must be between 1 and 1000");
         }
+        let webhooks = WebhookSettings::read(&mut r);
         r.finish()?;
         match (common, admin_token) {
             (Some(common), Some(admin_token)) => Ok(Self {
@@ -323,6 +372,7 @@ impl Config {
                 retention,
                 rate_limits,
                 queue_max_attempts,
+                webhooks,
             }),
             // `finish` reported every missing part already; this arm is unreachable in practice.
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),

@@ -386,6 +386,19 @@ impl From<crate::services::stigg::StiggMirrorError> for ApiError {
     }
 }
 
+impl From<crate::services::outbound::OutboundError> for ApiError {
+    fn from(e: crate::services::outbound::OutboundError) -> Self {
+        use crate::services::outbound::OutboundError as O;
+        match e {
+            O::UnknownOrg => Self::unknown_org(),
+            O::Invalid { field, detail } => Self::invalid(field, detail),
+            O::NotConfigured(setting) => Self::NotConfigured(setting),
+            e @ O::Sealed => Self::Internal(e.into()),
+            O::Database(e) => Self::Database(e),
+        }
+    }
+}
+
 impl From<crate::services::keys::KeysError> for ApiError {
     fn from(e: crate::services::keys::KeysError) -> Self {
         use crate::services::keys::KeysError as K;

@@ -48,6 +48,11 @@ const WEBHOOK_PATH: &str = "/api/webhooks/stripe.receive";
 #[derive(Debug, Clone, Copy)]
 pub struct NotFinal;
 
+/// Marks a response that carries a secret shown once (a webhook signing secret): it is never stored, so a retry
+/// with the same key runs again (and issues a new secret) rather than replaying the secret from the database.
+#[derive(Debug, Clone, Copy)]
+pub struct ShownOnce;
+
 /// A header value, checked: 1 to 255 printable ASCII characters (Stripe's limit is 255).
 pub fn parse_key(value: &HeaderValue) -> Result<String, ApiError> {
     let bytes = value.as_bytes();
@@ -90,6 +95,7 @@ fn is_final(response: &Response) -> bool {
     let status = response.status();
     (status.is_success() || status.is_client_error())
         && response.extensions().get::<NotFinal>().is_none()
+        && response.extensions().get::<ShownOnce>().is_none()
 }
 
 /// The middleware (see the module documentation).

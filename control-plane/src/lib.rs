@@ -65,6 +65,11 @@ pub async fn run(
         jobs::STIGG_TASKS,
         stopped.clone(),
     ));
+    let deliveries = tokio::spawn(queue::run(
+        app.outbound.clone(),
+        jobs::WEBHOOK_TASKS,
+        stopped.clone(),
+    ));
     let caches = tokio::spawn(jobs::caches::run(app.clone(), stopped.clone()));
     let purge = tokio::spawn(jobs::purge::run(app.purger.clone(), stopped.clone()));
     let mut server_stop = stopped.clone();
@@ -78,6 +83,7 @@ pub async fn run(
         let _ = workers.await;
     }
     let _ = outbox.await;
+    let _ = deliveries.await;
     let _ = caches.await;
     let _ = purge.await;
     served

@@ -8,6 +8,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
+use tollgate_common::store::alerts;
 use tollgate_common::store::counters::{self, ResetAnnouncement};
 use tollgate_common::store::redis::{RedisConn, listen};
 
@@ -164,19 +165,81 @@ pub async fn flush(core: &Core, conn: &mut Option<RedisConn>, episodes: &mut Epi
     }
 }
 
+/// Writes the batch's counters, then the usage alerts whose state changed (`store::alerts`): within the
+/// write-back interval of the crossing. A failure of either requeues the whole batch (both writes are idempotent).
 async fn write(
     core: &Core,
     conn: &mut Option<RedisConn>,
     batch: &Batch,
 ) -> Result<u64, counters::CounterError> {
     let conn = connection(core, conn).await?;
-    counters::flush(
-        conn,
-        &core.pg,
-        &core.config.common.redis.namespace,
-        &batch.keys(),
-    )
-    .await
+    let snapshots =
+        counters::snapshot(conn, &core.config.common.redis.namespace, &batch.keys()).await?;
+    let rows = counters::write(&core.pg, &snapshots).await?;
+    alert(core, batch, &snapshots).await?;
+    Ok(rows)
+}
+
+/// Records the usage alerts of the batch's counters whose thresholds changed state since this proxy last recorded
+/// them (all of them after a restart: recording is idempotent).
+async fn alert(
+    core: &Core,
+    batch: &Batch,
+    snapshots: &[counters::Snapshot],
+) -> Result<(), sqlx::Error> {
+    let now = core.clock.now();
+    let used: std::collections::HashMap<&counters::CounterKey, u64> =
+        snapshots.iter().map(|s| (&s.key, s.used)).collect();
+    // The cached entries the observations borrow from, and the slots whose memory moves once recorded.
+    let mut seen = Vec::new();
+    for slot in &batch.slots {
+        let key = slot.counter.key();
+        let (Some(used), Some(entry)) = (used.get(key), core.orgs.cached(key.org_id)) else {
+            continue;
+        };
+        // Only the current period's plan is known; a counter of another period keeps its alerts as they are.
+        let Some(terms) = entry
+            .terms(core.catalog, now)
+            .filter(|t| t.period == key.period)
+        else {
+            continue;
+        };
+        let bound = entry.bound(&terms, &key.metric);
+        seen.push((slot, entry, terms.plan, *used, bound));
+    }
+    let mut observed = Vec::new();
+    let mut moved = Vec::new();
+    for (slot, entry, plan, used, bound) in &seen {
+        let key = slot.counter.key();
+        let o = alerts::Observation {
+            org_id: key.org_id,
+            org: &entry.org,
+            metric: &key.metric,
+            period: key.period,
+            used: *used,
+            included: plan.limit(&key.metric),
+            bound: *bound,
+            thresholds: &plan.thresholds,
+        };
+        let print = alerts::fingerprint(&o);
+        if slot.alerted.load(std::sync::atomic::Ordering::Relaxed) != print {
+            observed.push(o);
+            moved.push((slot, print));
+        }
+    }
+    if observed.is_empty() {
+        return Ok(());
+    }
+    let recorded = alerts::record(&core.pg, &observed).await?;
+    for (slot, print) in moved {
+        slot.alerted
+            .store(print, std::sync::atomic::Ordering::Relaxed);
+    }
+    let counter = |event| core.metrics.usage_alerts.with_label_values(&[event]);
+    counter(alerts::THRESHOLD_CROSSED).inc_by(recorded.crossed);
+    counter(alerts::BOUND_REACHED).inc_by(recorded.bounds);
+    counter("rearmed").inc_by(recorded.rearmed);
+    Ok(())
 }
 
 // === Refresher ===

@@ -34,7 +34,7 @@
 
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tollgate_common::domain::PeriodKey;
 use tollgate_common::store::counters::{Counter, CounterKey, Leased, Report};
@@ -136,6 +136,9 @@ pub struct Slot {
     listed: AtomicBool,
     /// One Redis call per slot at a time: a replica's reports must not overtake each other.
     pub in_flight: tokio::sync::Mutex<()>,
+    /// The fingerprint of the usage alerts last recorded for this counter (`store::alerts::fingerprint`; 0:
+    /// none yet): write-back records them again only when a threshold's state changed.
+    pub alerted: AtomicU64,
 }
 
 impl Slot {
@@ -147,6 +150,7 @@ impl Slot {
             lease: Mutex::new(Lease::default()),
             listed: AtomicBool::new(false),
             in_flight: tokio::sync::Mutex::new(()),
+            alerted: AtomicU64::new(0),
         }
     }
 
@@ -209,8 +213,10 @@ impl Slot {
             lease.reported = report.consumed;
             lease.refunds_reported = report.refunded;
         } else {
-            // First contact, or a reset: what this replica consumed and held belongs to another epoch.
+            // First contact, or a reset: what this replica consumed and held belongs to another epoch (and a reset
+            // re-armed the counter's alerts).
             lease.restart(reply.epoch);
+            self.alerted.store(0, Ordering::Relaxed);
         }
         lease.unreserved = limit.saturating_sub(reply.used + reply.leased);
         lease.limit = limit;
@@ -251,6 +257,7 @@ impl Slot {
             lease.refunds_reported = lease.refunds_reported.max(report.refunded);
         } else if !applied {
             lease.restart(epoch);
+            self.alerted.store(0, Ordering::Relaxed);
         }
     }
 
@@ -268,9 +275,11 @@ impl Slot {
         quiescent
     }
 
-    /// Drops the lease after a reset of this counter was announced; the next round trip learns the new epoch.
+    /// Drops the lease after a reset of this counter was announced; the next round trip learns the new epoch. The
+    /// reset re-armed the counter's usage alerts, so they are recorded again from the next write-back.
     pub fn forfeit(&self) {
         self.lease().restart(-1);
+        self.alerted.store(0, Ordering::Relaxed);
     }
 
     /// Records that Redis holds a change PostgreSQL does not have yet; true when the slot was clean (the caller

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub writeback_failures: IntCounter,
     /// `tollgate_proxy_writeback_rows_total`: rows changed in PostgreSQL.
     pub writeback_rows: IntCounter,
+    /// `tollgate_proxy_usage_alerts_total{event}`: usage alerts this proxy recorded first (each alert is recorded
+    /// once across all proxies).
+    pub usage_alerts: IntCounterVec,
     /// `tollgate_proxy_cached_orgs`.
     pub cached_orgs: IntGauge,
     /// `tollgate_proxy_lease_forfeits_total`: leases dropped because their counter was reset.
@@ -189,6 +192,20 @@ impl Metrics {
                 "tollgate_proxy_writeback_rows_total",
                 "Counter rows changed in PostgreSQL by write-back.",
             )?,
+            usage_alerts: {
+                let v = IntCounterVec::new(
+                    prometheus::Opts::new(
+                        "tollgate_proxy_usage_alerts_total",
+                        "Usage alerts recorded by this proxy (first to see the crossing), by event: \
+                         usage.threshold.crossed, usage.bound.reached, rearmed (usage fell back under one).",
+                    ),
+                    &["event"],
+                )?;
+                for event in ["usage.threshold.crossed", "usage.bound.reached", "rearmed"] {
+                    v.with_label_values(&[event]);
+                }
+                v
+            },
             cached_orgs: IntGauge::new(
                 "tollgate_proxy_cached_orgs",
                 "Orgs whose billing state is cached.",
@@ -227,6 +244,7 @@ impl Metrics {
         registry.register(Box::new(m.writeback_batch.clone()))?;
         registry.register(Box::new(m.writeback_failures.clone()))?;
         registry.register(Box::new(m.writeback_rows.clone()))?;
+        registry.register(Box::new(m.usage_alerts.clone()))?;
         registry.register(Box::new(m.cached_orgs.clone()))?;
         registry.register(Box::new(m.lease_forfeits.clone()))?;
         registry.register(Box::new(m.reset_announcements.clone()))?;

@@ -1,6 +1,7 @@
 //! End-to-end tests against a real PostgreSQL and Redis. Each test builds its own control plane with a fresh
 //! database and Redis namespace (see `tollgate_e2e::app`).
 
+mod alerts;
 mod auth;
 mod bad_input;
 mod billing;

@@ -12,6 +12,8 @@ use tollgate_control_plane::{App, AppState, Config};
 
 /// The operator token every test app is configured with.
 pub const ADMIN_TOKEN: &str = "tgop_test_operator_token_0123456789";
+/// The key that seals webhook signing secrets in tests (32 bytes, base64).
+pub const WEBHOOK_SECRETS_KEY: &str = "dGVzdC13ZWJob29rLXNlY3JldHMta2V5LTMyYnl0ZXM=";
 
 /// How a request authenticates.
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +153,15 @@ impl TestAppBuilder {
             ("CLERK_JWKS_URL".to_owned(), jwks.url.clone()),
             ("CLERK_ISSUER".to_owned(), clerk::ISSUER.to_owned()),
             ("TOLLGATE_CP_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            // Outgoing webhooks: a fixed sealing key, and endpoints on loopback (the tests' receivers).
+            (
+                "TOLLGATE_WEBHOOK_SECRETS_KEY".to_owned(),
+                WEBHOOK_SECRETS_KEY.to_owned(),
+            ),
+            (
+                "TOLLGATE_WEBHOOK_ALLOW_PRIVATE".to_owned(),
+                "true".to_owned(),
+            ),
         ]);
         env.extend(self.env);
         let config = Config::from_env(&env).unwrap_or_else(|e| panic!("test config: {e}"));

@@ -31,6 +31,7 @@ pub mod billing;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod net;
 pub mod overage;
 pub mod period;
 pub mod plan;

@@ -11,7 +11,11 @@ use super::ids::{Metric, PlanCode};
 use super::toml_table::{self, Fields};
 
 const ROOT_KEYS: &[&str] = &["trial_days", "unsubscribed", "plans"];
-const PLAN_KEYS: &[&str] = &["price", "included", "overage"];
+const PLAN_KEYS: &[&str] = &["price", "included", "overage", "thresholds"];
+/// The usage alerts of a plan without `thresholds`: percentages of its included units.
+pub const DEFAULT_THRESHOLDS: [u16; 3] = [50, 80, 100];
+const MAX_THRESHOLDS: usize = 10;
+const THRESHOLD_PERCENT: std::ops::RangeInclusive<i64> = 1..=1000;
 const OVERAGE_KEYS: &[&str] = &["price", "ceiling"];
 const TRIAL_DAYS: std::ops::RangeInclusive<i64> = 1..=730;
 /// Stripe's limit on a lookup key's length.
@@ -74,6 +78,10 @@ pub struct Plan {
     /// Usage billed past `included`, by metric (`[plans.<code>.overage.<metric>]`); a metric not listed stops at
     /// `included`.
     pub overage: BTreeMap<Metric, Overage>,
+    /// The usage alerts (`usage.threshold.crossed`), in percent of the included units, ascending
+    /// ([`DEFAULT_THRESHOLDS`] unless `thresholds` says otherwise; `[]` turns them off). Reaching the bound is
+    /// always announced (`usage.bound.reached`).
+    pub thresholds: Vec<u16>,
 }
 
 /// Usage of one metric billed past a plan's included units (CONTRACT §9).
@@ -366,12 +374,51 @@ fn parse_plan(code: PlanCode, path: String, value: &toml::Value) -> Result<Plan,
             overage.insert(metric, entry);
         }
     }
+    let thresholds = match fields.array("thresholds")? {
+        None => DEFAULT_THRESHOLDS.to_vec(),
+        Some(values) => parse_thresholds(fields.key("thresholds"), values)?,
+    };
     Ok(Plan {
         code,
         price,
         included,
         overage,
+        thresholds,
     })
+}
+
+/// `thresholds = [50, 80, 100]`: distinct percentages of the included units, ascending.
+fn parse_thresholds(key: String, values: &[toml::Value]) -> Result<Vec<u16>, DomainError> {
+    if values.len() > MAX_THRESHOLDS {
+        return Err(toml_table::error(
+            key,
+            format!("at most {MAX_THRESHOLDS} thresholds"),
+        ));
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        let percent = value
+            .as_integer()
+            .filter(|p| THRESHOLD_PERCENT.contains(p))
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| {
+                toml_table::error(
+                    at.clone(),
+                    format!(
+                        "must be a percentage of the included units from {} to {}",
+                        THRESHOLD_PERCENT.start(),
+                        THRESHOLD_PERCENT.end()
+                    ),
+                )
+            })?;
+        if out.contains(&percent) {
+            return Err(toml_table::error(at, format!("{percent} is listed twice")));
+        }
+        out.push(percent);
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// One `[plans.<code>.overage.<metric>]` table at `path`, for a metric with `included` units.

@@ -851,6 +851,8 @@ pub async fn reset_many(
     .bind(&rows.epoch)
     .fetch_all(&mut *tx)
     .await?;
+    // A reset re-arms the counters' usage alerts, in the same transaction.
+    crate::store::alerts::rearm(&mut *tx, &rows.org_id, &rows.metric, &rows.start).await?;
     tx.commit().await?;
 
     let epoch_of: std::collections::HashMap<(i64, &str, i64), i64> = epochs

@@ -1,5 +1,6 @@
 //! Connections to the two stores both binaries use, and the tables and keys they share.
 
+pub mod alerts;
 pub mod billing;
 pub mod counters;
 pub mod orgs;

@@ -11,3 +11,5 @@ pub mod purge;
 
 /// Stigg delivery tasks per replica.
 pub const STIGG_TASKS: usize = 2;
+/// Outgoing webhook delivery tasks per replica (deliveries of one endpoint go one at a time).
+pub const WEBHOOK_TASKS: usize = 4;

@@ -123,6 +123,7 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::budget::clear_budget))
         .routes(routes!(stigg::provision::provision))
         .routes(routes!(webhooks::stripe_receive::receive_stripe_event))
+        .routes(routes!(webhooks::endpoints_set::set_endpoint))
         .routes(routes!(jobs::stripe_process::process_stripe_event))
         .split_for_parts()
 }

@@ -16,10 +16,12 @@ use crate::routes::billing::customer_ensure::EMAIL_PATTERN;
 use crate::routes::billing::default_method::PAYMENT_METHOD_PATTERN;
 use crate::routes::billing::invoices::CURSOR_PATTERN;
 use crate::routes::stigg::provision::{STRIPE_CUSTOMER_PATTERN, STRIPE_SUBSCRIPTION_PATTERN};
+use crate::services::outbound::MAX_URL;
 use crate::services::usage::{MAX_HISTORY_PERIODS, MAX_RECORD_VALUE};
 use crate::validate;
 use serde_json::{Value, json};
 use tollgate_common::domain::{Metric, OrgId, PeriodKey, PlanCatalog, PlanCode, PriceRef};
+use tollgate_common::store::alerts::EVENT_TYPES;
 
 /// What `is_event_id` accepts.
 const EVENT_ID_PATTERN: &str = "^evt_[A-Za-z0-9_]{1,250}$";
@@ -58,6 +60,10 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
         ("ReplayJobsRequest", "ids") => {
             json!({"minItems": 1, "maxItems": MAX_JOB_IDS, "items": {"minLength": 1, "maxLength": 255}})
         }
+        ("EndpointRequest", "url") => json!({"minLength": 1, "maxLength": MAX_URL}),
+        ("EndpointRequest", "events") => json!({
+            "minItems": 1, "maxItems": 2, "items": {"enum": EVENT_TYPES}
+        }),
         ("BudgetRequest", "amount") => json!({"minimum": 0, "maximum": MAX_BUDGET}),
         ("BudgetRequest", "currency") => json!({"pattern": CURRENCY_PATTERN}),
         ("ProcessRequest", "eventId") => json!({"pattern": EVENT_ID_PATTERN}),

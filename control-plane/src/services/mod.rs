@@ -7,6 +7,7 @@ pub mod diag;
 pub mod idempotency;
 pub mod keys;
 pub mod orgs;
+pub mod outbound;
 pub mod recorder;
 pub mod retention;
 pub mod stigg;

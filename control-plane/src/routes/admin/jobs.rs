@@ -7,6 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::queue::{self, ListedJob, Spec};
 use crate::services::billing::events::STRIPE_EVENTS;
+use crate::services::outbound::WEBHOOK_DELIVERIES;
 use crate::services::stigg::STIGG_OPS;
 use axum::Json;
 use axum::extract::State;
@@ -23,6 +24,8 @@ pub enum JobKind {
     StripeEvent,
     /// A Stigg operation of the outbox.
     StiggOp,
+    /// An outgoing webhook delivery (a usage alert to an org's endpoint).
+    WebhookDelivery,
 }
 
 impl JobKind {
@@ -30,6 +33,7 @@ impl JobKind {
         match self {
             Self::StripeEvent => &STRIPE_EVENTS,
             Self::StiggOp => &STIGG_OPS,
+            Self::WebhookDelivery => &WEBHOOK_DELIVERIES,
         }
     }
 }
@@ -94,6 +98,7 @@ pub async fn list_jobs(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayJobsRequest {
     /// The kind.
+    #[schema(inline)]
     pub kind: JobKind,
     /// 1 to 500 job ids of that kind (as `jobs.list` shows them).
     pub ids: Vec<String>,
@@ -139,6 +144,7 @@ pub async fn replay_jobs(
             }
         }
         JobKind::StiggOp => app.stigg.wake.notify_one(),
+        JobKind::WebhookDelivery => app.outbound.wake.notify_one(),
     }
     let skipped = req
         .ids
