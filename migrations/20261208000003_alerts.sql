@@ -57,3 +57,5 @@ CREATE INDEX webhook_deliveries_waiting_idx ON webhook_deliveries (endpoint_id, 
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
     WHERE status IN ('pending', 'failed');
 CREATE INDEX webhook_deliveries_dead_idx ON webhook_deliveries (created_at) WHERE status = 'dead';
+-- The purge of delivered ones (control-plane services::retention).
+CREATE INDEX webhook_deliveries_done_idx ON webhook_deliveries (done_at) WHERE status = 'done';

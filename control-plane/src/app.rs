@@ -59,6 +59,8 @@ pub struct App {
     pub limits: Limits,
     /// Outgoing webhooks: the orgs' endpoints and the delivery of usage alerts.
     pub outbound: Arc<crate::services::outbound::Outbound>,
+    /// Overage reported to Stripe's meters, when Stripe is configured.
+    pub meter_reports: Option<Arc<crate::services::billing::meter_reports::MeterReporter>>,
 }
 
 /// The axum state type.
@@ -116,6 +118,7 @@ impl App {
                     crate::services::billing::events::STRIPE_EVENTS.kind,
                     crate::services::stigg::STIGG_OPS.kind,
                     crate::services::outbound::WEBHOOK_DELIVERIES.kind,
+                    crate::services::billing::meter_reports::METER_REPORTS.kind,
                 ],
             )
             .context("registering metrics")?,
@@ -184,6 +187,15 @@ impl App {
             Arc::clone(&clock),
             purge_metrics,
         ));
+        let meter_reports = billing.as_ref().map(|billing| {
+            crate::services::billing::meter_reports::MeterReporter::new(
+                Arc::clone(billing),
+                redis.clone(),
+                &config.common.redis.namespace,
+                &config.meters,
+                queue.clone(),
+            )
+        });
         let outbound = crate::services::outbound::Outbound::new(
             pg.clone(),
             &config.webhooks,
@@ -198,6 +210,7 @@ impl App {
             limit_metrics,
         );
         Ok(Arc::new(Self {
+            meter_reports,
             outbound,
             limits,
             pg,

@@ -41,6 +41,8 @@ pub const ENV_KEYS_RATE_LIMIT: &str = "TOLLGATE_CP_KEYS_RATE_LIMIT";
 pub const ENV_STIGG_RATE_LIMIT: &str = "TOLLGATE_CP_STIGG_RATE_LIMIT";
 pub const ENV_QUEUE_MAX_ATTEMPTS: &str = "TOLLGATE_QUEUE_MAX_ATTEMPTS";
 pub const ENV_WEBHOOK_SECRETS_KEY: &str = "TOLLGATE_WEBHOOK_SECRETS_KEY";
+pub const ENV_METER_REPORT_INTERVAL_MS: &str = "TOLLGATE_METER_REPORT_INTERVAL_MS";
+pub const ENV_STRIPE_METER_RATE: &str = "TOLLGATE_STRIPE_METER_RATE";
 pub const ENV_WEBHOOK_ALLOW_PRIVATE: &str = "TOLLGATE_WEBHOOK_ALLOW_PRIVATE";
 pub const ENV_WEBHOOK_TIMEOUT_MS: &str = "TOLLGATE_WEBHOOK_TIMEOUT_MS";
 
@@ -61,6 +63,10 @@ pub const DEFAULT_STIGG_API_URL: &str = "https://api.stigg.io/graphql";
 pub const DEFAULT_STIGG_BUDGET_MS: u64 = 3_000;
 pub const DEFAULT_STIGG_RETRY_MAX_MS: u64 = 300_000;
 pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_METER_REPORT_INTERVAL_MS: u64 = 60_000;
+/// Stripe's meter event endpoint takes 1,000 calls a second in live mode (docs.stripe.com/rate-limits): half of
+/// that, for every replica together, leaves room for the rest of the account's traffic.
+pub const DEFAULT_STRIPE_METER_RATE: &str = "500/1s";
 /// With the backoff capped at 5 min, 30 attempts keep a job retrying for about two hours.
 pub const DEFAULT_QUEUE_MAX_ATTEMPTS: i32 = 30;
 /// Stripe redelivers an event for up to 3 days and lets it be fetched for 30: past that a stored event can neither
@@ -261,6 +267,18 @@ pub struct Config {
     pub queue_max_attempts: i32,
     /// Outgoing webhooks.
     pub webhooks: WebhookSettings,
+    /// Reporting overage to Stripe's meters.
+    pub meters: MeterSettings,
+}
+
+/// Reporting overage to Stripe's Billing Meters.
+#[derive(Debug, Clone, Copy)]
+pub struct MeterSettings {
+    /// `TOLLGATE_METER_REPORT_INTERVAL_MS`: the least time between two reports of one period's overage (usage
+    /// meanwhile is coalesced into the next report).
+    pub interval: Duration,
+    /// `TOLLGATE_STRIPE_METER_RATE`: meter event calls of all replicas together (`off`: unlimited).
+    pub rate: Option<RateLimit>,
 }
 
 /// Outgoing webhooks (usage alerts to the orgs' endpoints).
@@ -356,6 +374,14 @@ impl Config {
             r.error(ENV_QUEUE_MAX_ATTEMPTS, "must be between 1 and 1000");
         }
         let webhooks = WebhookSettings::read(&mut r);
+        let meters = MeterSettings {
+            interval: r.millis(
+                ENV_METER_REPORT_INTERVAL_MS,
+                DEFAULT_METER_REPORT_INTERVAL_MS,
+                100..=3_600_000,
+            ),
+            rate: rate_limit(&mut r, ENV_STRIPE_METER_RATE, DEFAULT_STRIPE_METER_RATE),
+        };
         r.finish()?;
         match (common, admin_token) {
             (Some(common), Some(admin_token)) => Ok(Self {
@@ -373,6 +399,7 @@ impl Config {
                 rate_limits,
                 queue_max_attempts,
                 webhooks,
+                meters,
             }),
             // `finish` reported every missing part already; this arm is unreachable in practice.
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),

@@ -65,6 +65,10 @@ pub async fn run(
         jobs::STIGG_TASKS,
         stopped.clone(),
     ));
+    let reports = app
+        .meter_reports
+        .clone()
+        .map(|reporter| tokio::spawn(queue::run(reporter, jobs::METER_TASKS, stopped.clone())));
     let deliveries = tokio::spawn(queue::run(
         app.outbound.clone(),
         jobs::WEBHOOK_TASKS,
@@ -84,6 +88,9 @@ pub async fn run(
     }
     let _ = outbox.await;
     let _ = deliveries.await;
+    if let Some(reports) = reports {
+        let _ = reports.await;
+    }
     let _ = caches.await;
     let _ = purge.await;
     served

@@ -3,14 +3,15 @@
 
 use crate::core::Core;
 use crate::meter::Batch;
+use crate::meter::OverageSeen;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
-use tollgate_common::store::alerts;
 use tollgate_common::store::counters::{self, ResetAnnouncement};
 use tollgate_common::store::redis::{RedisConn, listen};
+use tollgate_common::store::{alerts, overage};
 
 // === WriteBack ===
 
@@ -176,13 +177,14 @@ async fn write(
     let snapshots =
         counters::snapshot(conn, &core.config.common.redis.namespace, &batch.keys()).await?;
     let rows = counters::write(&core.pg, &snapshots).await?;
-    alert(core, batch, &snapshots).await?;
+    observe(core, batch, &snapshots).await?;
     Ok(rows)
 }
 
-/// Records the usage alerts of the batch's counters whose thresholds changed state since this proxy last recorded
-/// them (all of them after a restart: recording is idempotent).
-async fn alert(
+/// What the batch's counters mean beyond their usage, recorded where it changed since this proxy last recorded it
+/// (all of it after a restart: recording is idempotent): the usage alerts (`store::alerts`), and the overage each
+/// period owes Stripe (`store::overage`; after a period ended, against the terms seen while it was current).
+async fn observe(
     core: &Core,
     batch: &Batch,
     snapshots: &[counters::Snapshot],
@@ -192,20 +194,37 @@ async fn alert(
         snapshots.iter().map(|s| (&s.key, s.used)).collect();
     // The cached entries the observations borrow from, and the slots whose memory moves once recorded.
     let mut seen = Vec::new();
+    let mut owed: Vec<(&std::sync::Arc<crate::meter::Slot>, OverageSeen, u64)> = Vec::new();
     for slot in &batch.slots {
         let key = slot.counter.key();
-        let (Some(used), Some(entry)) = (used.get(key), core.orgs.cached(key.org_id)) else {
+        let Some(used) = used.get(key).copied() else {
             continue;
         };
-        // Only the current period's plan is known; a counter of another period keeps its alerts as they are.
-        let Some(terms) = entry
-            .terms(core.catalog, now)
-            .filter(|t| t.period == key.period)
-        else {
+        // Only the current period's plan is known; a counter of another period keeps its alerts as they are, and
+        // its overage is reported against the terms remembered from when it was current.
+        let current = core.orgs.cached(key.org_id).and_then(|entry| {
+            let terms = entry
+                .terms(core.catalog, now)
+                .filter(|t| t.period == key.period)?;
+            Some((entry, terms))
+        });
+        let Some((entry, terms)) = current else {
+            remember_overage(slot, None, used, &mut owed);
             continue;
         };
         let bound = entry.bound(&terms, &key.metric);
-        seen.push((slot, entry, terms.plan, *used, bound));
+        let overage = terms
+            .plan
+            .overage(&key.metric)
+            .filter(|_| terms.billable)
+            .map(|o| OverageSeen {
+                included: terms.plan.limit(&key.metric),
+                bound: bound.units(),
+                price: o.price.as_str().to_owned(),
+                recorded: 0,
+            });
+        remember_overage(slot, overage, used, &mut owed);
+        seen.push((slot, entry, terms.plan, used, bound));
     }
     let mut observed = Vec::new();
     let mut moved = Vec::new();
@@ -225,6 +244,29 @@ async fn alert(
         if slot.alerted.load(std::sync::atomic::Ordering::Relaxed) != print {
             observed.push(o);
             moved.push((slot, print));
+        }
+    }
+    if !owed.is_empty() {
+        let rows: Vec<overage::Owed<'_>> = owed
+            .iter()
+            .map(|(slot, seen, used)| {
+                let key = slot.counter.key();
+                overage::Owed {
+                    org_id: key.org_id,
+                    metric: &key.metric,
+                    period: key.period,
+                    price: &seen.price,
+                    included: seen.included,
+                    bound: seen.bound,
+                    used: *used,
+                }
+            })
+            .collect();
+        overage::observe(&core.pg, &rows).await?;
+        for (slot, _, used) in &owed {
+            if let Some(seen) = locked(&slot.overage).as_mut() {
+                seen.recorded = seen.recorded.max(*used);
+            }
         }
     }
     if observed.is_empty() {
@@ -322,4 +364,37 @@ impl BackgroundService for Revocations {
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Updates `slot`'s remembered overage terms (`Some`: seen now, while its period is current) and, when its usage
+/// owes overage that was not recorded yet, adds it to `owed`.
+fn remember_overage<'s>(
+    slot: &'s std::sync::Arc<crate::meter::Slot>,
+    now: Option<OverageSeen>,
+    used: u64,
+    owed: &mut Vec<(&'s std::sync::Arc<crate::meter::Slot>, OverageSeen, u64)>,
+) {
+    let mut memory = locked(&slot.overage);
+    if let Some(mut seen) = now {
+        let same = memory.as_ref().is_some_and(|m| {
+            (m.included, m.bound, &m.price) == (seen.included, seen.bound, &seen.price)
+        });
+        if same {
+            seen.recorded = memory.as_ref().map_or(0, |m| m.recorded);
+        }
+        *memory = Some(seen);
+    }
+    if let Some(seen) = memory.as_ref()
+        && used > seen.recorded
+        && used.min(seen.bound) > seen.included
+    {
+        owed.push((slot, seen.clone(), used));
+    }
+}
+
+/// Every lock here guards plain data no holder leaves half-changed, so a poisoned one is taken as it is.
+fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -139,6 +139,20 @@ pub struct Slot {
     /// The fingerprint of the usage alerts last recorded for this counter (`store::alerts::fingerprint`; 0:
     /// none yet): write-back records them again only when a threshold's state changed.
     pub alerted: AtomicU64,
+    /// The overage terms of this counter's period as last seen while it was current (its plan's included units,
+    /// bound and overage price), and the `used` last recorded in `overage_reports`: write-back reports the
+    /// period's last usage against them after the period has ended.
+    pub overage: Mutex<Option<OverageSeen>>,
+}
+
+/// See [`Slot::overage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverageSeen {
+    pub included: u64,
+    pub bound: u64,
+    pub price: String,
+    /// The `used` last written to `overage_reports` (0: none yet).
+    pub recorded: u64,
 }
 
 impl Slot {
@@ -151,6 +165,7 @@ impl Slot {
             listed: AtomicBool::new(false),
             in_flight: tokio::sync::Mutex::new(()),
             alerted: AtomicU64::new(0),
+            overage: Mutex::new(None),
         }
     }
 

@@ -290,7 +290,7 @@ async fn a_members_billing_change_reaches_neither_stripe_nor_the_database() {
 }
 
 /// The operations whose `clerk` requirement names roles in the document: those that change the org.
-const CHANGING: [&str; 13] = [
+const CHANGING: [&str; 14] = [
     "POST /api/orgs.create",
     "POST /api/keys.create",
     "POST /api/keys.revoke",
@@ -304,6 +304,7 @@ const CHANGING: [&str; 13] = [
     "POST /api/plans/downgrade.schedule",
     "POST /api/billing/budget.set",
     "POST /api/billing/budget.clear",
+    "POST /api/webhooks/endpoints.set",
 ];
 
 /// The document and the server agree: every operation whose `clerk` security requirement lists the admin roles

@@ -2654,6 +2654,11 @@ def prices_list(p):
 METER_EVENTS = []          # accepted and aggregated: dicts, in arrival order
 METER_ERRORS = []          # accepted, then refused by the asynchronous validation (README)
 METER_IDENTIFIERS = {}     # identifier -> wall time it was first seen
+# Calls to POST /v1/billing/meter_events in flight, and the most seen at once, by (customer, event_name): a test
+# aid (GET /_test/meter_concurrency), counted from before an injected delay to the answer, so a client that sends
+# two calls for one customer and meter at once is seen doing so.
+METER_IN_FLIGHT = {}
+METER_MAX_IN_FLIGHT = {}
 IDENTIFIER_WINDOW = 86400
 
 
@@ -4316,6 +4321,8 @@ async def flush_data(request):
     METER_EVENTS.clear()
     METER_ERRORS.clear()
     METER_IDENTIFIERS.clear()
+    METER_IN_FLIGHT.clear()
+    METER_MAX_IN_FLIGHT.clear()
     return web.Response()
 
 
@@ -4523,6 +4530,32 @@ def test_faults_add(p):
          'delay_ms': delay_ms, 'status': status, 'saved': saved, 'hits': []}
     FAULTS.append(f)
     return dict(f, hits=list(f['hits']))
+
+
+# A delay every meter event call takes (POST /_test/meter_delay {delay_ms}), so concurrent calls overlap.
+METER_CALL_DELAY_MS = 0
+
+
+async def _meter_call_key(request):
+    """(customer, event_name) of a meter event call, else None."""
+    if request.method != 'POST' or request.path != '/v1/billing/meter_events':
+        return None
+    form = await request.post()
+    return f"{form.get('payload[stripe_customer_id]', '')}/{form.get('event_name', '')}"
+
+
+@route('POST', '/_test/meter_delay')
+def meter_delay(p):
+    global METER_CALL_DELAY_MS
+    METER_CALL_DELAY_MS = p.int('delay_ms', default=0, minimum=0, maximum=10000)
+    p.finish()
+    return {'delay_ms': METER_CALL_DELAY_MS}
+
+
+@route('GET', '/_test/meter_concurrency')
+def meter_concurrency(p):
+    p.finish()
+    return {'max_in_flight': dict(METER_MAX_IN_FLIGHT)}
 
 
 @route('GET', '/_test/meter_errors')
@@ -4800,8 +4833,19 @@ async def stripe_middleware(request, handler):
                 # An injected fault answers before the endpoint runs: nothing is changed and
                 # nothing saved under an idempotency key; a slow one only delays (see "Injected
                 # faults").
-                fault = take_fault(request.method, request.path)
-                resp = await fault_response(fault) if fault is not None else None
+                meter_key = await _meter_call_key(request)
+                if meter_key is not None:
+                    METER_IN_FLIGHT[meter_key] = METER_IN_FLIGHT.get(meter_key, 0) + 1
+                    METER_MAX_IN_FLIGHT[meter_key] = max(METER_MAX_IN_FLIGHT.get(meter_key, 0),
+                                                         METER_IN_FLIGHT[meter_key])
+                try:
+                    fault = take_fault(request.method, request.path)
+                    resp = await fault_response(fault) if fault is not None else None
+                    if resp is None and meter_key is not None and METER_CALL_DELAY_MS:
+                        await asyncio.sleep(METER_CALL_DELAY_MS / 1000)
+                finally:
+                    if meter_key is not None:
+                        METER_IN_FLIGHT[meter_key] -= 1
                 key = request.headers.get('Idempotency-Key')
                 if resp is not None and fault.get('saved') and key \
                         and request.method in ('POST', 'DELETE'):

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod billing;
 pub mod counters;
 pub mod orgs;
+pub mod overage;
 pub mod pg;
 pub mod ratelimit;
 pub mod redis;

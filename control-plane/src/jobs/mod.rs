@@ -13,3 +13,5 @@ pub mod purge;
 pub const STIGG_TASKS: usize = 2;
 /// Outgoing webhook delivery tasks per replica (deliveries of one endpoint go one at a time).
 pub const WEBHOOK_TASKS: usize = 4;
+/// Overage report tasks per replica (one call at a time per org and metric).
+pub const METER_TASKS: usize = 2;

@@ -100,6 +100,7 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(usage::seed::seed_usage))
         .routes(routes!(usage::record::record_usage))
         .routes(routes!(usage::history::usage_history))
+        .routes(routes!(usage::reconcile::reconcile))
         .routes(routes!(me::entitlements::read_entitlements))
         .routes(routes!(quota::check::check_quota))
         .routes(routes!(quota::deny_envelope::deny_envelope_example))

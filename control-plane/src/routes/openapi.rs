@@ -308,6 +308,7 @@ fn constrain_operation(operation: &mut Value, schemas: &Value, catalog: &PlanCat
 mod tests {
     use super::*;
     use crate::extract::parse;
+    use crate::routes::admin::jobs::JobsQuery;
     use crate::routes::admin::stigg_outbox::{OutboxQuery, RequeueRequest};
     use crate::routes::admin::webhooks_list::EventsQuery;
     use crate::routes::billing::budget::BudgetRequest;
@@ -395,6 +396,11 @@ mod tests {
                     .map(|r| r.ids[1])
                     .map_err(named)
             }
+            "GET /api/admin/jobs.list limit" => {
+                serde_urlencoded::from_str::<JobsQuery>(&format!("kind=stigg_op&limit={n}"))
+                    .map(|q| q.limit.map_or(-1, i64::from))
+                    .map_err(query)
+            }
             "GET /api/admin/stigg.outbox limit" => {
                 serde_urlencoded::from_str::<OutboxQuery>(&format!("limit={n}"))
                     .map(|q| q.limit.map_or(-1, i64::from))
@@ -430,6 +436,7 @@ mod tests {
         assert_eq!(
             fields,
             [
+                "GET /api/admin/jobs.list limit",
                 "GET /api/admin/stigg.outbox limit",
                 "GET /api/admin/webhooks.list limit",
                 "GET /api/invoices.list limit",

@@ -7,6 +7,7 @@
 //! | `stigg_outbox` | `done`, `skipped`, `superseded`, finished more than `TOLLGATE_RETENTION_STIGG_OUTBOX_DAYS` ago | `pending`, `failed` |
 //! | `usage_events` | those of a period that ended more than `TOLLGATE_RETENTION_USAGE_RECORDS_DAYS` (+ [`USAGE_MARGIN`]) ago | the rest |
 //! | `idempotency_keys` | taken more than 24 h ago (Stripe's window; `services::idempotency`) | the rest |
+//! | `webhook_deliveries` | `done`, delivered more than [`DELIVERED_WEBHOOKS_DAYS`] days ago | `pending`, `failed`, `dead` |
 //!
 //! A usage event is `usage/record`'s idempotency row: while it exists, its `request_id` counts once. It is deleted
 //! only after `usage/record` stopped accepting its period (see `services::usage::recordable`), so a retry of a
@@ -31,6 +32,9 @@ pub const BATCH_PAUSE: Duration = Duration::from_millis(100);
 /// disagree by this much without a purged request id ever being accepted again.
 pub const USAGE_MARGIN: Duration = Duration::from_secs(86_400);
 
+/// How long delivered outgoing webhooks are kept (for the operator's listing).
+pub const DELIVERED_WEBHOOKS_DAYS: u64 = 7;
+
 /// A table the purge deletes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -38,15 +42,17 @@ pub enum Table {
     StiggOutbox,
     UsageEvents,
     IdempotencyKeys,
+    WebhookDeliveries,
 }
 
 impl Table {
     /// Every purged table.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::StripeEvents,
         Self::StiggOutbox,
         Self::UsageEvents,
         Self::IdempotencyKeys,
+        Self::WebhookDeliveries,
     ];
 
     /// Its name (also the metric's `table` label).
@@ -56,6 +62,7 @@ impl Table {
             Self::StiggOutbox => "stigg_outbox",
             Self::UsageEvents => "usage_events",
             Self::IdempotencyKeys => "idempotency_keys",
+            Self::WebhookDeliveries => "webhook_deliveries",
         }
     }
 
@@ -85,6 +92,11 @@ impl Table {
                     SELECT scope, key FROM idempotency_keys WHERE created_at < $1
                      LIMIT $2 FOR UPDATE SKIP LOCKED)"
             }
+            Self::WebhookDeliveries => {
+                "DELETE FROM webhook_deliveries WHERE id IN (
+                    SELECT id FROM webhook_deliveries WHERE status = 'done' AND done_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            }
         }
     }
 
@@ -97,6 +109,7 @@ impl Table {
             Self::IdempotencyKeys => Duration::from_secs(
                 3600 * crate::services::idempotency::RETENTION_HOURS.unsigned_abs(),
             ),
+            Self::WebhookDeliveries => Duration::from_secs(86_400 * DELIVERED_WEBHOOKS_DAYS),
         };
         chrono::Duration::from_std(keep)
             .ok()
@@ -257,6 +270,7 @@ mod tests {
             (now - Table::IdempotencyKeys.cutoff(&s, now)).num_hours(),
             24
         );
+        assert_eq!(at(Table::WebhookDeliveries), 7);
         let names: Vec<&str> = Table::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(
             names,
@@ -264,7 +278,8 @@ mod tests {
                 "stripe_events",
                 "stigg_outbox",
                 "usage_events",
-                "idempotency_keys"
+                "idempotency_keys",
+                "webhook_deliveries"
             ]
         );
     }

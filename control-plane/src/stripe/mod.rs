@@ -122,11 +122,14 @@ pub enum Op {
     SubscriptionCancel,
     SubscriptionResume,
     InvoicePay,
+    MeterRetrieve,
+    MeterEventCreate,
+    MeterEventSummaries,
 }
 
 impl Op {
     /// Every operation, for registering metric series up front.
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 27] = [
         Op::CustomerCreate,
         Op::CustomerRetrieve,
         Op::CustomerSearch,
@@ -151,6 +154,9 @@ impl Op {
         Op::SubscriptionCancel,
         Op::SubscriptionResume,
         Op::InvoicePay,
+        Op::MeterRetrieve,
+        Op::MeterEventCreate,
+        Op::MeterEventSummaries,
     ];
 
     /// The metric label, e.g. `customers.create`.
@@ -180,6 +186,9 @@ impl Op {
             Self::SubscriptionCancel => "subscriptions.cancel",
             Self::SubscriptionResume => "subscriptions.resume",
             Self::InvoicePay => "invoices.pay",
+            Self::MeterRetrieve => "billing.meters.retrieve",
+            Self::MeterEventCreate => "billing.meter_events.create",
+            Self::MeterEventSummaries => "billing.meters.event_summaries",
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::queue::{self, ListedJob, Spec};
 use crate::services::billing::events::STRIPE_EVENTS;
+use crate::services::billing::meter_reports::METER_REPORTS;
 use crate::services::outbound::WEBHOOK_DELIVERIES;
 use crate::services::stigg::STIGG_OPS;
 use axum::Json;
@@ -26,6 +27,8 @@ pub enum JobKind {
     StiggOp,
     /// An outgoing webhook delivery (a usage alert to an org's endpoint).
     WebhookDelivery,
+    /// A period's overage reported to Stripe's meter.
+    MeterReport,
 }
 
 impl JobKind {
@@ -34,6 +37,7 @@ impl JobKind {
             Self::StripeEvent => &STRIPE_EVENTS,
             Self::StiggOp => &STIGG_OPS,
             Self::WebhookDelivery => &WEBHOOK_DELIVERIES,
+            Self::MeterReport => &METER_REPORTS,
         }
     }
 }
@@ -145,6 +149,11 @@ pub async fn replay_jobs(
         }
         JobKind::StiggOp => app.stigg.wake.notify_one(),
         JobKind::WebhookDelivery => app.outbound.wake.notify_one(),
+        JobKind::MeterReport => {
+            if let Some(reporter) = &app.meter_reports {
+                reporter.wake.notify_one();
+            }
+        }
     }
     let skipped = req
         .ids

@@ -1,5 +1,6 @@
-//! Usage: seeding, recording, history.
+//! Usage: seeding, recording, history, reconciling overage with Stripe.
 
 pub mod history;
+pub mod reconcile;
 pub mod record;
 pub mod seed;

@@ -41,6 +41,7 @@ pub mod claims;
 pub mod customers;
 pub mod events;
 pub mod invoices;
+pub mod meter_reports;
 pub mod overage;
 pub mod payments;
 pub mod plans;

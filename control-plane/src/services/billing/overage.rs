@@ -27,6 +27,10 @@ pub struct MeteredPrice {
     pub unit: UnitPrice,
     /// The Billing Meter the price is on (`mtr_…`).
     pub meter: String,
+    /// The meter's event name, and the payload keys of the customer and the value.
+    pub event_name: String,
+    pub customer_key: String,
+    pub value_key: String,
 }
 
 /// The overage prices of PLANS_CONFIG, by the lookup key or id it names them with.
@@ -118,8 +122,26 @@ impl OveragePrices {
                     "{key}: `{price_ref}` is not an active Stripe price"
                 ))
             })?;
-            let metered = metered(&price)
+            let mut metered = metered(&price)
                 .map_err(|why| BillingError::Unmirrorable(format!("{key}: `{price_ref}` {why}")))?;
+            let meter = self
+                .stripe
+                .retrieve(
+                    Op::MeterRetrieve,
+                    &stripe_billing::billing_meter::RetrieveBillingMeter::new(
+                        metered.meter.as_str(),
+                    ),
+                )
+                .await?
+                .ok_or_else(|| {
+                    BillingError::Unmirrorable(format!(
+                        "{key}: the meter `{}` of `{price_ref}` does not exist",
+                        metered.meter
+                    ))
+                })?;
+            metered.event_name = meter.event_name;
+            metered.customer_key = meter.customer_mapping.event_payload_key;
+            metered.value_key = meter.value_settings.event_payload_key;
             resolved.insert(price_ref.as_str().to_owned(), metered);
         }
         let resolved = Arc::new(resolved);
@@ -169,6 +191,9 @@ fn metered(price: &stripe_shared::Price) -> Result<MeteredPrice, String> {
         currency: price.currency.to_string().to_ascii_lowercase(),
         unit,
         meter,
+        event_name: String::new(),
+        customer_key: String::new(),
+        value_key: String::new(),
     })
 }
 
