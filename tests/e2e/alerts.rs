@@ -342,3 +342,36 @@ async fn an_endpoint_on_a_private_address_is_refused_unless_allowed() {
     .expect("search");
     assert_eq!(leaked, 0);
 }
+
+/// Usage recorded through `usage/record` crosses thresholds too, in the batch's transaction: each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_usage_crosses_thresholds_once() {
+    let m = Metering::start(Options {
+        limit: 100,
+        ..Options::default()
+    })
+    .await;
+    let key = m.org_with_key("org_recorded").await;
+    let receiver = Receiver::start().await;
+    let secret = set_endpoint(&m.app, "org_recorded", &receiver.url).await;
+    let record = |id: &str, value: u64| json!({"metric": "api_call", "value": value, "occurredAt": chrono::Utc::now().to_rfc3339(), "request_id": id});
+    for (id, value) in [("r1", 60), ("r1", 60), ("r2", 25), ("r3", 40)] {
+        let r = m
+            .app
+            .post("/api/usage/record", Auth::ApiKey(&key), &record(id, value))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let got = receiver.await_count(4).await;
+    assert_eq!(
+        by_threshold(&got),
+        [
+            ("usage.bound.reached".to_owned(), 100),
+            ("usage.threshold.crossed".to_owned(), 50),
+            ("usage.threshold.crossed".to_owned(), 80),
+            ("usage.threshold.crossed".to_owned(), 100),
+        ]
+    );
+    verify_with_standardwebhooks(&secret, &got);
+    assert_eq!(alert_rows(&m.app).await, 4);
+}

@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use tollgate_common::domain::remaining;
 use tollgate_common::store::counters::{self, CounterError, CounterKey, Snapshot};
 use tollgate_common::store::redis::RedisConn;
+use tollgate_common::store::{alerts, overage};
 
 /// Most calls one batch takes.
 pub const MAX_BATCH: usize = 256;
@@ -48,6 +49,21 @@ pub struct Record {
     pub occurred_at: DateTime<Utc>,
     /// The plan's limit of the metric, for `remaining`.
     pub limit: u64,
+    /// The plan's terms, when the record falls in the current period: its usage alerts and the overage it owes
+    /// are recorded in the batch's transaction, as the proxies' write-back records them.
+    pub terms: Option<std::sync::Arc<RecordTerms>>,
+}
+
+/// What a record's usage means beyond the counter (see [`Record::terms`]).
+#[derive(Debug, Clone)]
+pub struct RecordTerms {
+    /// The org's Clerk id (alert payloads name it).
+    pub org: tollgate_common::domain::OrgId,
+    pub included: u64,
+    pub bound: tollgate_common::domain::Bound,
+    pub thresholds: Vec<u16>,
+    /// The plan's overage price of the metric, when the org is billed for overage.
+    pub overage_price: Option<String>,
 }
 
 /// Why a call was not recorded.
@@ -207,6 +223,8 @@ impl Writer {
         let mut fresh = HashMap::new();
         let (mut ids, mut bodies) = (Vec::new(), Vec::new());
         let mut latest: HashMap<(i64, &str, DateTime<Utc>), Snapshot> = HashMap::new();
+        let mut terms: HashMap<(i64, &str, DateTime<Utc>), &std::sync::Arc<RecordTerms>> =
+            HashMap::new();
         // The new events, in the batch's order; one Redis pipeline counts them all.
         let new: Vec<(usize, i64)> = groups
             .iter()
@@ -238,6 +256,9 @@ impl Writer {
                 remaining: remaining(recorded.used, r.limit),
             })
             .map_err(|_| CounterError::Protocol)?;
+            if let Some(t) = &r.terms {
+                terms.insert((r.key.org_id, r.key.metric.as_str(), r.key.period.start), t);
+            }
             latest.insert(
                 (r.key.org_id, r.key.metric.as_str(), r.key.period.start),
                 Snapshot {
@@ -262,6 +283,45 @@ impl Writer {
             // The control plane runs no write-back: it writes the durable copy itself, under the same epoch rules.
             let snapshots: Vec<Snapshot> = latest.into_values().collect();
             counters::write(&mut *tx, &snapshots).await?;
+            // The usage's alerts and overage, in the same transaction (what the proxies' write-back does for
+            // proxied usage).
+            let with_terms: Vec<(&Snapshot, &RecordTerms)> = snapshots
+                .iter()
+                .filter_map(|s| {
+                    let t =
+                        terms.get(&(s.key.org_id, s.key.metric.as_str(), s.key.period.start))?;
+                    Some((s, t.as_ref()))
+                })
+                .collect();
+            let observations: Vec<alerts::Observation<'_>> = with_terms
+                .iter()
+                .map(|(s, t)| alerts::Observation {
+                    org_id: s.key.org_id,
+                    org: &t.org,
+                    metric: &s.key.metric,
+                    period: s.key.period,
+                    used: s.used,
+                    included: t.included,
+                    bound: t.bound,
+                    thresholds: &t.thresholds,
+                })
+                .collect();
+            alerts::record(&mut *tx, &observations).await?;
+            let owed: Vec<overage::Owed<'_>> = with_terms
+                .iter()
+                .filter_map(|(s, t)| {
+                    Some(overage::Owed {
+                        org_id: s.key.org_id,
+                        metric: &s.key.metric,
+                        period: s.key.period,
+                        price: t.overage_price.as_deref()?,
+                        included: t.included,
+                        bound: t.bound.units(),
+                        used: s.used,
+                    })
+                })
+                .collect();
+            overage::observe(&mut *tx, &owed).await?;
         }
         tx.commit().await?;
         self.forget_markers(

@@ -6,7 +6,7 @@
 
 pub use crate::services::accounts::account;
 use crate::services::billing::overage::OveragePrices;
-use crate::services::recorder::{Record, RecordError, Recorder};
+use crate::services::recorder::{Record, RecordError, RecordTerms, Recorder};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -462,6 +462,20 @@ impl Usage {
                 value: record.value,
                 occurred_at: record.occurred_at,
                 limit: account.bound(&terms, &record.metric).units(),
+                terms: (period == terms.period).then(|| {
+                    let bound = account.bound(&terms, &record.metric);
+                    std::sync::Arc::new(RecordTerms {
+                        org: account.org.clone(),
+                        included: terms.plan.limit(&record.metric),
+                        bound,
+                        thresholds: terms.plan.thresholds.clone(),
+                        overage_price: terms
+                            .plan
+                            .overage(&record.metric)
+                            .filter(|_| terms.billable)
+                            .map(|o| o.price.as_str().to_owned()),
+                    })
+                }),
             })
             .await
             .map_err(|e| match e {

@@ -533,7 +533,13 @@ impl Billing {
         let mut changed_org = None;
         let processed = match observed {
             Observed::Subscription(read) => {
-                changed_org = Some(self.write_read(&mut tx, read).await?.org_id);
+                let org_id = self.write_read(&mut tx, read).await?.org_id;
+                changed_org = Some(org_id);
+                if event.event_type == "invoice.created" {
+                    // Stripe drafted a renewal invoice: the closing period's overage is reported now, not after
+                    // the coalescing interval, well inside the finalisation grace.
+                    super::meter_reports::due_now(&mut tx, org_id).await?;
+                }
                 Processed::Applied
             }
             Observed::Customer {

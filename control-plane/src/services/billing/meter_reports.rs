@@ -67,10 +67,20 @@ struct Report {
     lease_token: uuid::Uuid,
 }
 
-/// The deterministic identifier of the report that brings a period's reported overage to `total`.
+/// The deterministic identifier of the report that brings a period's reported overage to `total`; one longer than
+/// Stripe's 100 characters (a long metric name) is replaced by its SHA-256, as deterministic.
 pub fn identifier(org_id: i64, metric: &str, period_start: DateTime<Utc>, total: i64) -> String {
-    format!("tg_{org_id}_{metric}_{}_{total}", period_start.timestamp())
+    use sha2::Digest;
+    let plain = format!("tg_{org_id}_{metric}_{}_{total}", period_start.timestamp());
+    if plain.len() <= MAX_IDENTIFIER {
+        plain
+    } else {
+        format!("tg_{:x}", sha2::Sha256::digest(plain.as_bytes()))
+    }
 }
+
+/// Stripe's limit on a meter event's identifier.
+const MAX_IDENTIFIER: usize = 100;
 
 /// The meter event's timestamp: `now` (on Stripe's clock) within the period, its last second once it ended.
 pub fn timestamp_within(
@@ -311,6 +321,18 @@ impl queue::Worker for MeterReporter {
     fn gauges(&self) -> (&PgPool, &queue::QueueMetrics) {
         (&self.billing.pg, &self.queue.metrics)
     }
+}
+
+/// Makes org `org_id`'s waiting overage reports due now (a renewal invoice was drafted).
+pub async fn due_now(conn: &mut sqlx::PgConnection, org_id: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE overage_reports SET next_attempt_at = LEAST(next_attempt_at, now())
+          WHERE org_id = $1 AND status = 'pending'",
+    )
+    .bind(org_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 // === reconcile ===
