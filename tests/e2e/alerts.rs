@@ -354,11 +354,14 @@ async fn recorded_usage_crosses_thresholds_once() {
     let key = m.org_with_key("org_recorded").await;
     let receiver = Receiver::start().await;
     let secret = set_endpoint(&m.app, "org_recorded", &receiver.url).await;
-    let record = |id: &str, value: u64| json!({"metric": "api_call", "value": value, "occurredAt": chrono::Utc::now().to_rfc3339(), "request_id": id});
     for (id, value) in [("r1", 60), ("r1", 60), ("r2", 25), ("r3", 40)] {
         let r = m
             .app
-            .post("/api/usage/record", Auth::ApiKey(&key), &record(id, value))
+            .post(
+                "/api/usage/record",
+                Auth::ApiKey(&key),
+                &crate::usage::record(id, value),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
     }

@@ -16,27 +16,6 @@ const NO_SAFETY_NET: &str = "86400000";
 /// The listener's `application_name` (`tollgate_common::billing_cache::LISTENER_APPLICATION_NAME`).
 const LISTENER: &str = tollgate_common::billing_cache::LISTENER_APPLICATION_NAME;
 
-/// Gives `org` a live subscription on `plan` by plain SQL (the trigger announces it).
-async fn subscribe(m: &Metering, org: &str, plan: &str) {
-    sqlx::query("UPDATE orgs SET stripe_customer_id = 'cus_x' || id WHERE clerk_org_id = $1")
-        .bind(org)
-        .execute(&m.app.state.pg)
-        .await
-        .expect("link a customer");
-    sqlx::query(
-        "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
-                                    stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
-         SELECT id, 'cus_x' || id, 'sub_x' || id, 'active', $2, 'price_x',
-                now() - interval '1 day', now() + interval '29 days', now() - interval '1 day'
-           FROM orgs WHERE clerk_org_id = $1",
-    )
-    .bind(org)
-    .bind(plan)
-    .execute(&m.app.state.pg)
-    .await
-    .expect("insert subscription");
-}
-
 /// Moves `org`'s subscription to `plan` by plain SQL; with `announced` false, in a session whose triggers do not
 /// fire (`session_replication_role = replica`): a change no announcement names.
 async fn set_plan(m: &Metering, org: &str, plan: &str, announced: bool) {
@@ -139,7 +118,7 @@ async fn a_plan_change_written_by_anyone_reaches_both_proxies_and_the_control_pl
     .await;
     let (a, b) = tokio::join!(m.proxy(&env), m.proxy(&env));
     let key = m.org_with_key("org_push").await;
-    subscribe(&m, "org_push", "starter").await;
+    m.subscribe("org_push", "starter", None).await;
     // Cached everywhere, on starter.
     await_limit(&a, &key, "100000").await;
     await_limit(&b, &key, "100000").await;
@@ -180,7 +159,7 @@ async fn a_missed_announcement_is_repaired_after_the_listener_reconnects() {
     .await;
     let proxy = m.proxy(&env).await;
     let key = m.org_with_key("org_missed").await;
-    subscribe(&m, "org_missed", "starter").await;
+    m.subscribe("org_missed", "starter", None).await;
     await_limit(&proxy, &key, "100000").await;
     await_plan(&m, &key, "starter").await;
     wait::until(SHOW, "both listeners connected", || async {
@@ -235,7 +214,7 @@ async fn the_safety_net_finds_a_change_no_announcement_named() {
     // The shortest allowed round: 10 s.
     let proxy = m.proxy(&[("TOLLGATE_BILLING_RECHECK_MS", "10000")]).await;
     let key = m.org_with_key("org_net").await;
-    subscribe(&m, "org_net", "starter").await;
+    m.subscribe("org_net", "starter", None).await;
     await_limit(&proxy, &key, "100000").await;
     // The round that started when the org was cached is over: the change below is for the next one.
     wait::until(SHOW, "the safety net's first round", || async {

@@ -53,27 +53,6 @@ async fn start(stripe: &StripeEmulator) -> Metering {
     .await
 }
 
-/// Gives `org` a live subscription on `plan` by plain SQL (the mirror's row; the trigger announces it).
-async fn subscribe(m: &Metering, org: &str, plan: &str) {
-    sqlx::query("UPDATE orgs SET stripe_customer_id = 'cus_x' || id WHERE clerk_org_id = $1")
-        .bind(org)
-        .execute(&m.app.state.pg)
-        .await
-        .expect("link a customer");
-    sqlx::query(
-        "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
-                                    stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
-         SELECT id, 'cus_x' || id, 'sub_x' || id, 'active', $2, 'price_x',
-                now() - interval '1 day', now() + interval '29 days', now() - interval '1 day'
-           FROM orgs WHERE clerk_org_id = $1",
-    )
-    .bind(org)
-    .bind(plan)
-    .execute(&m.app.state.pg)
-    .await
-    .expect("insert subscription");
-}
-
 async fn entitlements(m: &Metering, key: &str) -> Value {
     let r = m
         .app
@@ -139,7 +118,7 @@ async fn two_proxies_and_64_clients_never_admit_past_the_ceiling() {
     let stripe = StripeEmulator::start().await;
     let m = start(&stripe).await;
     let key = m.org_with_key("org_ceiling").await;
-    subscribe(&m, "org_ceiling", "capped").await;
+    m.subscribe("org_ceiling", "capped", None).await;
     let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
 
     let statuses = hammer(&[&a, &b], &key, "/v1/items", 64, 800).await;
@@ -174,7 +153,7 @@ async fn two_proxies_and_64_clients_never_admit_past_the_spend_cap() {
     let stripe = StripeEmulator::start().await;
     let m = start(&stripe).await;
     let key = m.org_with_key("org_cap").await;
-    subscribe(&m, "org_cap", "payg").await;
+    m.subscribe("org_cap", "payg", None).await;
     let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
 
     // Overage without a ceiling or a cap: no bound, so no RateLimit headers.
@@ -224,7 +203,7 @@ async fn a_cap_below_what_was_spent_stops_admission_at_once_and_clearing_it_lift
     let stripe = StripeEmulator::start().await;
     let m = start(&stripe).await;
     let key = m.org_with_key("org_lower").await;
-    subscribe(&m, "org_lower", "payg").await;
+    m.subscribe("org_lower", "payg", None).await;
     let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
     set_budget(&m, "org_lower", 100).await;
     let mut admitted = await_bound(&a, &key, 500).await + await_bound(&b, &key, 500).await;
@@ -325,32 +304,12 @@ async fn budget_calls_are_checked() {
     assert_eq!(stored, 0, "nothing was written");
 }
 
-/// Gives `org` a Stripe customer in the emulator (meter events name it) and a live subscription on `plan` by plain
-/// SQL.
+/// Gives `org` a Stripe customer in the emulator (meter events name it) and a live subscription on `plan`.
 async fn subscribe_with_customer(m: &Metering, stripe: &StripeEmulator, org: &str, plan: &str) {
     let customer = stripe
         .post("/v1/customers", &[("email", &format!("{org}@example.com"))])
         .await;
-    let customer = customer["id"].as_str().expect("customer id").to_owned();
-    sqlx::query("UPDATE orgs SET stripe_customer_id = $2 WHERE clerk_org_id = $1")
-        .bind(org)
-        .bind(&customer)
-        .execute(&m.app.state.pg)
-        .await
-        .expect("link the customer");
-    sqlx::query(
-        "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
-                                    stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
-         SELECT id, $3, 'sub_x' || id, 'active', $2, 'price_x',
-                now() - interval '1 day', now() + interval '29 days', now() - interval '1 day'
-           FROM orgs WHERE clerk_org_id = $1",
-    )
-    .bind(org)
-    .bind(plan)
-    .bind(&customer)
-    .execute(&m.app.state.pg)
-    .await
-    .expect("insert subscription");
+    m.subscribe(org, plan, customer["id"].as_str()).await;
 }
 
 async fn reconciled(app: &tollgate_e2e::app::TestApp, org: &str, period: &str) -> Value {

@@ -13,7 +13,7 @@ fn now() -> chrono::DateTime<Utc> {
     SystemClock.now()
 }
 
-fn record(request_id: &str, value: u64) -> Value {
+pub(crate) fn record(request_id: &str, value: u64) -> Value {
     json!({"metric": "api_call", "value": value, "occurredAt": now().to_rfc3339(), "request_id": request_id})
 }
 

@@ -244,6 +244,31 @@ metered = false
         proxy
     }
 
+    /// Gives `org` a live subscription on `plan` by plain SQL (the mirror's row; the trigger announces it), billed
+    /// to `customer` (default `cus_x<internal id>`), its period started a day ago.
+    pub async fn subscribe(&self, org: &str, plan: &str, customer: Option<&str>) {
+        sqlx::query(
+            "UPDATE orgs SET stripe_customer_id = COALESCE($2, 'cus_x' || id) WHERE clerk_org_id = $1",
+        )
+        .bind(org)
+        .bind(customer)
+        .execute(&self.app.state.pg)
+        .await
+        .expect("link a customer");
+        sqlx::query(
+            "INSERT INTO subscriptions (org_id, stripe_customer_id, stripe_subscription_id, status, plan_code,
+                                        stripe_price_id, current_period_start, current_period_end, billing_cycle_anchor)
+             SELECT id, stripe_customer_id, 'sub_x' || id, 'active', $2, 'price_x',
+                    now() - interval '1 day', now() + interval '29 days', now() - interval '1 day'
+               FROM orgs WHERE clerk_org_id = $1",
+        )
+        .bind(org)
+        .bind(plan)
+        .execute(&self.app.state.pg)
+        .await
+        .expect("insert subscription");
+    }
+
     /// An org with an API key; returns the key.
     pub async fn org_with_key(&self, org: &str) -> String {
         self.app.create_org(org).await;

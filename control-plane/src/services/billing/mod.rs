@@ -334,25 +334,7 @@ impl Billing {
                 _ => None,
             })
             .collect();
-        let mut by_key = HashMap::new();
-        if !lookup_keys.is_empty() {
-            let list = self
-                .stripe
-                .send(
-                    Op::PriceList,
-                    &stripe_product::price::ListPrice::new()
-                        .lookup_keys(lookup_keys)
-                        .active(true)
-                        .limit(100),
-                    None,
-                )
-                .await?;
-            for price in list.data {
-                if let Some(key) = price.lookup_key.clone() {
-                    by_key.insert(key, price);
-                }
-            }
-        }
+        let by_key = overage::active_prices_by_lookup_key(&self.stripe, lookup_keys).await?;
         for plan in self.catalog.plans() {
             let price = match &plan.price {
                 None => continue,

@@ -87,25 +87,7 @@ impl OveragePrices {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut by_key = HashMap::new();
-        if !lookup_keys.is_empty() {
-            let list = self
-                .stripe
-                .send(
-                    Op::PriceList,
-                    &stripe_product::price::ListPrice::new()
-                        .lookup_keys(lookup_keys)
-                        .active(true)
-                        .limit(100),
-                    None,
-                )
-                .await?;
-            for price in list.data {
-                if let Some(key) = price.lookup_key.clone() {
-                    by_key.insert(key, price);
-                }
-            }
-        }
+        let by_key = active_prices_by_lookup_key(&self.stripe, lookup_keys).await?;
         for (key, price_ref) in refs {
             if resolved.contains_key(price_ref.as_str()) {
                 continue;
@@ -152,6 +134,33 @@ impl OveragePrices {
             Some((Instant::now(), Arc::clone(&resolved)));
         Ok(resolved)
     }
+}
+
+/// The active Stripe prices with `lookup_keys`, by lookup key (one list call; none when there are no keys).
+pub(super) async fn active_prices_by_lookup_key(
+    stripe: &StripeClient,
+    lookup_keys: Vec<String>,
+) -> Result<HashMap<String, stripe_shared::Price>, BillingError> {
+    let mut by_key = HashMap::new();
+    if lookup_keys.is_empty() {
+        return Ok(by_key);
+    }
+    let list = stripe
+        .send(
+            Op::PriceList,
+            &stripe_product::price::ListPrice::new()
+                .lookup_keys(lookup_keys)
+                .active(true)
+                .limit(100),
+            None,
+        )
+        .await?;
+    for price in list.data {
+        if let Some(key) = price.lookup_key.clone() {
+            by_key.insert(key, price);
+        }
+    }
+    Ok(by_key)
 }
 
 /// The price as a metered overage price, or why it is not one.
