@@ -9,6 +9,8 @@
 //!   statement) and runs; the same key with the same request replays its stored answer (status and body, with
 //!   `Idempotent-Replayed: true`) for 24 h; with another request it is 409; while the first still runs, 409
 //!   `idempotency_key_in_use` (Stripe's answer to concurrent requests with one key).
+//! * **Answers that carry a secret shown once** (`keys.create`, `webhooks/endpoints.set`, marked [`ShownOnce`]) are
+//!   never stored: the key is freed, so a retry runs again and issues a new secret (revoke the one never seen).
 //! * **Only final answers are stored**: 2xx and deterministic 4xx. An answer that may differ on retry — any 5xx
 //!   (Stripe down: 502/503), 401/403, 408, 429, a 409 "in progress" (marked by [`ApiError`] with [`NotFinal`]) —
 //!   frees the key, and so does a request that is dropped (the client went away), so an error is never replayed as

@@ -172,3 +172,37 @@ async fn the_operator_must_name_the_org() {
         .await;
     assert_eq!(r.problem(404)["field"], "orgId");
 }
+
+/// A new key is shown once and stored only hashed: with an `Idempotency-Key`, its answer is not stored either (a
+/// retry issues another key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_is_never_stored_in_the_clear_even_as_an_idempotent_answer() {
+    let app = TestApp::start().await;
+    app.create_org("org_shown_once").await;
+    let send = || {
+        app.send(
+            app.http
+                .post(app.url("/api/keys.create"))
+                .header("Idempotency-Key", "create-the-key")
+                .json(&json!({"orgId": "org_shown_once", "name": "ci"})),
+            Auth::Operator,
+        )
+    };
+    let first = send().await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let key = first.json["key"].as_str().expect("key").to_owned();
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM idempotency_keys WHERE position($1::bytea IN coalesce(body, ''::bytea)) > 0",
+    )
+    .bind(key.as_bytes())
+    .fetch_one(&app.state.pg)
+    .await
+    .expect("search");
+    assert_eq!(stored, 0, "the key is not kept as a replayable answer");
+    let again = send().await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_ne!(
+        again.json["key"], first.json["key"],
+        "a retry issues a new key"
+    );
+}

@@ -58,18 +58,23 @@ pub async fn create_key(
     caller: Caller<OrgAdmin>,
     State(app): State<AppState>,
     JsonBody(req): JsonBody<CreateKeyRequest>,
-) -> ApiResult<Json<CreateKeyResponse>> {
+) -> ApiResult<axum::response::Response> {
     let org = caller.principal.org_scope(req.org_id.as_ref())?;
     app.limits
         .admit(&caller.principal, crate::limits::Group::Keys)
         .await?;
     let name = crate::validate::label("name", &req.name, 100)?;
     let issued = app.key_service.create(&org, name).await?;
-    Ok(Json(CreateKeyResponse {
+    let mut response = axum::response::IntoResponse::into_response(Json(CreateKeyResponse {
         key_id: issued.key_id,
         key: issued.key.expose_secret().to_owned(),
         prefix: issued.prefix,
         name: name.to_owned(),
         created_at: issued.created_at,
-    }))
+    }));
+    // The key is shown once and stored only hashed: never as an Idempotency-Key answer either.
+    response
+        .extensions_mut()
+        .insert(crate::idempotency::ShownOnce);
+    Ok(response)
 }
