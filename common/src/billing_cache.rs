@@ -26,7 +26,7 @@
 //! result). A cold load has no entry yet to count on, so every announcement also moves a cache-wide counter; a cold
 //! load that sees it moved while it ran reloads the org once more after inserting it.
 
-use crate::domain::{Billing, Bound, Metric, OrgId, PlanCatalog, SpendCap, Terms, overage};
+use crate::domain::{Billing, Bound, Metric, OrgId, PlanCatalog, SpendCap, Terms};
 use crate::store::billing::{self, CHANGES_CHANNEL, OrgBilling};
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -83,6 +83,8 @@ pub struct Entry<E> {
     state: RwLock<State>,
     /// Reloads asked for this entry; a result is applied only if none was asked for since its query started.
     asked: AtomicU64,
+    /// Whether the state holds a spend cap (kept with the state, so [`Self::bound`] reads the lock only then).
+    capped: std::sync::atomic::AtomicBool,
     /// What the caller hangs on the entry (the proxy: its counter slots).
     pub ext: E,
 }
@@ -90,6 +92,7 @@ pub struct Entry<E> {
 impl<E: Default> Entry<E> {
     fn new(id: i64, org: OrgId, billing: OrgBilling) -> Self {
         Self {
+            capped: std::sync::atomic::AtomicBool::new(billing.cap.is_some()),
             id,
             org,
             state: RwLock::new(State {
@@ -113,14 +116,25 @@ impl<E> Entry<E> {
         self.read().billing.cap.clone()
     }
 
-    /// Where admission of `metric` stops under `terms` (from [`Self::terms`]): see [`overage::bound`]. Reads the
-    /// spend cap only when the plan bills overage of `metric`.
+    /// Where admission of `metric` stops under `terms` (from [`Self::terms`]): [`crate::domain::overage::bound`]
+    /// with the entry's spend cap, computed on the request path with one look-up per map and the state's lock taken
+    /// only when the org has a cap.
     pub fn bound(&self, terms: &Terms<'_>, metric: &Metric) -> Bound {
-        if terms.billable && terms.plan.overage(metric).is_some() {
-            overage::bound(terms.plan, metric, true, self.read().billing.cap.as_deref())
+        let included = terms.plan.limit(metric);
+        let Some(o) = terms.plan.overage(metric).filter(|_| terms.billable) else {
+            return Bound::Included(included);
+        };
+        // Most orgs set no cap: then the state's lock is not taken.
+        let budget = if self.capped.load(Ordering::Acquire) {
+            self.read()
+                .billing
+                .cap
+                .as_ref()
+                .map(|c| c.units_at(&o.price))
         } else {
-            Bound::Included(terms.plan.limit(metric))
-        }
+            None
+        };
+        Bound::of(included, true, o.ceiling, budget)
     }
 
     /// The plan and period in force at `now` (see [`Billing::terms`]), without cloning the state: the terms last
@@ -154,6 +168,7 @@ impl<E> Entry<E> {
         if self.asked.load(Ordering::SeqCst) != asked || state.billing == billing {
             return false;
         }
+        self.capped.store(billing.cap.is_some(), Ordering::Release);
         *state = State {
             billing,
             terms: None,
@@ -917,6 +932,72 @@ mod tests {
         tx.send("garbage".to_owned()).expect("send");
         let (pending, _) = coalesce("1", &mut rx, Duration::from_millis(50)).await;
         assert!(pending.all);
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+    use crate::domain::overage;
+    use std::collections::BTreeMap;
+
+    /// The request path's bound is the domain's, with and without a cap, billable or not.
+    #[test]
+    fn the_entry_computes_the_domains_bound() {
+        let catalog: &'static PlanCatalog = Box::leak(Box::new(
+            PlanCatalog::from_toml_str(
+                r#"
+trial_days = 14
+[plans.trial]
+included = { api_call = 10 }
+[plans.payg]
+price = "plan_payg"
+included = { api_call = 100 }
+[plans.payg.overage.api_call]
+price = "api_call_overage"
+ceiling = 1000
+"#,
+            )
+            .expect("plans"),
+        ));
+        let plan = catalog
+            .plan(&crate::domain::PlanCode::parse("payg").expect("code"))
+            .expect("payg");
+        let metric = Metric::parse("api_call").expect("metric");
+        let start = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let period = crate::domain::Period {
+            start,
+            end: start + chrono::Duration::days(30),
+        };
+        for cap in [
+            None,
+            Some(SpendCap {
+                amount: 1,
+                currency: "usd".into(),
+                units: BTreeMap::from([("api_call_overage".to_owned(), 300)]),
+            }),
+        ] {
+            let entry: Entry<()> = Entry::new(
+                1,
+                OrgId::parse("org_1").expect("org"),
+                OrgBilling {
+                    billing: Billing::Unsubscribed,
+                    cap: cap.clone().map(Arc::new),
+                },
+            );
+            for billable in [true, false] {
+                let terms = Terms {
+                    plan,
+                    period,
+                    billable,
+                };
+                assert_eq!(
+                    entry.bound(&terms, &metric),
+                    overage::bound(plan, &metric, billable, cap.as_ref()),
+                    "cap {cap:?}, billable {billable}"
+                );
+            }
+        }
     }
 }
 

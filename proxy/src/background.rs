@@ -209,7 +209,7 @@ async fn observe(
             Some((entry, terms))
         });
         let Some((entry, terms)) = current else {
-            remember_overage(slot, None, used, &mut owed);
+            remember_overage(slot, None, used, now.timestamp_millis(), &mut owed);
             continue;
         };
         let bound = entry.bound(&terms, &key.metric);
@@ -222,8 +222,9 @@ async fn observe(
                 bound: bound.units(),
                 price: o.price.as_str().to_owned(),
                 recorded: 0,
+                recorded_at_ms: 0,
             });
-        remember_overage(slot, overage, used, &mut owed);
+        remember_overage(slot, overage, used, now.timestamp_millis(), &mut owed);
         seen.push((slot, entry, terms.plan, used, bound));
     }
     let mut observed = Vec::new();
@@ -263,9 +264,11 @@ async fn observe(
             })
             .collect();
         overage::observe(&core.pg, &rows).await?;
+        let at = now.timestamp_millis();
         for (slot, _, used) in &owed {
             if let Some(seen) = locked(&slot.overage).as_mut() {
                 seen.recorded = seen.recorded.max(*used);
+                seen.recorded_at_ms = at;
             }
         }
     }
@@ -366,27 +369,35 @@ impl BackgroundService for Revocations {
     }
 }
 
+/// While a period is current, its overage row is refreshed at most this often: the reporter reads it every
+/// `TOLLGATE_METER_REPORT_INTERVAL_MS` (minutes), so a fresher row buys nothing. The first overage, a change of
+/// terms, and the period's last usage (after it ended) are recorded at once.
+const OVERAGE_REFRESH_MS: i64 = 10_000;
+
 /// Updates `slot`'s remembered overage terms (`Some`: seen now, while its period is current) and, when its usage
 /// owes overage that was not recorded yet, adds it to `owed`.
 fn remember_overage<'s>(
     slot: &'s std::sync::Arc<crate::meter::Slot>,
-    now: Option<OverageSeen>,
+    current: Option<OverageSeen>,
     used: u64,
+    now_ms: i64,
     owed: &mut Vec<(&'s std::sync::Arc<crate::meter::Slot>, OverageSeen, u64)>,
 ) {
     let mut memory = locked(&slot.overage);
-    if let Some(mut seen) = now {
+    let ended = current.is_none();
+    if let Some(mut seen) = current {
         let same = memory.as_ref().is_some_and(|m| {
             (m.included, m.bound, &m.price) == (seen.included, seen.bound, &seen.price)
         });
-        if same {
-            seen.recorded = memory.as_ref().map_or(0, |m| m.recorded);
+        if same && let Some(m) = memory.as_ref() {
+            (seen.recorded, seen.recorded_at_ms) = (m.recorded, m.recorded_at_ms);
         }
         *memory = Some(seen);
     }
     if let Some(seen) = memory.as_ref()
         && used > seen.recorded
         && used.min(seen.bound) > seen.included
+        && (ended || seen.recorded == 0 || now_ms - seen.recorded_at_ms >= OVERAGE_REFRESH_MS)
     {
         owed.push((slot, seen.clone(), used));
     }

@@ -151,8 +151,9 @@ pub struct OverageSeen {
     pub included: u64,
     pub bound: u64,
     pub price: String,
-    /// The `used` last written to `overage_reports` (0: none yet).
+    /// The `used` last written to `overage_reports` (0: none yet), and when (ms since the epoch).
     pub recorded: u64,
+    pub recorded_at_ms: i64,
 }
 
 impl Slot {
