@@ -68,6 +68,13 @@ impl Loader for PgPool {
 
 // === Entry ===
 
+/// Generations of billing states, unique in the process (see `Entry::generation`).
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
 /// The billing state and the terms last derived from it.
 struct State {
     billing: OrgBilling,
@@ -85,6 +92,9 @@ pub struct Entry<E> {
     asked: AtomicU64,
     /// Whether the state holds a spend cap (kept with the state, so [`Self::bound`] reads the lock only then).
     capped: std::sync::atomic::AtomicBool,
+    /// A process-wide unique number, new for every entry and every changed state applied to it: what was derived
+    /// from another generation (a proxy's lease limit) is derived again, also across an eviction and a cold load.
+    generation: AtomicU64,
     /// What the caller hangs on the entry (the proxy: its counter slots).
     pub ext: E,
 }
@@ -93,6 +103,7 @@ impl<E: Default> Entry<E> {
     fn new(id: i64, org: OrgId, billing: OrgBilling) -> Self {
         Self {
             capped: std::sync::atomic::AtomicBool::new(billing.cap.is_some()),
+            generation: AtomicU64::new(next_generation()),
             id,
             org,
             state: RwLock::new(State {
@@ -109,6 +120,12 @@ impl<E> Entry<E> {
     /// The billing state (a clone).
     pub fn billing(&self) -> Billing {
         self.read().billing.billing.clone()
+    }
+
+    /// The generation of the billing state: unique in the process, new whenever a changed state is applied (and
+    /// for every entry, so an org evicted and loaded again never reuses one).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The org's spend cap, if it set one.
@@ -173,6 +190,7 @@ impl<E> Entry<E> {
             billing,
             terms: None,
         };
+        self.generation.store(next_generation(), Ordering::Release);
         true
     }
 }
@@ -1008,7 +1026,7 @@ mod sizes {
     /// The README's memory estimates are built on these sizes (x86-64); a change here must update them.
     #[test]
     fn the_inline_sizes_behind_the_readme_estimates() {
-        assert!(size_of::<super::Entry<()>>() <= 232);
+        assert!(size_of::<super::Entry<()>>() <= 248);
         assert!(size_of::<crate::domain::Billing>() <= 128);
         assert!(size_of::<crate::keys::cache::CachedKey>() <= 32);
         assert!(size_of::<crate::keys::cache::OrgRef>() <= 72);

@@ -61,9 +61,12 @@ struct Lease {
     epoch: i64,
     /// `limit - used - leased` as of the last round trip: what other requests could still be granted.
     unreserved: u64,
-    /// The limit the lease was granted under: a request under another limit (a spend cap or a plan changed) goes
-    /// to Redis, handing the remainder back, so a lowered bound stops admission at this replica's next request.
+    /// The limit the lease was granted under, and the generation of the org's billing state it was computed from:
+    /// a request under another generation (a spend cap or a plan changed) goes to Redis with the limit computed
+    /// anew, handing the remainder back, so a lowered bound stops admission at this replica's next request — and
+    /// while the state stands, a request needs no plan look-up at all.
     limit: u64,
+    generation: u64,
     /// Last admission (ms since the epoch).
     last_used_ms: i64,
 }
@@ -99,6 +102,8 @@ pub struct Admitted {
     pub left: u64,
     /// The lease's epoch at admission.
     pub epoch: i64,
+    /// The limit admitted under.
+    pub limit: u64,
 }
 
 impl Default for Lease {
@@ -112,6 +117,7 @@ impl Default for Lease {
             epoch: -1,
             unreserved: 0,
             limit: 0,
+            generation: 0,
             last_used_ms: 0,
         }
     }
@@ -174,10 +180,10 @@ impl Slot {
         locked(&self.lease)
     }
 
-    /// Admits `cost` from the local lease when it covers it and was granted under `limit`.
-    pub fn take_local(&self, cost: u64, limit: u64, now_ms: i64) -> Option<Admitted> {
+    /// Admits `cost` from the local lease when it covers it and was granted under billing-state `generation`.
+    pub fn take_local(&self, cost: u64, generation: u64, now_ms: i64) -> Option<Admitted> {
         let mut lease = self.lease();
-        if lease.epoch < 0 || lease.available < cost || lease.limit != limit {
+        if lease.epoch < 0 || lease.available < cost || lease.generation != generation {
             return None;
         }
         lease.available -= cost;
@@ -186,6 +192,7 @@ impl Slot {
         Some(Admitted {
             left: lease.unreserved + lease.available,
             epoch: lease.epoch,
+            limit: lease.limit,
         })
     }
 
@@ -221,7 +228,7 @@ impl Slot {
         reply: &Leased,
         report: Report,
         cost: u64,
-        limit: u64,
+        (limit, generation): (u64, u64),
         now_ms: i64,
     ) -> Option<Admitted> {
         let mut lease = self.lease();
@@ -236,6 +243,7 @@ impl Slot {
         }
         lease.unreserved = limit.saturating_sub(reply.used + reply.leased);
         lease.limit = limit;
+        lease.generation = generation;
         if !reply.admitted {
             return None;
         }
@@ -245,6 +253,7 @@ impl Slot {
         Some(Admitted {
             left: lease.unreserved + lease.available,
             epoch: lease.epoch,
+            limit,
         })
     }
 
@@ -609,7 +618,7 @@ mod tests {
         }
         let (report, want) = slot.begin_lease(cost);
         let reply = counter.lease(rid, &report, cost, want, limit);
-        slot.finish_lease(&reply, report, cost, limit, 0)
+        slot.finish_lease(&reply, report, cost, (limit, limit), 0)
     }
 
     fn settle(slot: &Slot, counter: &mut Counter, rid: usize, release: bool) -> Option<Report> {

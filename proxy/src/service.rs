@@ -208,14 +208,16 @@ impl MeteringProxy {
         let terms = entry
             .terms(core.catalog, now)
             .ok_or(Refusal::SubscriptionRequired)?;
-        let bound = entry.bound(&terms, metric);
-        let (limit, period) = (bound.units(), terms.period);
+        let period = terms.period;
+        // Read before the bound is derived: a state applied meanwhile moves it, and the next request derives again.
+        let generation = entry.generation();
         let slot = entry.ext.slot(&core.meter, entry.id, metric, &period);
 
         let now_ms = now.timestamp_millis();
-        // The common case: the replica's lease covers the request. No I/O.
-        if let Some(admitted) = slot.take_local(cost, limit, now_ms) {
-            self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
+        // The common case: the replica's lease covers the request, and was granted under this billing state (so
+        // under this bound). No I/O, no plan look-up.
+        if let Some(admitted) = slot.take_local(cost, generation, now_ms) {
+            self.admitted(ctx, decisions, &slot, cost, admitted, &period, now);
             return Ok(());
         }
         let probing = core.redis_health.is_down();
@@ -225,10 +227,12 @@ impl MeteringProxy {
         // One round trip per slot at a time: a replica's reports must not overtake each other. Whoever waited
         // here may find the lease refilled by the request before it.
         let _turn = slot.in_flight.lock().await;
-        if let Some(admitted) = slot.take_local(cost, limit, now_ms) {
-            self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
+        if let Some(admitted) = slot.take_local(cost, generation, now_ms) {
+            self.admitted(ctx, decisions, &slot, cost, admitted, &period, now);
             return Ok(());
         }
+        let bound = entry.bound(&terms, metric);
+        let limit = bound.units();
         // The round trip this request waited behind may have just found Redis gone: unless this request is the
         // outage's probe, do not queue up behind it.
         if !probing && core.redis_health.is_down() {
@@ -272,9 +276,9 @@ impl MeteringProxy {
         };
         core.redis_health.succeeded();
         core.meter.mark_dirty(&slot, now);
-        match slot.finish_lease(&reply, report, cost, limit, now_ms) {
+        match slot.finish_lease(&reply, report, cost, (limit, generation), now_ms) {
             Some(admitted) => {
-                self.admitted(ctx, decisions, &slot, cost, admitted, limit, &period, now);
+                self.admitted(ctx, decisions, &slot, cost, admitted, &period, now);
                 Ok(())
             }
             None => {
@@ -308,13 +312,12 @@ impl MeteringProxy {
         slot: &Arc<Slot>,
         cost: u64,
         admitted: Admitted,
-        limit: u64,
         period: &Period,
         now: DateTime<Utc>,
     ) {
         self.core.meter.mark_dirty(slot, now);
         self.core.meter.list(slot);
-        let left = admitted.left;
+        let (left, limit) = (admitted.left, admitted.limit);
         if let Some(d) = decisions {
             d.inc(if left.saturating_mul(10) < limit {
                 Decision::Near
