@@ -82,15 +82,35 @@ pub fn marks(o: &Observation<'_>) -> Vec<Mark> {
 }
 
 /// A fingerprint of what [`record`] would write for `o`: a writer that remembers it need not repeat an
-/// observation that changes nothing (the statement is idempotent either way). Never 0.
+/// observation that changes nothing (the statement is idempotent either way). Never 0. Computed without
+/// allocating: write-back takes it for every changed counter, every interval.
 pub fn fingerprint(o: &Observation<'_>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (o.period.start, o.included, o.bound.units()).hash(&mut h);
-    for m in marks(o) {
-        (m.label, m.reached).hash(&mut h);
+    // Which thresholds are reached, as bits (the plan's thresholds in order, then the bound).
+    let mut reached = 0u64;
+    for (i, t) in o
+        .thresholds
+        .iter()
+        .map(|p| Threshold::Included(*p))
+        .chain(std::iter::once(Threshold::Bound))
+        .enumerate()
+    {
+        if t.at(o.included, o.bound).is_some_and(|at| o.used >= at) {
+            reached |= 1 << (i % 64);
+        }
     }
-    h.finish().max(1)
+    // FNV-1a over the parts.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        u64::from_ne_bytes(o.period.start.timestamp().to_ne_bytes()),
+        o.included,
+        o.bound.units(),
+        reached,
+    ] {
+        for byte in part.to_le_bytes() {
+            h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
 }
 
 /// What [`record`] did.
