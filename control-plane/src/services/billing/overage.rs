@@ -54,7 +54,7 @@ impl OveragePrices {
     }
 
     /// Every price PLANS_CONFIG bills overage at (none when no plan bills overage), each checked; cached for
-    /// [`PRICE_TTL`].
+    /// ten minutes, like the plans' prices.
     pub async fn all(&self) -> Result<Arc<MeteredPrices>, BillingError> {
         if let Some((at, prices)) = self
             .cached
