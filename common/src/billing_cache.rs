@@ -387,6 +387,8 @@ pub struct BillingCache<E> {
     /// The safety net's round.
     round: Mutex<Round>,
     metrics: BillingCacheMetrics,
+    /// Cold loads of one org take turns: a burst of first requests makes one query.
+    cold: crate::cache::ColdTurns,
 }
 
 impl<E: Default + Send + Sync + 'static> BillingCache<E> {
@@ -399,6 +401,7 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
             announced: AtomicU64::new(0),
             round: Mutex::new(Round::default()),
             metrics,
+            cold: crate::cache::ColdTurns::new(),
         }
     }
 
@@ -432,6 +435,12 @@ impl<E: Default + Send + Sync + 'static> BillingCache<E> {
         id: i64,
         org: &OrgId,
     ) -> Result<Arc<Entry<E>>, sqlx::Error> {
+        let _turn = self.cold.take(id.unsigned_abs()).await;
+        // The request before this one may have just loaded the same org.
+        if let Some(entry) = self.by_id.get(&id) {
+            self.metrics.hits.inc();
+            return Ok(entry);
+        }
         self.metrics.misses.inc();
         let before = self.announced.load(Ordering::SeqCst);
         self.metrics.query(Query::Cold);
@@ -829,6 +838,42 @@ mod tests {
         assert_eq!(
             cache.cached(1).map(|e| e.billing()),
             Some(subscribed("pro"))
+        );
+    }
+
+    /// A loader that answers after yielding, so concurrent callers overlap.
+    struct Yielding<'a>(&'a Fake);
+
+    impl Loader for Yielding<'_> {
+        fn load_many(
+            &self,
+            ids: &[i64],
+        ) -> impl Future<Output = Result<HashMap<i64, OrgBilling>, sqlx::Error>> + Send {
+            let answer = self.0.load_many(ids).now_or_never().expect("ready");
+            async move {
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                answer
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_first_look_ups_of_one_org_makes_one_query() {
+        let fake = Fake::default();
+        fake.set(1, subscribed("pro"));
+        let cache: BillingCache<()> = BillingCache::new(10, metrics());
+        let org = org(1);
+        let loader = Yielding(&fake);
+        let burst = (0..16).map(|_| cache.get(&loader, 1, &org));
+        for entry in futures_util::future::join_all(burst).await {
+            assert_eq!(entry.expect("loaded").billing(), subscribed("pro"));
+        }
+        assert_eq!(
+            fake.queries.load(Ordering::SeqCst),
+            1,
+            "one query for the burst"
         );
     }
 

@@ -82,6 +82,37 @@ where
     }
 }
 
+/// Turns for cold look-ups: callers that miss the same key (sharded by a number derived from it) take turns, so a
+/// burst of requests for something not cached yet makes one query — the others find it cached when their turn
+/// comes — and one client's burst cannot take the database pool from everyone else.
+pub struct ColdTurns(Box<[tokio::sync::Mutex<()>]>);
+
+impl ColdTurns {
+    /// Shards enough that unrelated misses rarely wait for each other.
+    pub const SHARDS: usize = 64;
+
+    /// The turns.
+    pub fn new() -> Self {
+        Self(
+            (0..Self::SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+
+    /// Waits for the turn of the key numbered `n`; look the key up in the cache again once it is held.
+    pub async fn take(&self, n: u64) -> tokio::sync::MutexGuard<'_, ()> {
+        let shard = usize::try_from(n % Self::SHARDS as u64).unwrap_or(0);
+        self.0[shard].lock().await
+    }
+}
+
+impl Default for ColdTurns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

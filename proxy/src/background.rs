@@ -209,7 +209,9 @@ async fn observe(
             Some((entry, terms))
         });
         let Some((entry, terms)) = current else {
-            remember_overage(slot, None, used, now.timestamp_millis(), &mut owed);
+            if remember_overage(slot, None, used, now.timestamp_millis(), &mut owed) {
+                core.meter.owe_overage(slot);
+            }
             continue;
         };
         let bound = entry.bound(&terms, &key.metric);
@@ -224,7 +226,9 @@ async fn observe(
                 recorded: 0,
                 recorded_at_ms: 0,
             });
-        remember_overage(slot, overage, used, now.timestamp_millis(), &mut owed);
+        if remember_overage(slot, overage, used, now.timestamp_millis(), &mut owed) {
+            core.meter.owe_overage(slot);
+        }
         seen.push((slot, entry, terms.plan, used, bound));
     }
     let mut observed = Vec::new();
@@ -375,14 +379,15 @@ impl BackgroundService for Revocations {
 const OVERAGE_REFRESH_MS: i64 = 10_000;
 
 /// Updates `slot`'s remembered overage terms (`Some`: seen now, while its period is current) and, when its usage
-/// owes overage that was not recorded yet, adds it to `owed`.
+/// owes overage that was not recorded yet, adds it to `owed` — or, within the refresh interval, returns true: the
+/// caller has a later flush visit the slot again, so the last usage of a burst is recorded without a new request.
 fn remember_overage<'s>(
     slot: &'s std::sync::Arc<crate::meter::Slot>,
     current: Option<OverageSeen>,
     used: u64,
     now_ms: i64,
     owed: &mut Vec<(&'s std::sync::Arc<crate::meter::Slot>, OverageSeen, u64)>,
-) {
+) -> bool {
     let mut memory = locked(&slot.overage);
     let ended = current.is_none();
     if let Some(mut seen) = current {
@@ -394,13 +399,17 @@ fn remember_overage<'s>(
         }
         *memory = Some(seen);
     }
-    if let Some(seen) = memory.as_ref()
-        && used > seen.recorded
-        && used.min(seen.bound) > seen.included
-        && (ended || seen.recorded == 0 || now_ms - seen.recorded_at_ms >= OVERAGE_REFRESH_MS)
-    {
-        owed.push((slot, seen.clone(), used));
+    let Some(seen) = memory.as_ref() else {
+        return false;
+    };
+    if used <= seen.recorded || used.min(seen.bound) <= seen.included {
+        return false;
     }
+    if ended || seen.recorded == 0 || now_ms - seen.recorded_at_ms >= OVERAGE_REFRESH_MS {
+        owed.push((slot, seen.clone(), used));
+        return false;
+    }
+    true
 }
 
 /// Every lock here guards plain data no holder leaves half-changed, so a poisoned one is taken as it is.

@@ -336,6 +336,9 @@ pub struct Meter {
     dirty_list: Mutex<Vec<Arc<Slot>>>,
     /// The minute (of `forget_before`) when clean slots of ended periods were last forgotten.
     forgot_minute: AtomicI64,
+    /// Slots whose overage row write-back deferred (it refreshes a current period's row at most every few
+    /// seconds): each flush visits them again until their usage is recorded, even if no request changes them.
+    overage_due: Mutex<Vec<Arc<Slot>>>,
 }
 
 /// Slots taken for one flush, with the age of their oldest change.
@@ -353,6 +356,7 @@ impl Meter {
             settle_list: Mutex::new(Vec::new()),
             dirty_list: Mutex::new(Vec::new()),
             forgot_minute: AtomicI64::new(i64::MIN),
+            overage_due: Mutex::new(Vec::new()),
         }
     }
 
@@ -404,6 +408,14 @@ impl Meter {
                 batch.slots.push(slot);
             }
         }
+        let due: Vec<Arc<Slot>> = locked(&self.overage_due).drain(..).collect();
+        for slot in due {
+            if !batch.slots.iter().any(|s| Arc::ptr_eq(s, &slot)) {
+                // Not a change to write (its counter is written again, idempotently): no age.
+                batch.since_ms.push(0);
+                batch.slots.push(slot);
+            }
+        }
         let minute = forget_before.timestamp().div_euclid(60);
         if self.forgot_minute.swap(minute, Ordering::AcqRel) != minute {
             self.lock().retain(|_, slot| {
@@ -413,6 +425,14 @@ impl Meter {
             });
         }
         batch
+    }
+
+    /// Has the next flushes visit `slot` until its owed overage is recorded (see `Meter::overage_due`).
+    pub fn owe_overage(&self, slot: &Arc<Slot>) {
+        let mut due = locked(&self.overage_due);
+        if !due.iter().any(|s| Arc::ptr_eq(s, slot)) {
+            due.push(Arc::clone(slot));
+        }
     }
 
     /// Every slot (the last settle pass at shutdown hands back every lease).

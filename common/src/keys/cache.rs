@@ -241,6 +241,8 @@ pub struct KeyCache {
     /// Which moves of the revocation epoch were heard (touched by announcements and epoch readings only).
     epochs: Mutex<EpochTracker>,
     metrics: KeyCacheMetrics,
+    /// Cold look-ups of one key take turns: a burst of requests with a key that is not cached yet makes one query.
+    cold: crate::cache::ColdTurns,
 }
 
 impl KeyCache {
@@ -253,6 +255,7 @@ impl KeyCache {
             generation: AtomicU64::new(0),
             epochs: Mutex::default(),
             metrics,
+            cold: crate::cache::ColdTurns::new(),
         }
     }
 
@@ -272,6 +275,14 @@ impl KeyCache {
             return Err(ResolveError::Unknown);
         }
         let digest = hash(presented);
+        if self.unknown.get(&digest, now).is_some() {
+            return Err(ResolveError::Unknown);
+        }
+        let _turn = self.cold.take(u64::from(digest[0])).await;
+        // The request before this one in the shard may have just looked the same key up.
+        if let Some(key) = self.valid.get(&Presented(presented), now) {
+            return Ok(key);
+        }
         if self.unknown.get(&digest, now).is_some() {
             return Err(ResolveError::Unknown);
         }
