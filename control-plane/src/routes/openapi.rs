@@ -58,7 +58,7 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
         ("EnsureCustomerRequest", "email") => json!({"pattern": EMAIL_PATTERN}),
         (_, "paymentMethodId") => json!({"pattern": PAYMENT_METHOD_PATTERN}),
         ("ReplayJobsRequest", "ids") => {
-            json!({"minItems": 1, "maxItems": MAX_JOB_IDS, "items": {"minLength": 1, "maxLength": 255}})
+            json!({"minItems": 1, "maxItems": MAX_JOB_IDS, "items": {"type": "string", "minLength": 1, "maxLength": 255}})
         }
         ("EndpointRequest", "url") => json!({"minLength": 1, "maxLength": MAX_URL}),
         ("EndpointRequest", "events") => json!({

@@ -4,7 +4,7 @@
 //!   new signing secret (`whsec_…`, 24 random bytes), returned once and stored sealed (AES-256-GCM under
 //!   `TOLLGATE_WEBHOOK_SECRETS_KEY`): it must be recoverable to sign, and the table alone does not give it away.
 //! * **The URL is the client's**: refused (422 naming `url`) unless it is `http(s)`, without credentials, and
-//!   every address its host resolves to is public (`domain::net::is_public`) — unless
+//!   every address its host resolves to (if it resolves yet) is public (`domain::net::is_public`) — unless
 //!   `TOLLGATE_WEBHOOK_ALLOW_PRIVATE`. Checked again at every delivery: the client resolves the host once per
 //!   delivery (no pooled connections) through a resolver that keeps only public addresses, an IP-literal host is
 //!   checked as written, and the address actually connected to is checked before the answer counts. No redirects;
@@ -261,18 +261,23 @@ impl Outbound {
             None => return Err(invalid("must name a host")),
             Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
             Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
+            // A name that does not resolve now (DNS down, a record not published yet) is taken: every delivery
+            // resolves it again and connects only to public addresses. One that resolves to a private one is not.
             Some(url::Host::Domain(name)) => {
                 let found =
                     tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
-                        .await
-                        .map_err(|_| invalid("its host could not be resolved in time"))?
-                        .map_err(|_| invalid("its host does not resolve"))?;
-                found.map(|a| a.ip()).collect()
+                        .await;
+                match found {
+                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                    _ => {
+                        tracing::info!(
+                            "a webhook endpoint's host does not resolve yet; each delivery resolves it again"
+                        );
+                        Vec::new()
+                    }
+                }
             }
         };
-        if addrs.is_empty() {
-            return Err(invalid("its host does not resolve"));
-        }
         if !self.allow_private && addrs.iter().any(|ip| !is_public(*ip)) {
             return Err(invalid(
                 "must reach a public address: private, loopback and link-local addresses are refused",

@@ -70,8 +70,10 @@ impl JobStatus {
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
     /// The kind.
+    #[param(inline)]
     pub kind: JobKind,
     /// Only jobs in this state (default: all, finished ones included).
+    #[param(inline)]
     pub status: Option<JobStatus>,
     /// 1 to 100 (default 100).
     #[serde(default, deserialize_with = "crate::extract::integer")]
