@@ -440,3 +440,66 @@ async fn overage_reaches_stripes_meter_once_through_faults_and_restarts() {
         "{calls} meter event calls for one period's 600 requests"
     );
 }
+
+/// `TOLLGATE_STRIPE_METER_RATE` holds for every replica together: with a rate of 2 a second, two control planes
+/// and six orgs owing overage at once, Stripe never sees more than 2 meter events in any second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meter_events_stay_within_the_configured_rate() {
+    let stripe = StripeEmulator::start().await;
+    stripe
+        .seed_overage_price("api_call_overage", UNIT_DECIMAL, "api_call_overage")
+        .await;
+    let env = [
+        ("TOLLGATE_METER_REPORT_INTERVAL_MS", "100"),
+        ("TOLLGATE_STRIPE_METER_RATE", "2/1s"),
+    ];
+    let m = Metering::start(Options {
+        plans: Some(PLANS.to_owned()),
+        stripe: Some(&stripe),
+        control_plane_env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Options::default()
+    })
+    .await;
+    let second = m
+        .replica()
+        .stripe(&stripe)
+        .env(env[0].0, env[0].1)
+        .env(env[1].0, env[1].1)
+        .start()
+        .await;
+    let proxy = m.proxy(&[]).await;
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let org = format!("org_rate{i}");
+        keys.push(m.org_with_key(&org).await);
+        subscribe_with_customer(&m, &stripe, &org, "payg").await;
+    }
+    for key in &keys {
+        let statuses = hammer(&[&proxy], key, "/v1/items", 8, 310).await;
+        assert_eq!(count(&statuses, 200), 310);
+    }
+    let events = wait::until(Duration::from_secs(30), "six reports", || async {
+        let events = stripe.get("/_test/meter_events").await["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (events.len() >= 6).then_some(events)
+    })
+    .await;
+    let arrived: Vec<f64> = events
+        .iter()
+        .filter_map(|e| e["arrived"].as_f64())
+        .collect();
+    // Admitted on Redis's clock, seen on arrival: allow 200 ms of jitter between the two.
+    for (i, t) in arrived.iter().enumerate() {
+        let within = arrived[i..].iter().take_while(|u| **u < t + 0.8).count();
+        assert!(
+            within <= 2,
+            "{within} meter events within 0.8 s of {t}: {arrived:?}"
+        );
+    }
+    drop(second);
+}

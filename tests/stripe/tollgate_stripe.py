@@ -2837,7 +2837,8 @@ def meter_events_create(p):
         error = 'meter_event_invalid_value'
     if error is None:
         METER_EVENTS.append(dict(event, _meter=meter.id, _customer=customer,
-                                 _value=value if value is not None else Fraction(1)))
+                                 _value=value if value is not None else Fraction(1),
+                                 _arrived=time.time()))
     else:
         METER_ERRORS.append(dict(event, error=error))
     return event
@@ -4550,6 +4551,17 @@ def meter_delay(p):
     METER_CALL_DELAY_MS = p.int('delay_ms', default=0, minimum=0, maximum=10000)
     p.finish()
     return {'delay_ms': METER_CALL_DELAY_MS}
+
+
+@route('GET', '/_test/meter_events')
+def meter_events_list(p):
+    """The accepted meter events, in arrival order, with when each arrived (wall clock, fractional seconds): a
+    test aid to check a client's pacing."""
+    p.finish()
+    return {'events': [dict({k: v for k, v in e.items() if not k.startswith('_')},
+                            customer=e['_customer'], value=str(e['_value']),
+                            arrived=e.get('_arrived'))
+                       for e in METER_EVENTS]}
 
 
 @route('GET', '/_test/meter_concurrency')
