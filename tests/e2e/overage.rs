@@ -42,12 +42,21 @@ price = "api_call_overage"
 "#;
 
 async fn start(stripe: &StripeEmulator) -> Metering {
+    start_with(stripe, &[]).await
+}
+
+/// The test plans against `stripe` (its overage price seeded), with `env` added to the control plane's settings.
+async fn start_with(stripe: &StripeEmulator, env: &[(&str, &str)]) -> Metering {
     stripe
         .seed_overage_price("api_call_overage", UNIT_DECIMAL, "api_call_overage")
         .await;
     Metering::start(Options {
         plans: Some(PLANS.to_owned()),
         stripe: Some(stripe),
+        control_plane_env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         ..Options::default()
     })
     .await
@@ -342,20 +351,7 @@ async fn await_reconciled(app: &tollgate_e2e::app::TestApp, org: &str, period: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overage_reaches_stripes_meter_once_through_faults_and_restarts() {
     let stripe = StripeEmulator::start().await;
-    stripe
-        .seed_overage_price("api_call_overage", UNIT_DECIMAL, "api_call_overage")
-        .await;
-    let env = [("TOLLGATE_METER_REPORT_INTERVAL_MS", "200")];
-    let mut m = Metering::start(Options {
-        plans: Some(PLANS.to_owned()),
-        stripe: Some(&stripe),
-        control_plane_env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        ..Options::default()
-    })
-    .await;
+    let mut m = start_with(&stripe, &[("TOLLGATE_METER_REPORT_INTERVAL_MS", "200")]).await;
     let key = m.org_with_key("org_meter").await;
     subscribe_with_customer(&m, &stripe, "org_meter", "capped").await;
     // Every meter call takes 50 ms, so two calls for one customer would overlap; Stripe fails for a while.
@@ -446,23 +442,11 @@ async fn overage_reaches_stripes_meter_once_through_faults_and_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meter_events_stay_within_the_configured_rate() {
     let stripe = StripeEmulator::start().await;
-    stripe
-        .seed_overage_price("api_call_overage", UNIT_DECIMAL, "api_call_overage")
-        .await;
     let env = [
         ("TOLLGATE_METER_REPORT_INTERVAL_MS", "100"),
         ("TOLLGATE_STRIPE_METER_RATE", "2/1s"),
     ];
-    let m = Metering::start(Options {
-        plans: Some(PLANS.to_owned()),
-        stripe: Some(&stripe),
-        control_plane_env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        ..Options::default()
-    })
-    .await;
+    let m = start_with(&stripe, &env).await;
     let second = m
         .replica()
         .stripe(&stripe)

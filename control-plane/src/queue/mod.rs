@@ -141,6 +141,47 @@ pub struct Queue {
     pub max_attempts: i32,
 }
 
+impl Queue {
+    /// Records a failed attempt of `spec`'s job `id` (a `bigint` id), held under `lease` after `attempts` earlier
+    /// ones: `failed`, due again after the backoff (at most `max_delay`), or `dead` at the last attempt. Only the
+    /// lease's holder records it. Counted, and returned.
+    pub async fn fail(
+        &self,
+        pg: &PgPool,
+        spec: &Spec,
+        (id, lease): (i64, uuid::Uuid),
+        attempts: i32,
+        error: &str,
+        max_delay: Duration,
+    ) -> Result<Failure, sqlx::Error> {
+        let attempts = attempts + 1;
+        let failure = after_failure(
+            attempts,
+            &Policy {
+                max_attempts: self.max_attempts,
+                max_delay,
+            },
+        );
+        sqlx::query(&format!(
+            "UPDATE {table} SET status = $3, attempts = $4, last_error = $5,
+                    next_attempt_at = now() + make_interval(secs => $6), lease_token = NULL, lease_until = NULL
+              WHERE {id_col} = $1 AND lease_token = $2",
+            table = spec.table,
+            id_col = spec.id,
+        ))
+        .bind(id)
+        .bind(lease)
+        .bind(failure.status)
+        .bind(attempts)
+        .bind(error.chars().take(1000).collect::<String>())
+        .bind(failure.delay.as_secs_f64())
+        .execute(pg)
+        .await?;
+        self.metrics.attempt(spec, Some(&failure));
+        Ok(failure)
+    }
+}
+
 // === metrics ===
 
 /// The queue's metrics, labelled by kind.

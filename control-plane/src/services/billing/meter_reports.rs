@@ -268,31 +268,20 @@ impl MeterReporter {
     }
 
     async fn fail(&self, job: &Report, error: &str) -> Result<(), sqlx::Error> {
-        let attempts = job.attempts + 1;
-        let failure = queue::after_failure(
-            attempts,
-            &queue::Policy {
-                max_attempts: self.queue.max_attempts,
-                max_delay: MAX_RETRY_DELAY,
-            },
-        );
-        sqlx::query(
-            "UPDATE overage_reports SET status = $3, attempts = $4, last_error = $5,
-                    next_attempt_at = now() + make_interval(secs => $6), lease_token = NULL, lease_until = NULL
-              WHERE id = $1 AND lease_token = $2",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(failure.status)
-        .bind(attempts)
-        .bind(error.chars().take(1000).collect::<String>())
-        .bind(failure.delay.as_secs_f64())
-        .execute(&self.billing.pg)
-        .await?;
-        self.queue.metrics.attempt(&METER_REPORTS, Some(&failure));
+        let failure = self
+            .queue
+            .fail(
+                &self.billing.pg,
+                &METER_REPORTS,
+                (job.id, job.lease_token),
+                job.attempts,
+                error,
+                MAX_RETRY_DELAY,
+            )
+            .await?;
         tracing::warn!(
             overage.report = job.id,
-            attempts,
+            attempts = job.attempts + 1,
             status = failure.status,
             error,
             "overage report failed"

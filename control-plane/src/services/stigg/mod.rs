@@ -358,29 +358,18 @@ impl Stigg {
             }
             Err(e) => {
                 let attempts = item.attempts + 1;
-                let failure = queue::after_failure(
-                    attempts,
-                    &queue::Policy {
-                        max_attempts: self.queue.max_attempts,
-                        max_delay: self.retry_max,
-                    },
-                );
                 let message = e.to_string();
-                sqlx::query(
-                    "UPDATE stigg_outbox SET status = $5, attempts = $2, last_error = $3,
-                            next_attempt_at = now() + make_interval(secs => $4),
-                            lease_token = NULL, lease_until = NULL
-                      WHERE id = $1 AND lease_token = $6",
-                )
-                .bind(item.id)
-                .bind(attempts)
-                .bind(message.chars().take(1000).collect::<String>())
-                .bind(failure.delay.as_secs_f64())
-                .bind(failure.status)
-                .bind(item.lease_token)
-                .execute(&self.pg)
-                .await?;
-                self.queue.metrics.attempt(&STIGG_OPS, Some(&failure));
+                let failure = self
+                    .queue
+                    .fail(
+                        &self.pg,
+                        &STIGG_OPS,
+                        (item.id, item.lease_token),
+                        item.attempts,
+                        &message,
+                        self.retry_max,
+                    )
+                    .await?;
                 match &e {
                     StiggError::Unavailable(_) => {
                         tracing::debug!(org.internal_id = item.org_id, stigg.operation = %item.operation, error = %e, "stigg delivery failed; retrying");
