@@ -2062,6 +2062,129 @@ def meter_flows(api):
     step('meters deactivate and reactivate')
 
 
+# --- Metered subscription items: usage billed in arrears on a draft that waits a grace (issue 22) ---
+
+def metered_subscription_flows(api):
+    meter = api.call('POST', '/v1/billing/meters', {
+        'display_name': 'Overage', 'event_name': 'selftest_overage',
+        'default_aggregation': {'formula': 'sum'}}, shape='BillingMeter')
+    flat = api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount': 1000, 'product_data': {'name': 'Flat'},
+        'recurring': {'interval': 'month'}}, shape='Price')
+    over = api.call('POST', '/v1/prices', {
+        'currency': 'usd', 'unit_amount_decimal': '0.5', 'product_data': {'name': 'Calls'},
+        'recurring': {'interval': 'month', 'usage_type': 'metered', 'meter': meter['id']}},
+        shape='Price')
+    def paying_customer():
+        c = api.call('POST', '/v1/customers', {'email': 'metered@example.com'}, shape='Customer')
+        pm = api.call('POST', '/v1/payment_methods', {
+            'type': 'card', 'card': {'number': '4242424242424242', 'exp_month': 12,
+                                     'exp_year': 2034, 'cvc': '123'}}, shape='PaymentMethod')
+        api.call('POST', f'/v1/payment_methods/{pm["id"]}/attach', {'customer': c['id']},
+                 shape='PaymentMethod')
+        api.call('POST', f'/v1/customers/{c["id"]}',
+                 {'invoice_settings': {'default_payment_method': pm['id']}}, shape='Customer')
+        return c
+
+    cus = paying_customer()
+
+    err = api.call('POST', '/v1/subscriptions', {
+        'customer': cus['id'], 'items': [{'price': flat['id']},
+                                         {'price': over['id'], 'quantity': 1}]}, status=400)
+    expect(err['error']['param'] == 'items[1][quantity]', f'no quantity on a metered item: {err}')
+    sub = api.call('POST', '/v1/subscriptions', {
+        'customer': cus['id'], 'items': [{'price': flat['id']}, {'price': over['id']}]},
+        shape='Subscription')
+    items = {i['price']['id']: i for i in sub['items']['data']}
+    first = api.call('GET', f'/v1/invoices/{sub["latest_invoice"]}', shape='Invoice')
+    expect(sub['status'] == 'active' and items[over['id']]['quantity'] is None
+           and first['status'] == 'paid' and first['total'] == 1000
+           and [line['pricing']['price_details']['price'] for line in first['lines']['data']]
+           == [flat['id']], f'the first invoice bills the flat price only: {first}')
+    step('a subscription takes metered items without a quantity; they are billed in arrears')
+
+    start, end = sub['items']['data'][0]['current_period_start'], \
+        sub['items']['data'][0]['current_period_end']
+
+    def usage(value, ts, identifier, customer=None):
+        api.call('POST', '/v1/billing/meter_events', {
+            'event_name': 'selftest_overage', 'identifier': identifier, 'timestamp': ts,
+            'payload': {'stripe_customer_id': (customer or cus)['id'], 'value': str(value)}},
+            shape='BillingMeterEvent')
+
+    usage(301, start + 10, 'm1')
+    usage(200, start + 20, 'm2')
+    preview = api.call('POST', '/v1/invoices/create_preview', {'subscription': sub['id']},
+                       shape='Invoice')
+    metered = [line for line in preview['lines']['data']
+               if line['pricing']['price_details']['price'] == over['id']]
+    expect(len(metered) == 1 and metered[0]['quantity'] == 501 and metered[0]['amount'] == 251,
+           f'the upcoming invoice shows the usage so far, 501 × 0.5 half up: {metered}')
+    renewed = api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance',
+                       shape='Subscription', key=None, idempotency_key=None)
+    draft = api.call('GET', f'/v1/invoices/{renewed["latest_invoice"]}', shape='Invoice')
+    expect(draft['status'] == 'draft' and draft['automatically_finalizes_at'] == end + 3600
+           and renewed['status'] == 'active', f'the renewal waits a grace as a draft: {draft}')
+    # Usage of the closed period reported during the grace still lands on its invoice; later usage
+    # belongs to the new period.
+    usage(99, end - 1, 'm3')
+    usage(1000, end + 5, 'm4')
+    draft = api.call('GET', f'/v1/invoices/{draft["id"]}', shape='Invoice')
+    lines = {line['pricing']['price_details']['price']: line for line in draft['lines']['data']}
+    expect(lines[over['id']]['quantity'] == 600 and lines[over['id']]['amount'] == 300
+           and lines[over['id']]['period'] == {'start': start, 'end': end}
+           and lines[flat['id']]['period']['start'] == end and draft['total'] == 1300,
+           f'the draft follows the usage of the closed period: {draft["lines"]}')
+    api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance_clock', {'to': str(end + 3599)},
+             shape='Subscription', key=None, idempotency_key=None)
+    still = api.call('GET', f'/v1/invoices/{draft["id"]}', shape='Invoice')
+    expect(still['status'] == 'draft', 'still a draft one second before the grace ends')
+    usage(1, end - 2, 'm5')
+    api.call('POST', f'/_test/subscriptions/{sub["id"]}/advance_clock', {'to': str(end + 3600)},
+             shape='Subscription', key=None, idempotency_key=None)
+    final = api.call('GET', f'/v1/invoices/{draft["id"]}', shape='Invoice')
+    expect(final['status'] == 'paid' and final['total'] == 1301
+           and final['automatically_finalizes_at'] is None,
+           f'finalized and charged at the end of the grace: {final}')
+    usage(7, end - 3, 'm6')  # too late: the invoice is final
+    final = api.call('GET', f'/v1/invoices/{draft["id"]}', shape='Invoice')
+    expect(final['total'] == 1301, 'a finalized invoice no longer changes')
+    step('renewal: a draft for an hour of the clock, usage of the closed period until then')
+
+    # Removing the metered price mid-period bills the usage so far (flexible billing mode).
+    si = next(i for i in renewed['items']['data'] if i['price']['id'] == over['id'])
+    api.call('POST', f'/v1/subscriptions/{sub["id"]}', {
+        'items': [{'id': si['id'], 'deleted': 'true'}], 'proration_behavior': 'always_invoice'},
+        shape='Subscription')
+    removed = api.call('GET', f'/v1/subscriptions/{sub["id"]}', shape='Subscription')
+    inv = api.call('GET', f'/v1/invoices/{removed["latest_invoice"]}', shape='Invoice')
+    expect(len(removed['items']['data']) == 1 and inv['total'] == 500
+           and inv['lines']['data'][0]['quantity'] == 1000,
+           f'the usage so far is invoiced when the metered item goes: {inv}')
+    step('removing a metered item bills its usage so far')
+
+    # Cancelled at the period's end: a final invoice bills the last period's usage.
+    cus2 = paying_customer()
+    sub2 = api.call('POST', '/v1/subscriptions', {
+        'customer': cus2['id'], 'items': [{'price': flat['id']}, {'price': over['id']}],
+        'cancel_at_period_end': 'true'}, shape='Subscription')
+    start2, end2 = sub2['items']['data'][0]['current_period_start'], \
+        sub2['items']['data'][0]['current_period_end']
+    usage(1042, start2 + 30, 'c1', customer=cus2)
+    ended = api.call('POST', f'/_test/subscriptions/{sub2["id"]}/advance', shape='Subscription',
+                     key=None, idempotency_key=None)
+    last = api.call('GET', f'/v1/invoices/{ended["latest_invoice"]}', shape='Invoice')
+    expect(ended['status'] == 'canceled' and last['status'] == 'draft'
+           and last['lines']['data'][0]['period'] == {'start': start2, 'end': end2},
+           f'a final draft for the last period: {ended} {last}')
+    api.call('POST', f'/_test/subscriptions/{sub2["id"]}/advance_clock', {'to': str(end2 + 3600)},
+             shape='Subscription', key=None, idempotency_key=None)
+    last = api.call('GET', f'/v1/invoices/{last["id"]}', shape='Invoice')
+    expect(last['status'] == 'paid' and last['lines']['data'][0]['quantity'] == 1042
+           and last['total'] == 521, f'finalized after the grace: {last}')
+    step('a cancellation at the period\'s end bills the last period\'s usage')
+
+
 # --- Dunning: retries on the subscription's clock, the final action, pause and resume (issue 20) ---
 
 # --- issue 20 follow-up (helper D): a first invoice needing 3-D Secure; incomplete expiry ----
@@ -2548,6 +2671,7 @@ def main():
         run_flows(api, emu, receiver, state_file)
         run_issue20_events_flows(api, receiver)
         meter_flows(api)
+        metered_subscription_flows(api)
         pickle_after = os.stat(pickle_path).st_mtime if os.path.exists(pickle_path) else None
         expect(pickle_after == pickle_before, f'{pickle_path} was written')
         step('localstripe default pickle untouched')

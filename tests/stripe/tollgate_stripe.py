@@ -1326,7 +1326,8 @@ class InvoiceLine:
             'pricing': {
                 'price_details': {'price': price.id, 'product': price.product},
                 'type': 'price_details',
-                'unit_amount_decimal': unit_decimal(s['amount'], s['quantity']),
+                'unit_amount_decimal': s.get('unit_amount_decimal')
+                or unit_decimal(s['amount'], s['quantity']),
             },
             'quantity': s['quantity'], 'subscription': s['subscription'],
             'subtotal': s['amount'], 'taxes': [],
@@ -1390,7 +1391,14 @@ class Invoice(Resource):
         balance = store[f'customer:{self.customer}'].balance  # a draft shows today's balance
         return max(0, self.total + balance)
 
+    def _refresh(self):
+        """A draft's usage lines follow the usage reported until it is finalized."""
+        if self.status == 'draft':
+            for line in self.lines:
+                refresh_metered(line.spec)
+
     def _fields(self):
+        self._refresh()
         cust = store[f'customer:{self.customer}']
         snap = self._customer_snapshot or {'email': cust.email, 'name': cust.name,
                                            'phone': cust.phone, 'address': cust.address}
@@ -1415,7 +1423,9 @@ class Invoice(Resource):
             'attempted': self.attempted, 'auto_advance': self.auto_advance,
             'automatic_tax': {'disabled_reason': None, 'enabled': False, 'liability': None,
                               'provider': None, 'status': None},
-            'automatically_finalizes_at': None, 'billing_reason': self.billing_reason,
+            'automatically_finalizes_at': (getattr(self, '_finalizes_at', None)
+                                           if self.status == 'draft' else None),
+            'billing_reason': self.billing_reason,
             'collection_method': 'charge_automatically',
             'confirmation_secret': invoice_confirmation_secret(self),
             'created': self.created, 'currency': self.currency, 'custom_fields': None,
@@ -1599,14 +1609,29 @@ def subscription_price(price_id, param, currency=None, interval=None):
     if not price.active:
         raise invalid('The price specified is inactive. This field only accepts active '
                       'prices.', param=param)
-    if price.recurring.get('usage_type') == 'metered':
-        raise unsupported('metered prices', param=param)
     if currency is not None and price.currency != currency:
         raise invalid('Currency and interval fields must match across all plans on this '
                       'subscription. Found mismatch in currency field.', param=param)
     if interval is not None and (price.interval, price.interval_count) != interval:
         raise unsupported('changing the billing interval of a subscription', param=param)
     return price
+
+
+def is_metered(price):
+    """Whether a price bills a Billing Meter's usage (in arrears) rather than a quantity."""
+    return bool(price.recurring) and price.recurring.get('usage_type') == 'metered'
+
+
+def item_quantity(price, quantity, param, current=None):
+    """The quantity an item of `price` has: none for a metered price (Stripe refuses one:
+    "Quantity should not be specified where usage_type is `metered`"), else the one given, the
+    item's current one, or 1."""
+    if is_metered(price):
+        if quantity is not None:
+            raise invalid('Quantity should not be specified where usage_type is `metered`. '
+                          f'Remove quantity from `{param}`.', param=param)
+        return None
+    return quantity if quantity is not None else (current or 1)
 
 
 def parse_item_specs(item_params, allow_id=True):
@@ -1623,6 +1648,7 @@ def parse_item_specs(item_params, allow_id=True):
             'deleted': ip.bool('deleted', default=False),
             'metadata': ip.metadata(),
             'param': ip.name('price'),
+            'qty_param': ip.name('quantity'),
             'id_param': ip.name('id'),
         })
     return specs
@@ -1666,7 +1692,8 @@ def plan_item_changes(sub, specs):
                 continue
             price = (subscription_price(s['price'], s['param'], sub.currency, interval)
                      if s['price'] else item._price())
-            qty = s['quantity'] if s['quantity'] is not None else item.quantity
+            qty = item_quantity(price, s['quantity'], s.get('qty_param', 'quantity'),
+                                item.quantity)
             changes.append(ItemChange(item, item.price, item.quantity, price.id, qty,
                                       s['metadata']))
         else:
@@ -1678,7 +1705,9 @@ def plan_item_changes(sub, specs):
                 raise invalid('Cannot add multiple subscription items with the same price: '
                               f'{price.id}. Change the quantity of {existing.id} instead.',
                               param=s['param'])
-            changes.append(ItemChange(None, None, None, price.id, s['quantity'] or 1,
+            changes.append(ItemChange(None, None, None, price.id,
+                                      item_quantity(price, s['quantity'],
+                                                    s.get('qty_param', 'quantity')),
                                       s['metadata']))
     remaining = len(sub._items) - sum(1 for c in changes if c.item and c.new_price is None) \
         + sum(1 for c in changes if c.item is None)
@@ -1727,6 +1756,15 @@ def proration_specs(sub, changes, t):
     for c in changes:
         if not c.changed:
             continue
+        old_metered = c.old_price is not None and is_metered(store[f'price:{c.old_price}'])
+        if old_metered and c.new_price != c.old_price and sub.billing_mode == 'flexible':
+            # Removing a metered price (or changing it) bills the usage reported so far
+            # (docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup).
+            specs.append(metered_spec(sub, c.item_id, store[f'price:{c.old_price}'],
+                                      usage_start(c.item, start), t, proration=True))
+        if old_metered or (c.new_price is not None
+                           and is_metered(store[f'price:{c.new_price}'])):
+            continue  # metered items are billed in arrears by usage, never by time
         common = {'currency': sub.currency, 'period_start': t, 'period_end': end,
                   'proration': True, 'subscription': sub.id, 'subscription_item': c.item_id}
         if c.old_price is not None:
@@ -1747,12 +1785,61 @@ def proration_specs(sub, changes, t):
     return specs
 
 
+def usage_start(item, period_start):
+    """Where a metered item's usage starts counting: the period's start, or when the item (or
+    its price) was put on the subscription later in the period."""
+    since = getattr(item, '_usage_start', None) if item is not None else None
+    return max(period_start, since) if since is not None else period_start
+
+
+def metered_spec(sub, item_id, price, start, end, proration=False):
+    """The line that bills a metered item's usage in [start, end): the quantity is the meter's
+    aggregate of the customer's events in that window, the amount quantity × unit_amount_decimal
+    rounded half up (docs.stripe.com/billing/subscriptions/usage-based/how-it-works).  While its
+    invoice is a draft, the line follows the usage reported meanwhile (refresh_metered)."""
+    spec = {'currency': sub.currency, 'period_start': start, 'period_end': end,
+            'price': price.id, 'proration': proration, 'subscription': sub.id,
+            'subscription_item': item_id,
+            'metered': {'customer': sub.customer, 'meter': price.recurring['meter']}}
+    refresh_metered(spec)
+    return spec
+
+
+def unit_fraction(price):
+    return Fraction(Decimal(price.unit_amount_decimal)) if price.unit_amount_decimal \
+        else Fraction(price.unit_amount)
+
+
+def refresh_metered(spec):
+    m = spec.get('metered')
+    if m is None:
+        return
+    price = store[f'price:{spec["price"]}']
+    meter = store[f'billing.meter:{m["meter"]}']
+    qty = int(meter_aggregate(meter, m['customer'], spec['period_start'], spec['period_end']))
+    spec['quantity'] = qty
+    spec['amount'] = round_half_up(qty * unit_fraction(price))
+    spec['unit_amount_decimal'] = (price.unit_amount_decimal or str(price.unit_amount))
+    spec['description'] = (f'{qty} × {price._product_name()} (at '
+                           f'{price.unit_amount_decimal or price.unit_amount} / unit)')
+
+
+def metered_specs(sub, items, period_start, period_end):
+    """The usage lines of the metered items in `items` (SubscriptionItem objects) for the
+    period [period_start, period_end) that is closing."""
+    return [metered_spec(sub, i.id, i._price(), usage_start(i, period_start), period_end)
+            for i in items if is_metered(i._price())]
+
+
 def cycle_specs(sub, items, period_start, period_end):
-    """Lines of a renewal: one per item at its full price for [period_start, period_end).
+    """Lines of a renewal: one per licensed item at its full price for [period_start,
+    period_end) (metered items are billed in arrears: metered_specs).
     `items` is a list of (item_id, price_id, quantity)."""
     specs = []
     for item_id, price_id, qty in items:
         price = store[f'price:{price_id}']
+        if is_metered(price):
+            continue
         per = (f'/ {price.interval}' if price.interval_count == 1
                else f'every {price.interval_count} {price.interval}s')
         specs.append({'amount': price.unit_amount * qty, 'currency': sub.currency,
@@ -1769,7 +1856,7 @@ def trial_specs(sub):
              'description': f'Trial period for {i._price()._product_name()}',
              'period_start': sub.trial_start, 'period_end': sub.trial_end, 'price': i.price,
              'quantity': i.quantity, 'proration': False, 'subscription': sub.id,
-             'subscription_item': i.id} for i in sub._items]
+             'subscription_item': i.id} for i in sub._items if not is_metered(i._price())]
 
 
 def pending_items(sub):
@@ -1818,6 +1905,7 @@ def charge_error(customer, sub, amount, pm=None):
 def finalize_invoice(inv):
     """draft -> open: apply the customer's balance, number the invoice, freeze the customer's
     details.  A $0 invoice is paid at once, as Stripe does."""
+    inv._refresh()
     cust = store[f'customer:{inv.customer}']
     now = inv._clock()
     total = inv.total
@@ -1905,11 +1993,12 @@ def create_subscription(cust, specs, trial_end, metadata, description, default_p
         prices.append(price)
     if not prices:
         raise missing_param('items')
+    quantities = [item_quantity(p, s['quantity'], s['qty_param']) for p, s in zip(prices, specs)]
     interval = (prices[0].interval, prices[0].interval_count)
     trial = trial_end is not None and trial_end > now
     period_end = trial_end if trial else add_interval(now, *interval)
-    first_amount = 0 if trial else sum(p.unit_amount * (s['quantity'] or 1)
-                                       for p, s in zip(prices, specs))
+    first_amount = 0 if trial else sum(p.unit_amount * q for p, q in zip(prices, quantities)
+                                       if not is_metered(p))
     # Decide the payment outcome first, so that error_if_incomplete creates nothing.
     pm = store.get(f'payment_method:{default_pm}') if default_pm else None
     err = None
@@ -1921,9 +2010,9 @@ def create_subscription(cust, specs, trial_end, metadata, description, default_p
     sub = Subscription(cust.id, prices[0].currency, now, metadata, description, default_pm,
                        billing_mode, missing_pm, save_default_pm)
     sub.cancel_at_period_end = cancel_at_period_end
-    for p, s in zip(prices, specs):
-        sub._items.append(SubscriptionItem(sub.id, p.id, s['quantity'] or 1, s['metadata'],
-                                           now, period_end, created=now))
+    for p, s, q in zip(prices, specs, quantities):
+        sub._items.append(SubscriptionItem(sub.id, p.id, q, s['metadata'], now, period_end,
+                                           created=now))
     if cust.currency is None:
         cust.currency = sub.currency
     if trial:
@@ -1960,12 +2049,15 @@ def apply_item_changes(sub, changes):
             item = SubscriptionItem(sub.id, c.new_price, c.new_qty, c.metadata, start, end,
                                     created=sub._now(),
                                     id=c.placeholder_id.replace('si_tmp_', 'si_'))
+            item._usage_start = sub._now()
             c.item = item
             sub._items.append(item)
         elif c.new_price is None:
             sub._items.remove(c.item)
             store.pop(f'subscription_item:{c.item.id}', None)
         else:
+            if c.item.price != c.new_price:
+                c.item._usage_start = sub._now()
             c.item.price, c.item.quantity = c.new_price, c.new_qty
             if c.metadata is not None:
                 c.item.metadata = merge_metadata(c.item.metadata, c.metadata)
@@ -2217,6 +2309,8 @@ def apply_schedule(sub, boundary):
             start, end = sub._period()
             for idx, (price, qty) in enumerate(wanted):
                 if idx < len(sub._items):
+                    if sub._items[idx].price != price:
+                        sub._items[idx]._usage_start = boundary
                     sub._items[idx].price, sub._items[idx].quantity = price, qty
                 else:
                     sub._items.append(SubscriptionItem(sub.id, price, qty, None, start, end,
@@ -2252,9 +2346,16 @@ def renew_subscription(sub, at=None, reanchor=False, emit_update=True):
     before = sub._export() if emit_update else None
     start, end = sub._period()
     boundary = end if at is None else at
+    finalize_due_drafts(sub, boundary)
     sub._sim_time = max(sub._sim_time, boundary)
+    # The closing period's usage, billed in arrears by the items in force until now.
+    usage = metered_specs(sub, sub._items, start, boundary)
     if sub.cancel_at_period_end or (sub.cancel_at is not None and sub.cancel_at <= boundary):
         end_subscription(sub, boundary)
+        if usage:  # the final invoice bills the last period's usage
+            inv = Invoice(cust, sub, 'subscription_cycle', boundary, start, boundary, usage)
+            sub.latest_invoice = inv.id
+            await_grace(inv, boundary)
         return sub
     if sub.status == 'trialing':
         if sub.trial_end is not None:
@@ -2283,6 +2384,7 @@ def renew_subscription(sub, at=None, reanchor=False, emit_update=True):
     for i in sub._items:
         i.current_period_start, i.current_period_end = boundary, new_end
     lines = [ii.spec for ii in pending_items(sub)]
+    lines += usage
     lines += cycle_specs(sub, [(i.id, i.price, i.quantity) for i in sub._items], boundary,
                          new_end)
     inv = Invoice(cust, sub, 'subscription_cycle', boundary, start, boundary, lines)
@@ -2292,13 +2394,48 @@ def renew_subscription(sub, at=None, reanchor=False, emit_update=True):
         emit('customer.subscription.updated', sub, before)
     for type, obj, b in later:
         emit(type, obj, b)
+    if usage:
+        await_grace(inv, boundary)
+        return sub
     emit('invoice.created', inv)
+    charge_renewal(sub, inv)
+    return sub
+
+
+# --- usage billed in arrears: the renewal's draft and its grace ---------------------------------
+# https://docs.stripe.com/billing/subscriptions/usage-based/configure-grace-period and
+# https://docs.stripe.com/invoicing/integration/workflow-transitions: a renewal invoice is created as a
+# draft (`invoice.created`) and finalized about an hour later (`automatically_finalizes_at`); meter
+# events timestamped in the closed period that arrive meanwhile still land on it.  The emulator keeps
+# the renewal of a subscription with metered items a draft for INVOICE_GRACE seconds of the
+# subscription's clock; other renewals are finalized at once, as before.
+
+INVOICE_GRACE = 3600
+
+
+def await_grace(inv, at):
+    inv._finalizes_at = at + INVOICE_GRACE
+    emit('invoice.created', inv)
+
+
+def charge_renewal(sub, inv):
+    """Finalize a renewal invoice and charge it; unpaid, the subscription becomes past_due."""
     finalize_invoice(inv)
-    if inv.status == 'open' and attempt_payment(inv) is not None:
+    if inv.status == 'open' and attempt_payment(inv) is not None and sub.status != 'canceled':
         before = sub._export()
         sub.status = 'past_due'
         emit('customer.subscription.updated', sub, before)
-    return sub
+
+
+def finalize_due_drafts(sub, until):
+    """Finalize (and charge) the subscription's drafts whose grace ends before `until`, in
+    order, with the usage reported by then; the subscription's clock moves to each."""
+    due = sorted((i for i in objects('invoice') if i.subscription == sub.id
+                  and i.status == 'draft' and getattr(i, '_finalizes_at', None) is not None
+                  and i._finalizes_at <= until), key=lambda i: (i._finalizes_at, i._seq))
+    for inv in due:
+        sub._sim_time = max(sub._sim_time, inv._finalizes_at)
+        charge_renewal(sub, inv)
 
 
 # --- previews ----------------------------------------------------------------------------------
@@ -2361,8 +2498,11 @@ def preview_invoice(cust, sub, specs, behavior, proration_date, preview_mode,
                          for n, it in enumerate(phase['items'])]
         new_end = next_boundary(sub._anchor, *sub._interval(), end)
         extra = prorations if behavior == 'create_prorations' else []
+        # The usage so far of the metered items, billed in arrears at the renewal.
+        usage = metered_specs(sub, sub._items, start, end) if preview_mode == 'next' else []
         inv = Invoice(cust, sub, 'subscription_cycle', end, start, end,
-                      pending + extra + cycle_specs(sub, state, end, new_end), preview=True)
+                      pending + extra + usage + cycle_specs(sub, state, end, new_end),
+                      preview=True)
     inv._proration_date = t
     return inv
 
@@ -2775,10 +2915,9 @@ def meters_list(p):
 
 
 def customer_clock(customer_id):
-    """The time a customer's usage is judged by: its live subscription's clock (the emulator's
-    stand-in for a test clock), else the wall clock."""
-    subs = [s for s in objects('subscription')
-            if s.customer == customer_id and s.status not in ('canceled', 'incomplete_expired')]
+    """The time a customer's usage is judged by: its subscriptions' clock (the emulator's stand-in
+    for a test clock, which stays with the customer after a cancellation), else the wall clock."""
+    subs = [s for s in objects('subscription') if s.customer == customer_id]
     return max((s._now() for s in subs), default=wall())
 
 
@@ -3747,8 +3886,9 @@ def parse_phases(sched, sub, phases):
             if not price_id:
                 raise missing_param(ip.name('price'))
             price = subscription_price(price_id, ip.name('price'), sub.currency, interval)
-            items.append({'price': price.id, 'quantity': ip.int('quantity', default=1,
-                                                                 minimum=1),
+            items.append({'price': price.id,
+                          'quantity': item_quantity(price, ip.int('quantity', minimum=1),
+                                                    ip.name('quantity')),
                           'metadata': ip.metadata() or {}})
             ip.ignore('tax_rates', 'discounts', 'billing_thresholds')
         start = ph.ts('start_date', allow_now=True)
@@ -4058,6 +4198,7 @@ def test_advance(p, id):
         expire_if_unpaid(sub, sub._period()[1])
         return sub._export()
     if sub.status not in ('canceled', 'incomplete_expired', 'incomplete', 'paused'):
+        finalize_due_drafts(sub, sub._period()[1])
         run_due_retries(sub, sub._period()[1])
         if sub.status in ('canceled', 'paused'):
             return sub._export()
@@ -4202,11 +4343,12 @@ def test_advance_clock(p, id):
     to = p.ts('to', required=True)
     p.finish()
     sub = Subscription.get(id)
-    if to >= sub._period()[1]:
+    if to >= sub._period()[1] and sub.status != 'canceled':
         raise invalid('`to` must be before the end of the current period; use /advance to '
                       'renew.', param='to')
     if to < sub._sim_time:
         raise invalid('The clock cannot go back.', param='to')
+    finalize_due_drafts(sub, to)  # a final invoice's grace runs on after a cancellation
     if sub.status in ('past_due', 'active'):
         run_due_retries(sub, to)
     elif sub.status == 'incomplete':  # issue 20 follow-up: the 23 h payment window
