@@ -12,6 +12,7 @@ mod diag;
 mod hardening;
 mod integers;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod ops;
 mod orgs;

@@ -636,19 +636,27 @@ async def _endpoint_worker(wid, signal):
                 signal.clear()
                 await signal.wait()
                 continue
-            event = store.get(f'event:{queue[0]}')
-            if event is None or wid not in ls_webhooks._webhooks or wid not in event._pending:
+            entry = queue[0]
+            eid, _, copy = entry.partition('#')  # `evt_…#n`: a duplicate delivery (release copies)
+            event = store.get(f'event:{eid}')
+            if event is None or wid not in ls_webhooks._webhooks or \
+                    (not copy and wid not in event._pending):
                 queue.pop(0)
                 continue
             attempts += 1
-            if await _post_event(session, event, wid, attempts):
-                queue.pop(0)
-                event._pending.remove(wid)
+            delivered = await _post_event(session, event, wid, attempts)
+            if delivered or attempts >= MAX_ATTEMPTS:
+                # A release may have reordered the queue meanwhile: take out this entry, wherever it is.
+                if entry in queue:
+                    queue.remove(entry)
+            if delivered:
+                if not copy:
+                    event._pending.remove(wid)
                 attempts = 0
             elif attempts >= MAX_ATTEMPTS:
-                queue.pop(0)
-                event._pending.remove(wid)
-                event._failed.append(wid)
+                if not copy:
+                    event._pending.remove(wid)
+                    event._failed.append(wid)
                 attempts = 0
             else:
                 await asyncio.sleep(min(0.5 * 2 ** (attempts - 1), 8))
@@ -684,7 +692,7 @@ async def _stop_delivery(app):
 
 
 def undelivered():
-    return sorted({eid for q in OUTBOX.values() for eid in q})
+    return sorted({eid.partition('#')[0] for q in OUTBOX.values() for eid in q})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4675,8 +4683,11 @@ def test_faults_add(p):
     return dict(f, hits=list(f['hits']))
 
 
-# A delay every meter event call takes (POST /_test/meter_delay {delay_ms}), so concurrent calls overlap.
+# A delay every meter event call takes (POST /_test/meter_delay {delay_ms}), so concurrent calls overlap;
+# answer_delay_ms delays the answer after the event was recorded, as when a client dies (or its connection is
+# cut) between Stripe accepting an event and the client learning it.
 METER_CALL_DELAY_MS = 0
+METER_ANSWER_DELAY_MS = 0
 
 
 async def _meter_call_key(request):
@@ -4689,10 +4700,11 @@ async def _meter_call_key(request):
 
 @route('POST', '/_test/meter_delay')
 def meter_delay(p):
-    global METER_CALL_DELAY_MS
+    global METER_CALL_DELAY_MS, METER_ANSWER_DELAY_MS
     METER_CALL_DELAY_MS = p.int('delay_ms', default=0, minimum=0, maximum=10000)
+    METER_ANSWER_DELAY_MS = p.int('answer_delay_ms', default=0, minimum=0, maximum=10000)
     p.finish()
-    return {'delay_ms': METER_CALL_DELAY_MS}
+    return {'delay_ms': METER_CALL_DELAY_MS, 'answer_delay_ms': METER_ANSWER_DELAY_MS}
 
 
 @route('GET', '/_test/meter_events')
@@ -4765,8 +4777,10 @@ def test_idempotency_age(p):
 # Issue 20: webhooks held, released out of order and late.  Stripe "doesn't guarantee delivery of
 # events in the order in which they're generated" (https://docs.stripe.com/webhooks#event-ordering)
 # and retries failed deliveries for days.  POST /_test/webhooks/hold stops deliveries (events keep
-# queueing); POST /_test/webhooks/release {order: fifo|reverse|shuffle, seed, delay_ms} delivers
-# what was held in that order, after delay_ms.
+# queueing); POST /_test/webhooks/release {order: fifo|reverse|shuffle, seed, delay_ms, copies} delivers
+# what was held in that order, after delay_ms; with copies=n each held event is delivered n times
+# ("Webhook endpoints might occasionally receive the same event more than once",
+# https://docs.stripe.com/webhooks#handle-duplicate-events), the copies shuffled with the rest.
 # ---------------------------------------------------------------------------------------------
 
 HELD = {'on': False}
@@ -4779,8 +4793,10 @@ def test_webhooks_hold(p):
     return {'held': True, 'pending': undelivered()}
 
 
-def _release(order, seed):
+def _release(order, seed, copies=1):
     for wid, queue in OUTBOX.items():
+        held = [eid for eid in queue if '#' not in eid]  # the events, not earlier copies
+        queue.extend([f'{eid}#{n}' for eid in held for n in range(2, copies + 1)])
         if order == 'reverse':
             queue.reverse()
         elif order == 'shuffle':
@@ -4790,9 +4806,9 @@ def _release(order, seed):
         _wake(wid)
 
 
-async def _release_later(order, seed, delay_ms):
+async def _release_later(order, seed, delay_ms, copies):
     await asyncio.sleep(delay_ms / 1000)
-    _release(order, seed)
+    _release(order, seed, copies)
 
 
 @route('POST', '/_test/webhooks/release')
@@ -4800,12 +4816,13 @@ def test_webhooks_release(p):
     order = p.str('order', choices=('fifo', 'reverse', 'shuffle'), default='fifo')
     seed = p.int('seed', default=0)
     delay_ms = p.int('delay_ms', default=0, minimum=0, maximum=600000)
+    copies = p.int('copies', default=1, minimum=1, maximum=20)
     p.finish()
     held = undelivered()
     if delay_ms:
-        asyncio.ensure_future(_release_later(order, seed, delay_ms))
+        asyncio.ensure_future(_release_later(order, seed, delay_ms, copies))
     else:
-        _release(order, seed)
+        _release(order, seed, copies)
     return {'released': held, 'order': order, 'delay_ms': delay_ms}
 
 
@@ -5017,6 +5034,8 @@ async def stripe_middleware(request, handler):
                     resp = await _idempotent(request, run, ctx)
                 else:
                     resp = await run(request)
+                if meter_key is not None and METER_ANSWER_DELAY_MS:
+                    await asyncio.sleep(METER_ANSWER_DELAY_MS / 1000)
         else:
             resp = await run(request)
     finally:

@@ -127,8 +127,15 @@ impl TestAppBuilder {
         self
     }
 
-    /// The validated configuration this builder would start with.
-    pub async fn config(mut self) -> (Config, Arc<TestDb>, Jwks) {
+    /// Starts the `tollgate-control-plane` binary with this builder's settings, on `listen` (a free loopback
+    /// port when `None`): a control plane that a test can kill outright ([`ControlPlaneProcess::kill`]).
+    pub async fn spawn(self, listen: Option<SocketAddr>) -> ControlPlaneProcess {
+        let (env, db, jwks) = self.settings().await;
+        ControlPlaneProcess::start(env, db, jwks, listen).await
+    }
+
+    /// The settings this builder would start with, and what they refer to.
+    async fn settings(mut self) -> (HashMap<String, String>, Arc<TestDb>, Jwks) {
         let db = match self.db.take() {
             Some(db) => db,
             None => Arc::new(TestDb::create().await),
@@ -164,6 +171,12 @@ impl TestAppBuilder {
             ),
         ]);
         env.extend(self.env);
+        (env, db, jwks)
+    }
+
+    /// The validated configuration this builder would start with.
+    pub async fn config(self) -> (Config, Arc<TestDb>, Jwks) {
+        let (env, db, jwks) = self.settings().await;
         let config = Config::from_env(&env).unwrap_or_else(|e| panic!("test config: {e}"));
         (config, db, jwks)
     }
@@ -184,6 +197,8 @@ impl TestAppBuilder {
         TestApp::start_with(config, db, jwks, None).await
     }
 }
+
+pub use crate::control_plane::ControlPlaneProcess;
 
 /// A running control plane.
 pub struct TestApp {

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! * [`app`] — [`app::TestApp`], a running control plane plus an HTTP client.
+//! * [`control_plane`] — the `tollgate-control-plane` binary as a child process (killed outright by a test).
 //! * [`clerk`] — [`clerk::Jwks`], the JWKS server, and token minting (including the malicious shapes).
 //! * [`db`] — per-test databases.
 //! * [`redis_server`] — a private `redis-server` process a test may stop and start.
@@ -19,6 +20,7 @@
 
 pub mod app;
 pub mod clerk;
+pub mod control_plane;
 pub mod db;
 pub mod forwarder;
 pub mod metering;

@@ -15,7 +15,7 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Environment passed through from the test process; everything else is cleared so that a developer's
 /// `DATABASE_URL`, `REDIS_URL` or `TOLLGATE_*` cannot leak into a test.
-const INHERITED_ENV: &[&str] = &[
+pub(crate) const INHERITED_ENV: &[&str] = &[
     "PATH",
     "HOME",
     "TMPDIR",
@@ -28,22 +28,27 @@ const INHERITED_ENV: &[&str] = &[
 /// The `tollgate-proxy` binary: `TOLLGATE_PROXY_BIN` if set, else the one Cargo built next to this test
 /// executable (`target/<profile>/`, the test being in `target/<profile>/deps/`).
 pub fn proxy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("TOLLGATE_PROXY_BIN") {
+    workspace_binary("tollgate-proxy", "TOLLGATE_PROXY_BIN")
+}
+
+/// A binary of the workspace: `$override_var` if set, else the one Cargo built next to this test executable.
+pub fn workspace_binary(name: &str, override_var: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(override_var) {
         let bin = PathBuf::from(bin);
         assert!(
             bin.is_file(),
-            "TOLLGATE_PROXY_BIN={} is not a file",
+            "{override_var}={} is not a file",
             bin.display()
         );
         return bin;
     }
     let exe = std::env::current_exe().expect("the test executable's path");
-    let name = format!("tollgate-proxy{}", std::env::consts::EXE_SUFFIX);
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     let candidates: Vec<PathBuf> = exe
         .ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join(&name))
+        .map(|dir| dir.join(&file))
         .collect();
     candidates
         .iter()
@@ -51,8 +56,8 @@ pub fn proxy_binary() -> PathBuf {
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "tollgate-proxy not found (looked at {candidates:?}); build it with cargo build -p tollgate-proxy, \
-                 or point TOLLGATE_PROXY_BIN at it"
+                "{name} not found (looked at {candidates:?}); build it with cargo build --workspace --bins, \
+                 or point {override_var} at it"
             )
         })
 }

@@ -341,10 +341,25 @@ impl StripeEmulator {
 
     /// Delivers what was held in `order` (`fifo`, `reverse`, `shuffle`), after `delay_ms`. Returns the held ids.
     pub async fn release_webhooks(&self, order: &str, delay_ms: u64) -> Vec<String> {
+        self.release_webhook_copies(order, delay_ms, 1).await
+    }
+
+    /// [`Self::release_webhooks`], each held event delivered `copies` times (Stripe may deliver one event more than
+    /// once), the copies ordered with the rest.
+    pub async fn release_webhook_copies(
+        &self,
+        order: &str,
+        delay_ms: u64,
+        copies: u32,
+    ) -> Vec<String> {
         let v = self
             .post(
                 "/_test/webhooks/release",
-                &[("order", order), ("delay_ms", &delay_ms.to_string())],
+                &[
+                    ("order", order),
+                    ("delay_ms", &delay_ms.to_string()),
+                    ("copies", &copies.to_string()),
+                ],
             )
             .await;
         v["released"]

@@ -46,8 +46,9 @@ pub static METER_REPORTS: queue::Spec = queue::Spec {
                 pending_identifier, attempts, lease_token",
 };
 
-/// How long a claimed report stays invisible to other workers: longer than any report.
-const LEASE: Duration = Duration::from_secs(120);
+/// What a report may take beyond its two bounded waits (the rate's admission and the Stripe call, each at most
+/// `TOLLGATE_STRIPE_BUDGET_MS`): its few short statements.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// The longest wait between two attempts of a report.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
@@ -83,13 +84,22 @@ pub fn identifier(org_id: i64, metric: &str, period_start: DateTime<Utc>, total:
 const MAX_IDENTIFIER: usize = 100;
 
 /// The meter event's timestamp: `now` (on Stripe's clock) within the period, its last second once it ended.
+///
+/// Within the period's whole minutes when it has any: Stripe's event summaries take minute-aligned bounds, so the
+/// summary over the minutes covering a period (what reconcile shows) then holds this period's events and none of
+/// its neighbours', whose start or end shares a minute with it.
 pub fn timestamp_within(
     now: DateTime<Utc>,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    let last = end - TimeDelta::seconds(1);
-    now.clamp(start, last.max(start))
+    let minute = TimeDelta::minutes(1);
+    let (first, last) = match (start.duration_round_up(minute), end.duration_trunc(minute)) {
+        (Ok(first), Ok(whole_end)) if whole_end > first => (first, whole_end),
+        _ => (start, end),
+    };
+    let last = last - TimeDelta::seconds(1);
+    now.clamp(first, last.max(first))
 }
 
 /// The reporter: billing's Stripe client and prices, the queue, and the global rate in Redis.
@@ -129,7 +139,7 @@ impl MeterReporter {
         let pg = &self.billing.pg;
         let job: Option<Report> = sqlx::query_as(&queue::claim_sql(&METER_REPORTS))
             .bind(uuid::Uuid::new_v4())
-            .bind(LEASE.as_secs_f64())
+            .bind(self.lease().as_secs_f64())
             .bind(None::<String>)
             .fetch_optional(pg)
             .await?;
@@ -190,7 +200,7 @@ impl MeterReporter {
         let customer = customer.ok_or("the org has no Stripe customer")?;
         let now = self.stripes_now(job.org_id).await;
         let at = timestamp_within(now, job.period_start, job.period_end);
-        self.admit().await;
+        self.admit().await?;
         let payload = HashMap::from([
             (price.customer_key.clone(), customer),
             (price.value_key.clone(), value.to_string()),
@@ -226,21 +236,36 @@ impl MeterReporter {
         }
     }
 
-    /// Waits until the global meter-event rate admits one more call (Redis down: goes on, counted as a warning).
-    async fn admit(&self) {
+    /// How long a claimed report stays invisible to other workers: longer than any report (two waits bounded by
+    /// the Stripe budget, and a margin), so that a replica that dies mid-report holds its reports only that long.
+    fn lease(&self) -> Duration {
+        self.billing.settings().api.budget * 2 + LEASE_MARGIN
+    }
+
+    /// Waits until the global meter-event rate admits one more call, at most the Stripe budget (then the attempt
+    /// fails and is retried later). Redis down: goes on, counted as a warning.
+    async fn admit(&self) -> Result<(), String> {
         let Some(rate) = &self.rate else {
-            return;
+            return Ok(());
         };
+        let deadline = tokio::time::Instant::now() + self.billing.settings().api.budget;
         loop {
             let mut conn = self.redis.clone();
             match ratelimit::admit(&mut conn, &self.rate_key, rate).await {
-                Ok(Admission::Admitted { .. }) => return,
+                Ok(Admission::Admitted { .. }) => return Ok(()),
                 Ok(Admission::Refused { retry_after_ms }) => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.clamp(1, 1000))).await;
+                    let wait = Duration::from_millis(retry_after_ms.clamp(1, 1000));
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(
+                            "TOLLGATE_STRIPE_METER_RATE admitted no call within the Stripe budget"
+                                .to_owned(),
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "meter-event rate limit unavailable; reporting without it");
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -440,6 +465,14 @@ mod tests {
         };
         let (start, end) = (at(1), at(5));
         assert_eq!(timestamp_within(at(3), start, end), at(3));
+        // Boundaries inside a minute: only the period's whole minutes are used.
+        let s = |secs| start + TimeDelta::seconds(secs);
+        assert_eq!(timestamp_within(s(10), s(30), s(3630)), s(60));
+        assert_eq!(timestamp_within(s(4000), s(30), s(3630)), s(3599));
+        assert_eq!(timestamp_within(s(100), s(30), s(3630)), s(100));
+        // A period shorter than a whole minute keeps its own bounds.
+        assert_eq!(timestamp_within(s(0), s(10), s(50)), s(10));
+        assert_eq!(timestamp_within(s(90), s(10), s(50)), s(49));
         assert_eq!(
             timestamp_within(at(0), start, end),
             start,

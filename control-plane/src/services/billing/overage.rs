@@ -136,6 +136,36 @@ impl OveragePrices {
     }
 }
 
+impl Billing {
+    /// The `price_…` ids of the overage prices `plan` bills (one subscription item each, beside the plan's price),
+    /// in PLANS_CONFIG's metric order; none for a plan without overage.
+    pub(super) async fn overage_items(
+        &self,
+        plan: &tollgate_common::domain::PlanCode,
+    ) -> Result<Vec<String>, BillingError> {
+        let Some(plan) = self.catalog.plan(plan) else {
+            return Ok(Vec::new());
+        };
+        if plan.overage.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prices = self.overage.all().await?;
+        let mut ids: Vec<String> = Vec::new();
+        for o in plan.overage.values() {
+            let id = prices
+                .get(o.price.as_str())
+                .map(|p| p.id.clone())
+                .ok_or_else(|| {
+                    BillingError::Unmirrorable(format!("overage price `{}` unresolved", o.price))
+                })?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+}
+
 /// The active Stripe prices with `lookup_keys`, by lookup key (one list call; none when there are no keys).
 pub(super) async fn active_prices_by_lookup_key(
     stripe: &StripeClient,

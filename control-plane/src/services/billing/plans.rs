@@ -100,6 +100,34 @@ struct Change {
     change: PlanChange,
     next: PlanCode,
     next_price: PriceInfo,
+    /// The overage prices of the current plan and of the next one (metered items beside the plan's price).
+    overage: Vec<String>,
+    next_overage: Vec<String>,
+}
+
+/// A subscription's items as Stripe has them.
+struct Items {
+    /// The plan's (licensed) item.
+    plan: String,
+    /// The metered items: (`si_…`, `price_…`).
+    metered: Vec<(String, String)>,
+}
+
+/// How the metered items change when the plan does: the items whose price the next plan does not bill go
+/// (`si_…`), and the next plan's overage prices not on the subscription come (`price_…`). An item whose price
+/// both plans bill stays, with its usage.
+fn metered_changes(current: &[(String, String)], next: &[String]) -> (Vec<String>, Vec<String>) {
+    let gone = current
+        .iter()
+        .filter(|(_, price)| !next.contains(price))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let added = next
+        .iter()
+        .filter(|price| !current.iter().any(|(_, p)| p == *price))
+        .cloned()
+        .collect();
+    (gone, added)
 }
 
 impl Billing {
@@ -133,12 +161,16 @@ impl Billing {
                         format!("the subscription is already on `{next}`"),
                     )
                 })?;
+        let overage = self.overage_items(&stored.plan).await?;
+        let next_overage = self.overage_items(&next).await?;
         Ok(Change {
             customer,
             stored,
             change,
             next,
             next_price: next_price.clone(),
+            overage,
+            next_overage,
         })
     }
 
@@ -148,8 +180,8 @@ impl Billing {
         (now - now.rem_euclid(60)).max(stored.period.start.timestamp())
     }
 
-    /// The subscription's (single) item id, read from Stripe.
-    async fn item_id(&self, subscription: &str) -> Result<String, BillingError> {
+    /// The subscription's plan item and metered items, read from Stripe.
+    async fn items(&self, subscription: &str) -> Result<Items, BillingError> {
         let s = self
             .stripe
             .send(
@@ -158,13 +190,26 @@ impl Billing {
                 None,
             )
             .await?;
-        s.items
-            .data
-            .first()
+        let plan = super::subscriptions::plan_item(&s.items.data)
             .map(|item| item.id.as_str().to_owned())
             .ok_or_else(|| {
-                BillingError::Unmirrorable(format!("subscription {subscription}: has no items"))
+                BillingError::Unmirrorable(format!(
+                    "subscription {subscription}: has no licensed item"
+                ))
+            })?;
+        let metered = s
+            .items
+            .data
+            .iter()
+            .filter(|item| item.id.as_str() != plan)
+            .map(|item| {
+                (
+                    item.id.as_str().to_owned(),
+                    item.price.id.as_str().to_owned(),
+                )
             })
+            .collect();
+        Ok(Items { plan, metered })
     }
 
     /// 5.1: what changing to `new_plan` costs: for an upgrade, exactly what 5.2 invoices now; for a downgrade, the
@@ -174,17 +219,37 @@ impl Billing {
         self.paid_plan("newPlanCode", new_plan)?;
         let org = org(&self.pg, org_id).await?;
         let c = self.change(&org, new_plan).await?;
-        let item = self.item_id(&c.stored.id).await?;
+        let items = self.items(&c.stored.id).await?;
         let upgrade = c.change == PlanChange::Upgrade;
+        // The plan's item takes the new price; the metered items follow the new plan's overage prices.
+        let (gone, added) = metered_changes(&items.metered, &c.next_overage);
+        let preview_items = std::iter::once(CreatePreviewInvoiceSubscriptionDetailsItems {
+            id: Some(items.plan.clone()),
+            price: Some(c.next_price.id.clone()),
+            ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
+        })
+        .chain(
+            gone.into_iter()
+                .map(|id| CreatePreviewInvoiceSubscriptionDetailsItems {
+                    id: Some(id),
+                    deleted: Some(true),
+                    ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
+                }),
+        )
+        .chain(
+            added
+                .into_iter()
+                .map(|price| CreatePreviewInvoiceSubscriptionDetailsItems {
+                    price: Some(price),
+                    ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
+                }),
+        )
+        .collect();
         // `create_prorations`: Stripe's preview of the next invoice, which carries the prorations of the change
         // (exactly what `always_invoice` invoices now, for the same `proration_date`) and the next renewal. The
         // proration lines are what the upgrade charges now; the rest is the renewal.
         let details = CreatePreviewInvoiceSubscriptionDetails {
-            items: Some(vec![CreatePreviewInvoiceSubscriptionDetailsItems {
-                id: Some(item),
-                price: Some(c.next_price.id.clone()),
-                ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
-            }]),
+            items: Some(preview_items),
             proration_behavior: Some(if upgrade {
                 CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations
             } else {
@@ -274,14 +339,26 @@ impl Billing {
                     ),
                 ));
             }
-            let item = self.item_id(&c.stored.id).await?;
+            let items = self.items(&c.stored.id).await?;
             let proration_date = self.proration_date(&c.stored);
+            let (gone, added) = metered_changes(&items.metered, &c.next_overage);
+            let update_items: Vec<_> = std::iter::once(UpdateSubscriptionItems {
+                id: Some(items.plan.clone()),
+                price: Some(c.next_price.id.clone()),
+                ..UpdateSubscriptionItems::new()
+            })
+            .chain(gone.into_iter().map(|id| UpdateSubscriptionItems {
+                id: Some(id),
+                deleted: Some(true),
+                ..UpdateSubscriptionItems::new()
+            }))
+            .chain(added.into_iter().map(|price| UpdateSubscriptionItems {
+                price: Some(price),
+                ..UpdateSubscriptionItems::new()
+            }))
+            .collect();
             let request = UpdateSubscription::new(c.stored.id.as_str())
-                .items(vec![UpdateSubscriptionItems {
-                    id: Some(item.clone()),
-                    price: Some(c.next_price.id.clone()),
-                    ..UpdateSubscriptionItems::new()
-                }])
+                .items(update_items)
                 .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
                 .proration_date(proration_date)
                 .payment_behavior(UpdateSubscriptionPaymentBehavior::PendingIfIncomplete)
@@ -389,8 +466,15 @@ impl Billing {
                 price: Some(price.to_owned()),
                 ..UpdateSubscriptionSchedulePhasesItems::new()
             };
+            // Each phase bills its plan's price and, beside it, its plan's overage prices.
+            let phase_items = |price: &str, overage: &[String]| {
+                std::iter::once(price)
+                    .chain(overage.iter().map(String::as_str))
+                    .map(item)
+                    .collect::<Vec<_>>()
+            };
             let mut now_phase =
-                UpdateSubscriptionSchedulePhases::new(vec![item(&c.stored.price_id)]);
+                UpdateSubscriptionSchedulePhases::new(phase_items(&c.stored.price_id, &c.overage));
             now_phase.start_date = Some(UpdateSubscriptionSchedulePhasesStartDate::Timestamp(
                 plan.start,
             ));
@@ -402,8 +486,10 @@ impl Billing {
                 .map(UpdateSubscriptionSchedulePhasesTrialEnd::Timestamp);
             now_phase.proration_behavior =
                 Some(UpdateSubscriptionSchedulePhasesProrationBehavior::None);
-            let mut next_phase =
-                UpdateSubscriptionSchedulePhases::new(vec![item(&c.next_price.id)]);
+            let mut next_phase = UpdateSubscriptionSchedulePhases::new(phase_items(
+                &c.next_price.id,
+                &c.next_overage,
+            ));
             next_phase.duration = Some(UpdateSubscriptionSchedulePhasesDuration {
                 interval: UpdateSubscriptionSchedulePhasesDurationInterval::Month,
                 interval_count: Some(1),
@@ -579,6 +665,27 @@ mod tests {
             schedule: Some("sub_sched_1".to_owned()),
             pending: None,
         }
+    }
+
+    #[test]
+    fn metered_items_follow_the_next_plans_overage_prices() {
+        let current = vec![
+            ("si_a".to_owned(), "price_calls".to_owned()),
+            ("si_b".to_owned(), "price_storage".to_owned()),
+        ];
+        // The shared price stays (with its usage), the other goes, the new one comes.
+        let (gone, added) = metered_changes(
+            &current,
+            &["price_calls".to_owned(), "price_seats".to_owned()],
+        );
+        assert_eq!(gone, vec!["si_b".to_owned()]);
+        assert_eq!(added, vec!["price_seats".to_owned()]);
+        // A plan without overage drops every metered item; one from none adds them all.
+        assert_eq!(metered_changes(&current, &[]).0.len(), 2);
+        assert_eq!(
+            metered_changes(&[], &["price_calls".to_owned()]).1,
+            vec!["price_calls".to_owned()]
+        );
     }
 
     #[test]

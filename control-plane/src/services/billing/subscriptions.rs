@@ -54,6 +54,19 @@ const CONFIRMATION_SECRET: &str = "latest_invoice.confirmation_secret";
 
 /// The client secret of `subscription`'s latest invoice while it is open (retrieved or returned with
 /// [`CONFIRMATION_SECRET`] expanded): what the customer confirms with Stripe.js.
+/// The item that bills the plan: the first licensed one. A subscription's other items are the metered overage
+/// items billed beside it (CONTRACT §9), which never decide the plan.
+pub(super) fn plan_item(
+    items: &[stripe_shared::SubscriptionItem],
+) -> Option<&stripe_shared::SubscriptionItem> {
+    items.iter().find(|item| {
+        item.price
+            .recurring
+            .as_ref()
+            .is_none_or(|r| r.usage_type != stripe_shared::RecurringUsageType::Metered)
+    })
+}
+
 fn open_invoice_secret(subscription: &stripe_shared::Subscription) -> Option<String> {
     subscription
         .latest_invoice
@@ -128,6 +141,8 @@ impl Billing {
                 )
             })?;
         let price = self.price_of(&plan.code).await?;
+        // One metered item per overage price of the plan, beside its price (CONTRACT §9).
+        let overage = self.overage_items(&plan.code).await?;
         let org = org(&self.pg, org_id).await?;
         let customer = org.customer()?.to_owned();
         if let Some(live) = self.live_subscription(org.id).await? {
@@ -210,7 +225,7 @@ impl Billing {
                         )
                         .await?;
                     tracing::info!("unpaid subscription canceled before subscribing again");
-                    self.new_subscription(org_id, &customer, &price.id, intent, None)
+                    self.new_subscription(org_id, &customer, &price.id, &overage, intent, None)
                         .await?
                 }
                 // `incomplete` (or a live one not mirrored yet): read again with its open invoice's secret.
@@ -226,7 +241,7 @@ impl Billing {
                 }
                 (None, _) => {
                     let trial = (!trial_spent).then_some(self.catalog.trial_days());
-                    self.new_subscription(org_id, &customer, &price.id, intent, trial)
+                    self.new_subscription(org_id, &customer, &price.id, &overage, intent, trial)
                         .await?
                 }
             };
@@ -260,16 +275,21 @@ impl Billing {
         org_id: &OrgId,
         customer: &str,
         price: &str,
+        overage: &[String],
         intent: &Intent,
         trial_days: Option<u32>,
     ) -> Result<stripe_shared::Subscription, BillingError> {
         let trial = trial_days.is_some();
-        let mut request = CreateSubscription::new()
-            .customer(customer)
-            .items(vec![CreateSubscriptionItems {
+        let items: Vec<_> = std::iter::once(price)
+            .chain(overage.iter().map(String::as_str))
+            .map(|price| CreateSubscriptionItems {
                 price: Some(price.to_owned()),
                 ..CreateSubscriptionItems::new()
-            }])
+            })
+            .collect();
+        let mut request = CreateSubscription::new()
+            .customer(customer)
+            .items(items)
             .metadata(HashMap::from([(
                 "orgId".to_owned(),
                 org_id.as_str().to_owned(),
@@ -592,8 +612,9 @@ impl Billing {
         s: &stripe_shared::Subscription,
     ) -> Result<StripeSubscription, BillingError> {
         let id = s.id.as_str().to_owned();
-        let item = s.items.data.first().ok_or_else(|| {
-            BillingError::Unmirrorable(format!("subscription {id}: has no items"))
+        // The plan's item: the licensed one (overage items are metered and billed beside it).
+        let item = plan_item(&s.items.data).ok_or_else(|| {
+            BillingError::Unmirrorable(format!("subscription {id}: has no licensed item"))
         })?;
         let price = StripePrice {
             id: item.price.id.as_str().to_owned(),
@@ -660,12 +681,24 @@ impl Billing {
         if !active {
             return Ok(None);
         }
+        // A phase's plan item: the one that is not an overage price.
+        let overage = self.overage_prices().all().await?;
+        let plan_of = |phase: &stripe_shared::SubscriptionSchedulePhaseConfiguration| {
+            phase
+                .items
+                .iter()
+                .find(|item| {
+                    let id = item.price.id().as_str();
+                    !overage.values().any(|p| p.id == id)
+                })
+                .cloned()
+        };
         let in_force_price = schedule.current_phase.as_ref().and_then(|current| {
             schedule
                 .phases
                 .iter()
                 .find(|phase| phase.start_date == current.start_date)
-                .and_then(|phase| phase.items.first())
+                .and_then(plan_of)
                 .map(|item| item.price.id().as_str().to_owned())
         });
         if in_force_price.is_some_and(|p| p != price) {
@@ -685,7 +718,7 @@ impl Billing {
         let Some(phase) = next else {
             return Ok(None);
         };
-        let Some(item) = phase.items.first() else {
+        let Some(item) = plan_of(phase) else {
             return Ok(None);
         };
         let (id, lookup_key) = match &item.price {
