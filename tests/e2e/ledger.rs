@@ -366,3 +366,41 @@ async fn the_invoice_equals_the_ledger_while_stripe_answers_500_and_429() {
 async fn the_invoice_equals_the_ledger_through_a_cancellation_at_period_end() {
     run(Variant::CanceledAtPeriodEnd).await;
 }
+
+/// A change made in Stripe converges: an overage item removed (as from the Dashboard) is put back beside the plan's
+/// price once its webhook is mirrored, so the overage the proxies admit is still invoiced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overage_item_removed_in_stripe_is_put_back() {
+    let stripe = StripeEmulator::start().await;
+    stripe.seed_prices().await;
+    let (overage_price, _) = stripe
+        .seed_overage_price("api_call_overage", "0.5", "api_call_overage")
+        .await;
+    let m = Metering::start(Options {
+        plans: Some(PLANS.to_owned()),
+        stripe: Some(&stripe),
+        ..Options::default()
+    })
+    .await;
+    let sub = paying(&stripe, &m, ORG).await;
+    let metered = |s: &Value| {
+        s["items"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["price"]["id"] == overage_price.as_str())
+            .filter_map(|i| i["id"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let before = metered(&stripe.get(&format!("/v1/subscriptions/{sub}")).await);
+    assert_eq!(before.len(), 1, "one overage item");
+    stripe
+        .delete(&format!("/v1/subscription_items/{}", before[0]))
+        .await;
+    let after = wait::until(SETTLE, "the overage item to be put back", || async {
+        let now = metered(&stripe.get(&format!("/v1/subscriptions/{sub}")).await);
+        (now.len() == 1 && now != before).then_some(now)
+    })
+    .await;
+    assert_ne!(after, before, "a new item, on the overage price");
+}

@@ -582,6 +582,9 @@ impl Billing {
         if let Some(org_id) = changed_org {
             self.committed(org_id).await;
         }
+        if let Observed::Subscription(read) = observed {
+            self.keep_overage_items(read).await;
+        }
         Ok((processed, settled))
     }
 

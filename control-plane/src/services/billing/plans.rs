@@ -116,7 +116,10 @@ struct Items {
 /// How the metered items change when the plan does: the items whose price the next plan does not bill go
 /// (`si_…`), and the next plan's overage prices not on the subscription come (`price_…`). An item whose price
 /// both plans bill stays, with its usage.
-fn metered_changes(current: &[(String, String)], next: &[String]) -> (Vec<String>, Vec<String>) {
+pub(super) fn metered_changes(
+    current: &[(String, String)],
+    next: &[String],
+) -> (Vec<String>, Vec<String>) {
     let gone = current
         .iter()
         .filter(|(_, price)| !next.contains(price))

@@ -15,6 +15,7 @@ use stripe_billing::subscription::{
     CreateSubscriptionTrialSettingsEndBehavior,
     CreateSubscriptionTrialSettingsEndBehaviorMissingPaymentMethod as MissingPaymentMethod,
     ListSubscription, ListSubscriptionStatus, ResumeSubscription, RetrieveSubscription,
+    UpdateSubscription, UpdateSubscriptionItems,
 };
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use tollgate_common::domain::subscription::{self, StripePrice, StripeSubscription};
@@ -97,6 +98,8 @@ pub(super) struct SubscriptionRead {
     /// `metadata.orgId`, which links a customer no org has yet.
     org_hint: Option<String>,
     others: Vec<(i64, SubscriptionState)>,
+    /// The subscription's metered items as Stripe has them: (`si_…`, `price_…`).
+    metered: Vec<(String, String)>,
 }
 
 impl Billing {
@@ -381,7 +384,67 @@ impl Billing {
         let synced = self.write_read(&mut tx, read).await?;
         tx.commit().await?;
         self.committed(synced.org_id).await;
+        self.keep_overage_items(read).await;
         Ok(synced)
+    }
+
+    /// Brings a live subscription's metered items in step with its plan's overage prices after a change made in
+    /// Stripe (a price changed in the Dashboard, an item removed): the missing overage items are added, the
+    /// overage items of other plans removed (their usage so far billed, as Stripe does for a removed metered
+    /// item); metered prices PLANS_CONFIG does not know are left alone. Nothing when they match (the usual case,
+    /// and after Tollgate's own changes). A failure is logged; the next event about the subscription tries again.
+    pub(super) async fn keep_overage_items(&self, read: &SubscriptionRead) {
+        let state = &read.state;
+        if !state.status.is_live() {
+            return;
+        }
+        let result = async {
+            let wanted = self.overage_items(&state.plan).await?;
+            let prices = self.overage_prices().all().await?;
+            let ours: Vec<(String, String)> = read
+                .metered
+                .iter()
+                .filter(|(_, price)| prices.values().any(|p| &p.id == price))
+                .cloned()
+                .collect();
+            let (gone, added) = super::plans::metered_changes(&ours, &wanted);
+            if gone.is_empty() && added.is_empty() {
+                return Ok::<_, BillingError>(());
+            }
+            let items: Vec<_> = gone
+                .iter()
+                .map(|id| UpdateSubscriptionItems {
+                    id: Some(id.clone()),
+                    deleted: Some(true),
+                    ..UpdateSubscriptionItems::new()
+                })
+                .chain(added.iter().map(|price| UpdateSubscriptionItems {
+                    price: Some(price.clone()),
+                    ..UpdateSubscriptionItems::new()
+                }))
+                .collect();
+            // Its own intent: two replicas doing it at once add an item once (Stripe refuses a second item with
+            // the same price).
+            let key = IdempotencyKey::fresh(Op::SubscriptionUpdate);
+            self.stripe
+                .send(
+                    Op::SubscriptionUpdate,
+                    &UpdateSubscription::new(state.id.as_str()).items(items),
+                    Some(&key),
+                )
+                .await?;
+            tracing::info!(
+                subscription.plan = %state.plan,
+                items.removed = gone.len(),
+                items.added = added.len(),
+                "overage items brought in step with the plan"
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot bring the subscription's overage items in step; the next event will");
+        }
     }
 
     /// Reads subscription `id` back from Stripe (after taking its ticket), with everything its mirror needs.
@@ -421,11 +484,25 @@ impl Billing {
                 others.push((other_ticket, self.resolve(&other).await?));
             }
         }
+        let plan = plan_item(&subscription.items.data).map(|item| item.id.as_str());
+        let metered = subscription
+            .items
+            .data
+            .iter()
+            .filter(|item| Some(item.id.as_str()) != plan)
+            .map(|item| {
+                (
+                    item.id.as_str().to_owned(),
+                    item.price.id.as_str().to_owned(),
+                )
+            })
+            .collect();
         Ok(SubscriptionRead {
             ticket,
             state,
             org_hint,
             others,
+            metered,
         })
     }
 
