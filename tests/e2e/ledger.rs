@@ -146,7 +146,12 @@ async fn run(variant: Variant) {
     let (overage_price, _) = stripe
         .seed_overage_price("api_call_overage", "0.5", "api_call_overage")
         .await;
-    let interval = ("TOLLGATE_METER_REPORT_INTERVAL_MS", "200");
+    // The plain run keeps the production coalescing interval (5 minutes): each period's remainder reaches Stripe
+    // only because the renewal makes it due at once. The others report every 200 ms.
+    let interval = (
+        "TOLLGATE_METER_REPORT_INTERVAL_MS",
+        if variant == Variant::Plain { "300000" } else { "200" },
+    );
     let mut m = Metering::start(Options {
         plans: Some(PLANS.to_owned()),
         stripe: Some(&stripe),
@@ -403,4 +408,115 @@ async fn an_overage_item_removed_in_stripe_is_put_back() {
     })
     .await;
     assert_ne!(after, before, "a new item, on the overage price");
+}
+
+/// A bench, not a test (`bash bench/overage-lateness.sh`): how late the last overage of a period reaches Stripe's
+/// meter after the period ends, with the production coalescing interval (5 minutes), so that only the renewal's
+/// `invoice.created` makes the closing period's remainder due. Each of `TOLLGATE_BENCH_RENEWALS` (default 10)
+/// renewals runs load across the renewal; the lateness is from just before Stripe renews to the arrival of the
+/// meter event that completes the closed period's overage. Prints one line per renewal and a summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a bench: bash bench/overage-lateness.sh"]
+async fn bench_lateness_of_a_periods_last_overage() {
+    let renewals: usize = std::env::var("TOLLGATE_BENCH_RENEWALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let stripe = StripeEmulator::start().await;
+    stripe.seed_prices().await;
+    stripe
+        .seed_overage_price("api_call_overage", "0.5", "api_call_overage")
+        .await;
+    let m = Metering::start(Options {
+        plans: Some(PLANS.to_owned()),
+        stripe: Some(&stripe),
+        ..Options::default()
+    })
+    .await;
+    let sub = paying(&stripe, &m, ORG).await;
+    let customer: String =
+        sqlx::query_scalar("SELECT stripe_customer_id FROM orgs WHERE clerk_org_id = $1")
+            .bind(ORG)
+            .fetch_one(&m.app.state.pg)
+            .await
+            .expect("customer");
+    let (_, key) = m.app.create_key(ORG).await;
+    let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
+    let cp = ControlPlane::InProcess(&m);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let mut admitted = 0_i64;
+    let mut lateness = Vec::new();
+    for renewal in 0..renewals {
+        let row = stored(&m, &sub).await;
+        let (start, end) = (
+            row["current_period_start"].clone(),
+            row["current_period_end"].clone(),
+        );
+        admitted += burst(&[&a, &b], &key, 16, 80).await;
+        let t0 = now();
+        let during = {
+            let (a, b, key) = (&a, &b, key.clone());
+            async move { burst(&[a, b], &key, 8, 40).await }
+        };
+        let (during, _) = tokio::join!(during, stripe.advance(&sub));
+        admitted += during;
+        await_row(&m, &sub, "the renewal to be mirrored", |row| {
+            row["current_period_start"] == end
+        })
+        .await;
+        wait::until(SETTLE, "the proxies' write-back", || async {
+            (m.durable_used(ORG, "api_call").await == admitted).then_some(())
+        })
+        .await;
+        let (used, period_key) = ledger(&m, start.as_str().expect("start")).await;
+        let overage = (used - INCLUDED).max(0);
+        let (from, to) = (unix(&start), unix(&end));
+        let last = wait::until(SETTLE, "the closed period's overage in Stripe", || async {
+            let events = stripe.get("/_test/meter_events").await["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mine: Vec<&Value> = events
+                .iter()
+                .filter(|e| {
+                    e["customer"] == customer.as_str()
+                        && e["timestamp"].as_i64().is_some_and(|t| from <= t && t < to)
+                })
+                .collect();
+            let total: f64 = mine
+                .iter()
+                .filter_map(|e| e["value"].as_str()?.parse::<f64>().ok())
+                .sum();
+            (total == overage as f64).then(|| {
+                mine.iter()
+                    .filter_map(|e| e["arrived"].as_f64())
+                    .fold(f64::MIN, f64::max)
+            })
+        })
+        .await;
+        let late = (last - t0).max(0.0);
+        println!(
+            "renewal {renewal}: period {period_key}, overage {overage}, last report {late:.3} s after the renewal"
+        );
+        lateness.push(late);
+        let _ = reconcile(&cp, &period_key).await;
+        stripe
+            .post(
+                &format!("/_test/subscriptions/{sub}/advance_clock"),
+                &[("to", &(to + 3600).to_string())],
+            )
+            .await;
+    }
+    lateness.sort_by(f64::total_cmp);
+    let median = lateness[lateness.len() / 2];
+    println!(
+        "lateness of a period's last overage over {renewals} renewals: min {:.3} s, median {median:.3} s, max {:.3} s \
+         (grace before Stripe finalizes: 3600 s)",
+        lateness[0],
+        lateness[lateness.len() - 1]
+    );
 }

@@ -273,21 +273,25 @@ impl MeterReporter {
 
     /// Stripe has `reported` units: the row is done, or due again after the interval if the target grew.
     async fn finish(&self, job: &Report, reported: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        // More owed for a period Stripe has closed (written back while this report was in flight): at once.
+        let sql = format!(
             "UPDATE overage_reports
                 SET reported = $3, pending = NULL, pending_identifier = NULL, attempts = 0, last_error = NULL,
                     status = CASE WHEN target > $3 THEN 'pending' ELSE 'done' END,
                     done_at = CASE WHEN target > $3 THEN NULL ELSE now() END,
-                    next_attempt_at = now() + make_interval(secs => $4),
+                    next_attempt_at = CASE WHEN target > $3 AND {closed} THEN now()
+                                           ELSE now() + make_interval(secs => $4) END,
                     lease_token = NULL, lease_until = NULL
               WHERE id = $1 AND lease_token = $2",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .bind(reported)
-        .bind(self.interval.as_secs_f64())
-        .execute(&self.billing.pg)
-        .await?;
+            closed = tollgate_common::store::overage::period_closed("overage_reports"),
+        );
+        sqlx::query(&sql)
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(reported)
+            .bind(self.interval.as_secs_f64())
+            .execute(&self.billing.pg)
+            .await?;
         self.queue.metrics.attempt(&METER_REPORTS, None);
         Ok(())
     }
@@ -339,14 +343,18 @@ impl queue::Worker for MeterReporter {
 
 /// Makes org `org_id`'s waiting overage reports due now (a renewal invoice was drafted).
 pub async fn due_now(conn: &mut sqlx::PgConnection, org_id: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE overage_reports SET next_attempt_at = LEAST(next_attempt_at, now())
+    // A leased report is left to its holder (never two calls in flight): it finishes, and what is still owed for
+    // the closed period is due at once then.
+    let sql = format!(
+        "UPDATE overage_reports SET next_attempt_at = {due}
           WHERE org_id = $1 AND status = 'pending'",
-    )
-    .bind(org_id)
-    .execute(conn)
-    .await?
-    .rows_affected())
+        due = tollgate_common::store::overage::due_now_unless_leased("overage_reports"),
+    );
+    Ok(sqlx::query(&sql)
+        .bind(org_id)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 // === reconcile ===
