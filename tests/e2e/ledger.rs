@@ -150,7 +150,11 @@ async fn run(variant: Variant) {
     // only because the renewal makes it due at once. The others report every 200 ms.
     let interval = (
         "TOLLGATE_METER_REPORT_INTERVAL_MS",
-        if variant == Variant::Plain { "300000" } else { "200" },
+        if variant == Variant::Plain {
+            "300000"
+        } else {
+            "200"
+        },
     );
     let mut m = Metering::start(Options {
         plans: Some(PLANS.to_owned()),
@@ -444,9 +448,8 @@ async fn bench_lateness_of_a_periods_last_overage() {
     let (a, b) = (m.proxy(&[]).await, m.proxy(&[]).await);
     let cp = ControlPlane::InProcess(&m);
     let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())
+        use tollgate_common::clock::{Clock, SystemClock};
+        SystemClock.now().timestamp_micros() as f64 / 1e6
     };
     let mut admitted = 0_i64;
     let mut lateness = Vec::new();
