@@ -272,6 +272,8 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// Reporting overage to Stripe's meters.
     pub meters: MeterSettings,
+    /// The exact origins browsers may call from (`TOLLGATE_CP_CORS_ORIGINS`); `None`: no CORS at all.
+    pub cors: Option<crate::cors::CorsOrigins>,
 }
 
 /// Reporting overage to Stripe's Billing Meters.
@@ -385,6 +387,7 @@ impl Config {
             ),
             rate: rate_limit(&mut r, ENV_STRIPE_METER_RATE, DEFAULT_STRIPE_METER_RATE),
         };
+        let cors = crate::cors::CorsOrigins::read(&mut r);
         r.finish()?;
         match (common, admin_token) {
             (Some(common), Some(admin_token)) => Ok(Self {
@@ -403,6 +406,7 @@ impl Config {
                 queue_max_attempts,
                 webhooks,
                 meters,
+                cors,
             }),
             // `finish` reported every missing part already; this arm is unreachable in practice.
             _ => Err(ConfigErrors(vec!["configuration incomplete".to_owned()])),

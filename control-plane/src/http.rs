@@ -37,7 +37,7 @@ pub fn router(app: AppState) -> Router {
         app.clone(),
         crate::idempotency::layer,
     ));
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .route(
             "/api/openapi.json",
@@ -50,7 +50,13 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
+        .method_not_allowed_fallback(ops::method_not_allowed);
+    // Browsers on the configured origins (inside the request id, the log line and the metrics: preflights count).
+    let router = match &app.config.cors {
+        Some(origins) => router.layer(crate::cors::BrowserCorsLayer::new(origins)),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
         .layer(
             ServiceBuilder::new()

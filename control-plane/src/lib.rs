@@ -21,6 +21,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod http;

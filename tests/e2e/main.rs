@@ -7,6 +7,7 @@ mod bad_input;
 mod billing;
 mod billing_cache;
 mod billing_changes;
+mod cors;
 mod counters;
 mod diag;
 mod hardening;

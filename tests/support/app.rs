@@ -174,6 +174,12 @@ impl TestAppBuilder {
         (env, db, jwks)
     }
 
+    /// The configuration this builder would start with, or what is wrong with it (every bad key).
+    pub async fn try_config(self) -> Result<Config, String> {
+        let (env, _, _) = self.settings().await;
+        Config::from_env(&env).map_err(|e| e.to_string())
+    }
+
     /// The validated configuration this builder would start with.
     pub async fn config(self) -> (Config, Arc<TestDb>, Jwks) {
         let (env, db, jwks) = self.settings().await;
