@@ -66,6 +66,27 @@ ensure_python() {
   python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 }
 
+# Node.js (20 or later) and npm: the TypeScript client and the widgets build and test with them.
+ensure_node() {
+  if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+    apt_install nodejs
+  fi
+  command -v npm >/dev/null || apt_install npm
+}
+
+# The npm packages of clients/typescript, installed from its package-lock.json (again when the lock changes).
+ensure_node_deps() {
+  ensure_node
+  local dir
+  for dir in clients/typescript; do
+    if [ ! -d "$dir/node_modules" ] || ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"; then
+      log "npm ci in $dir"
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+      cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
+    fi
+  done
+}
+
 # The Stripe emulator's virtualenv (target/py: localstripe and our extension's pins), rebuilt when
 # tests/stripe/requirements.txt changes. The end-to-end tests start the emulator from it.
 ensure_stripe_venv() {

@@ -29,4 +29,5 @@ mod stigg;
 mod stripe_events;
 mod support_selftest;
 mod targets;
+mod typescript;
 mod usage;

@@ -29,7 +29,7 @@ use utoipa_axum::routes;
         description = "Tenants, API keys, billing state and the metering API. Every error is RFC 9457 problem+json."
     ),
     modifiers(&SecuritySchemes),
-    components(schemas(ProblemDoc))
+    components(schemas(ProblemDoc, QuotaExceededDoc))
 )]
 struct ApiDoc;
 
@@ -87,6 +87,39 @@ pub struct ProblemDoc {
     #[serde(rename = "requiredRoles")]
     #[schema(example = json!(["org:admin"]))]
     pub required_roles: Option<Vec<String>>,
+}
+
+/// The standard denial envelope (CONTRACT 4.3): a problem with the quota's state, sent with `Retry-After` by the proxy
+/// and by `quota/check`, byte for byte the same.
+#[derive(Serialize, ToSchema)]
+#[schema(as = QuotaExceeded)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaExceededDoc {
+    /// `/problems/quota-exceeded`, or `/problems/spend-cap-reached` when the org's spend cap set the bound.
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/quota-exceeded")]
+    pub kind: String,
+    #[schema(example = "Quota exceeded")]
+    pub title: String,
+    #[schema(example = 429)]
+    pub status: u16,
+    #[schema(example = "api_call quota of 1000 exhausted for period 2026-12")]
+    pub detail: String,
+    /// Always `false`.
+    pub allow: bool,
+    /// Always 0.
+    pub remaining: u64,
+    #[schema(example = "api_call")]
+    pub metric: String,
+    /// Where admission stops in the period: the included units, or with overage the bound.
+    pub limit: u64,
+    /// Units used in the period.
+    pub used: u64,
+    #[schema(example = "2026-12")]
+    pub period_key: String,
+    /// When the period ends and the quota resets (RFC 3339).
+    #[schema(example = "2027-01-01T00:00:00Z")]
+    pub reset_at: String,
 }
 
 /// The API routes and their OpenAPI document.

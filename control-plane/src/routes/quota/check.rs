@@ -4,7 +4,7 @@ use crate::app::AppState;
 use crate::auth::{AnyPrincipal, Caller};
 use crate::error::ApiResult;
 use crate::extract::JsonBody;
-use crate::routes::ProblemDoc;
+use crate::routes::{ProblemDoc, QuotaExceededDoc};
 use crate::services::usage;
 use axum::Json;
 use axum::extract::State;
@@ -37,7 +37,7 @@ pub struct CheckAllowed {
     request_body = CheckRequest,
     responses(
         (status = 200, description = "Allowed", body = CheckAllowed),
-        (status = 429, description = "The standard denial envelope, with Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "The standard denial envelope, with Retry-After", body = QuotaExceededDoc, content_type = "application/problem+json"),
         (status = 400, description = "Malformed JSON", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No or bad credentials", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Another org", body = ProblemDoc, content_type = "application/problem+json"),

@@ -2,14 +2,14 @@
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::routes::ProblemDoc;
+use crate::routes::QuotaExceededDoc;
 use axum::extract::State;
 
 /// An example of the standard denial envelope, exactly as the proxy sends it.
 #[utoipa::path(
     post, path = "/api/quota/deny-envelope.example", tag = "usage",
     responses(
-        (status = 429, description = "The standard denial envelope, with Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "The standard denial envelope, with Retry-After", body = QuotaExceededDoc, content_type = "application/problem+json"),
     ),
     security(())
 )]
