@@ -79,6 +79,8 @@ fn constraint(schema: &str, property: &str, catalog: &PlanCatalog) -> Option<Val
         }),
         (_, "cursor") => json!({"pattern": CURSOR_PATTERN}),
         (_, "after") => json!({"pattern": EVENT_ID_PATTERN}),
+        // The denial envelope's `limit` is a quota, not a page size.
+        ("QuotaExceeded", "limit") => return None,
         (_, "limit") => json!({"minimum": 1, "maximum": validate::MAX_PAGE}),
         ("CreateOrgRequest", "name") => {
             json!({"minLength": 1, "maxLength": 200, "pattern": validate::LABEL_PATTERN})
