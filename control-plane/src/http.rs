@@ -49,6 +49,7 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/widgets/v1/tollgate.js", get(routes::widgets::script))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);
     // Browsers on the configured origins (inside the request id, the log line and the metrics: preflights count).

@@ -78,13 +78,18 @@ ensure_node() {
 ensure_node_deps() {
   ensure_node
   local dir
-  for dir in clients/typescript; do
+  for dir in clients/typescript clients/widgets; do
     if [ ! -d "$dir/node_modules" ] || ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"; then
       log "npm ci in $dir"
       (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
       cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
     fi
   done
+}
+
+# Debian's Chromium, the browser of the widgets' tests (driven by playwright-core).
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] || apt_install chromium
 }
 
 # The Stripe emulator's virtualenv (target/py: localstripe and our extension's pins), rebuilt when

@@ -31,3 +31,4 @@ mod support_selftest;
 mod targets;
 mod typescript;
 mod usage;
+mod widgets;

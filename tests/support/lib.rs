@@ -15,6 +15,7 @@
 //! * [`upstream`] — the customer API behind the proxy, recording what reaches it.
 //! * [`proxy`] — the `tollgate-proxy` binary as a child process.
 //! * [`metering`] — a control plane, an upstream and proxies wired to one database and Redis.
+//! * [`page`] — a web page on an origin of its own (the widgets' and CORS's browser tests).
 //! * [`nginx`] — a real nginx as the upstream, answering with the path it resolved.
 //! * [`wait`] — waiting on a condition instead of sleeping.
 
@@ -25,6 +26,7 @@ pub mod db;
 pub mod forwarder;
 pub mod metering;
 pub mod nginx;
+pub mod page;
 pub mod proxy;
 pub mod raw;
 pub mod redis_cluster;

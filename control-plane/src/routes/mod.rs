@@ -14,6 +14,7 @@ pub mod quota;
 pub mod stigg;
 pub mod usage;
 pub mod webhooks;
+pub mod widgets;
 
 use crate::app::AppState;
 use serde::Serialize;

@@ -1,0 +1,172 @@
+//! Issue 23: the embeddable widgets in a real browser (Debian's headless Chromium, driven by playwright-core from
+//! `clients/widgets/test/browser.mjs`), on a page of another origin than the control plane's.
+
+use serde_json::Value;
+use std::process::Command;
+use tollgate_e2e::metering::{Metering, Options};
+use tollgate_e2e::page::PageServer;
+use tollgate_e2e::proxy::ProxyProcess;
+
+const ORG: &str = "org_widgets";
+
+/// The stack a page embeds the widgets against.
+struct Stack {
+    m: Metering,
+    proxy: ProxyProcess,
+    /// A page on an origin the control plane allows.
+    page: PageServer,
+    /// A page on an origin it does not.
+    other: PageServer,
+    key: String,
+    session: String,
+}
+
+/// The HTML of a page embedding the widgets served by the control plane at `cp`, signed in with `token`.
+pub fn page_html(cp: &str, token: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Tollgate widgets</title>
+<script>window.TollgateWidgets = {{ baseUrl: "{cp}", getToken: () => "{token}" }};</script>
+<script src="{cp}/widgets/v1/tollgate.js"></script>
+<style>body {{ font-family: system-ui, sans-serif; background: #fafafa; margin: 0; padding: 24px; }}
+tollgate-usage, tollgate-plan-picker, tollgate-invoices {{ max-width: 640px; margin-bottom: 16px; }}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"#
+    )
+}
+
+async fn stack() -> Stack {
+    let page = PageServer::start().await;
+    let other = PageServer::start().await;
+    let m = Metering::start(Options {
+        limit: 1000,
+        control_plane_env: vec![("TOLLGATE_CP_CORS_ORIGINS".to_owned(), page.origin())],
+        ..Options::default()
+    })
+    .await;
+    let proxy = m.proxy(&[]).await;
+    let key = m.org_with_key(ORG).await;
+    let session = m.app.user_token("user_widgets", ORG);
+    let usage = page_html(
+        &m.app.url(""),
+        &session,
+        r#"<tollgate-usage metric="api_call" refresh="0.5"></tollgate-usage>"#,
+    );
+    page.set("/", usage.clone());
+    other.set("/", usage);
+    Stack {
+        m,
+        proxy,
+        page,
+        other,
+        key,
+        session,
+    }
+}
+
+/// Runs `scenario` of the browser driver with `env`; its result, or a panic with what it saw.
+fn browser(scenario: &str, env: &[(&str, String)]) -> Value {
+    let dir = tollgate_e2e::workspace_root().join("clients/widgets");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "clients/widgets/node_modules is missing: ./scripts/test installs it (npm ci)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} is missing: ./scripts/test installs Debian's chromium"
+    );
+    let out = Command::new("node")
+        .args(["test/browser.mjs", scenario])
+        .current_dir(&dir)
+        .env("CHROMIUM", &chromium)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let result: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "the browser driver printed no result:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && result["ok"] == true,
+        "{scenario}: {}",
+        serde_json::to_string_pretty(&result).unwrap_or_default()
+    );
+    result["result"].clone()
+}
+
+fn screenshots() -> Vec<(&'static str, String)> {
+    std::env::var("TOLLGATE_SCREENSHOTS")
+        .map(|dir| vec![("SCREENSHOT_DIR", dir)])
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_meter_moves_by_exactly_the_proxied_requests() {
+    let s = stack().await;
+    let mut env = vec![
+        ("PAGE_URL", s.page.url("/")),
+        ("PROXY_URL", s.proxy.url()),
+        ("API_KEY", s.key.clone()),
+    ];
+    env.extend(screenshots());
+    let seen = browser("usage", &env);
+    assert_eq!(
+        seen["after"]["now"].as_u64(),
+        seen["before"]["now"].as_u64().map(|n| n + 25)
+    );
+    // What the meter shows is what the endpoint says.
+    let e =
+        s.m.app
+            .get(
+                "/api/me/entitlements.read",
+                tollgate_e2e::app::Auth::Bearer(&s.session),
+            )
+            .await;
+    assert_eq!(e.json["used"].as_u64(), seen["after"]["now"].as_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_is_refused_by_the_browser() {
+    let s = stack().await;
+    let before = smoke_calls(&s.m).await;
+    let seen = browser(
+        "blocked",
+        &[
+            ("BLOCKED_URL", s.other.url("/")),
+            ("PAGE_URL", s.page.url("/")),
+            ("CP_URL", s.m.app.url("")),
+            ("SESSION_TOKEN", s.session.clone()),
+        ],
+    );
+    assert!(seen["outcome"]["simple"]["rejected"].is_string());
+    // The simple request reached the control plane and was answered; the browser withheld the answer.
+    assert!(
+        smoke_calls(&s.m).await >= before + 2,
+        "the blocked call and the allowed one were both answered"
+    );
+}
+
+/// How many `GET /api/diag/smoke` the control plane answered 200.
+async fn smoke_calls(m: &Metering) -> u64 {
+    let metrics = m
+        .app
+        .get("/metrics", tollgate_e2e::app::Auth::None)
+        .await
+        .text;
+    tollgate_e2e::metric_value(
+        &metrics,
+        "tollgate_cp_http_requests_total{method=\"GET\",route=\"/api/diag/smoke\",status=\"200\"}",
+    )
+}
