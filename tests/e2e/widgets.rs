@@ -6,6 +6,8 @@ use std::process::Command;
 use tollgate_e2e::metering::{Metering, Options};
 use tollgate_e2e::page::PageServer;
 use tollgate_e2e::proxy::ProxyProcess;
+use tollgate_e2e::stripe::StripeEmulator;
+use tollgate_e2e::wait;
 
 const ORG: &str = "org_widgets";
 
@@ -19,6 +21,8 @@ struct Stack {
     other: PageServer,
     key: String,
     session: String,
+    /// The org's subscription, when billing runs.
+    sub: Option<String>,
 }
 
 /// The HTML of a page embedding the widgets served by the control plane at `cp`, signed in with `token`.
@@ -43,24 +47,42 @@ tollgate-usage, tollgate-plan-picker, tollgate-invoices {{ max-width: 640px; mar
 }
 
 async fn stack() -> Stack {
+    stack_with(None).await
+}
+
+/// The stack; with `stripe`, billing against it and the org paying for `starter` (an active subscription, a card).
+async fn stack_with(stripe: Option<&StripeEmulator>) -> Stack {
     let page = PageServer::start().await;
     let other = PageServer::start().await;
+    if let Some(stripe) = stripe {
+        stripe.seed_prices().await;
+    }
     let m = Metering::start(Options {
         limit: 1000,
+        stripe,
         control_plane_env: vec![("TOLLGATE_CP_CORS_ORIGINS".to_owned(), page.origin())],
         ..Options::default()
     })
     .await;
     let proxy = m.proxy(&[]).await;
-    let key = m.org_with_key(ORG).await;
+    let (key, sub) = match stripe {
+        Some(stripe) => {
+            let sub = crate::billing::paying(stripe, &m, ORG).await;
+            (m.app.create_key(ORG).await.1, Some(sub))
+        }
+        None => (m.org_with_key(ORG).await, None),
+    };
     let session = m.app.user_token("user_widgets", ORG);
-    let usage = page_html(
-        &m.app.url(""),
-        &session,
-        r#"<tollgate-usage metric="api_call" refresh="0.5"></tollgate-usage>"#,
-    );
-    page.set("/", usage.clone());
-    other.set("/", usage);
+    let body = if stripe.is_some() {
+        r#"<tollgate-usage metric="api_call" refresh="0.5"></tollgate-usage>
+<tollgate-plan-picker plans="starter,growth,pro"></tollgate-plan-picker>
+<tollgate-invoices limit="10"></tollgate-invoices>"#
+    } else {
+        r#"<tollgate-usage metric="api_call" refresh="0.5"></tollgate-usage>"#
+    };
+    let html = page_html(&m.app.url(""), &session, body);
+    page.set("/", html.clone());
+    other.set("/", html);
     Stack {
         m,
         proxy,
@@ -68,6 +90,7 @@ async fn stack() -> Stack {
         other,
         key,
         session,
+        sub,
     }
 }
 
@@ -169,4 +192,118 @@ async fn smoke_calls(m: &Metering) -> u64 {
         &metrics,
         "tollgate_cp_http_requests_total{method=\"GET\",route=\"/api/diag/smoke\",status=\"200\"}",
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invoices_widget_lists_what_invoices_list_returns() {
+    let stripe = StripeEmulator::start().await;
+    let s = stack_with(Some(&stripe)).await;
+    let listed =
+        s.m.app
+            .get(
+                "/api/invoices.list?limit=10",
+                tollgate_e2e::app::Auth::Bearer(&s.session),
+            )
+            .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert!(
+        listed.json.as_array().is_some_and(|a| a.len() >= 2),
+        "a paying org has invoices: {}",
+        listed.text
+    );
+    let mut env = vec![
+        ("PAGE_URL", s.page.url("/")),
+        ("EXPECT_INVOICES", listed.json.to_string()),
+    ];
+    env.extend(screenshots());
+    let seen = browser("invoices", &env);
+    assert_eq!(
+        seen["rows"].as_array().map(Vec::len),
+        listed.json.as_array().map(Vec::len)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_pickers_preview_equals_the_invoice_its_upgrade_creates() {
+    let stripe = StripeEmulator::start().await;
+    let s = stack_with(Some(&stripe)).await;
+    // Preview and upgrade prorate to the same minute (README, "Plan changes"): start early in one.
+    wait::until(
+        std::time::Duration::from_secs(70),
+        "the start of a minute",
+        || async {
+            use tollgate_common::clock::{Clock, SystemClock};
+            (SystemClock.now().timestamp().rem_euclid(60) < 30).then_some(())
+        },
+    )
+    .await;
+    let mut env = vec![
+        ("PAGE_URL", s.page.url("/")),
+        ("UPGRADE_TO", "growth".to_owned()),
+    ];
+    env.extend(screenshots());
+    let seen = browser("picker", &env);
+    assert_eq!(seen["before"], "starter");
+    let sub = s.sub.as_deref().expect("a subscription");
+    let invoices = stripe
+        .get(&format!("/v1/invoices?subscription={sub}&limit=100"))
+        .await;
+    let upgrade = invoices["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["billing_reason"] == "subscription_update")
+        .max_by_key(|i| i["created"].as_i64())
+        .cloned()
+        .unwrap_or_else(|| panic!("no upgrade invoice: {invoices}"));
+    assert_eq!(
+        upgrade["total"].as_i64(),
+        seen["amount"].as_i64(),
+        "the preview shown is what the upgrade invoiced: {upgrade}"
+    );
+    assert!(seen["amount"].as_i64() > Some(0));
+}
+
+/// The bundle the control plane serves is the build of `clients/widgets` as committed (`npm run build` there
+/// rewrites it), and the widgets type-check against the generated client.
+#[test]
+fn the_served_bundle_is_the_build_of_the_committed_sources() {
+    let dir = tollgate_e2e::workspace_root().join("clients/widgets");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "clients/widgets/node_modules is missing: ./scripts/test installs it (npm ci)"
+    );
+    let out_dir = std::env::temp_dir().join(format!(
+        "tollgate-widgets-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let run = |args: &[&str]| {
+        let out = Command::new("npx")
+            .arg("--no-install")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run npx");
+        assert!(
+            out.status.success(),
+            "npx {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["tsc", "--noEmit", "-p", "."]);
+    run(&[
+        "vite",
+        "build",
+        "--outDir",
+        out_dir.to_str().expect("utf-8"),
+        "--logLevel",
+        "error",
+    ]);
+    let fresh = std::fs::read(out_dir.join("tollgate.js")).expect("the fresh build");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(
+        fresh == tollgate_control_plane::routes::widgets::SCRIPT,
+        "control-plane/assets/widgets/v1/tollgate.js is not the build of clients/widgets: run `npm run build` there"
+    );
 }

@@ -119,6 +119,65 @@ const scenarios = {
     assert.equal(control.body.ok, true);
     return { outcome, message: message.trim(), control: control.status };
   },
+
+  // <tollgate-invoices> lists what invoices.list returned, each linking to its hosted page.
+  async invoices() {
+    const page = await open(env("PAGE_URL"));
+    const expected = JSON.parse(env("EXPECT_INVOICES"));
+    await page.locator("tollgate-invoices table, tollgate-invoices .muted:not([role=status])").first().waitFor({
+      timeout: 15_000,
+    });
+    const rows = await page.evaluate(() =>
+      [...(document.querySelector("tollgate-invoices")?.shadowRoot?.querySelectorAll("tr[data-invoice-id]") ?? [])].map(
+        (row) => ({
+          id: row.getAttribute("data-invoice-id"),
+          url: row.querySelector("a")?.getAttribute("href") ?? null,
+          status: row.querySelector(".status")?.textContent?.trim(),
+        }),
+      ),
+    );
+    assert.deepEqual(
+      rows.map((r) => r.id),
+      expected.map((i) => i.id),
+      "the invoices, in the endpoint's order",
+    );
+    assert.deepEqual(
+      rows.map((r) => r.url),
+      expected.map((i) => i.url ?? null),
+      "each links to its hosted page",
+    );
+    assert.deepEqual(
+      rows.map((r) => r.status),
+      expected.map((i) => i.status),
+    );
+    await screenshot(page, "tollgate-invoices", "invoices");
+    return { rows };
+  },
+
+  // <tollgate-plan-picker>: the preview shown before confirming, then the upgrade; the test compares the preview
+  // with the invoice Stripe made.
+  async picker() {
+    const page = await open(env("PAGE_URL"));
+    const picker = page.locator("tollgate-plan-picker");
+    await picker.locator("[data-current]").waitFor({ timeout: 15_000 });
+    const before = (await picker.locator("[data-current]").textContent()).trim();
+    const plan = env("UPGRADE_TO");
+    await picker.locator(`button[data-plan="${plan}"]`).click();
+    const preview = picker.locator(".preview");
+    await preview.waitFor({ timeout: 15_000 });
+    const amount = Number(await preview.getAttribute("data-amount"));
+    const due = (await preview.locator("[data-due]").textContent()).trim();
+    await screenshot(page, "tollgate-plan-picker", "plan-picker");
+    await preview.locator("button.primary").click();
+    await picker.locator(".done").waitFor({ timeout: 20_000 });
+    await page.waitForFunction(
+      (p) =>
+        document.querySelector("tollgate-plan-picker")?.shadowRoot?.querySelector("[data-current]")?.textContent?.trim() === p,
+      plan,
+      { timeout: 15_000 },
+    );
+    return { before, amount, due, after: plan };
+  },
 };
 
 let code = 0;
