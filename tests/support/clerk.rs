@@ -32,7 +32,7 @@ impl TestKey {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    fn jwk(self) -> Value {
+    pub fn jwk(self) -> Value {
         serde_json::from_slice(&self.file(".jwk.json")).expect("fixture JWK is JSON")
     }
 

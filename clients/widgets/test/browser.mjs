@@ -178,6 +178,23 @@ const scenarios = {
     );
     return { before, amount, due, after: plan };
   },
+
+  // The stack's demo page (./scripts/stack): every widget loaded, then a screenshot of the page for the README.
+  async demo() {
+    const page = await open(env("PAGE_URL"));
+    await page.locator("tollgate-usage [role=meter]").waitFor({ timeout: 15_000 });
+    await page.locator("tollgate-plan-picker [data-current]").waitFor({ timeout: 15_000 });
+    await page.locator("tollgate-invoices table").waitFor({ timeout: 15_000 });
+    const dir = process.env.SCREENSHOT_DIR;
+    // The picture goes into the README: the demo key (local, but a key) is shortened in it.
+    await page.evaluate(() => {
+      for (const pre of document.querySelectorAll("pre")) {
+        pre.textContent = pre.textContent.replace(/tg_[A-Za-z0-9]+/g, "tg_…");
+      }
+    });
+    if (dir) await page.screenshot({ path: path.join(dir, "demo.png"), fullPage: true });
+    return { meter: await meter(page) };
+  },
 };
 
 let code = 0;
