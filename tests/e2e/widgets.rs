@@ -33,7 +33,7 @@ pub fn page_html(cp: &str, token: &str, body: &str) -> String {
 <head>
 <meta charset="utf-8">
 <title>Tollgate widgets</title>
-<script>window.TollgateWidgets = {{ baseUrl: "{cp}", getToken: () => "{token}" }};</script>
+<script>window.TollgateWidgets = {{ baseUrl: "{cp}", getToken: () => "{token}", stripePublishableKey: "pk_test_tollgate" }};</script>
 <script src="{cp}/widgets/v1/tollgate.js"></script>
 <style>body {{ font-family: system-ui, sans-serif; background: #fafafa; margin: 0; padding: 24px; }}
 tollgate-usage, tollgate-plan-picker, tollgate-invoices {{ max-width: 640px; margin-bottom: 16px; }}</style>
@@ -306,4 +306,39 @@ fn the_served_bundle_is_the_build_of_the_committed_sources() {
         fresh == tollgate_control_plane::routes::widgets::SCRIPT,
         "control-plane/assets/widgets/v1/tollgate.js is not the build of clients/widgets: run `npm run build` there"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_picker_completes_an_upgrade_that_needs_3d_secure_with_stripe_js() {
+    let stripe = StripeEmulator::start().await;
+    let s = stack_with(Some(&stripe)).await;
+    // The org's card now needs 3-D Secure for every charge (Stripe's test card 4000 0027 6000 3184).
+    let card = stripe.card("4000002760003184").await;
+    let r =
+        s.m.app
+            .post(
+                "/api/payments/default-method.set",
+                tollgate_e2e::app::Auth::Bearer(&s.session),
+                &serde_json::json!({"paymentMethodId": card}),
+            )
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let seen = browser(
+        "picker3ds",
+        &[
+            ("PAGE_URL", s.page.url("/")),
+            ("UPGRADE_TO", "growth".to_owned()),
+            ("STRIPE_URL", stripe.url.clone()),
+            ("STRIPE_KEY", tollgate_e2e::stripe::SECRET_KEY.to_owned()),
+        ],
+    );
+    assert_eq!(seen["confirmed"], 1);
+    let e =
+        s.m.app
+            .get(
+                "/api/me/entitlements.read",
+                tollgate_e2e::app::Auth::Bearer(&s.session),
+            )
+            .await;
+    assert_eq!(e.json["planCode"], "growth", "{}", e.text);
 }

@@ -1,5 +1,6 @@
 import { LitElement, css, html, nothing } from "lit";
-import { loadStripe } from "@stripe/stripe-js";
+// `pure`: Stripe.js is loaded only when a payment needs it, not on every page that shows a widget.
+import { loadStripe } from "@stripe/stripe-js/pure";
 import { idempotencyKey, once, type IdempotencyKey, type components } from "../../typescript/src/index";
 import { client, describe, settings } from "./config";
 import { formatDate, formatMoney, theme } from "./theme";
@@ -143,6 +144,15 @@ export class TollgatePlanPicker extends LitElement {
     if (result.error) {
       this.step = { kind: "failed", message: result.error.message ?? "the payment was not confirmed" };
       return;
+    }
+    // Stripe applies the upgrade once the invoice is paid; its webhooks bring Tollgate in step within seconds.
+    for (let i = 0; i < 60; i++) {
+      await this.refresh();
+      if (this.current === plan) {
+        this.finish(`Payment confirmed: you are on the ${plan} plan now.`);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1000));
     }
     this.finish(`Payment confirmed: the ${plan} plan applies in a moment.`);
   }

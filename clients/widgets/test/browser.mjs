@@ -179,6 +179,51 @@ const scenarios = {
     return { before, amount, due, after: plan };
   },
 
+  // An upgrade whose payment needs 3-D Secure: the picker completes it with Stripe.js. Stripe.js is replaced by a
+  // stand-in (this machine reaches no js.stripe.com) whose confirmCardPayment does what the customer passing 3-D
+  // Secure does on the emulator: POST /_test/payment_intents/{id}/confirm.
+  async picker3ds() {
+    const calls = [];
+    const page = await browser.newPage({ viewport: { width: 720, height: 900 } });
+    page.on("console", (m) => logs.push(`[console.${m.type()}] ${m.text()}`));
+    await page.exposeFunction("__emulatorConfirm", async (secret) => {
+      calls.push(secret);
+      const id = secret.split("_secret_")[0];
+      const r = await fetch(`${env("STRIPE_URL")}/_test/payment_intents/${id}/confirm`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${env("STRIPE_KEY")}` },
+      });
+      return { ok: r.ok, id, body: await r.text() };
+    });
+    await page.route(/^https:\/\/js\.stripe\.com\//, (route) =>
+      route.fulfill({
+        contentType: "text/javascript",
+        body: `window.Stripe = function (key) {
+          return {
+            confirmCardPayment: async (secret) => {
+              const r = await window.__emulatorConfirm(secret);
+              return r.ok ? { paymentIntent: { id: r.id, status: "succeeded" } } : { error: { message: r.body } };
+            },
+          };
+        };
+        window.Stripe.version = "endive";`,
+      }),
+    );
+    await page.goto(env("PAGE_URL"));
+    const picker = page.locator("tollgate-plan-picker");
+    await picker.locator("[data-current]").waitFor({ timeout: 15_000 });
+    const plan = env("UPGRADE_TO");
+    await picker.locator(`button[data-plan="${plan}"]`).click();
+    await picker.locator(".preview").waitFor({ timeout: 15_000 });
+    await picker.locator(".preview button.primary").click();
+    await picker.locator(".done").waitFor({ timeout: 60_000 });
+    const current = (await picker.locator("[data-current]").textContent()).trim();
+    assert.equal(calls.length, 1, "Stripe.js confirmed the payment once");
+    assert.match(calls[0], /_secret_/);
+    assert.equal(current, plan);
+    return { current, confirmed: calls.length };
+  },
+
   // The stack's demo page (./scripts/stack): every widget loaded, then a screenshot of the page for the README.
   async demo() {
     const page = await open(env("PAGE_URL"));
