@@ -68,7 +68,7 @@ ensure_python() {
 
 # Node.js (20 or later) and npm: the TypeScript client and the widgets build and test with them.
 ensure_node() {
-  if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+  if ! command -v node >/dev/null || ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)'; then
     apt_install nodejs
   fi
   command -v npm >/dev/null || apt_install npm
