@@ -140,12 +140,30 @@ async fn burst(proxies: &[&ProxyProcess], key: &str, clients: usize, n: usize) -
     n as i64
 }
 
-async fn run(variant: Variant) {
+/// The emulator with the plans' prices and the overage price (half a cent a call), the test plans billing against it
+/// with `env` added to the control plane's settings, and the org paying for `metered`: the emulator, the set-up,
+/// the overage price's id and the subscription's.
+async fn paying_org(env: &[(&str, &str)]) -> (StripeEmulator, Metering, String, String) {
     let stripe = StripeEmulator::start().await;
     stripe.seed_prices().await;
     let (overage_price, _) = stripe
         .seed_overage_price("api_call_overage", "0.5", "api_call_overage")
         .await;
+    let m = Metering::start(Options {
+        plans: Some(PLANS.to_owned()),
+        stripe: Some(&stripe),
+        control_plane_env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Options::default()
+    })
+    .await;
+    let sub = paying(&stripe, &m, ORG).await;
+    (stripe, m, overage_price, sub)
+}
+
+async fn run(variant: Variant) {
     // The plain run keeps the production coalescing interval (5 minutes): each period's remainder reaches Stripe
     // only because the renewal makes it due at once. The others report every 200 ms.
     let interval = (
@@ -156,14 +174,7 @@ async fn run(variant: Variant) {
             "200"
         },
     );
-    let mut m = Metering::start(Options {
-        plans: Some(PLANS.to_owned()),
-        stripe: Some(&stripe),
-        control_plane_env: vec![(interval.0.to_owned(), interval.1.to_owned())],
-        ..Options::default()
-    })
-    .await;
-    let sub = paying(&stripe, &m, ORG).await;
+    let (stripe, mut m, overage_price, sub) = paying_org(&[interval]).await;
     let items = stripe.get(&format!("/v1/subscriptions/{sub}")).await["items"]["data"]
         .as_array()
         .cloned()
@@ -380,18 +391,7 @@ async fn the_invoice_equals_the_ledger_through_a_cancellation_at_period_end() {
 /// price once its webhook is mirrored, so the overage the proxies admit is still invoiced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overage_item_removed_in_stripe_is_put_back() {
-    let stripe = StripeEmulator::start().await;
-    stripe.seed_prices().await;
-    let (overage_price, _) = stripe
-        .seed_overage_price("api_call_overage", "0.5", "api_call_overage")
-        .await;
-    let m = Metering::start(Options {
-        plans: Some(PLANS.to_owned()),
-        stripe: Some(&stripe),
-        ..Options::default()
-    })
-    .await;
-    let sub = paying(&stripe, &m, ORG).await;
+    let (stripe, _m, overage_price, sub) = paying_org(&[]).await; // the control plane runs while it converges
     let metered = |s: &Value| {
         s["items"]["data"]
             .as_array()
@@ -426,18 +426,7 @@ async fn bench_lateness_of_a_periods_last_overage() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let stripe = StripeEmulator::start().await;
-    stripe.seed_prices().await;
-    stripe
-        .seed_overage_price("api_call_overage", "0.5", "api_call_overage")
-        .await;
-    let m = Metering::start(Options {
-        plans: Some(PLANS.to_owned()),
-        stripe: Some(&stripe),
-        ..Options::default()
-    })
-    .await;
-    let sub = paying(&stripe, &m, ORG).await;
+    let (stripe, m, _, sub) = paying_org(&[]).await;
     let customer: String =
         sqlx::query_scalar("SELECT stripe_customer_id FROM orgs WHERE clerk_org_id = $1")
             .bind(ORG)

@@ -25,6 +25,16 @@ struct Stack {
     sub: Option<String>,
 }
 
+impl Stack {
+    /// `GET path` as the org's owner.
+    async fn as_owner(&self, path: &str) -> tollgate_e2e::app::Resp {
+        self.m
+            .app
+            .get(path, tollgate_e2e::app::Auth::Bearer(&self.session))
+            .await
+    }
+}
+
 /// The HTML of a page embedding the widgets served by the control plane at `cp`, signed in with `token`.
 pub fn page_html(cp: &str, token: &str, body: &str) -> String {
     format!(
@@ -150,13 +160,7 @@ async fn the_usage_meter_moves_by_exactly_the_proxied_requests() {
         seen["before"]["now"].as_u64().map(|n| n + 25)
     );
     // What the meter shows is what the endpoint says.
-    let e =
-        s.m.app
-            .get(
-                "/api/me/entitlements.read",
-                tollgate_e2e::app::Auth::Bearer(&s.session),
-            )
-            .await;
+    let e = s.as_owner("/api/me/entitlements.read").await;
     assert_eq!(e.json["used"].as_u64(), seen["after"]["now"].as_u64());
 }
 
@@ -198,13 +202,7 @@ async fn smoke_calls(m: &Metering) -> u64 {
 async fn the_invoices_widget_lists_what_invoices_list_returns() {
     let stripe = StripeEmulator::start().await;
     let s = stack_with(Some(&stripe)).await;
-    let listed =
-        s.m.app
-            .get(
-                "/api/invoices.list?limit=10",
-                tollgate_e2e::app::Auth::Bearer(&s.session),
-            )
-            .await;
+    let listed = s.as_owner("/api/invoices.list?limit=10").await;
     assert_eq!(listed.status, 200, "{}", listed.text);
     assert!(
         listed.json.as_array().is_some_and(|a| a.len() >= 2),
@@ -333,12 +331,6 @@ async fn the_plan_picker_completes_an_upgrade_that_needs_3d_secure_with_stripe_j
         ],
     );
     assert_eq!(seen["confirmed"], 1);
-    let e =
-        s.m.app
-            .get(
-                "/api/me/entitlements.read",
-                tollgate_e2e::app::Auth::Bearer(&s.session),
-            )
-            .await;
+    let e = s.as_owner("/api/me/entitlements.read").await;
     assert_eq!(e.json["planCode"], "growth", "{}", e.text);
 }
