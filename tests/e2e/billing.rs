@@ -37,10 +37,7 @@ pub(crate) async fn setup_with_env(
         limit,
         stripe: Some(&stripe),
         stigg,
-        control_plane_env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        control_plane_env: tollgate_e2e::metering::owned_env(env),
         ..Options::default()
     })
     .await;

@@ -152,10 +152,7 @@ async fn paying_org(env: &[(&str, &str)]) -> (StripeEmulator, Metering, String, 
     let m = Metering::start(Options {
         plans: Some(PLANS.to_owned()),
         stripe: Some(&stripe),
-        control_plane_env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        control_plane_env: tollgate_e2e::metering::owned_env(env),
         ..Options::default()
     })
     .await;

@@ -111,6 +111,14 @@ pub struct Metering {
     base_env: Vec<(String, String)>,
 }
 
+/// Settings written as `&str` pairs, owned (for [`Options::control_plane_env`] and the like).
+pub fn owned_env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 impl Metering {
     /// A builder for a second control plane on the same database, Redis namespace and plans: another replica.
     pub fn replica(&self) -> crate::app::TestAppBuilder {
@@ -229,11 +237,7 @@ metered = false
     /// Starts a proxy with the shared settings plus `extra` (which wins) and waits until it accepts requests.
     pub async fn proxy(&self, extra: &[(&str, &str)]) -> ProxyProcess {
         let mut env = self.base_env.clone();
-        env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        env.extend(owned_env(extra));
         let proxy = ProxyProcess::start(&proxy_binary(), &env).await;
         let addr = proxy.url().trim_start_matches("http://").to_owned();
         crate::wait::until(Duration::from_secs(30), "the proxy listener", || {

@@ -10,6 +10,7 @@
 use crate::domain::{Metric, Period};
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
+use std::sync::LazyLock;
 
 /// What a period owes, as one writer saw it.
 #[derive(Debug, Clone)]
@@ -51,23 +52,9 @@ pub fn due_now_unless_leased(row: &str) -> String {
     )
 }
 
-/// Records `rows` (those that owe nothing yet are left out). Returns how many rows changed.
-pub async fn observe<'e>(pg: impl PgExecutor<'e>, rows: &[Owed<'_>]) -> Result<u64, sqlx::Error> {
-    let owing: Vec<&Owed<'_>> = rows.iter().filter(|r| r.target() > 0).collect();
-    if owing.is_empty() {
-        return Ok(0);
-    }
-    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let org_id: Vec<i64> = owing.iter().map(|r| r.org_id).collect();
-    let metric: Vec<&str> = owing.iter().map(|r| r.metric.as_str()).collect();
-    let start: Vec<DateTime<Utc>> = owing.iter().map(|r| r.period.start).collect();
-    let end: Vec<DateTime<Utc>> = owing.iter().map(|r| r.period.end).collect();
-    let price: Vec<&str> = owing.iter().map(|r| r.price).collect();
-    let included: Vec<i64> = owing.iter().map(|r| int(r.included)).collect();
-    let bound: Vec<i64> = owing.iter().map(|r| int(r.bound)).collect();
-    let used: Vec<i64> = owing.iter().map(|r| int(r.used)).collect();
-    let target: Vec<i64> = owing.iter().map(|r| int(r.target())).collect();
-    let sql = format!(
+/// [`observe`]'s statement.
+static OBSERVE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO overage_reports AS r
                 (org_id, metric, period_start, period_end, price, included, bound, used, target)
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
@@ -84,8 +71,26 @@ pub async fn observe<'e>(pg: impl PgExecutor<'e>, rows: &[Owed<'_>]) -> Result<u
           WHERE EXCLUDED.target > r.target OR EXCLUDED.used > r.used",
         closed = period_closed("r"),
         due = due_now_unless_leased("r"),
-    );
-    Ok(sqlx::query(&sql)
+    )
+});
+
+/// Records `rows` (those that owe nothing yet are left out). Returns how many rows changed.
+pub async fn observe<'e>(pg: impl PgExecutor<'e>, rows: &[Owed<'_>]) -> Result<u64, sqlx::Error> {
+    let owing: Vec<&Owed<'_>> = rows.iter().filter(|r| r.target() > 0).collect();
+    if owing.is_empty() {
+        return Ok(0);
+    }
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let org_id: Vec<i64> = owing.iter().map(|r| r.org_id).collect();
+    let metric: Vec<&str> = owing.iter().map(|r| r.metric.as_str()).collect();
+    let start: Vec<DateTime<Utc>> = owing.iter().map(|r| r.period.start).collect();
+    let end: Vec<DateTime<Utc>> = owing.iter().map(|r| r.period.end).collect();
+    let price: Vec<&str> = owing.iter().map(|r| r.price).collect();
+    let included: Vec<i64> = owing.iter().map(|r| int(r.included)).collect();
+    let bound: Vec<i64> = owing.iter().map(|r| int(r.bound)).collect();
+    let used: Vec<i64> = owing.iter().map(|r| int(r.used)).collect();
+    let target: Vec<i64> = owing.iter().map(|r| int(r.target())).collect();
+    Ok(sqlx::query(&OBSERVE_SQL)
         .bind(&org_id)
         .bind(&metric)
         .bind(&start)

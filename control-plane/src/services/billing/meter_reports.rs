@@ -25,7 +25,7 @@ use chrono::{DateTime, Duration as TimeDelta, DurationRound, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tollgate_common::domain::{Metric, OrgId, PeriodKey, RateLimit};
@@ -101,6 +101,32 @@ pub fn timestamp_within(
     let last = last - TimeDelta::seconds(1);
     now.clamp(first, last.max(first))
 }
+
+/// A report's outcome; more owed for a period Stripe has closed (written back while the report was in flight) is due
+/// at once.
+static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE overage_reports
+            SET reported = $3, pending = NULL, pending_identifier = NULL, attempts = 0, last_error = NULL,
+                status = CASE WHEN target > $3 THEN 'pending' ELSE 'done' END,
+                done_at = CASE WHEN target > $3 THEN NULL ELSE now() END,
+                next_attempt_at = CASE WHEN target > $3 AND {closed} THEN now()
+                                       ELSE now() + make_interval(secs => $4) END,
+                lease_token = NULL, lease_until = NULL
+          WHERE id = $1 AND lease_token = $2",
+        closed = tollgate_common::store::overage::period_closed("overage_reports"),
+    )
+});
+
+/// [`due_now`]'s statement. A leased report is left to its holder (never two calls in flight): it finishes, and what
+/// is still owed for the closed period is due at once then.
+static DUE_NOW_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE overage_reports SET next_attempt_at = {due}
+          WHERE org_id = $1 AND status = 'pending'",
+        due = tollgate_common::store::overage::due_now_unless_leased("overage_reports"),
+    )
+});
 
 /// The reporter: billing's Stripe client and prices, the queue, and the global rate in Redis.
 pub struct MeterReporter {
@@ -273,19 +299,7 @@ impl MeterReporter {
 
     /// Stripe has `reported` units: the row is done, or due again after the interval if the target grew.
     async fn finish(&self, job: &Report, reported: i64) -> Result<(), sqlx::Error> {
-        // More owed for a period Stripe has closed (written back while this report was in flight): at once.
-        let sql = format!(
-            "UPDATE overage_reports
-                SET reported = $3, pending = NULL, pending_identifier = NULL, attempts = 0, last_error = NULL,
-                    status = CASE WHEN target > $3 THEN 'pending' ELSE 'done' END,
-                    done_at = CASE WHEN target > $3 THEN NULL ELSE now() END,
-                    next_attempt_at = CASE WHEN target > $3 AND {closed} THEN now()
-                                           ELSE now() + make_interval(secs => $4) END,
-                    lease_token = NULL, lease_until = NULL
-              WHERE id = $1 AND lease_token = $2",
-            closed = tollgate_common::store::overage::period_closed("overage_reports"),
-        );
-        sqlx::query(&sql)
+        sqlx::query(&FINISH_SQL)
             .bind(job.id)
             .bind(job.lease_token)
             .bind(reported)
@@ -343,14 +357,7 @@ impl queue::Worker for MeterReporter {
 
 /// Makes org `org_id`'s waiting overage reports due now (a renewal invoice was drafted).
 pub async fn due_now(conn: &mut sqlx::PgConnection, org_id: i64) -> Result<u64, sqlx::Error> {
-    // A leased report is left to its holder (never two calls in flight): it finishes, and what is still owed for
-    // the closed period is due at once then.
-    let sql = format!(
-        "UPDATE overage_reports SET next_attempt_at = {due}
-          WHERE org_id = $1 AND status = 'pending'",
-        due = tollgate_common::store::overage::due_now_unless_leased("overage_reports"),
-    );
-    Ok(sqlx::query(&sql)
+    Ok(sqlx::query(&DUE_NOW_SQL)
         .bind(org_id)
         .execute(conn)
         .await?

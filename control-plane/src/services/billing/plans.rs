@@ -106,31 +106,95 @@ struct Change {
 }
 
 /// A subscription's items as Stripe has them.
-struct Items {
-    /// The plan's (licensed) item.
-    plan: String,
-    /// The metered items: (`si_…`, `price_…`).
-    metered: Vec<(String, String)>,
+pub(super) struct Items {
+    /// The plan's (licensed) item, `si_…`.
+    pub plan: Option<String>,
+    /// The other items, all metered: (`si_…`, `price_…`).
+    pub metered: Vec<(String, String)>,
 }
 
-/// How the metered items change when the plan does: the items whose price the next plan does not bill go
-/// (`si_…`), and the next plan's overage prices not on the subscription come (`price_…`). An item whose price
-/// both plans bill stays, with its usage.
-pub(super) fn metered_changes(
+impl Items {
+    /// Splits a subscription's items into the plan's and the metered ones.
+    pub(super) fn of(items: &[stripe_shared::SubscriptionItem]) -> Self {
+        let plan = super::subscriptions::plan_item(items).map(|item| item.id.as_str().to_owned());
+        let metered = items
+            .iter()
+            .filter(|item| Some(item.id.as_str()) != plan.as_deref())
+            .map(|item| {
+                (
+                    item.id.as_str().to_owned(),
+                    item.price.id.as_str().to_owned(),
+                )
+            })
+            .collect();
+        Self { plan, metered }
+    }
+}
+
+/// One change to a subscription's items, for an update or its preview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ItemEdit {
+    /// The item `id` takes `price` (the plan's item, on a plan change).
+    Reprice { id: String, price: String },
+    /// The item `id` goes.
+    Remove(String),
+    /// An item of `price` comes.
+    Add(String),
+}
+
+impl ItemEdit {
+    fn update(self) -> UpdateSubscriptionItems {
+        let (id, price, deleted) = self.parts();
+        UpdateSubscriptionItems {
+            id,
+            price,
+            deleted,
+            ..UpdateSubscriptionItems::new()
+        }
+    }
+
+    fn preview(self) -> CreatePreviewInvoiceSubscriptionDetailsItems {
+        let (id, price, deleted) = self.parts();
+        CreatePreviewInvoiceSubscriptionDetailsItems {
+            id,
+            price,
+            deleted,
+            ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
+        }
+    }
+
+    /// (`id`, `price`, `deleted`) as both Stripe requests take them.
+    fn parts(self) -> (Option<String>, Option<String>, Option<bool>) {
+        match self {
+            Self::Reprice { id, price } => (Some(id), Some(price), None),
+            Self::Remove(id) => (Some(id), None, Some(true)),
+            Self::Add(price) => (None, Some(price), None),
+        }
+    }
+}
+
+/// The edits that bring the metered items `current` (`si_…`, `price_…`) to the overage prices `next`, after the plan's
+/// item taking its new price when `plan` is given: an item whose price `next` does not bill goes, a price of `next`
+/// not on the subscription comes, and an item whose price both bill stays, with its usage.
+pub(super) fn item_edits(
+    plan: Option<ItemEdit>,
     current: &[(String, String)],
     next: &[String],
-) -> (Vec<String>, Vec<String>) {
+) -> Vec<ItemEdit> {
     let gone = current
         .iter()
         .filter(|(_, price)| !next.contains(price))
-        .map(|(id, _)| id.clone())
-        .collect();
+        .map(|(id, _)| ItemEdit::Remove(id.clone()));
     let added = next
         .iter()
         .filter(|price| !current.iter().any(|(_, p)| p == *price))
-        .cloned()
-        .collect();
-    (gone, added)
+        .map(|price| ItemEdit::Add(price.clone()));
+    plan.into_iter().chain(gone).chain(added).collect()
+}
+
+/// The subscription update that applies `edits`.
+pub(super) fn update_items(edits: Vec<ItemEdit>) -> Vec<UpdateSubscriptionItems> {
+    edits.into_iter().map(ItemEdit::update).collect()
 }
 
 impl Billing {
@@ -183,36 +247,29 @@ impl Billing {
         (now - now.rem_euclid(60)).max(stored.period.start.timestamp())
     }
 
-    /// The subscription's plan item and metered items, read from Stripe.
-    async fn items(&self, subscription: &str) -> Result<Items, BillingError> {
+    /// The edits of a change to `c.next`: the plan's item (read from Stripe) takes the new price, and the metered
+    /// items follow the new plan's overage prices.
+    async fn change_edits(&self, c: &Change) -> Result<Vec<ItemEdit>, BillingError> {
         let s = self
             .stripe
             .send(
                 Op::SubscriptionRetrieve,
-                &RetrieveSubscription::new(subscription),
+                &RetrieveSubscription::new(c.stored.id.as_str()),
                 None,
             )
             .await?;
-        let plan = super::subscriptions::plan_item(&s.items.data)
-            .map(|item| item.id.as_str().to_owned())
-            .ok_or_else(|| {
-                BillingError::Unmirrorable(format!(
-                    "subscription {subscription}: has no licensed item"
-                ))
-            })?;
-        let metered = s
-            .items
-            .data
-            .iter()
-            .filter(|item| item.id.as_str() != plan)
-            .map(|item| {
-                (
-                    item.id.as_str().to_owned(),
-                    item.price.id.as_str().to_owned(),
-                )
-            })
-            .collect();
-        Ok(Items { plan, metered })
+        let items = Items::of(&s.items.data);
+        let plan = items.plan.ok_or_else(|| {
+            BillingError::Unmirrorable(format!(
+                "subscription {}: has no licensed item",
+                c.stored.id
+            ))
+        })?;
+        let reprice = ItemEdit::Reprice {
+            id: plan,
+            price: c.next_price.id.clone(),
+        };
+        Ok(item_edits(Some(reprice), &items.metered, &c.next_overage))
     }
 
     /// 5.1: what changing to `new_plan` costs: for an upgrade, exactly what 5.2 invoices now; for a downgrade, the
@@ -222,32 +279,13 @@ impl Billing {
         self.paid_plan("newPlanCode", new_plan)?;
         let org = org(&self.pg, org_id).await?;
         let c = self.change(&org, new_plan).await?;
-        let items = self.items(&c.stored.id).await?;
         let upgrade = c.change == PlanChange::Upgrade;
-        // The plan's item takes the new price; the metered items follow the new plan's overage prices.
-        let (gone, added) = metered_changes(&items.metered, &c.next_overage);
-        let preview_items = std::iter::once(CreatePreviewInvoiceSubscriptionDetailsItems {
-            id: Some(items.plan.clone()),
-            price: Some(c.next_price.id.clone()),
-            ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
-        })
-        .chain(
-            gone.into_iter()
-                .map(|id| CreatePreviewInvoiceSubscriptionDetailsItems {
-                    id: Some(id),
-                    deleted: Some(true),
-                    ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
-                }),
-        )
-        .chain(
-            added
-                .into_iter()
-                .map(|price| CreatePreviewInvoiceSubscriptionDetailsItems {
-                    price: Some(price),
-                    ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
-                }),
-        )
-        .collect();
+        let preview_items = self
+            .change_edits(&c)
+            .await?
+            .into_iter()
+            .map(ItemEdit::preview)
+            .collect();
         // `create_prorations`: Stripe's preview of the next invoice, which carries the prorations of the change
         // (exactly what `always_invoice` invoices now, for the same `proration_date`) and the next renewal. The
         // proration lines are what the upgrade charges now; the rest is the renewal.
@@ -342,24 +380,8 @@ impl Billing {
                     ),
                 ));
             }
-            let items = self.items(&c.stored.id).await?;
+            let update_items = update_items(self.change_edits(&c).await?);
             let proration_date = self.proration_date(&c.stored);
-            let (gone, added) = metered_changes(&items.metered, &c.next_overage);
-            let update_items: Vec<_> = std::iter::once(UpdateSubscriptionItems {
-                id: Some(items.plan.clone()),
-                price: Some(c.next_price.id.clone()),
-                ..UpdateSubscriptionItems::new()
-            })
-            .chain(gone.into_iter().map(|id| UpdateSubscriptionItems {
-                id: Some(id),
-                deleted: Some(true),
-                ..UpdateSubscriptionItems::new()
-            }))
-            .chain(added.into_iter().map(|price| UpdateSubscriptionItems {
-                price: Some(price),
-                ..UpdateSubscriptionItems::new()
-            }))
-            .collect();
             let request = UpdateSubscription::new(c.stored.id.as_str())
                 .items(update_items)
                 .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
@@ -676,19 +698,31 @@ mod tests {
             ("si_a".to_owned(), "price_calls".to_owned()),
             ("si_b".to_owned(), "price_storage".to_owned()),
         ];
-        // The shared price stays (with its usage), the other goes, the new one comes.
-        let (gone, added) = metered_changes(
-            &current,
-            &["price_calls".to_owned(), "price_seats".to_owned()],
-        );
-        assert_eq!(gone, vec!["si_b".to_owned()]);
-        assert_eq!(added, vec!["price_seats".to_owned()]);
-        // A plan without overage drops every metered item; one from none adds them all.
-        assert_eq!(metered_changes(&current, &[]).0.len(), 2);
+        // The shared price stays (with its usage), the other goes, the new one comes; the plan's item first.
+        let reprice = ItemEdit::Reprice {
+            id: "si_plan".to_owned(),
+            price: "price_pro".to_owned(),
+        };
         assert_eq!(
-            metered_changes(&[], &["price_calls".to_owned()]).1,
-            vec!["price_calls".to_owned()]
+            item_edits(
+                Some(reprice.clone()),
+                &current,
+                &["price_calls".to_owned(), "price_seats".to_owned()],
+            ),
+            vec![
+                reprice,
+                ItemEdit::Remove("si_b".to_owned()),
+                ItemEdit::Add("price_seats".to_owned())
+            ]
         );
+        // A plan without overage drops every metered item; one from none adds them all; in step, nothing.
+        assert_eq!(item_edits(None, &current, &[]).len(), 2);
+        assert_eq!(
+            item_edits(None, &[], &["price_calls".to_owned()]),
+            vec![ItemEdit::Add("price_calls".to_owned())]
+        );
+        let same = ["price_calls".to_owned(), "price_storage".to_owned()];
+        assert!(item_edits(None, &current, &same).is_empty());
     }
 
     #[test]

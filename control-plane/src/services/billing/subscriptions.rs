@@ -15,7 +15,7 @@ use stripe_billing::subscription::{
     CreateSubscriptionTrialSettingsEndBehavior,
     CreateSubscriptionTrialSettingsEndBehaviorMissingPaymentMethod as MissingPaymentMethod,
     ListSubscription, ListSubscriptionStatus, ResumeSubscription, RetrieveSubscription,
-    UpdateSubscription, UpdateSubscriptionItems,
+    UpdateSubscription,
 };
 use stripe_billing::subscription_schedule::RetrieveSubscriptionSchedule;
 use tollgate_common::domain::subscription::{self, StripePrice, StripeSubscription};
@@ -407,22 +407,12 @@ impl Billing {
                 .filter(|(_, price)| prices.values().any(|p| &p.id == price))
                 .cloned()
                 .collect();
-            let (gone, added) = super::plans::metered_changes(&ours, &wanted);
-            if gone.is_empty() && added.is_empty() {
+            let edits = super::plans::item_edits(None, &ours, &wanted);
+            if edits.is_empty() {
                 return Ok::<_, BillingError>(());
             }
-            let items: Vec<_> = gone
-                .iter()
-                .map(|id| UpdateSubscriptionItems {
-                    id: Some(id.clone()),
-                    deleted: Some(true),
-                    ..UpdateSubscriptionItems::new()
-                })
-                .chain(added.iter().map(|price| UpdateSubscriptionItems {
-                    price: Some(price.clone()),
-                    ..UpdateSubscriptionItems::new()
-                }))
-                .collect();
+            let changed = edits.len();
+            let items = super::plans::update_items(edits);
             // Its own intent: two replicas doing it at once add an item once (Stripe refuses a second item with
             // the same price).
             let key = IdempotencyKey::fresh(Op::SubscriptionUpdate);
@@ -435,8 +425,7 @@ impl Billing {
                 .await?;
             tracing::info!(
                 subscription.plan = %state.plan,
-                items.removed = gone.len(),
-                items.added = added.len(),
+                items.changed = changed,
                 "overage items brought in step with the plan"
             );
             Ok(())
@@ -484,19 +473,7 @@ impl Billing {
                 others.push((other_ticket, self.resolve(&other).await?));
             }
         }
-        let plan = plan_item(&subscription.items.data).map(|item| item.id.as_str());
-        let metered = subscription
-            .items
-            .data
-            .iter()
-            .filter(|item| Some(item.id.as_str()) != plan)
-            .map(|item| {
-                (
-                    item.id.as_str().to_owned(),
-                    item.price.id.as_str().to_owned(),
-                )
-            })
-            .collect();
+        let metered = super::plans::Items::of(&subscription.items.data).metered;
         Ok(SubscriptionRead {
             ticket,
             state,
